@@ -1,0 +1,106 @@
+//! Options shared by connections and servers.
+
+use std::time::Duration;
+
+use crate::message::TextEncoding;
+use crate::protocol::Protocol;
+
+/// The options of one connection. Built with [`ConnectionBuilder`](crate::ConnectionBuilder)
+/// or [`ServerBuilder`](crate::ServerBuilder); every field has a sensible default.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub protocol: Protocol,
+    pub encoding: TextEncoding,
+    pub auto_restart: bool,
+    pub incoming_capacity: usize,
+    pub outgoing_capacity: usize,
+    pub max_message_size: usize,
+    pub connect_timeout: Duration,
+    pub backoff_first: Duration,
+    pub backoff_max: Duration,
+    pub give_up_after: Option<u32>,
+    pub nodelay: bool,
+    pub keepalive: Option<Duration>,
+    pub close_timeout: Duration,
+    pub detect_timeout: Duration,
+}
+
+/// Default maximum message size: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+/// Default capacity of the incoming and outgoing queues, in messages.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            protocol: Protocol::V1,
+            encoding: TextEncoding::Utf8,
+            auto_restart: false,
+            incoming_capacity: DEFAULT_QUEUE_CAPACITY,
+            outgoing_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            connect_timeout: Duration::from_secs(5),
+            backoff_first: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            give_up_after: None,
+            nodelay: true,
+            keepalive: None,
+            close_timeout: Duration::from_secs(2),
+            detect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Generates the option setters that connection and server builders share, so that both
+/// take the same names with the same documentation.
+macro_rules! connection_options {
+    () => {
+        /// Text encoding for v1 text messages (default UTF-8; the original used ASCII).
+        pub fn encoding(mut self, encoding: $crate::TextEncoding) -> Self {
+            self.cfg.encoding = encoding;
+            self
+        }
+
+        /// Capacity of the queue of received messages (default 1024). When it is full, the
+        /// connection stops reading from the socket until the program reads, so a slow
+        /// reader slows the sender down instead of growing memory.
+        pub fn incoming_capacity(mut self, messages: usize) -> Self {
+            self.cfg.incoming_capacity = messages.max(1);
+            self
+        }
+
+        /// Capacity of the queue of messages waiting to be written (default 1024).
+        /// `send_data` blocks while it is full.
+        pub fn outgoing_capacity(mut self, messages: usize) -> Self {
+            self.cfg.outgoing_capacity = messages.max(1);
+            self
+        }
+
+        /// Largest message accepted in either direction, in bytes (default 64 MiB). A larger
+        /// incoming message is skipped and reported; a larger outgoing one is refused.
+        pub fn max_message_size(mut self, bytes: usize) -> Self {
+            self.cfg.max_message_size = bytes;
+            self
+        }
+
+        /// TCP_NODELAY (default on: small messages go out at once).
+        pub fn nodelay(mut self, on: bool) -> Self {
+            self.cfg.nodelay = on;
+            self
+        }
+
+        /// TCP keepalive: probe an idle link after `idle` (default off). Finds peers that
+        /// vanished without closing (a pulled cable, a crashed machine).
+        pub fn keepalive(mut self, idle: Option<std::time::Duration>) -> Self {
+            self.cfg.keepalive = idle;
+            self
+        }
+
+        /// How long `close()` waits for queued messages to be written (default 2 s).
+        pub fn close_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.cfg.close_timeout = timeout;
+            self
+        }
+    };
+}
+pub(crate) use connection_options;

@@ -1,0 +1,1458 @@
+//! [`Connection`]: one TCP link with a reader and a writer thread behind blocking calls.
+//!
+//! Design (see also `protocol`): the caller's thread encodes a message into its wire bytes
+//! (`prepare`), the writer thread adds what depends on the link's state (a v1 SETMODE),
+//! batches everything queued into few vectored writes, and reconnects when the link breaks.
+//! The reader thread feeds the pure decoders and pushes what they find into the incoming
+//! queue, and hands control replies (ACKMODCG, ACKEOT) to the writer through a control
+//! channel that the writer always serves before data, so replies never wait behind a send.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{self as channel, select, Receiver, RecvTimeoutError, Sender};
+
+use crate::config::{connection_options, Config};
+use crate::error::{Error, Result};
+use crate::event::{Event, EventSink, Events};
+use crate::message::Message;
+use crate::protocol::{self, v1, v2, Decoder, Detection, Frame, Mode, Protocol, WireBuf};
+
+/// Capacity of the control channel from readers to the writer (wake-ups, link down).
+const CONTROL_CAPACITY: usize = 64;
+/// The writer gathers at most this many bytes into one batch of writes.
+const BATCH_BYTES: usize = 1 << 20;
+/// The writer gathers at most this many messages into one batch.
+const BATCH_MESSAGES: usize = 512;
+/// Size of the reader's buffer for v1.
+const READ_CHUNK: usize = 64 * 1024;
+/// Length of a v1 SETMODE block (`01 "SETMODE" d 1F`).
+const SETMODE_LEN: usize = 10;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not make every later call panic too.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A message as received, with the v1 mode it came in (`None` for v2).
+pub(crate) type Incoming = (Message, Option<Mode>);
+
+/// The answer an acknowledged send waits for.
+type AckSlot = Sender<Result<()>>;
+
+/// A message ready for the writer.
+pub(crate) struct Outgoing {
+    payload: Payload,
+    ack: Option<AckSlot>,
+}
+
+enum Payload {
+    /// A v1 data block (no SETMODE) and the mode it is in.
+    V1 { mode: Mode, parts: Vec<Bytes> },
+    /// A whole v2 frame.
+    V2 { parts: Vec<Bytes> },
+    /// Server in auto mode before the peer's protocol is known: encoded later.
+    Deferred { message: Message, mode: Mode },
+}
+
+/// Encodes `message` into what the writer will send, in the caller's thread.
+fn prepare(protocol: Protocol, cfg: &Config, message: &Message, mode: Mode) -> Result<Payload> {
+    match protocol {
+        Protocol::V2 => {
+            if message.len() > cfg.max_message_size {
+                return Err(Error::MessageTooLarge {
+                    size: message.len() as u64,
+                    max: cfg.max_message_size,
+                });
+            }
+            let mut w = WireBuf::new();
+            v2::encode(message, &mut w)?;
+            Ok(Payload::V2 {
+                parts: w.take_parts(),
+            })
+        }
+        Protocol::V1 => {
+            // A fresh encoder is in mode 0; what it writes after a SETMODE is the data
+            // block, which does not depend on the link's state. The writer adds the SETMODE.
+            let mut enc = v1::Encoder::new(cfg.encoding, cfg.max_message_size);
+            let mut w = WireBuf::new();
+            let done = enc.encode(message, mode, &mut w)?;
+            let mut parts = w.take_parts();
+            if done.set_mode {
+                strip_front(&mut parts, SETMODE_LEN);
+            }
+            Ok(Payload::V1 {
+                mode: done.mode,
+                parts,
+            })
+        }
+        Protocol::Auto => Ok(Payload::Deferred {
+            message: message.clone(),
+            mode,
+        }),
+    }
+}
+
+fn strip_front(parts: &mut Vec<Bytes>, mut n: usize) {
+    while n > 0 && !parts.is_empty() {
+        if parts[0].len() <= n {
+            n -= parts[0].len();
+            parts.remove(0);
+        } else {
+            parts[0] = parts[0].slice(n..);
+            n = 0;
+        }
+    }
+}
+
+/// What readers tell the writer.
+enum Control {
+    /// Control replies are waiting in [`Replies`].
+    Wake,
+    /// The link of `epoch` broke.
+    LinkDown { epoch: u64, reason: String },
+    /// The peer's protocol was detected (auto servers).
+    Detected(Protocol),
+}
+
+/// v1 control replies owed to the peer on the link of `epoch`. Counters, not a queue: the
+/// reader never blocks handing them over and a flood of SETMODEs costs no memory.
+#[derive(Default)]
+struct Replies {
+    epoch: u64,
+    ack_mode_change: u64,
+    ack_eot: u64,
+}
+
+/// At most this many replies are written in one go.
+const REPLY_BATCH: u64 = 4096;
+
+/// Waiting acknowledged sends, in the order they were written, for the link of `epoch`.
+struct AckQueue {
+    epoch: u64,
+    waiting: VecDeque<AckSlot>,
+}
+
+/// For servers: lets `recv_any` wait on all connections at once.
+#[derive(Clone)]
+pub(crate) struct Notifier {
+    pub tx: Sender<u64>,
+}
+
+/// State shared by the handle and the threads.
+pub(crate) struct Shared {
+    pub id: u64,
+    cfg: Config,
+    addrs: Vec<SocketAddr>,
+    is_client: bool,
+    protocol: Mutex<Protocol>,
+    peer: Mutex<Option<SocketAddr>>,
+    connected: AtomicBool,
+    /// False once the link is down for good.
+    alive: AtomicBool,
+    closed: AtomicBool,
+    restart: AtomicBool,
+    in_rx: Receiver<Incoming>,
+    out_tx: Sender<Outgoing>,
+    shutdown_rx: Receiver<()>,
+    acks: Mutex<AckQueue>,
+    replies: Mutex<Replies>,
+    stream: Mutex<Option<TcpStream>>,
+    events: EventSink,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    notifier: Option<Notifier>,
+    /// Set while this connection's id waits in the notifier channel.
+    pub notified: AtomicBool,
+}
+
+impl Shared {
+    fn event(&self, event: Event) {
+        match &event {
+            Event::Connected { .. } | Event::Reconnected { .. } | Event::Disconnected { .. } => {
+                log::info!("serpy {}: {event}", self.label())
+            }
+            Event::GaveUp { .. } | Event::Lost { .. } | Event::ProtocolError(_) => {
+                log::warn!("serpy {}: {event}", self.label())
+            }
+            Event::ProtocolDetected(_) => log::debug!("serpy {}: {event}", self.label()),
+        }
+        self.events.emit(event);
+    }
+
+    fn label(&self) -> String {
+        match *lock(&self.peer) {
+            Some(p) => format!("#{} {p}", self.id),
+            None => format!("#{}", self.id),
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        *lock(&self.protocol)
+    }
+
+    /// Tells the server's `recv_any` that this connection has data (at most one notice
+    /// per connection waits in the server's channel).
+    fn notify(&self) {
+        if self.notifier.is_some() && !self.notified.swap(true, Ordering::AcqRel) {
+            self.push_notify();
+        }
+    }
+
+    /// Puts this connection's id in the server's channel.
+    pub(crate) fn push_notify(&self) {
+        if let Some(n) = &self.notifier {
+            let _ = n.tx.send(self.id);
+        }
+    }
+
+    pub(crate) fn try_recv(&self) -> Option<Incoming> {
+        self.in_rx.try_recv().ok()
+    }
+
+    pub(crate) fn has_data(&self) -> bool {
+        !self.in_rx.is_empty()
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        !self.alive.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The owner of a connection's threads; closing happens when the last handle goes.
+struct Inner {
+    shared: Arc<Shared>,
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn close(&self) {
+        let writer = {
+            // Holding this lock makes a second, concurrent close() wait for the first.
+            let mut w = lock(&self.writer);
+            self.shared.closed.store(true, Ordering::Release);
+            drop(lock(&self.shutdown_tx).take());
+            w.take().map(|h| (h, w))
+        };
+        if let Some((handle, _guard)) = writer {
+            let _ = handle.join();
+            if let Some(s) = lock(&self.shared.stream).take() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            let readers: Vec<_> = lock(&self.shared.threads).drain(..).collect();
+            for r in readers {
+                let _ = r.join();
+            }
+            self.shared.connected.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// One TCP link to a serpy peer: send and receive messages with blocking calls while a
+/// reader and a writer thread do the socket work.
+///
+/// A client connects with [`Connection::connect`] or [`Connection::builder`]; a
+/// [`Server`](crate::Server) hands out the connections it accepts. Handles are cheap to
+/// clone and can be used from many threads at once. The connection closes when
+/// [`close`](Connection::close) is called or the last handle is dropped; both return only
+/// after every thread of the connection has ended.
+///
+/// ```
+/// use serpy::{Connection, Mode, Server};
+/// use std::time::Duration;
+///
+/// # fn main() -> serpy::Result<()> {
+/// let server = Server::bind("127.0.0.1:0")?;
+/// let client = Connection::connect(server.local_addr())?;
+/// let peer = server.get_connection_timeout(Duration::from_secs(5))?;
+///
+/// client.send_data("hello", Mode::Plain)?;          // returns once queued
+/// assert_eq!(peer.get_data()?.as_str(), Some("hello"));
+///
+/// client.send_data("sure?", Mode::PlainAck)?;       // returns once the peer has it
+/// assert_eq!(peer.get_data_timeout(Duration::from_secs(5))?.as_str(), Some("sure?"));
+/// client.close();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.shared.id)
+            .field("peer", &*lock(&self.inner.shared.peer))
+            .field("protocol", &self.inner.shared.protocol())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+/// Options for a client connection; see [`Connection::builder`].
+///
+/// ```no_run
+/// use serpy::{Connection, Protocol};
+/// use std::time::Duration;
+///
+/// # fn main() -> serpy::Result<()> {
+/// let conn = Connection::builder()
+///     .protocol(Protocol::V2)
+///     .auto_restart(true)
+///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2))
+///     .max_message_size(256 << 20)
+///     .connect("127.0.0.1:8000")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionBuilder {
+    pub(crate) cfg: Config,
+}
+
+impl ConnectionBuilder {
+    /// Default options: v1, UTF-8, no auto-restart.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The wire protocol (default [`Protocol::V1`]; `Auto` means v1 for a client).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.cfg.protocol = match protocol {
+            Protocol::Auto => Protocol::V1,
+            p => p,
+        };
+        self
+    }
+
+    /// Reconnect by itself when the link breaks (default off). Messages queued and not
+    /// yet written go out after the reconnect, in order.
+    pub fn auto_restart(mut self, on: bool) -> Self {
+        self.cfg.auto_restart = on;
+        self
+    }
+
+    /// How long one connection attempt may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.connect_timeout = timeout;
+        self
+    }
+
+    /// Delay before the second reconnection attempt, doubled after each failure up to
+    /// `max` (defaults 100 ms and 5 s). The first attempt is made at once.
+    pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.cfg.backoff_first = first;
+        self.cfg.backoff_max = max.max(first);
+        self
+    }
+
+    /// Give up reconnecting after this many failed attempts (`None`, the default: never).
+    pub fn give_up_after(mut self, attempts: Option<u32>) -> Self {
+        self.cfg.give_up_after = attempts;
+        self
+    }
+
+    connection_options!();
+
+    /// Connects to `addr` (anything [`ToSocketAddrs`]: `"127.0.0.1:8000"`,
+    /// `("localhost", 8000)`, `"[::1]:8000"`, a [`SocketAddr`]) and starts the threads.
+    /// Every address a name resolves to is tried in turn.
+    pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Connection> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::Address {
+                addr: "the given address".into(),
+                source: e,
+            })?
+            .collect();
+        let stream = connect_any(&addrs, self.cfg.connect_timeout)?;
+        Connection::start(stream, self.cfg, addrs, true, None)
+    }
+}
+
+fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream> {
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    Err(match last {
+        Some((a, e)) => Error::Connect {
+            addr: a.to_string(),
+            source: e,
+        },
+        None => Error::Address {
+            addr: "the given address".into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "it resolved to no address"),
+        },
+    })
+}
+
+fn configure(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
+    stream.set_nodelay(cfg.nodelay)?;
+    if let Some(idle) = cfg.keepalive {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(idle);
+        socket2::SockRef::from(stream).set_tcp_keepalive(&ka)?;
+    }
+    Ok(())
+}
+
+impl Connection {
+    /// Connects with default options (v1); see [`ConnectionBuilder`] for the others.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(conn.is_connected());
+    /// # Ok(()) }
+    /// ```
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Connection> {
+        ConnectionBuilder::new().connect(addr)
+    }
+
+    /// Options for a new client connection.
+    ///
+    /// ```
+    /// let builder = serpy::Connection::builder().auto_restart(true);
+    /// ```
+    pub fn builder() -> ConnectionBuilder {
+        ConnectionBuilder::new()
+    }
+
+    /// Starts the threads of a connection over `stream` (client or accepted socket).
+    pub(crate) fn start(
+        stream: TcpStream,
+        cfg: Config,
+        addrs: Vec<SocketAddr>,
+        is_client: bool,
+        notifier: Option<Notifier>,
+    ) -> Result<Connection> {
+        configure(&stream, &cfg).map_err(|e| Error::io("configuring the socket", e))?;
+        let peer = stream.peer_addr().ok();
+        let (in_tx, in_rx) = channel::bounded(cfg.incoming_capacity);
+        let (out_tx, out_rx) = channel::bounded(cfg.outgoing_capacity);
+        let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
+        let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
+        let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            protocol: Mutex::new(cfg.protocol),
+            cfg,
+            addrs,
+            is_client,
+            peer: Mutex::new(peer),
+            connected: AtomicBool::new(true),
+            alive: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            restart: AtomicBool::new(false),
+            in_rx,
+            out_tx,
+            shutdown_rx,
+            acks: Mutex::new(AckQueue {
+                epoch: 0,
+                waiting: VecDeque::new(),
+            }),
+            replies: Mutex::new(Replies::default()),
+            stream: Mutex::new(None),
+            events: EventSink::new(),
+            threads: Mutex::new(Vec::new()),
+            notifier,
+            notified: AtomicBool::new(false),
+        });
+        shared
+            .restart
+            .store(is_client && shared.cfg.auto_restart, Ordering::Release);
+        if let Some(p) = peer {
+            shared.event(Event::Connected { peer: p });
+        }
+        let mut writer = Writer {
+            shared: shared.clone(),
+            out_rx,
+            ctl_rx,
+            ctl_tx,
+            in_tx,
+            stream: None,
+            epoch: 0,
+            send_mode: Mode::Plain,
+            retry: VecDeque::new(),
+            wire: WireBuf::new(),
+        };
+        writer.attach(stream)?;
+        let name = format!("serpy-wr-{}", shared.id);
+        let handle = thread::Builder::new()
+            .name(name)
+            .spawn(move || writer.run())
+            .map_err(|e| Error::io("starting the writer thread", e))?;
+        Ok(Connection {
+            inner: Arc::new(Inner {
+                shared,
+                shutdown_tx: Mutex::new(Some(shutdown_tx)),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Sends `data` in `mode` (v1; see [`Mode`]).
+    ///
+    /// - Modes 0, 2, 4 (and every send over v2) return once the message is queued; they
+    ///   block while the outgoing queue is full.
+    /// - Modes 1, 3, 5 return once the peer has acknowledged this very message. Several
+    ///   threads may send acknowledged messages at once: each gets its own answer.
+    ///
+    /// v1 switches to base85 by itself where the bytes could not travel as they are
+    /// (bytes, or text holding `0x1F`, `0x04` or a leading `0x01`). v2 frames are typed and
+    /// have no acknowledgement: modes 1, 3, 5 are refused there.
+    ///
+    /// Errors: [`Error::Closed`], [`Error::Disconnected`], [`Error::AckUncertain`] (the
+    /// link broke while waiting for the acknowledgement), [`Error::NotSent`],
+    /// [`Error::EmptyMessage`], [`Error::MessageTooLarge`], [`Error::Encoding`],
+    /// [`Error::Unsupported`].
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// use serpy::Mode;
+    /// conn.send_data(42, Mode::Plain)?;
+    /// conn.send_data(vec![0u8, 0x1f, 0xff], Mode::Base85)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send_data(&self, data: impl Into<Message>, mode: Mode) -> Result<()> {
+        self.send_impl(data.into(), mode, None)
+    }
+
+    /// [`send_data`](Connection::send_data) that gives up after `timeout` in total (waiting
+    /// for room in the queue and for the acknowledgement) with [`Error::Timeout`].
+    /// After a timeout an acknowledged message may still be delivered later.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.send_data_timeout("hi", serpy::Mode::Plain, std::time::Duration::from_secs(1))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send_data_timeout(
+        &self,
+        data: impl Into<Message>,
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.send_impl(data.into(), mode, Some(Instant::now() + timeout))
+            .map_err(|e| match e {
+                Error::Timeout { operation, .. } => Error::Timeout {
+                    operation,
+                    after: timeout,
+                },
+                e => e,
+            })
+    }
+
+    /// Sends `data` in mode 0 (v1) or as its typed frame (v2): `send_data(data, Mode::Plain)`.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.send("hello")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send(&self, data: impl Into<Message>) -> Result<()> {
+        self.send_impl(data.into(), Mode::Plain, None)
+    }
+
+    fn send_impl(&self, message: Message, mode: Mode, deadline: Option<Instant>) -> Result<()> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if !shared.alive.load(Ordering::Acquire) {
+            return Err(Error::Disconnected);
+        }
+        let protocol = shared.protocol();
+        if protocol == Protocol::V2 && mode.is_acked() {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "mode {mode} asks for an acknowledgement, which the v2 protocol does not have; \
+                     send with Mode::Plain over v2, or use v1 for acknowledged sends"
+                ),
+            });
+        }
+        let payload = prepare(protocol, &shared.cfg, &message, mode)?;
+        let acked = match &payload {
+            Payload::V1 { mode, .. } => mode.is_acked(),
+            Payload::V2 { .. } => false,
+            Payload::Deferred { mode, .. } => mode.is_acked(),
+        };
+        let (ack, answer) = if acked {
+            let (tx, rx) = channel::bounded(1);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let item = Outgoing { payload, ack };
+        let sent = match deadline {
+            None => select! {
+                send(shared.out_tx, item) -> r => r.map_err(|_| Error::Disconnected),
+                recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
+            },
+            Some(d) => select! {
+                send(shared.out_tx, item) -> r => r.map_err(|_| Error::Disconnected),
+                recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
+                default(d.saturating_duration_since(Instant::now())) => Err(Error::Timeout {
+                    operation: "send_data (waiting for room in the outgoing queue)",
+                    after: Duration::ZERO,
+                }),
+            },
+        };
+        sent?;
+        let Some(answer) = answer else {
+            return Ok(());
+        };
+        let got = match deadline {
+            None => answer.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => answer.recv_deadline(d),
+        };
+        match got {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                operation: "send_data (waiting for the acknowledgement)",
+                after: Duration::ZERO,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(if shared.closed.load(Ordering::Acquire) {
+                Error::Closed
+            } else {
+                Error::NotSent
+            }),
+        }
+    }
+
+    /// The next message, waiting as long as it takes. Returns [`Error::Disconnected`]
+    /// once the link is down for good and everything it delivered has been read, and
+    /// [`Error::Closed`] after [`close`](Connection::close).
+    ///
+    /// v1 delivers bytes (read text with [`Message::as_str`]); v2 delivers typed values.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// # let peer = server.get_connection()?;
+    /// peer.send("ping")?;
+    /// let msg = conn.get_data()?;
+    /// assert_eq!(msg.as_str(), Some("ping"));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_data(&self) -> Result<Message> {
+        self.get_data_with_mode(None).map(|(m, _)| m)
+    }
+
+    /// The next message, waiting at most `timeout` ([`Error::Timeout`] otherwise).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// use std::time::Duration;
+    /// let r = conn.get_data_timeout(Duration::from_millis(10));
+    /// assert!(matches!(r, Err(serpy::Error::Timeout { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_data_timeout(&self, timeout: Duration) -> Result<Message> {
+        self.get_data_with_mode(Some(timeout)).map(|(m, _)| m)
+    }
+
+    /// The next message if one is waiting, `Ok(None)` if not.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(conn.try_get_data()?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn try_get_data(&self) -> Result<Option<Message>> {
+        let shared = &self.inner.shared;
+        match shared.in_rx.try_recv() {
+            Ok((m, _)) => Ok(Some(m)),
+            Err(channel::TryRecvError::Empty) => Ok(None),
+            Err(channel::TryRecvError::Disconnected) => Err(self.gone()),
+        }
+    }
+
+    /// The next message with the v1 mode it came in (`None` over v2), waiting at most
+    /// `timeout` (forever if `None`). Useful to forward a message in its own mode.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// # let peer = server.get_connection()?;
+    /// use serpy::Mode;
+    /// conn.send_data("x", Mode::Base85)?;
+    /// let (msg, mode) = peer.get_data_with_mode(Some(std::time::Duration::from_secs(5)))?;
+    /// assert_eq!(mode, Some(Mode::Base85));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_data_with_mode(&self, timeout: Option<Duration>) -> Result<(Message, Option<Mode>)> {
+        let shared = &self.inner.shared;
+        match timeout {
+            None => shared.in_rx.recv().map_err(|_| self.gone()),
+            Some(t) => shared.in_rx.recv_timeout(t).map_err(|e| match e {
+                RecvTimeoutError::Timeout => Error::Timeout {
+                    operation: "get_data",
+                    after: t,
+                },
+                RecvTimeoutError::Disconnected => self.gone(),
+            }),
+        }
+    }
+
+    fn gone(&self) -> Error {
+        if self.inner.shared.closed.load(Ordering::Acquire) {
+            Error::Closed
+        } else {
+            Error::Disconnected
+        }
+    }
+
+    /// True when a received message is waiting to be read.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(!conn.is_data_available());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_data_available(&self) -> bool {
+        self.inner.shared.has_data()
+    }
+
+    /// A blocking iterator over received messages; it ends when the connection is down
+    /// for good (or closed) and everything has been read.
+    ///
+    /// ```no_run
+    /// # fn main() -> serpy::Result<()> {
+    /// # let conn = serpy::Connection::connect("127.0.0.1:8000")?;
+    /// for msg in conn.iter() {
+    ///     println!("{msg}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = Message> + '_ {
+        self.inner.shared.in_rx.iter().map(|(m, _)| m)
+    }
+
+    /// An iterator over the messages already received; it does not wait.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert_eq!(conn.try_iter().count(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn try_iter(&self) -> impl Iterator<Item = Message> + '_ {
+        self.inner.shared.in_rx.try_iter().map(|(m, _)| m)
+    }
+
+    /// True while the TCP link is up.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(conn.is_connected());
+    /// conn.close();
+    /// assert!(!conn.is_connected());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_connected(&self) -> bool {
+        self.inner.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// Reconnect by itself when the link breaks (clients only; a server cannot call its
+    /// peer back). Has no effect once the link is down for good.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.enable_restart();
+    /// conn.disable_restart();
+    /// # Ok(()) }
+    /// ```
+    pub fn enable_restart(&self) {
+        let s = &self.inner.shared;
+        if s.is_client {
+            s.restart.store(true, Ordering::Release);
+        } else {
+            log::warn!("serpy {}: enable_restart() has no effect on a connection accepted by a server", s.label());
+        }
+    }
+
+    /// Stop reconnecting when the link breaks.
+    pub fn disable_restart(&self) {
+        self.inner.shared.restart.store(false, Ordering::Release);
+    }
+
+    /// Closes the connection: what is queued is written (for at most the close timeout),
+    /// the socket is closed, and every thread of the connection has ended when this
+    /// returns. Calling it again does nothing. Messages already received can still be
+    /// read; after them `get_data` returns [`Error::Closed`].
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.close();
+    /// conn.close();
+    /// assert!(matches!(conn.send("x"), Err(serpy::Error::Closed)));
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// The peer's address (the current one, for a client that reconnected).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert_eq!(conn.peer_addr(), Some(server.local_addr()));
+    /// # Ok(()) }
+    /// ```
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.inner.shared.peer)
+    }
+
+    /// This side's address of the link.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(conn.local_addr().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        lock(&self.inner.shared.stream)
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+    }
+
+    /// The protocol this connection speaks (`Auto` until an auto server has seen the
+    /// peer's first bytes).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert_eq!(conn.protocol(), serpy::Protocol::V1);
+    /// # Ok(()) }
+    /// ```
+    pub fn protocol(&self) -> Protocol {
+        self.inner.shared.protocol()
+    }
+
+    /// The link's events (connected, disconnected, reconnected, protocol errors...).
+    /// Every clone of the returned receiver takes from the same queue.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// while let Some(event) = conn.events().try_recv() {
+    ///     println!("{event}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self) -> Events {
+        self.inner.shared.events.receiver()
+    }
+
+    /// A number that identifies this connection within the process.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let a = serpy::Connection::connect(server.local_addr())?;
+    /// let b = serpy::Connection::connect(server.local_addr())?;
+    /// assert_ne!(a.id(), b.id());
+    /// # Ok(()) }
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.inner.shared.id
+    }
+}
+
+impl PartialEq for Connection {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for Connection {}
+
+/// The writer thread: owns the write side of the link, the v1 send mode, and reconnection.
+struct Writer {
+    shared: Arc<Shared>,
+    out_rx: Receiver<Outgoing>,
+    ctl_rx: Receiver<Control>,
+    /// Kept so that `ctl_rx` never disconnects while readers come and go.
+    ctl_tx: Sender<Control>,
+    /// Handed to each reader; dropped when the writer ends, so `get_data` sees the end.
+    in_tx: Sender<Incoming>,
+    stream: Option<TcpStream>,
+    epoch: u64,
+    send_mode: Mode,
+    /// Messages taken from the queue but not fully written on a link that broke.
+    retry: VecDeque<Outgoing>,
+    wire: WireBuf,
+}
+
+enum Next {
+    Go,
+    Stop,
+}
+
+impl Writer {
+    /// Starts using `stream` as the link (first connect, accept, or reconnect).
+    fn attach(&mut self, stream: TcpStream) -> Result<()> {
+        let read_half = stream
+            .try_clone()
+            .map_err(|e| Error::io("cloning the socket for the reader", e))?;
+        let kill = stream
+            .try_clone()
+            .map_err(|e| Error::io("cloning the socket", e))?;
+        self.epoch += 1;
+        lock(&self.shared.acks).epoch = self.epoch;
+        *lock(&self.shared.replies) = Replies {
+            epoch: self.epoch,
+            ..Replies::default()
+        };
+        *lock(&self.shared.stream) = Some(kill);
+        *lock(&self.shared.peer) = stream.peer_addr().ok();
+        self.send_mode = Mode::Plain;
+        self.stream = Some(stream);
+        self.shared.connected.store(true, Ordering::Release);
+        let previous = lock(&self.shared.threads).pop();
+        let reader = Reader {
+            shared: self.shared.clone(),
+            stream: read_half,
+            epoch: self.epoch,
+            in_tx: self.in_tx.clone(),
+            ctl_tx: self.ctl_tx.clone(),
+            previous,
+        };
+        let handle = thread::Builder::new()
+            .name(format!("serpy-rd-{}", self.shared.id))
+            .spawn(move || reader.run())
+            .map_err(|e| Error::io("starting the reader thread", e))?;
+        lock(&self.shared.threads).push(handle);
+        Ok(())
+    }
+
+    fn run(mut self) {
+        loop {
+            // Control first: replies must never wait behind data.
+            while let Ok(c) = self.ctl_rx.try_recv() {
+                if let Next::Stop = self.control(c) {
+                    return self.finish();
+                }
+            }
+            if let Next::Stop = self.write_replies() {
+                return self.finish();
+            }
+            let ready = self.shared.protocol() != Protocol::Auto && self.stream.is_some();
+            let next = if !self.retry.is_empty() && ready {
+                self.write_batch(None)
+            } else if ready {
+                select! {
+                    recv(self.ctl_rx) -> c => match c {
+                        Ok(c) => self.control(c),
+                        Err(_) => Next::Stop,
+                    },
+                    recv(self.out_rx) -> item => match item {
+                        Ok(item) => self.write_batch(Some(item)),
+                        Err(_) => Next::Stop,
+                    },
+                    recv(self.shared.shutdown_rx) -> _ => Next::Stop,
+                }
+            } else {
+                select! {
+                    recv(self.ctl_rx) -> c => match c {
+                        Ok(c) => self.control(c),
+                        Err(_) => Next::Stop,
+                    },
+                    recv(self.shared.shutdown_rx) -> _ => Next::Stop,
+                }
+            };
+            if let Next::Stop = next {
+                return self.finish();
+            }
+        }
+    }
+
+    /// Writes the control replies the reader asked for.
+    fn write_replies(&mut self) -> Next {
+        loop {
+            let (modcg, eot) = {
+                let mut r = lock(&self.shared.replies);
+                if r.epoch != self.epoch || self.stream.is_none() {
+                    return Next::Go;
+                }
+                let m = r.ack_mode_change.min(REPLY_BATCH);
+                let e = r.ack_eot.min(REPLY_BATCH);
+                r.ack_mode_change -= m;
+                r.ack_eot -= e;
+                (m, e)
+            };
+            if modcg == 0 && eot == 0 {
+                return Next::Go;
+            }
+            for _ in 0..modcg {
+                v1::encode_control(v1::Control::AckModeChange, &mut self.wire);
+            }
+            for _ in 0..eot {
+                v1::encode_control(v1::Control::AckEot, &mut self.wire);
+            }
+            let parts = self.wire.take_parts();
+            if let Err(e) = self.write_parts(&parts).1 {
+                return self.link_down(format!("write failed: {e}"));
+            }
+        }
+    }
+
+    fn control(&mut self, c: Control) -> Next {
+        match c {
+            Control::Wake => self.write_replies(),
+            Control::LinkDown { epoch, reason } => {
+                if epoch == self.epoch && self.stream.is_some() {
+                    self.link_down(reason)
+                } else {
+                    Next::Go
+                }
+            }
+            Control::Detected(p) => {
+                // The reader already set the protocol; this wakes the writer to send
+                // what waited for it.
+                self.shared.event(Event::ProtocolDetected(p));
+                Next::Go
+            }
+        }
+    }
+
+    /// Encodes and writes `first` and whatever else is queued, in few large writes.
+    fn write_batch(&mut self, first: Option<Outgoing>) -> Next {
+        let mut batch: Vec<Outgoing> = self.retry.drain(..).collect();
+        batch.extend(first);
+        let mut bytes = 0;
+        while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+            match self.out_rx.try_recv() {
+                Ok(item) => {
+                    bytes += item.payload_len();
+                    batch.push(item)
+                }
+                Err(_) => break,
+            }
+        }
+        // Encode: the SETMODE blocks depend on the link's current send mode.
+        let mut ends = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
+        let protocol = self.shared.protocol();
+        let mut pushed_acks = 0;
+        for mut item in batch {
+            if let Payload::Deferred { message, mode } = &item.payload {
+                match prepare(protocol, &self.shared.cfg, message, *mode) {
+                    Ok(p) => item.payload = p,
+                    Err(e) => {
+                        log::warn!("serpy {}: a message queued before the protocol was known cannot be sent: {e}", self.shared.label());
+                        if let Some(ack) = item.ack.take() {
+                            let _ = ack.send(Err(e));
+                        }
+                        continue;
+                    }
+                }
+            }
+            match &item.payload {
+                Payload::V1 { mode, parts } => {
+                    if *mode != self.send_mode {
+                        v1::encode_control(v1::Control::SetMode(*mode), &mut self.wire);
+                        self.send_mode = *mode;
+                    }
+                    for p in parts {
+                        self.wire.put_bytes(p.clone());
+                    }
+                }
+                Payload::V2 { parts } => {
+                    for p in parts {
+                        self.wire.put_bytes(p.clone());
+                    }
+                }
+                Payload::Deferred { .. } => {}
+            }
+            if let Some(ack) = &item.ack {
+                // Registered before the bytes go out, so the ACKEOT cannot come first.
+                lock(&self.shared.acks).waiting.push_back(ack.clone());
+                pushed_acks += 1;
+            }
+            ends.push(self.wire.len());
+            kept.push(item);
+        }
+        let parts = self.wire.take_parts();
+        let (written, result) = self.write_parts(&parts);
+        match result {
+            Ok(()) => Next::Go,
+            Err(e) => {
+                // Messages not fully handed to the socket go out again on the next link;
+                // their acknowledgement slots are taken back (they are the newest ones).
+                let done = ends.iter().take_while(|&&end| end <= written).count();
+                let mut acks = lock(&self.shared.acks);
+                let not_written_acks = kept[done..].iter().filter(|i| i.ack.is_some()).count();
+                for _ in 0..not_written_acks.min(pushed_acks) {
+                    acks.waiting.pop_back();
+                }
+                drop(acks);
+                self.retry.extend(kept.drain(done..));
+                self.link_down(format!("write failed: {e}"))
+            }
+        }
+    }
+
+    /// Writes all `parts`; returns how many bytes the socket took and the outcome.
+    fn write_parts(&mut self, parts: &[Bytes]) -> (usize, io::Result<()>) {
+        let Some(stream) = self.stream.as_mut() else {
+            return (0, Err(io::Error::from(io::ErrorKind::NotConnected)));
+        };
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut slices = &mut slices[..];
+        let mut written = 0;
+        while !slices.is_empty() {
+            match stream.write_vectored(slices) {
+                Ok(0) => return (written, Err(io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => {
+                    written += n;
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (written, Err(e)),
+            }
+        }
+        (written, Ok(()))
+    }
+
+    /// The link broke: fail what waits for an acknowledgement, then reconnect or stop.
+    fn link_down(&mut self, reason: String) -> Next {
+        if let Some(s) = self.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.shared.connected.store(false, Ordering::Release);
+        {
+            let mut acks = lock(&self.shared.acks);
+            acks.epoch = 0;
+            for slot in acks.waiting.drain(..) {
+                let _ = slot.send(Err(Error::AckUncertain));
+            }
+        }
+        let reconnecting = self.may_restart();
+        self.shared.event(Event::Disconnected {
+            reason,
+            reconnecting,
+        });
+        if !reconnecting {
+            return Next::Stop;
+        }
+        let mut delay = self.shared.cfg.backoff_first;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match connect_any(&self.shared.addrs, self.shared.cfg.connect_timeout) {
+                Ok(stream) => {
+                    let attached = configure(&stream, &self.shared.cfg)
+                        .map_err(|e| Error::io("configuring the socket", e))
+                        .and_then(|()| self.attach(stream));
+                    match attached {
+                        Ok(()) => {
+                            let peer = self.shared.addrs[0];
+                            let peer = (*lock(&self.shared.peer)).unwrap_or(peer);
+                            self.shared.event(Event::Reconnected { peer, attempts });
+                            return Next::Go;
+                        }
+                        Err(e) => log::debug!("serpy {}: reconnect failed: {e}", self.shared.label()),
+                    }
+                }
+                Err(e) => log::debug!("serpy {}: reconnect attempt {attempts} failed: {e}", self.shared.label()),
+            }
+            if self.shared.cfg.give_up_after.is_some_and(|n| attempts >= n) {
+                self.shared.event(Event::GaveUp { attempts });
+                return Next::Stop;
+            }
+            // Wait, but wake at once for close().
+            select! {
+                recv(self.shared.shutdown_rx) -> _ => return Next::Stop,
+                default(delay) => {}
+            }
+            if !self.may_restart() {
+                return Next::Stop;
+            }
+            delay = (delay * 2).min(self.shared.cfg.backoff_max);
+        }
+    }
+
+    fn may_restart(&self) -> bool {
+        self.shared.is_client
+            && self.shared.restart.load(Ordering::Acquire)
+            && !self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// The writer ends: on close, write what is queued (bounded by the close timeout);
+    /// otherwise the link is down for good and what is queued is reported lost.
+    fn finish(mut self) {
+        let closing = self.shared.closed.load(Ordering::Acquire);
+        if closing && self.stream.is_some() && self.shared.protocol() != Protocol::Auto {
+            if let Some(s) = &self.stream {
+                let _ = s.set_write_timeout(Some(self.shared.cfg.close_timeout.max(Duration::from_millis(1))));
+            }
+            let mut rest: Vec<Outgoing> = self.retry.drain(..).collect();
+            rest.extend(self.out_rx.try_iter());
+            for item in &mut rest {
+                if let Some(ack) = item.ack.take() {
+                    let _ = ack.send(Err(Error::Closed));
+                }
+            }
+            if !rest.is_empty() {
+                self.retry.extend(rest);
+                let _ = self.write_batch(None);
+                self.retry.clear();
+            }
+            if let Some(s) = &self.stream {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        self.shared.alive.store(false, Ordering::Release);
+        self.shared.connected.store(false, Ordering::Release);
+        {
+            let mut acks = lock(&self.shared.acks);
+            for slot in acks.waiting.drain(..) {
+                let _ = slot.send(Err(if closing { Error::Closed } else { Error::AckUncertain }));
+            }
+        }
+        let mut lost = 0;
+        for mut item in self.retry.drain(..).chain(self.out_rx.try_iter()) {
+            match item.ack.take() {
+                Some(ack) => {
+                    let _ = ack.send(Err(if closing { Error::Closed } else { Error::NotSent }));
+                }
+                None => lost += 1,
+            }
+        }
+        if lost > 0 {
+            self.shared.event(Event::Lost { messages: lost });
+        }
+        if let Some(s) = self.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        // Dropping out_rx, in_tx (readers keep theirs until they end) ends the queues.
+    }
+}
+
+impl Outgoing {
+    fn payload_len(&self) -> usize {
+        match &self.payload {
+            Payload::V1 { parts, .. } | Payload::V2 { parts } => parts.iter().map(Bytes::len).sum(),
+            Payload::Deferred { message, .. } => message.len(),
+        }
+    }
+}
+
+/// The reader thread of one link.
+struct Reader {
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    epoch: u64,
+    in_tx: Sender<Incoming>,
+    ctl_tx: Sender<Control>,
+    /// The reader of the previous link: joined first, so messages stay in order.
+    previous: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        if let Some(p) = self.previous.take() {
+            let _ = p.join();
+        }
+        let reason = match self.read_loop() {
+            Ok(()) => "the peer closed the connection".to_string(),
+            Err(ReadEnd::Io(e)) => format!("read failed: {e}"),
+            Err(ReadEnd::Stopped) => return,
+        };
+        let _ = self.ctl(Control::LinkDown {
+            epoch: self.epoch,
+            reason,
+        });
+    }
+
+    /// Reads until the peer closes (`Ok`), the socket fails, or the connection stops.
+    fn read_loop(&mut self) -> std::result::Result<(), ReadEnd> {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let (protocol, first) = match self.shared.protocol() {
+            Protocol::Auto => match self.detect(&mut buf)? {
+                Some(found) => found,
+                None => return Ok(()),
+            },
+            p => (p, Vec::new()),
+        };
+        let mut decoder = Decoder::new(protocol, self.shared.cfg.max_message_size);
+        decoder.decode(&first, &mut frames);
+        self.deliver(&mut frames)?;
+        loop {
+            let n = match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ReadEnd::Io(e)),
+            };
+            decoder.decode(&buf[..n], &mut frames);
+            self.deliver(&mut frames)?;
+        }
+    }
+
+    /// Auto servers: reads until the first bytes tell the protocol; returns it with the
+    /// bytes read so far, or `None` if the peer closed first.
+    fn detect(
+        &mut self,
+        buf: &mut [u8],
+    ) -> std::result::Result<Option<(Protocol, Vec<u8>)>, ReadEnd> {
+        let mut seen = Vec::new();
+        let started = Instant::now();
+        let timeout = self.shared.cfg.detect_timeout;
+        let protocol = loop {
+            match protocol::detect(&seen) {
+                Detection::V1 => break Protocol::V1,
+                Detection::V2 => break Protocol::V2,
+                Detection::NeedMore => {}
+            }
+            // Only a proper prefix of the magic makes us wait with a bound; before the
+            // first byte, the peer may be silent for as long as it likes.
+            let wait = if seen.is_empty() {
+                None
+            } else {
+                match timeout.checked_sub(started.elapsed()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => {
+                        self.protocol_error(crate::ProtocolError::DetectionTimeout);
+                        break Protocol::V1;
+                    }
+                }
+            };
+            let _ = self.stream.set_read_timeout(wait);
+            match self.stream.read(buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(ReadEnd::Io(e)),
+            }
+        };
+        let _ = self.stream.set_read_timeout(None);
+        *lock(&self.shared.protocol) = protocol;
+        self.ctl(Control::Detected(protocol))?;
+        Ok(Some((protocol, seen)))
+    }
+
+    fn protocol_error(&self, e: crate::ProtocolError) {
+        self.shared.event(Event::ProtocolError(e));
+    }
+
+    fn deliver(&mut self, frames: &mut Vec<Frame>) -> std::result::Result<(), ReadEnd> {
+        for frame in frames.drain(..) {
+            match frame {
+                Frame::Data { message, mode } => {
+                    let acked = mode.is_some_and(Mode::is_acked);
+                    select! {
+                        send(self.in_tx, (message, mode)) -> r => if r.is_err() { return Err(ReadEnd::Stopped) },
+                        recv(self.shared.shutdown_rx) -> _ => return Err(ReadEnd::Stopped),
+                    }
+                    self.shared.notify();
+                    if acked {
+                        self.reply(|r| r.ack_eot += 1);
+                    }
+                }
+                Frame::SetMode(_) => self.reply(|r| r.ack_mode_change += 1),
+                Frame::AckModeChange => {}
+                Frame::AckEot => {
+                    let mut acks = lock(&self.shared.acks);
+                    if acks.epoch == self.epoch {
+                        match acks.waiting.pop_front() {
+                            Some(slot) => {
+                                let _ = slot.send(Ok(()));
+                            }
+                            None => log::warn!(
+                                "serpy {}: the peer acknowledged a message that was not sent in an acknowledged mode; ignored",
+                                self.shared.label()
+                            ),
+                        }
+                    }
+                }
+                Frame::Error(e) => self.protocol_error(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Owes the peer a control reply; the writer sends it as soon as it can.
+    fn reply(&self, owe: impl FnOnce(&mut Replies)) {
+        {
+            let mut r = lock(&self.shared.replies);
+            if r.epoch != self.epoch {
+                return;
+            }
+            owe(&mut r);
+        }
+        // One wake-up waiting is enough: the writer reads the counters.
+        let _ = self.ctl_tx.try_send(Control::Wake);
+    }
+
+    fn ctl(&self, c: Control) -> std::result::Result<(), ReadEnd> {
+        select! {
+            send(self.ctl_tx, c) -> r => r.map_err(|_| ReadEnd::Stopped),
+            recv(self.shared.shutdown_rx) -> _ => Err(ReadEnd::Stopped),
+        }
+    }
+}
+
+enum ReadEnd {
+    Io(io::Error),
+    Stopped,
+}

@@ -1,0 +1,523 @@
+//! [`Server`]: binds, accepts, and hands each new socket to a [`Connection`].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+
+use crate::config::{connection_options, Config};
+use crate::connection::{lock, Connection, Notifier};
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::protocol::{Mode, Protocol};
+
+/// Default maximum number of simultaneous connections of a server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Options for a server; see [`Server::builder`].
+///
+/// ```
+/// use serpy::{Protocol, Server};
+///
+/// # fn main() -> serpy::Result<()> {
+/// let server = Server::builder()
+///     .protocol(Protocol::Auto)      // v1 and v2 clients alike
+///     .max_connections(16)
+///     .max_message_size(16 << 20)
+///     .bind("127.0.0.1:0")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    pub(crate) cfg: Config,
+    max_connections: usize,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            cfg: Config::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Default options: v1, at most 1024 connections.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The protocol of accepted connections: `V1` (default), `V2`, or `Auto` to tell each
+    /// connection's protocol from its first bytes. With `Auto`, what the server sends to a
+    /// connection waits until its peer has sent something.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.cfg.protocol = protocol;
+        self
+    }
+
+    /// At most this many live connections (default 1024); one more is accepted and
+    /// closed at once, with a log line, and the server goes on.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// With [`Protocol::Auto`]: how long to wait for the rest of the v2 magic once the
+    /// first bytes of it arrived (default 5 s); then the connection is taken as v1.
+    pub fn detect_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.cfg.detect_timeout = timeout;
+        self
+    }
+
+    connection_options!();
+
+    /// Binds to `addr` and starts accepting. Use port 0 for any free port and read it
+    /// back with [`Server::local_addr`].
+    pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server> {
+        let listener = TcpListener::bind(addr).map_err(|e| Error::Address {
+            addr: "the given address".into(),
+            source: e,
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        let (ready_tx, ready_rx) = channel::unbounded();
+        let (new_tx, new_rx) = channel::bounded(self.max_connections.clamp(16, 4096));
+        let shared = Arc::new(ServerShared {
+            registry: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            all_closed: AtomicBool::new(false),
+        });
+        let acceptor = Acceptor {
+            listener,
+            cfg: self.cfg,
+            max_connections: self.max_connections,
+            shared: shared.clone(),
+            notifier: Notifier { tx: ready_tx },
+            new_tx,
+            new_rx: new_rx.clone(),
+        };
+        let handle = thread::Builder::new()
+            .name(format!("serpy-accept-{}", local.port()))
+            .spawn(move || acceptor.run())
+            .map_err(|e| Error::io("starting the accept thread", e))?;
+        log::info!("serpy server listening on {local}");
+        Ok(Server {
+            local,
+            shared,
+            accept: Mutex::new(Some(handle)),
+            new_rx,
+            ready_rx,
+        })
+    }
+}
+
+struct ServerShared {
+    registry: Mutex<Vec<Connection>>,
+    stop: AtomicBool,
+    all_closed: AtomicBool,
+}
+
+impl ServerShared {
+    /// Drops the connections that are down for good and have nothing left to read.
+    fn prune(&self) -> Vec<Connection> {
+        let mut reg = lock(&self.registry);
+        let mut gone = Vec::new();
+        reg.retain(|c| {
+            let keep = !(c.shared().is_dead() && !c.shared().has_data());
+            if !keep {
+                gone.push(c.clone());
+            }
+            keep
+        });
+        gone
+    }
+
+    fn live(&self) -> usize {
+        lock(&self.registry)
+            .iter()
+            .filter(|c| !c.shared().is_dead())
+            .count()
+    }
+
+    fn find(&self, id: u64) -> Option<Connection> {
+        lock(&self.registry).iter().find(|c| c.id() == id).cloned()
+    }
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    cfg: Config,
+    max_connections: usize,
+    shared: Arc<ServerShared>,
+    notifier: Notifier,
+    new_tx: Sender<Connection>,
+    new_rx: Receiver<Connection>,
+}
+
+impl Acceptor {
+    fn run(self) {
+        loop {
+            let accepted = self.listener.accept();
+            if self.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: say so, and go on accepting.
+                    log::warn!("serpy server: accept failed: {e}");
+                    continue;
+                }
+            };
+            // Dropped handles are closed here, outside the registry lock.
+            drop(self.shared.prune());
+            if self.shared.live() >= self.max_connections {
+                log::warn!(
+                    "serpy server: refused {peer}: the limit of {} connections is reached (raise it with max_connections())",
+                    self.max_connections
+                );
+                drop(stream);
+                continue;
+            }
+            match Connection::start(
+                stream,
+                self.cfg.clone(),
+                Vec::new(),
+                false,
+                Some(self.notifier.clone()),
+            ) {
+                Ok(conn) => {
+                    lock(&self.shared.registry).push(conn.clone());
+                    // Keep the newest: if nobody takes new connections, drop the oldest.
+                    let mut conn = conn;
+                    while let Err(e) = self.new_tx.try_send(conn) {
+                        match e {
+                            channel::TrySendError::Full(c) => {
+                                let _ = self.new_rx.try_recv();
+                                conn = c;
+                            }
+                            channel::TrySendError::Disconnected(_) => break,
+                        }
+                    }
+                }
+                Err(e) => log::warn!("serpy server: could not start a connection for {peer}: {e}"),
+            }
+        }
+    }
+}
+
+/// A message received by a server, with the connection it came from: see
+/// [`Server::recv_any`].
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The connection it came from (answer on it with `send_data`).
+    pub connection: Connection,
+    /// The message.
+    pub message: Message,
+    /// The v1 mode it came in; `None` over v2.
+    pub mode: Option<Mode>,
+}
+
+/// Listens for serpy clients and gives a [`Connection`] for each.
+///
+/// The accept thread starts at once. [`close`](Server::close) stops accepting and leaves
+/// the connections running; [`close_all`](Server::close_all) (and `Drop`) also closes
+/// every connection; both return once the threads have ended.
+///
+/// ```
+/// use serpy::{Connection, Server};
+/// use std::time::Duration;
+///
+/// # fn main() -> serpy::Result<()> {
+/// let server = Server::bind("127.0.0.1:0")?;
+/// let a = Connection::connect(server.local_addr())?;
+/// let b = Connection::connect(server.local_addr())?;
+/// a.send("from a")?;
+/// b.send("from b")?;
+/// let mut got = Vec::new();
+/// for _ in 0..2 {
+///     let r = server.recv_any_timeout(Duration::from_secs(5))?;
+///     got.push(r.message.as_str().unwrap().to_string());
+///     r.connection.send("thanks")?;
+/// }
+/// got.sort();
+/// assert_eq!(got, ["from a", "from b"]);
+/// assert_eq!(a.get_data()?.as_str(), Some("thanks"));
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    local: SocketAddr,
+    shared: Arc<ServerShared>,
+    accept: Mutex<Option<JoinHandle<()>>>,
+    new_rx: Receiver<Connection>,
+    ready_rx: Receiver<u64>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local)
+            .field("connections", &self.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds with default options (v1). See [`ServerBuilder`] for the others.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// assert_ne!(server.local_addr().port(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn bind(addr: impl ToSocketAddrs) -> Result<Server> {
+        ServerBuilder::new().bind(addr)
+    }
+
+    /// Options for a new server.
+    ///
+    /// ```
+    /// let b = serpy::Server::builder().protocol(serpy::Protocol::V2);
+    /// ```
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::new()
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The next new connection, waiting as long as it takes ([`Error::Closed`] once the
+    /// server is closed and every new connection was taken).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let client = serpy::Connection::connect(server.local_addr())?;
+    /// let peer = server.get_connection()?;
+    /// assert_eq!(peer.peer_addr(), client.local_addr());
+    /// # Ok(()) }
+    /// ```
+    pub fn get_connection(&self) -> Result<Connection> {
+        self.new_rx.recv().map_err(|_| Error::Closed)
+    }
+
+    /// The next new connection, waiting at most `timeout`.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let r = server.get_connection_timeout(std::time::Duration::from_millis(10));
+    /// assert!(matches!(r, Err(serpy::Error::Timeout { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_connection_timeout(&self, timeout: Duration) -> Result<Connection> {
+        self.new_rx.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => Error::Timeout {
+                operation: "get_connection",
+                after: timeout,
+            },
+            RecvTimeoutError::Disconnected => Error::Closed,
+        })
+    }
+
+    /// The next new connection if one is waiting.
+    pub fn try_get_connection(&self) -> Option<Connection> {
+        self.new_rx.try_recv().ok()
+    }
+
+    /// A snapshot of the server's connections. A connection whose link is down drops out
+    /// by itself once everything it received has been read.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let _c = serpy::Connection::connect(server.local_addr())?;
+    /// let _peer = server.get_connection()?;
+    /// assert_eq!(server.connections().len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn connections(&self) -> Vec<Connection> {
+        drop(self.shared.prune());
+        lock(&self.shared.registry).clone()
+    }
+
+    /// The connections that have a received message waiting.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// assert!(server.readable_connections().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn readable_connections(&self) -> Vec<Connection> {
+        self.connections()
+            .into_iter()
+            .filter(Connection::is_data_available)
+            .collect()
+    }
+
+    /// How many connections [`connections`](Server::connections) would give.
+    pub fn len(&self) -> usize {
+        drop(self.shared.prune());
+        lock(&self.shared.registry).len()
+    }
+
+    /// True when the server has no connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next message from any connection, waiting as long as it takes. Connections
+    /// are served in turn, so a busy one cannot starve the others.
+    ///
+    /// Returns [`Error::Closed`] after [`close_all`](Server::close_all).
+    pub fn recv_any(&self) -> Result<Received> {
+        self.recv_any_deadline(None)
+    }
+
+    /// [`recv_any`](Server::recv_any) waiting at most `timeout`.
+    pub fn recv_any_timeout(&self, timeout: Duration) -> Result<Received> {
+        self.recv_any_deadline(Some(Instant::now() + timeout))
+            .map_err(|e| match e {
+                Error::Timeout { operation, .. } => Error::Timeout {
+                    operation,
+                    after: timeout,
+                },
+                e => e,
+            })
+    }
+
+    /// The next message from any connection if one is waiting.
+    pub fn try_recv_any(&self) -> Option<Received> {
+        loop {
+            match self.ready_rx.try_recv() {
+                Ok(id) => {
+                    if let Some(r) = self.take_from(id) {
+                        return Some(r);
+                    }
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn recv_any_deadline(&self, deadline: Option<Instant>) -> Result<Received> {
+        loop {
+            if self.shared.all_closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            let id = match deadline {
+                None => self.ready_rx.recv().map_err(|_| Error::Closed)?,
+                Some(d) => self.ready_rx.recv_deadline(d).map_err(|e| match e {
+                    RecvTimeoutError::Timeout => Error::Timeout {
+                        operation: "recv_any",
+                        after: Duration::ZERO,
+                    },
+                    RecvTimeoutError::Disconnected => Error::Closed,
+                })?,
+            };
+            if let Some(r) = self.take_from(id) {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Takes one message from connection `id`; puts `id` back at the end of the line if
+    /// more are waiting (round robin between connections).
+    fn take_from(&self, id: u64) -> Option<Received> {
+        let conn = self.shared.find(id)?;
+        let shared = conn.shared();
+        shared.notified.store(false, Ordering::Release);
+        let (message, mode) = shared.try_recv()?;
+        if shared.has_data() && !shared.notified.swap(true, Ordering::AcqRel) {
+            shared.push_notify();
+        }
+        Some(Received {
+            connection: conn,
+            message,
+            mode,
+        })
+    }
+
+    /// Stops accepting new connections; the existing ones go on. Returns once the accept
+    /// thread has ended. Calling it again does nothing.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// server.close();
+    /// assert!(serpy::Connection::connect(server.local_addr()).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) {
+        let Some(handle) = lock(&self.accept).take() else {
+            return;
+        };
+        self.shared.stop.store(true, Ordering::Release);
+        // Wake the blocked accept() by connecting to ourselves.
+        let wake = wake_addr(self.local);
+        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_err() {
+            log::warn!("serpy server: could not wake the accept thread on {wake}; it ends at the next connection");
+        }
+        let _ = handle.join();
+        log::info!("serpy server on {} closed", self.local);
+    }
+
+    /// Stops accepting and closes every connection (the original's `closeServer`).
+    /// Returns once every thread of the server and its connections has ended.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let client = serpy::Connection::connect(server.local_addr())?;
+    /// let peer = server.get_connection()?;
+    /// server.close_all();
+    /// assert!(!peer.is_connected());
+    /// assert!(matches!(client.get_data(), Err(serpy::Error::Disconnected)));
+    /// # Ok(()) }
+    /// ```
+    pub fn close_all(&self) {
+        self.close();
+        self.shared.all_closed.store(true, Ordering::Release);
+        let conns: Vec<Connection> = lock(&self.shared.registry).drain(..).collect();
+        for c in &conns {
+            c.close();
+        }
+        while self.new_rx.try_recv().is_ok() {}
+    }
+}
+
+impl<'a> IntoIterator for &'a Server {
+    type Item = Connection;
+    type IntoIter = std::vec::IntoIter<Connection>;
+
+    /// Iterates over a snapshot of the connections.
+    fn into_iter(self) -> Self::IntoIter {
+        self.connections().into_iter()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}
+
+/// Where to connect to wake our own accept(): the bound address, or loopback if the
+/// server listens on all interfaces.
+fn wake_addr(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
+}
