@@ -16,14 +16,14 @@
 //! It never panics and never stops: it reports a [`Frame::Error`] and goes on.
 //!
 //! - **Bytes that are not a frame** are skipped up to the next full magic; a partial magic
-//!   at the end of the input is kept in case the next bytes complete it. A run of skipped
-//!   bytes is reported as [`ProtocolError::BadMagic`] as soon as a `decode` (or
-//!   [`Decoder::read_from`]) call ends having thrown bytes away, so that garbage followed
-//!   by silence is still seen; bytes of the same run thrown away in later calls are
-//!   counted silently and reported once more when the next magic is found. So a run is
-//!   reported at most twice whatever the chunking, never twice in one call, and the
-//!   `skipped` counts of its reports add up to the number of bytes skipped. Apart from
-//!   this split, the frames do not depend on how the input is cut into chunks.
+//!   at the end of the input is kept in case the next bytes complete it. Skipped bytes are
+//!   reported as [`ProtocolError::BadMagic`] when the next magic is found or, at the
+//!   latest, when the `decode` (or [`Decoder::read_from`]) call that threw them away ends,
+//!   so that garbage followed by silence is still seen. A run of garbage is thus reported
+//!   once per call that threw bytes of it away (never twice in one call), and the
+//!   `skipped` counts of its reports add up to the bytes skipped, whatever the chunking.
+//!   Apart from this split of the reports, the frames do not depend on how the input is
+//!   cut into chunks.
 //! - **A length above the maximum message size**: [`ProtocolError::TooLarge`] as soon as
 //!   the header is read, then that many bytes are thrown away as they arrive, without
 //!   being stored, and decoding resumes at the next frame.
@@ -241,10 +241,8 @@ pub struct Decoder {
     buf: BytesMut,
     filled: usize,
     state: State,
-    /// Bytes of the current run of garbage thrown away and not reported yet.
+    /// Bytes of garbage thrown away in this call and not reported yet.
     garbage: usize,
-    /// The current run of garbage was already reported once, at the end of a call.
-    garbage_reported: bool,
 }
 
 impl fmt::Debug for Decoder {
@@ -268,7 +266,6 @@ impl Decoder {
             filled: 0,
             state: State::Header,
             garbage: 0,
-            garbage_reported: false,
         }
     }
 
@@ -294,7 +291,7 @@ impl Decoder {
             input = &input[n..];
             self.process(out);
         }
-        self.end_call(out);
+        self.report_garbage(out);
     }
 
     /// Reads once from `reader` straight into the decoder's buffer, pushes the frames and
@@ -344,7 +341,7 @@ impl Decoder {
         };
         self.filled += n;
         self.process(out);
-        self.end_call(out);
+        self.report_garbage(out);
         Ok(n)
     }
 
@@ -492,26 +489,20 @@ impl Decoder {
             self.garbage += start;
         }
         if found {
-            if self.garbage > 0 {
-                out.push(Frame::Error(ProtocolError::BadMagic {
-                    skipped: self.garbage,
-                }));
-                self.garbage = 0;
-            }
-            self.garbage_reported = false;
+            // The run of garbage ends here: report it before the frame.
+            self.report_garbage(out);
         }
         found
     }
 
-    /// At the end of a call: reports garbage thrown away in this run if the run was not
-    /// reported yet.
-    fn end_call(&mut self, out: &mut Vec<Frame>) {
-        if self.garbage > 0 && !self.garbage_reported {
+    /// Reports the garbage thrown away since the last report, if any (at the end of each
+    /// call, and when a magic ends a run of garbage).
+    fn report_garbage(&mut self, out: &mut Vec<Frame>) {
+        if self.garbage > 0 {
             out.push(Frame::Error(ProtocolError::BadMagic {
                 skipped: self.garbage,
             }));
             self.garbage = 0;
-            self.garbage_reported = true;
         }
     }
 
@@ -731,9 +722,9 @@ mod tests {
                 },
             ),
             (
-                frame(TYPE_FLOAT, &[b'1'; 100]),
+                frame(TYPE_FLOAT, &[b'z'; 100]),
                 ProtocolError::BadFloat {
-                    text: "1".repeat(64),
+                    text: "z".repeat(64),
                 },
             ),
             (
@@ -799,7 +790,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_reported_once_per_run_and_call() {
+    fn garbage_is_reported_once_per_run_per_call() {
         let good = wire(&Message::Int(1));
         // Garbage then a frame, in one call: one report.
         let mut d = Decoder::new(64);
@@ -819,13 +810,17 @@ mod tests {
             [err(ProtocolError::BadMagic { skipped: 6 })]
         );
         assert_eq!(d.buffered(), 0);
-        // ... and the rest of the run is reported when the next frame comes.
-        assert_eq!(decode_all(&mut d, b"more"), []);
-        assert_eq!(decode_all(&mut d, b"junk"), []);
+        // ... and so is each further piece of the run, once per call.
         assert_eq!(
-            decode_all(&mut d, &good),
+            decode_all(&mut d, b"more"),
+            [err(ProtocolError::BadMagic { skipped: 4 })]
+        );
+        let mut input = b"junk".to_vec();
+        input.extend(&good);
+        assert_eq!(
+            decode_all(&mut d, &input),
             [
-                err(ProtocolError::BadMagic { skipped: 8 }),
+                err(ProtocolError::BadMagic { skipped: 4 }),
                 data(Message::Int(1))
             ]
         );
@@ -934,7 +929,7 @@ mod tests {
             let before = d.buffered();
             let n = d.read_from(&mut reader, &mut out).unwrap();
             let asked = *reader.asked.last().unwrap();
-            assert!(asked >= MIN_READ && asked <= MAX_READ, "{asked}");
+            assert!((MIN_READ..=MAX_READ).contains(&asked), "{asked}");
             assert!(
                 asked <= before.max(MIN_READ),
                 "asked {asked} with {before} buffered"

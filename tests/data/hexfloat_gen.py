@@ -122,6 +122,9 @@ inputs += [
     "1\u00a0", "\x1c1", "1\x1f", "1\x00", "0x1p 1", "1 p1", "x1", "0x-1", "1pp1", "1.p",
     "g", "0xg", "1g", "0x1.g", "++1", "1+", "0x1p1p1", "0x 1", "0 x1", ". 8", "1 .8",
     "\u0661", "１", "0x1\u0300", "inf inf", "i nf", "0b1", "0o1", "#1", "$1", "1,5",
+    # Python reports an overflow before it looks at what follows the number.
+    "0x1p9999 x", "0x1p9999x", "1p99999999999999999999999z", "0x1.fffffffffffff8p1023junk",
+    "0x1p2000p", "0x1p2000.", "0x1p1 x", "0x0p9999 x", "0x1p-9999 x", "inf x", "0x1p1025-",
 ]
 seen = set()
 parse = []

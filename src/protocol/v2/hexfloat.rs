@@ -220,11 +220,12 @@ pub fn float_fromhex<T: AsRef<[u8]> + ?Sized>(text: &T) -> Result<f64, HexFloatE
     // Binary exponent, saturating like strtol.
     let mut exp: i128 = 0;
     if let [b'p' | b'P', after @ ..] = rest {
-        let (exp_negative, digits) = strip_sign(after);
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        let (exp_negative, after) = strip_sign(after);
+        let exp_len = after.iter().take_while(|b| b.is_ascii_digit()).count();
+        if exp_len == 0 {
             return Err(HexFloatError::Invalid);
         }
-        for &d in digits {
+        for &d in &after[..exp_len] {
             exp = (exp * 10 + i128::from(d - b'0')).min(LONG_MAX + 1);
         }
         exp = if exp_negative {
@@ -232,10 +233,21 @@ pub fn float_fromhex<T: AsRef<[u8]> + ?Sized>(text: &T) -> Result<f64, HexFloatE
         } else {
             exp.min(LONG_MAX)
         };
-    } else if !rest.is_empty() {
-        return Err(HexFloatError::Invalid);
+        rest = &after[exp_len..];
     }
 
+    // Like CPython, an overflow is reported before anything that follows the number is
+    // looked at ("0x1p9999 x" is an overflow, not a syntax error).
+    let magnitude = magnitude(int_digits, frac_digits, exp)?;
+    if !rest.is_empty() {
+        return Err(HexFloatError::Invalid);
+    }
+    Ok(with_sign(negative, magnitude))
+}
+
+/// The value of the hex digits `int_digits.frac_digits` times 2^exp, correctly rounded.
+fn magnitude(int_digits: &[u8], frac_digits: &[u8], exp: i128) -> Result<f64, HexFloatError> {
+    let ndigits = (int_digits.len() + frac_digits.len()) as i128;
     // The significant digits: from the first non-zero one on.
     let digits = || {
         int_digits
@@ -244,10 +256,10 @@ pub fn float_fromhex<T: AsRef<[u8]> + ?Sized>(text: &T) -> Result<f64, HexFloatE
             .map(|&b| hex_value(b).unwrap_or(0))
     };
     let Some(first_nonzero) = digits().position(|d| d != 0) else {
-        return Ok(with_sign(negative, 0.0));
+        return Ok(0.0);
     };
     if exp < LONG_MIN / 2 {
-        return Ok(with_sign(negative, 0.0));
+        return Ok(0.0);
     }
     if exp > LONG_MAX / 2 {
         return Err(HexFloatError::Overflow);
@@ -261,7 +273,7 @@ pub fn float_fromhex<T: AsRef<[u8]> + ?Sized>(text: &T) -> Result<f64, HexFloatE
     let top_exp = exp0 + 4 * (significant - 1) + i128::from(8 - lead.leading_zeros() as u8);
     if top_exp < -1074 {
         // Below half the smallest subnormal: rounds to zero.
-        return Ok(with_sign(negative, 0.0));
+        return Ok(0.0);
     }
     if top_exp > 1024 {
         return Err(HexFloatError::Overflow);
@@ -302,7 +314,7 @@ pub fn float_fromhex<T: AsRef<[u8]> + ?Sized>(text: &T) -> Result<f64, HexFloatE
     if bits >= 0x7ff0_0000_0000_0000 {
         return Err(HexFloatError::Overflow);
     }
-    Ok(with_sign(negative, f64::from_bits(bits)))
+    Ok(f64::from_bits(bits))
 }
 
 #[cfg(test)]
@@ -418,6 +430,8 @@ mod tests {
             "-0x2p1023",
             "0x1p+99999999999999999999999",
             "0x1p4611686018427387904",
+            "0x1p9999 x",
+            "0x1p2000p",
         ] {
             assert_eq!(float_fromhex(s), Err(HexFloatError::Overflow), "{s:?}");
         }
