@@ -36,11 +36,18 @@
 //! # Memory
 //!
 //! The decoder's buffer grows with the bytes that arrive, never with what a header
-//! claims. Between calls it holds less than one frame ([`Decoder::buffered`] is at most
-//! `max(max_message_size, HEADER_LEN)`), and during a call at most [`MIN_READ`] bytes more.
-//! Payloads of [`SHARE_THRESHOLD`] bytes or more are handed out without a copy (split off
-//! the receive buffer); smaller ones are copied, which costs little and keeps a small
-//! message from pinning a whole receive buffer in memory for as long as it lives.
+//! claims: inside a payload it grows by at most what already arrived of it (at least
+//! [`MIN_READ`], at most [`MAX_READ`] at a time). Between calls it holds less than one
+//! frame ([`Decoder::buffered`] is at most `max(max_message_size, HEADER_LEN)`); during a
+//! call, at most [`MIN_READ`] bytes more. An oversized frame is thrown away as it arrives
+//! and never stored (its bytes only pass through room already allocated). After a payload above [`RETAIN_MAX`] bytes, the decoder lets go of
+//! its receive buffer (which the payload takes along), and it lets go of any empty
+//! receive buffer above that size.
+//!
+//! Payloads of [`SHARE_THRESHOLD`] bytes or more are handed out without a copy: split off
+//! the receive buffer, so that with [`Decoder::read_from`] their bytes go from the socket
+//! into the message with no copy at all. Smaller ones are copied, which costs little and
+//! keeps a small message from pinning a whole receive buffer in memory while it lives.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -76,6 +83,9 @@ pub const MAX_PAYLOAD: usize = u32::MAX as usize;
 pub const MIN_READ: usize = 64 * 1024;
 /// The largest read [`Decoder::read_from`] asks for (inside a large payload).
 pub const MAX_READ: usize = 4 * 1024 * 1024;
+/// A decoder keeps a receive buffer of up to this capacity for the next frames, and lets
+/// a larger one go (after a very large frame).
+pub const RETAIN_MAX: usize = 2 * MAX_READ;
 
 /// The v2 checksum: the sum of all bytes, modulo 2^32.
 ///
@@ -292,6 +302,7 @@ impl Decoder {
             self.process(out);
         }
         self.report_garbage(out);
+        self.release_big_buffer();
     }
 
     /// Reads once from `reader` straight into the decoder's buffer, pushes the frames and
@@ -299,9 +310,11 @@ impl Decoder {
     /// stream). Errors of the reader are returned as they are (a read interrupted by a
     /// signal is retried).
     ///
-    /// It asks for at least [`MIN_READ`] bytes; inside a large payload for up to the
-    /// rest of the payload, at most [`MAX_READ`], and never for more than what already
-    /// arrived of that payload (so the buffer grows with the data, not with the header).
+    /// It offers the reader room for at least [`MIN_READ`] bytes, and inside a large
+    /// payload for up to the rest of the payload (at most [`MAX_READ`]); the buffer grows
+    /// by at most what already arrived of the payload, so a header alone cannot make it
+    /// allocate. The bytes are read into the decoder's own buffer, and large payloads are
+    /// handed out from it without a copy.
     ///
     /// ```
     /// use serpy::protocol::{v2, Frame, WireBuf};
@@ -342,6 +355,7 @@ impl Decoder {
         self.filled += n;
         self.process(out);
         self.report_garbage(out);
+        self.release_big_buffer();
         Ok(n)
     }
 
@@ -349,6 +363,13 @@ impl Decoder {
     /// `max(max_message_size, HEADER_LEN)` between calls).
     pub fn buffered(&self) -> usize {
         self.filled
+    }
+
+    /// Lets go of an empty receive buffer that grew large for a very large frame.
+    fn release_big_buffer(&mut self) {
+        if self.filled == 0 && self.buf.capacity() > RETAIN_MAX {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// How much to read next: (the least room to make, the most to read).
@@ -392,9 +413,16 @@ impl Decoder {
             let bytes = Bytes::copy_from_slice(&self.buf[..len]);
             self.consume(len);
             bytes
-        } else {
+        } else if len <= RETAIN_MAX {
             self.filled -= len;
             self.buf.split_to(len).freeze()
+        } else {
+            // A very large payload takes its allocation along; the few bytes after it
+            // (less than one read) move to a new buffer.
+            let rest = BytesMut::from(&self.buf[len..self.filled]);
+            self.buf.truncate(len);
+            self.filled -= len;
+            std::mem::replace(&mut self.buf, rest).freeze()
         }
     }
 
@@ -993,6 +1021,46 @@ mod tests {
         let e = d.read_from(&mut r, &mut out).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         assert_eq!(d.read_from(&mut r, &mut out).unwrap(), MIN_READ);
+    }
+
+    #[test]
+    fn large_payloads_are_split_off_the_receive_buffer() {
+        let len = SHARE_THRESHOLD + 100;
+        let mut input = wire(&Message::from(vec![1u8; len]));
+        input.extend(wire(&Message::from("é".repeat(len / 2))));
+        input.extend(wire(&Message::from(vec![2u8; 10])));
+        let mut reader = &input[..];
+        let mut d = Decoder::new(1 << 20);
+        let mut out = Vec::new();
+        assert_eq!(d.read_from(&mut reader, &mut out).unwrap(), input.len());
+        let ptrs: Vec<*const u8> = out
+            .iter()
+            .map(|f| match f {
+                Frame::Data { message, .. } => message.as_bytes().unwrap().as_ptr(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The two large payloads lie one frame apart in the same buffer: not copied.
+        assert_eq!(ptrs[1] as usize - ptrs[0] as usize, len + HEADER_LEN);
+        assert_eq!(out[2], data(Message::from(vec![2u8; 10])));
+    }
+
+    #[test]
+    fn a_very_large_receive_buffer_is_let_go() {
+        let len = RETAIN_MAX + 1;
+        let input = frame(TYPE_BYTES, &vec![5u8; len]);
+        let mut d = Decoder::new(len);
+        let mut out = Vec::new();
+        let mut reader = &input[..];
+        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+        assert!(matches!(&out[..], [Frame::Data { message, .. }] if message.len() == len));
+        assert!(d.buf.capacity() <= MIN_READ, "{}", d.buf.capacity());
+        let mut input2 = input.clone();
+        input2.extend(wire(&Message::Int(4)));
+        d.decode(&input2, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2], data(Message::Int(4)));
+        assert!(d.buf.capacity() <= MIN_READ, "{}", d.buf.capacity());
     }
 
     #[test]
