@@ -153,12 +153,13 @@ const MAX_DIGITS: i128 = {
 
 /// Python's `float.fromhex()`: reads a hexadecimal float, correctly rounded.
 ///
-/// Accepts optional ASCII whitespace around the number, an optional sign, `inf`,
-/// `infinity` or `nan` in any case, or an optional `0x`/`0X`, hex digits with an optional
-/// point (at least one digit) and an optional binary exponent `p`/`P` with optional sign
-/// and decimal digits. The value is rounded to the nearest `f64`, ties to even,
-/// subnormals included; values too large give [`HexFloatError::Overflow`]. It runs in
-/// one pass over the text, whatever the exponent or the number of digits.
+/// Accepts optional ASCII whitespace around the number and an optional sign, then either
+/// `inf`, `infinity` or `nan` in any case, or an optional `0x`/`0X`, hex digits with an
+/// optional point (at least one digit) and an optional binary exponent `p`/`P` with
+/// optional sign and decimal digits. The value is rounded to the nearest `f64`, ties to
+/// even, subnormals included; values too large give [`HexFloatError::Overflow`] (also
+/// when something invalid follows them, as in Python). It takes time linear in the length
+/// of the text and does not allocate, whatever the exponent or the number of digits.
 ///
 /// ```
 /// use serpy::protocol::v2::{float_fromhex, HexFloatError};
