@@ -1,41 +1,1073 @@
 //! v2 ("serpy2"): 14-byte header, typed frames.
 //!
-//! STUB: the signatures below are the contract used by the rest of the crate.
+//! Every message is one frame: the magic `DE CA FE CA FE`, a type code, the checksum
+//! (sum of the payload bytes modulo 2^32, little endian), the payload length (u32, little
+//! endian), then the payload. See `PROTOCOL.md`, section "v2".
+//!
+//! | code | [`Message`] | payload |
+//! |---|---|---|
+//! | [`TYPE_INT`] `0x01` | `Int` | i64, little endian, 8 bytes |
+//! | [`TYPE_FLOAT`] `0x11` | `Float` | the ASCII text of Python's `float.hex()` ([`float_hex`]) |
+//! | [`TYPE_TEXT`] `0x21` | `Text` | UTF-8 |
+//! | [`TYPE_BYTES`] `0x81` | `Bytes` | raw bytes |
+//!
+//! # How the decoder treats a broken stream
+//!
+//! It never panics and never stops: it reports a [`Frame::Error`] and goes on.
+//!
+//! - **Bytes that are not a frame** are skipped up to the next full magic; a partial magic
+//!   at the end of the input is kept in case the next bytes complete it. Skipped bytes are
+//!   reported as [`ProtocolError::BadMagic`] when the next magic is found or, at the
+//!   latest, when the `decode` (or [`Decoder::read_from`]) call that threw them away ends,
+//!   so that garbage followed by silence is still seen. A run of garbage is thus reported
+//!   once per call that threw bytes of it away (never twice in one call), and the
+//!   `skipped` counts of its reports add up to the bytes skipped, whatever the chunking.
+//!   Apart from this split of the reports, the frames do not depend on how the input is
+//!   cut into chunks.
+//! - **A length above the maximum message size**: [`ProtocolError::TooLarge`] as soon as
+//!   the header is read, then that many bytes are thrown away as they arrive, without
+//!   being stored, and decoding resumes at the next frame.
+//! - **A checksum mismatch**: [`ProtocolError::BadChecksum`], the frame is dropped. Then a
+//!   type code other than the four ([`ProtocolError::UnknownType`]), an integer payload
+//!   that is not 8 bytes ([`ProtocolError::BadInt`]), a float text that Python's
+//!   `float.fromhex()` would refuse ([`ProtocolError::BadFloat`]) or text that is not
+//!   UTF-8 ([`ProtocolError::InvalidUtf8`]) drop the frame, reported likewise.
+//!
+//! # Memory
+//!
+//! The decoder's buffer grows with the bytes that arrive, never with what a header
+//! claims: inside a payload it grows by at most what already arrived of it (at least
+//! [`MIN_READ`], at most [`MAX_READ`] at a time). Between calls it holds less than one
+//! frame ([`Decoder::buffered`] is at most `max(max_message_size, HEADER_LEN)`); during a
+//! call, at most [`MIN_READ`] bytes more. An oversized frame is thrown away as it arrives
+//! and never stored (its bytes only pass through room already allocated). After a payload above [`RETAIN_MAX`] bytes, the decoder lets go of
+//! its receive buffer (which the payload takes along), and it lets go of any empty
+//! receive buffer above that size.
+//!
+//! Payloads of [`SHARE_THRESHOLD`] bytes or more are handed out without a copy: split off
+//! the receive buffer, so that with [`Decoder::read_from`] their bytes go from the socket
+//! into the message with no copy at all. Smaller ones are copied, which costs little and
+//! keeps a small message from pinning a whole receive buffer in memory while it lives.
 
-use crate::error::Result;
-use crate::message::Message;
-use crate::protocol::{Frame, WireBuf};
+use std::fmt;
+use std::io::{self, Read};
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::error::{lossy_excerpt, Error, ProtocolError, Result};
+use crate::message::{Message, Text};
+use crate::protocol::{Frame, WireBuf, SHARE_THRESHOLD};
+
+mod hexfloat;
+
+pub use hexfloat::{float_fromhex, float_hex, HexFloatError, FLOAT_HEX_MAX_LEN};
 
 /// The magic that starts every v2 frame.
 pub const MAGIC: [u8; 5] = [0xDE, 0xCA, 0xFE, 0xCA, 0xFE];
-/// Header length.
+/// Header length: magic (5), type code (1), checksum (4), payload length (4).
 pub const HEADER_LEN: usize = 14;
 
-/// Appends one frame for `message` (header, then the payload by reference where large).
-pub fn encode(message: &Message, out: &mut WireBuf) -> Result<()> {
-    let _ = (message, out);
-    todo!()
+/// Type code of an integer frame (i64, little endian).
+pub const TYPE_INT: u8 = 0x01;
+/// Type code of a float frame (text of Python's `float.hex()`).
+pub const TYPE_FLOAT: u8 = 0x11;
+/// Type code of a text frame (UTF-8).
+pub const TYPE_TEXT: u8 = 0x21;
+/// Type code of a bytes frame.
+pub const TYPE_BYTES: u8 = 0x81;
+
+/// The largest payload a frame can carry: its length field is a u32.
+pub const MAX_PAYLOAD: usize = u32::MAX as usize;
+
+/// The smallest read [`Decoder::read_from`] asks for.
+pub const MIN_READ: usize = 64 * 1024;
+/// The largest read [`Decoder::read_from`] asks for (inside a large payload).
+pub const MAX_READ: usize = 4 * 1024 * 1024;
+/// A decoder keeps a receive buffer of up to this capacity for the next frames, and lets
+/// a larger one go (after a very large frame).
+pub const RETAIN_MAX: usize = 2 * MAX_READ;
+
+/// The v2 checksum: the sum of all bytes, modulo 2^32.
+///
+/// ```
+/// use serpy::protocol::v2::checksum;
+/// assert_eq!(checksum(b""), 0);
+/// assert_eq!(checksum(b"hello"), 532);
+/// assert_eq!(checksum(&vec![0xff; 1 << 24]), 0xff00_0000);
+/// ```
+pub fn checksum(payload: &[u8]) -> u32 {
+    // Bytes are added into 32 u16 lanes, 256 rows at a time (256 * 255 fits a u16), which
+    // the compiler turns into wide vector additions; the lanes are then folded into u32.
+    const LANES: usize = 32;
+    const ROWS: usize = 256;
+    let mut total = 0u32;
+    let mut blocks = payload.chunks_exact(LANES * ROWS);
+    for block in &mut blocks {
+        let mut lanes = [0u16; LANES];
+        for row in block.chunks_exact(LANES) {
+            for (lane, &byte) in lanes.iter_mut().zip(row) {
+                *lane += u16::from(byte);
+            }
+        }
+        total = total.wrapping_add(lanes.iter().map(|&lane| u32::from(lane)).sum::<u32>());
+    }
+    blocks
+        .remainder()
+        .iter()
+        .fold(total, |sum, &byte| sum.wrapping_add(u32::from(byte)))
 }
 
-/// The receiving half of v2.
-#[derive(Debug)]
+/// The 14-byte header of a frame of type `type_code` carrying `payload`.
+///
+/// The length field is `payload.len()` modulo 2^32: payloads longer than [`MAX_PAYLOAD`]
+/// cannot be framed ([`encode`] refuses them).
+///
+/// ```
+/// use serpy::protocol::v2::{header, MAGIC, TYPE_BYTES};
+/// let h = header(TYPE_BYTES, b"\x00\xff\x1f");
+/// assert_eq!(h[..5], MAGIC);
+/// assert_eq!(h[5..], [0x81, 0x1e, 0x01, 0, 0, 3, 0, 0, 0]);
+/// ```
+pub fn header(type_code: u8, payload: &[u8]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..5].copy_from_slice(&MAGIC);
+    h[5] = type_code;
+    h[6..10].copy_from_slice(&checksum(payload).to_le_bytes());
+    h[10..14].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h
+}
+
+fn check_payload_len(len: usize) -> Result<()> {
+    if len > MAX_PAYLOAD {
+        return Err(Error::MessageTooLarge {
+            size: len as u64,
+            max: MAX_PAYLOAD,
+        });
+    }
+    Ok(())
+}
+
+/// Appends one frame for `message`: the header, then the payload (by reference where
+/// large, see [`WireBuf::put_bytes`]).
+///
+/// Refuses a [`Message::Pickle`] ([`Error::Unsupported`]: v2 has no pickle frames) and a
+/// payload longer than [`MAX_PAYLOAD`] ([`Error::MessageTooLarge`]); on error nothing is
+/// appended.
+///
+/// ```
+/// use serpy::protocol::{v2, WireBuf};
+/// use serpy::Message;
+///
+/// let mut wire = WireBuf::new();
+/// v2::encode(&Message::from("hello"), &mut wire).unwrap();
+/// assert_eq!(wire.to_vec(), b"\xde\xca\xfe\xca\xfe\x21\x14\x02\0\0\x05\0\0\0hello");
+///
+/// let pickle = Message::Pickle(bytes::Bytes::from_static(b"\x80\x04K\x01."));
+/// assert!(v2::encode(&pickle, &mut wire).is_err());
+/// assert_eq!(wire.len(), 19);
+/// ```
+pub fn encode(message: &Message, out: &mut WireBuf) -> Result<()> {
+    match message {
+        Message::Int(i) => {
+            let payload = i.to_le_bytes();
+            out.put_slice(&header(TYPE_INT, &payload));
+            out.put_slice(&payload);
+        }
+        Message::Float(x) => {
+            let mut text = [0u8; FLOAT_HEX_MAX_LEN];
+            let n = hexfloat::float_hex_into(*x, &mut text);
+            out.put_slice(&header(TYPE_FLOAT, &text[..n]));
+            out.put_slice(&text[..n]);
+        }
+        Message::Text(text) => {
+            check_payload_len(text.len())?;
+            out.put_slice(&header(TYPE_TEXT, text.as_bytes()));
+            out.put_bytes(text.clone().into_bytes());
+        }
+        Message::Bytes(bytes) => {
+            check_payload_len(bytes.len())?;
+            out.put_slice(&header(TYPE_BYTES, bytes));
+            out.put_bytes(bytes.clone());
+        }
+        Message::Pickle(_) => {
+            return Err(Error::Unsupported {
+                what: "a pickle cannot be sent over v2: v2 has no pickle frames; send the \
+                       pickle bytes as Message::Bytes (the Python peer receives bytes and can \
+                       unpickle them with pickle.loads), or use protocol v1, modes 4 and 5"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Where the decoder is in the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Looking for a magic and a whole header at the start of the buffer.
+    Header,
+    /// A header was read; waiting for its `len` payload bytes.
+    Payload { code: u8, checksum: u32, len: usize },
+    /// Throwing away the `remaining` bytes of a frame above the maximum size.
+    Discard { remaining: u64 },
+}
+
+/// The receiving half of v2: bytes in, [`Frame`]s out.
+///
+/// Takes input in chunks of any size ([`decode`](Self::decode)), or reads from a socket
+/// straight into its own buffer ([`read_from`](Self::read_from)). See the
+/// [module documentation](self) for how it treats a broken stream and how much memory it
+/// holds.
+///
+/// ```
+/// use serpy::protocol::{v2, Frame, WireBuf};
+/// use serpy::{Message, ProtocolError};
+///
+/// let mut wire = WireBuf::new();
+/// v2::encode(&Message::from(1.5), &mut wire).unwrap();
+/// v2::encode(&Message::from(vec![1u8, 2, 3]), &mut wire).unwrap();
+/// let mut bytes = b"junk".to_vec();
+/// bytes.extend(wire.to_vec());
+///
+/// let mut decoder = v2::Decoder::new(1 << 20);
+/// let mut frames = Vec::new();
+/// let (a, b) = bytes.split_at(10);
+/// decoder.decode(a, &mut frames);
+/// decoder.decode(b, &mut frames);
+/// assert_eq!(
+///     frames,
+///     [
+///         Frame::Error(ProtocolError::BadMagic { skipped: 4 }),
+///         Frame::Data { message: Message::Float(1.5), mode: None },
+///         Frame::Data { message: Message::from(vec![1u8, 2, 3]), mode: None },
+///     ]
+/// );
+/// assert_eq!(decoder.buffered(), 0);
+/// ```
 pub struct Decoder {
-    _private: (),
+    max: usize,
+    /// `buf[..filled]` holds the bytes received and not decoded yet; `buf[filled..]` is
+    /// initialized spare room that [`read_from`](Self::read_from) reads into.
+    buf: BytesMut,
+    filled: usize,
+    state: State,
+    /// Bytes of garbage thrown away in this call and not reported yet.
+    garbage: usize,
+}
+
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("max_message_size", &self.max)
+            .field("buffered", &self.filled)
+            .field("state", &self.state)
+            .field("unreported_garbage", &self.garbage)
+            .finish()
+    }
 }
 
 impl Decoder {
-    /// A decoder that refuses frames above `max_message_size` bytes.
+    /// A decoder that refuses frames above `max_message_size` bytes (reported as
+    /// [`ProtocolError::TooLarge`] and skipped).
     pub fn new(max_message_size: usize) -> Self {
-        let _ = max_message_size;
-        todo!()
+        Decoder {
+            max: max_message_size,
+            buf: BytesMut::new(),
+            filled: 0,
+            state: State::Header,
+            garbage: 0,
+        }
     }
-    /// Feeds bytes; pushes what they complete.
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<Frame>) {
-        let _ = (input, out);
-        todo!()
+
+    /// The maximum message size this decoder accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.max
     }
-    /// Bytes held.
+
+    /// Feeds bytes (any number, from any position in the stream); pushes the frames and
+    /// errors they complete to `out`.
+    pub fn decode(&mut self, mut input: &[u8], out: &mut Vec<Frame>) {
+        while !input.is_empty() {
+            if let State::Discard { remaining } = self.state {
+                // The buffer is empty here: skip straight from the input.
+                let n = usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
+                input = &input[n..];
+                self.set_discard(remaining - n as u64);
+                continue;
+            }
+            let (_, most) = self.read_len();
+            let n = input.len().min(most);
+            self.push(&input[..n]);
+            input = &input[n..];
+            self.process(out);
+        }
+        self.report_garbage(out);
+        self.release_big_buffer();
+    }
+
+    /// Reads once from `reader` straight into the decoder's buffer, pushes the frames and
+    /// errors that completed to `out`, and returns the number of bytes read (0 at end of
+    /// stream). Errors of the reader are returned as they are (a read interrupted by a
+    /// signal is retried).
+    ///
+    /// It offers the reader room for at least [`MIN_READ`] bytes, and inside a large
+    /// payload for up to the rest of the payload (at most [`MAX_READ`]); the buffer grows
+    /// by at most what already arrived of the payload, so a header alone cannot make it
+    /// allocate. The bytes are read into the decoder's own buffer, and large payloads are
+    /// handed out from it without a copy.
+    ///
+    /// ```
+    /// use serpy::protocol::{v2, Frame, WireBuf};
+    /// use serpy::Message;
+    ///
+    /// let mut wire = WireBuf::new();
+    /// v2::encode(&Message::from(-7), &mut wire).unwrap();
+    /// let bytes = wire.to_vec();
+    /// let mut reader = &bytes[..];
+    ///
+    /// let mut decoder = v2::Decoder::new(1024);
+    /// let mut frames = Vec::new();
+    /// assert_eq!(decoder.read_from(&mut reader, &mut frames).unwrap(), 22);
+    /// assert_eq!(frames, [Frame::Data { message: Message::Int(-7), mode: None }]);
+    /// assert_eq!(decoder.read_from(&mut reader, &mut frames).unwrap(), 0);
+    /// ```
+    pub fn read_from<R: Read + ?Sized>(
+        &mut self,
+        reader: &mut R,
+        out: &mut Vec<Frame>,
+    ) -> io::Result<usize> {
+        let (least, most) = self.read_len();
+        let spare = self.buf.len() - self.filled;
+        let want = if spare < least {
+            // Only the new part is zeroed; the spare room is reused as it is.
+            self.buf.resize(self.filled + least, 0);
+            least
+        } else {
+            spare.min(most)
+        };
+        let n = loop {
+            match reader.read(&mut self.buf[self.filled..self.filled + want]) {
+                Ok(n) => break n.min(want),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        self.filled += n;
+        self.process(out);
+        self.report_garbage(out);
+        self.release_big_buffer();
+        Ok(n)
+    }
+
+    /// The number of bytes received and not decoded yet (less than one frame: at most
+    /// `max(max_message_size, HEADER_LEN)` between calls).
     pub fn buffered(&self) -> usize {
-        todo!()
+        self.filled
+    }
+
+    /// Lets go of an empty receive buffer that grew large for a very large frame.
+    fn release_big_buffer(&mut self) {
+        if self.filled == 0 && self.buf.capacity() > RETAIN_MAX {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// How much to read next: (the least room to make, the most to read).
+    fn read_len(&self) -> (usize, usize) {
+        match self.state {
+            State::Header => (MIN_READ, MIN_READ),
+            State::Payload { len, .. } => {
+                let most = len.saturating_sub(self.filled).clamp(MIN_READ, MAX_READ);
+                (self.filled.clamp(MIN_READ, most), most)
+            }
+            State::Discard { remaining } => {
+                let most = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .clamp(MIN_READ, MAX_READ);
+                (MIN_READ, most)
+            }
+        }
+    }
+
+    /// Appends `data` after the bytes held (into the spare room first).
+    fn push(&mut self, data: &[u8]) {
+        let spare = self.buf.len() - self.filled;
+        let (into_spare, beyond) = data.split_at(data.len().min(spare));
+        self.buf[self.filled..self.filled + into_spare.len()].copy_from_slice(into_spare);
+        self.filled += into_spare.len();
+        if !beyond.is_empty() {
+            self.buf.extend_from_slice(beyond);
+            self.filled = self.buf.len();
+        }
+    }
+
+    /// Drops the first `n` bytes held.
+    fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+        self.filled -= n;
+    }
+
+    /// Takes the first `len` bytes held: split off without a copy when large.
+    fn take(&mut self, len: usize) -> Bytes {
+        if len < SHARE_THRESHOLD {
+            let bytes = Bytes::copy_from_slice(&self.buf[..len]);
+            self.consume(len);
+            bytes
+        } else if len <= RETAIN_MAX {
+            self.filled -= len;
+            self.buf.split_to(len).freeze()
+        } else {
+            // A very large payload takes its allocation along; the few bytes after it
+            // (less than one read) move to a new buffer.
+            let rest = BytesMut::from(&self.buf[len..self.filled]);
+            self.buf.truncate(len);
+            self.filled -= len;
+            std::mem::replace(&mut self.buf, rest).freeze()
+        }
+    }
+
+    fn set_discard(&mut self, remaining: u64) {
+        self.state = if remaining == 0 {
+            State::Header
+        } else {
+            State::Discard { remaining }
+        };
+    }
+
+    /// Decodes all that the bytes held complete.
+    fn process(&mut self, out: &mut Vec<Frame>) {
+        loop {
+            match self.state {
+                State::Discard { remaining } => {
+                    let n = usize::try_from(remaining).map_or(self.filled, |r| r.min(self.filled));
+                    self.consume(n);
+                    self.set_discard(remaining - n as u64);
+                    if self.state != State::Header {
+                        return;
+                    }
+                }
+                State::Header => {
+                    if !self.find_magic(out) || self.filled < HEADER_LEN {
+                        return;
+                    }
+                    let h = &self.buf[..HEADER_LEN];
+                    let code = h[5];
+                    let checksum = u32::from_le_bytes([h[6], h[7], h[8], h[9]]);
+                    let len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]);
+                    self.consume(HEADER_LEN);
+                    match usize::try_from(len) {
+                        Ok(len) if len <= self.max => {
+                            self.state = State::Payload {
+                                code,
+                                checksum,
+                                len,
+                            }
+                        }
+                        _ => {
+                            out.push(Frame::Error(ProtocolError::TooLarge {
+                                size: u64::from(len),
+                                max: self.max,
+                            }));
+                            self.set_discard(u64::from(len));
+                        }
+                    }
+                }
+                State::Payload {
+                    code,
+                    checksum,
+                    len,
+                } => {
+                    if self.filled < len {
+                        return;
+                    }
+                    let frame = self.take_frame(code, checksum, len);
+                    out.push(frame);
+                    self.state = State::Header;
+                }
+            }
+        }
+    }
+
+    /// Throws away what precedes the first full magic (keeping a partial magic at the end)
+    /// and returns whether the bytes held now start with a full magic.
+    fn find_magic(&mut self, out: &mut Vec<Frame>) -> bool {
+        let data = &self.buf[..self.filled];
+        let (start, found) = if data.starts_with(&MAGIC) {
+            (0, true)
+        } else {
+            let mut result = (data.len(), false);
+            let mut from = 0;
+            while let Some(offset) = data[from..].iter().position(|&b| b == MAGIC[0]) {
+                let at = from + offset;
+                let rest = &data[at..];
+                if rest.starts_with(&MAGIC) {
+                    result = (at, true);
+                    break;
+                }
+                if rest.len() < MAGIC.len() && MAGIC.starts_with(rest) {
+                    result = (at, false);
+                    break;
+                }
+                from = at + 1;
+            }
+            result
+        };
+        if start > 0 {
+            self.consume(start);
+            self.garbage += start;
+        }
+        if found {
+            // The run of garbage ends here: report it before the frame.
+            self.report_garbage(out);
+        }
+        found
+    }
+
+    /// Reports the garbage thrown away since the last report, if any (at the end of each
+    /// call, and when a magic ends a run of garbage).
+    fn report_garbage(&mut self, out: &mut Vec<Frame>) {
+        if self.garbage > 0 {
+            out.push(Frame::Error(ProtocolError::BadMagic {
+                skipped: self.garbage,
+            }));
+            self.garbage = 0;
+        }
+    }
+
+    /// Checks and decodes the `len` payload bytes at the start of the buffer, and drops
+    /// them from it.
+    fn take_frame(&mut self, code: u8, expected: u32, len: usize) -> Frame {
+        let payload = &self.buf[..len];
+        let computed = checksum(payload);
+        let frame = if computed != expected {
+            Some(Frame::Error(ProtocolError::BadChecksum {
+                expected,
+                computed,
+            }))
+        } else {
+            match code {
+                TYPE_INT => Some(match <[u8; 8]>::try_from(payload) {
+                    Ok(le) => data(Message::Int(i64::from_le_bytes(le))),
+                    Err(_) => Frame::Error(ProtocolError::BadInt { len }),
+                }),
+                TYPE_FLOAT => Some(match float_fromhex(payload) {
+                    Ok(x) => data(Message::Float(x)),
+                    Err(_) => Frame::Error(ProtocolError::BadFloat {
+                        text: lossy_excerpt(payload),
+                    }),
+                }),
+                TYPE_TEXT | TYPE_BYTES => None,
+                _ => Some(Frame::Error(ProtocolError::UnknownType { code })),
+            }
+        };
+        if let Some(frame) = frame {
+            self.consume(len);
+            return frame;
+        }
+        let bytes = self.take(len);
+        if code == TYPE_BYTES {
+            return data(Message::Bytes(bytes));
+        }
+        match Text::from_utf8(bytes) {
+            Ok(text) => data(Message::Text(text)),
+            Err(e) => Frame::Error(ProtocolError::InvalidUtf8 {
+                valid_up_to: e.valid_up_to(),
+            }),
+        }
+    }
+}
+
+fn data(message: Message) -> Frame {
+    Frame::Data {
+        message,
+        mode: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(message: &Message) -> Vec<u8> {
+        let mut out = WireBuf::new();
+        encode(message, &mut out).unwrap();
+        out.to_vec()
+    }
+
+    fn frame(code: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = header(code, payload).to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn decode_all(decoder: &mut Decoder, input: &[u8]) -> Vec<Frame> {
+        let mut out = Vec::new();
+        decoder.decode(input, &mut out);
+        out
+    }
+
+    fn err(e: ProtocolError) -> Frame {
+        Frame::Error(e)
+    }
+
+    #[test]
+    fn encodes_each_type() {
+        assert_eq!(
+            wire(&Message::Int(123)),
+            b"\xde\xca\xfe\xca\xfe\x01\x7b\0\0\0\x08\0\0\0\x7b\0\0\0\0\0\0\0"
+        );
+        assert_eq!(
+            wire(&Message::Float(12.35)),
+            frame(0x11, b"0x1.8b33333333333p+3")
+        );
+        assert_eq!(wire(&Message::Float(-0.0)), frame(0x11, b"-0x0.0p+0"));
+        assert_eq!(
+            wire(&Message::from("yes µù")),
+            frame(0x21, "yes µù".as_bytes())
+        );
+        assert_eq!(wire(&Message::from(&b""[..])), frame(0x81, b""));
+        assert_eq!(
+            wire(&Message::from(&b"\x00\xff\x1f"[..])),
+            b"\xde\xca\xfe\xca\xfe\x81\x1e\x01\0\0\x03\0\0\0\x00\xff\x1f"
+        );
+    }
+
+    #[test]
+    fn refuses_pickles_and_appends_nothing() {
+        let mut out = WireBuf::new();
+        out.put_slice(b"before");
+        let e = encode(
+            &Message::Pickle(Bytes::from_static(b"\x80\x03N.")),
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(matches!(&e, Error::Unsupported { what } if what.contains("Message::Bytes")));
+        assert_eq!(out.to_vec(), b"before");
+    }
+
+    #[test]
+    fn payload_length_limit() {
+        assert!(check_payload_len(MAX_PAYLOAD).is_ok());
+        match check_payload_len(MAX_PAYLOAD + 1) {
+            Err(Error::MessageTooLarge { size, max }) => {
+                assert_eq!(size, 1 << 32);
+                assert_eq!(max, u32::MAX as usize);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn large_payloads_are_not_copied() {
+        let blob = Bytes::from(vec![7u8; 100_000]);
+        let mut out = WireBuf::new();
+        encode(&Message::Bytes(blob.clone()), &mut out).unwrap();
+        encode(
+            &Message::Text(Text::from("x".repeat(SHARE_THRESHOLD))),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2 * HEADER_LEN + 100_000 + SHARE_THRESHOLD);
+        let parts = out.take_parts();
+        assert!(parts
+            .iter()
+            .any(|p| p.as_ptr() == blob.as_ptr() && p.len() == blob.len()));
+    }
+
+    #[test]
+    fn checksum_is_the_byte_sum() {
+        let data: Vec<u8> = (0..40_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in [0, 1, 31, 32, 33, 8191, 8192, 8193, 16_384, 20_000, 40_000] {
+            let naive = data[..len].iter().map(|&b| u32::from(b)).sum::<u32>();
+            assert_eq!(checksum(&data[..len]), naive, "{len}");
+            assert_eq!(
+                checksum(&data[len / 3..len]),
+                data[len / 3..len]
+                    .iter()
+                    .map(|&b| u32::from(b))
+                    .sum::<u32>()
+            );
+        }
+        // Wraps modulo 2^32.
+        let big = vec![0xffu8; (1 << 24) + 1];
+        assert_eq!(checksum(&big), 0xff00_00ff);
+    }
+
+    #[test]
+    fn decodes_good_frames_in_any_chunks() {
+        let messages = [
+            Message::Int(i64::MIN),
+            Message::Float(f64::MIN_POSITIVE / 3.0),
+            Message::from("µ"),
+            Message::from(vec![0xde, 0xca, 0xfe, 0xca, 0xfe]),
+            Message::from(""),
+            Message::from(vec![1u8; 70_000]),
+        ];
+        let stream: Vec<u8> = messages.iter().flat_map(wire).collect();
+        let want: Vec<Frame> = messages.iter().cloned().map(data).collect();
+        for chunk in [1, 2, 3, 13, 14, 15, 1000, stream.len()] {
+            let mut d = Decoder::new(1 << 20);
+            let mut out = Vec::new();
+            for piece in stream.chunks(chunk) {
+                d.decode(piece, &mut out);
+            }
+            assert_eq!(out, want, "chunk {chunk}");
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn reports_bad_frames_and_goes_on() {
+        let good = wire(&Message::Int(5));
+        let mut bad_sum = frame(TYPE_BYTES, b"abc");
+        bad_sum[6] ^= 1;
+        let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
+            (
+                bad_sum,
+                ProtocolError::BadChecksum {
+                    expected: 295,
+                    computed: 294,
+                },
+            ),
+            (frame(0x42, b"x"), ProtocolError::UnknownType { code: 0x42 }),
+            (
+                frame(TYPE_INT, b"1234567"),
+                ProtocolError::BadInt { len: 7 },
+            ),
+            (frame(TYPE_INT, b""), ProtocolError::BadInt { len: 0 }),
+            (
+                frame(TYPE_FLOAT, b"1.5e-3"),
+                ProtocolError::BadFloat {
+                    text: "1.5e-3".into(),
+                },
+            ),
+            (
+                frame(TYPE_FLOAT, b"\xff1"),
+                ProtocolError::BadFloat {
+                    text: "\u{fffd}1".into(),
+                },
+            ),
+            (
+                frame(TYPE_FLOAT, &[b'z'; 100]),
+                ProtocolError::BadFloat {
+                    text: "z".repeat(64),
+                },
+            ),
+            (
+                frame(TYPE_TEXT, b"ab\xffcd"),
+                ProtocolError::InvalidUtf8 { valid_up_to: 2 },
+            ),
+        ];
+        for (bytes, e) in cases {
+            let mut d = Decoder::new(1024);
+            let mut input = bytes.clone();
+            input.extend_from_slice(&good);
+            assert_eq!(
+                decode_all(&mut d, &input),
+                [err(e.clone()), data(Message::Int(5))],
+                "{e}"
+            );
+        }
+        // Python-style spellings that float.fromhex accepts are accepted.
+        let mut d = Decoder::new(1024);
+        assert_eq!(
+            decode_all(&mut d, &frame(TYPE_FLOAT, b" 1.8P1\n")),
+            [data(Message::Float(3.0))]
+        );
+    }
+
+    #[test]
+    fn too_large_is_skipped_without_storing_it() {
+        let mut d = Decoder::new(10);
+        let mut input = frame(TYPE_BYTES, &[9u8; 11]);
+        input.extend(wire(&Message::from("ok")));
+        let mut out = Vec::new();
+        for b in &input {
+            d.decode(std::slice::from_ref(b), &mut out);
+            assert!(d.buffered() <= HEADER_LEN);
+        }
+        assert_eq!(
+            out,
+            [
+                err(ProtocolError::TooLarge { size: 11, max: 10 }),
+                data(Message::from("ok"))
+            ]
+        );
+
+        // A 4 GiB claim followed by a little data.
+        let mut d = Decoder::new(256);
+        let mut claim = header(TYPE_BYTES, b"").to_vec();
+        claim[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+        claim.extend_from_slice(&[0u8; 100_000]);
+        assert_eq!(
+            decode_all(&mut d, &claim),
+            [err(ProtocolError::TooLarge {
+                size: u64::from(u32::MAX),
+                max: 256
+            })]
+        );
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(
+            d.state,
+            State::Discard {
+                remaining: u64::from(u32::MAX) - 100_000
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_is_reported_once_per_run_per_call() {
+        let good = wire(&Message::Int(1));
+        // Garbage then a frame, in one call: one report.
+        let mut d = Decoder::new(64);
+        let mut input = b"hello\x1f".to_vec();
+        input.extend(&good);
+        assert_eq!(
+            decode_all(&mut d, &input),
+            [
+                err(ProtocolError::BadMagic { skipped: 6 }),
+                data(Message::Int(1))
+            ]
+        );
+        // Garbage and then silence is seen at once.
+        let mut d = Decoder::new(64);
+        assert_eq!(
+            decode_all(&mut d, b"hello\x1f"),
+            [err(ProtocolError::BadMagic { skipped: 6 })]
+        );
+        assert_eq!(d.buffered(), 0);
+        // ... and so is each further piece of the run, once per call.
+        assert_eq!(
+            decode_all(&mut d, b"more"),
+            [err(ProtocolError::BadMagic { skipped: 4 })]
+        );
+        let mut input = b"junk".to_vec();
+        input.extend(&good);
+        assert_eq!(
+            decode_all(&mut d, &input),
+            [
+                err(ProtocolError::BadMagic { skipped: 4 }),
+                data(Message::Int(1))
+            ]
+        );
+        // Two runs in one call: two reports.
+        let mut input = b"ab".to_vec();
+        input.extend(&good);
+        input.extend(b"cde");
+        input.extend(&good);
+        assert_eq!(
+            decode_all(&mut d, &input),
+            [
+                err(ProtocolError::BadMagic { skipped: 2 }),
+                data(Message::Int(1)),
+                err(ProtocolError::BadMagic { skipped: 3 }),
+                data(Message::Int(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn partial_magic_is_kept() {
+        let good = wire(&Message::Int(2));
+        let mut d = Decoder::new(64);
+        let mut input = b"xy".to_vec();
+        input.extend(&MAGIC[..4]);
+        assert_eq!(
+            decode_all(&mut d, &input),
+            [err(ProtocolError::BadMagic { skipped: 2 })]
+        );
+        assert_eq!(d.buffered(), 4);
+        assert_eq!(decode_all(&mut d, &good[4..]), [data(Message::Int(2))]);
+
+        // A partial magic that does not complete is garbage.
+        let mut d = Decoder::new(64);
+        assert_eq!(decode_all(&mut d, &MAGIC[..3]), []);
+        let mut input = b"\xde\xca\xfe\xca".to_vec();
+        input.extend(&good);
+        assert_eq!(
+            decode_all(&mut d, &input),
+            [
+                err(ProtocolError::BadMagic { skipped: 7 }),
+                data(Message::Int(2))
+            ]
+        );
+        // The magic inside garbage is found, also overlapping a false start.
+        let mut d = Decoder::new(64);
+        let mut input = b"\xde\xde\xca\xfe\xde\xca\xfe\xca".to_vec();
+        input.extend(&good);
+        assert_eq!(
+            decode_all(&mut d, &input),
+            [
+                err(ProtocolError::BadMagic { skipped: 8 }),
+                data(Message::Int(2))
+            ]
+        );
+    }
+
+    #[test]
+    fn max_message_size_zero_accepts_empty_frames() {
+        let mut d = Decoder::new(0);
+        let mut input = wire(&Message::from(""));
+        input.extend(wire(&Message::Int(3)));
+        input.extend(wire(&Message::from(&b""[..])));
+        assert_eq!(
+            decode_all(&mut d, &input),
+            [
+                data(Message::from("")),
+                err(ProtocolError::TooLarge { size: 8, max: 0 }),
+                data(Message::Bytes(Bytes::new())),
+            ]
+        );
+        assert_eq!(d.max_message_size(), 0);
+    }
+
+    /// Gives at most `step` bytes per read and records the buffer sizes it was offered.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+        asked: Vec<usize>,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.asked.push(buf.len());
+            let n = buf.len().min(self.step).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_from_grows_with_the_data() {
+        let len = 10 << 20;
+        let payload = vec![3u8; len];
+        let input = frame(TYPE_BYTES, &payload);
+        let mut reader = Trickle {
+            data: &input,
+            step: usize::MAX,
+            asked: Vec::new(),
+        };
+        let mut d = Decoder::new(16 << 20);
+        let mut out = Vec::new();
+        let mut total = 0;
+        loop {
+            let before = d.buffered();
+            let n = d.read_from(&mut reader, &mut out).unwrap();
+            let asked = *reader.asked.last().unwrap();
+            assert!((MIN_READ..=MAX_READ).contains(&asked), "{asked}");
+            assert!(
+                asked <= before.max(MIN_READ),
+                "asked {asked} with {before} buffered"
+            );
+            total += n;
+            if n == 0 {
+                break;
+            }
+            assert!(d.buffered() < len);
+        }
+        assert_eq!(total, input.len());
+        assert!(reader.asked.iter().any(|&a| a > MAX_READ / 2));
+        assert_eq!(out.len(), 1);
+        assert!(
+            matches!(&out[0], Frame::Data { message: Message::Bytes(b), .. } if b.len() == len && b.iter().all(|&x| x == 3))
+        );
+    }
+
+    #[test]
+    fn read_from_one_byte_at_a_time_and_errors() {
+        let mut input = b"zz".to_vec();
+        input.extend(wire(&Message::from("one")));
+        input.extend(wire(&Message::Float(f64::INFINITY)));
+        let mut reader = Trickle {
+            data: &input,
+            step: 1,
+            asked: Vec::new(),
+        };
+        let mut d = Decoder::new(64);
+        let mut out = Vec::new();
+        while d.read_from(&mut reader, &mut out).unwrap() == 1 {}
+        assert_eq!(
+            out,
+            [
+                err(ProtocolError::BadMagic { skipped: 1 }),
+                err(ProtocolError::BadMagic { skipped: 1 }),
+                data(Message::from("one")),
+                data(Message::Float(f64::INFINITY)),
+            ]
+        );
+
+        struct Flaky(usize);
+        impl Read for Flaky {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0 += 1;
+                match self.0 {
+                    1 => Err(io::ErrorKind::Interrupted.into()),
+                    2 => {
+                        buf[..5].copy_from_slice(&MAGIC);
+                        Ok(5)
+                    }
+                    3 => Err(io::ErrorKind::WouldBlock.into()),
+                    _ => Ok(buf.len() + 10), // a reader that lies
+                }
+            }
+        }
+        let mut d = Decoder::new(64);
+        let mut r = Flaky(0);
+        assert_eq!(d.read_from(&mut r, &mut out).unwrap(), 5);
+        assert_eq!(d.buffered(), 5);
+        let e = d.read_from(&mut r, &mut out).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(d.read_from(&mut r, &mut out).unwrap(), MIN_READ);
+    }
+
+    #[test]
+    fn large_payloads_are_split_off_the_receive_buffer() {
+        let len = SHARE_THRESHOLD + 100;
+        let mut input = wire(&Message::from(vec![1u8; len]));
+        input.extend(wire(&Message::from("é".repeat(len / 2))));
+        input.extend(wire(&Message::from(vec![2u8; 10])));
+        let mut reader = &input[..];
+        let mut d = Decoder::new(1 << 20);
+        let mut out = Vec::new();
+        assert_eq!(d.read_from(&mut reader, &mut out).unwrap(), input.len());
+        let ptrs: Vec<*const u8> = out
+            .iter()
+            .map(|f| match f {
+                Frame::Data { message, .. } => message.as_bytes().unwrap().as_ptr(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The two large payloads lie one frame apart in the same buffer: not copied.
+        assert_eq!(ptrs[1] as usize - ptrs[0] as usize, len + HEADER_LEN);
+        assert_eq!(out[2], data(Message::from(vec![2u8; 10])));
+    }
+
+    #[test]
+    fn a_very_large_receive_buffer_is_let_go() {
+        let len = RETAIN_MAX + 1;
+        let input = frame(TYPE_BYTES, &vec![5u8; len]);
+        let mut d = Decoder::new(len);
+        let mut out = Vec::new();
+        let mut reader = &input[..];
+        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+        assert!(matches!(&out[..], [Frame::Data { message, .. }] if message.len() == len));
+        assert!(d.buf.capacity() <= MIN_READ, "{}", d.buf.capacity());
+        let mut input2 = input.clone();
+        input2.extend(wire(&Message::Int(4)));
+        d.decode(&input2, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2], data(Message::Int(4)));
+        assert!(d.buf.capacity() <= MIN_READ, "{}", d.buf.capacity());
+    }
+
+    #[test]
+    fn debug_does_not_dump_the_buffer() {
+        let mut d = Decoder::new(64);
+        decode_all(&mut d, &MAGIC);
+        let s = format!("{d:?}");
+        assert!(s.contains("buffered: 5"), "{s}");
     }
 }
