@@ -39,7 +39,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("server listening on {}", server.local_addr());
     let client = Connection::connect(server.local_addr())?;
     let peer = server.get_connection_timeout(WAIT)?;
-    println!("client connected from {:?}", client.local_addr().map(|a| a.to_string()));
+    println!(
+        "client connected from {:?}",
+        client.local_addr().map(|a| a.to_string())
+    );
 
     let samples: [(Message, Mode); 6] = [
         ("hello".into(), Mode::Plain),
@@ -49,7 +52,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         (42.into(), Mode::Pickle),
         ("pickled, acknowledged".into(), Mode::PickleAck),
     ];
-    for (from, to, who) in [(&client, &peer, "client -> server"), (&peer, &client, "server -> client")] {
+    for (from, to, who) in [
+        (&client, &peer, "client -> server"),
+        (&peer, &client, "server -> client"),
+    ] {
         for (msg, mode) in &samples {
             let t = Instant::now();
             from.send_data(msg.clone(), *mode)?;
@@ -68,8 +74,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!("\n== v2 (serpy2): typed frames ==");
-    let server2 = Server::builder().protocol(Protocol::V2).bind("127.0.0.1:0")?;
-    let client2 = Connection::builder().protocol(Protocol::V2).connect(server2.local_addr())?;
+    let server2 = Server::builder()
+        .protocol(Protocol::V2)
+        .bind("127.0.0.1:0")?;
+    let client2 = Connection::builder()
+        .protocol(Protocol::V2)
+        .connect(server2.local_addr())?;
     let peer2 = server2.get_connection_timeout(WAIT)?;
     let values: [Message; 5] = [
         123.into(),
@@ -78,7 +88,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         vec![1u8, 2, 3].into(),
         vec![7u8; 1 << 20].into(),
     ];
-    for (from, to, who) in [(&client2, &peer2, "client -> server"), (&peer2, &client2, "server -> client")] {
+    for (from, to, who) in [
+        (&client2, &peer2, "client -> server"),
+        (&peer2, &client2, "server -> client"),
+    ] {
         for v in &values {
             from.send(v.clone())?;
             let got = to.get_data_timeout(WAIT)?;
@@ -110,7 +123,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let peer3 = server3.get_connection_timeout(WAIT)?;
     wait_for(&events, |e| matches!(e, Event::Reconnected { .. }))?;
     for _ in 0..3 {
-        println!("after the reconnect the server got {}", describe(&peer3.get_data_timeout(WAIT)?));
+        println!(
+            "after the reconnect the server got {}",
+            describe(&peer3.get_data_timeout(WAIT)?)
+        );
     }
     client3.close();
     server3.close_all();

@@ -810,7 +810,10 @@ impl Connection {
         if s.is_client {
             s.restart.store(true, Ordering::Release);
         } else {
-            log::warn!("serpy {}: enable_restart() has no effect on a connection accepted by a server", s.label());
+            log::warn!(
+                "serpy {}: enable_restart() has no effect on a connection accepted by a server",
+                s.label()
+            );
         }
     }
 
@@ -1203,10 +1206,15 @@ impl Writer {
                             self.shared.event(Event::Reconnected { peer, attempts });
                             return Next::Go;
                         }
-                        Err(e) => log::debug!("serpy {}: reconnect failed: {e}", self.shared.label()),
+                        Err(e) => {
+                            log::debug!("serpy {}: reconnect failed: {e}", self.shared.label())
+                        }
                     }
                 }
-                Err(e) => log::debug!("serpy {}: reconnect attempt {attempts} failed: {e}", self.shared.label()),
+                Err(e) => log::debug!(
+                    "serpy {}: reconnect attempt {attempts} failed: {e}",
+                    self.shared.label()
+                ),
             }
             if self.shared.cfg.give_up_after.is_some_and(|n| attempts >= n) {
                 self.shared.event(Event::GaveUp { attempts });
@@ -1236,7 +1244,9 @@ impl Writer {
         let closing = self.shared.closed.load(Ordering::Acquire);
         if closing && self.stream.is_some() && self.shared.protocol() != Protocol::Auto {
             if let Some(s) = &self.stream {
-                let _ = s.set_write_timeout(Some(self.shared.cfg.close_timeout.max(Duration::from_millis(1))));
+                let _ = s.set_write_timeout(Some(
+                    self.shared.cfg.close_timeout.max(Duration::from_millis(1)),
+                ));
             }
             let mut rest: Vec<Outgoing> = self.retry.drain(..).collect();
             rest.extend(self.out_rx.try_iter());
@@ -1259,14 +1269,22 @@ impl Writer {
         {
             let mut acks = lock(&self.shared.acks);
             for slot in acks.waiting.drain(..) {
-                let _ = slot.send(Err(if closing { Error::Closed } else { Error::AckUncertain }));
+                let _ = slot.send(Err(if closing {
+                    Error::Closed
+                } else {
+                    Error::AckUncertain
+                }));
             }
         }
         let mut lost = 0;
         for mut item in self.retry.drain(..).chain(self.out_rx.try_iter()) {
             match item.ack.take() {
                 Some(ack) => {
-                    let _ = ack.send(Err(if closing { Error::Closed } else { Error::NotSent }));
+                    let _ = ack.send(Err(if closing {
+                        Error::Closed
+                    } else {
+                        Error::NotSent
+                    }));
                 }
                 None => lost += 1,
             }
@@ -1332,13 +1350,21 @@ impl Reader {
         decoder.decode(&first, &mut frames);
         self.deliver(&mut frames)?;
         loop {
-            let n = match self.stream.read(&mut buf) {
+            let n = match &mut decoder {
+                // v2 reads straight into the decoder's buffer: large payloads are handed
+                // to the program without a copy.
+                Decoder::V2(d) => d.read_from(&mut self.stream, &mut frames),
+                Decoder::V1(d) => self
+                    .stream
+                    .read(&mut buf)
+                    .inspect(|&n| d.decode(&buf[..n], &mut frames)),
+            };
+            match n {
                 Ok(0) => return Ok(()),
-                Ok(n) => n,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ReadEnd::Io(e)),
-            };
-            decoder.decode(&buf[..n], &mut frames);
+            }
             self.deliver(&mut frames)?;
         }
     }

@@ -173,7 +173,9 @@ pub enum ProtocolError {
         arg: String,
     },
     /// v1: a block in mode 2..=5 that is not valid base85.
-    #[error("the peer sent a block in mode {mode} that is not valid base85 ({detail}); it was dropped")]
+    #[error(
+        "the peer sent a block in mode {mode} that is not valid base85 ({detail}); it was dropped"
+    )]
     BadBase85 {
         /// The receive mode.
         mode: Mode,

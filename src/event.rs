@@ -68,18 +68,19 @@ impl std::fmt::Display for Event {
             } => write!(
                 f,
                 "disconnected: {reason}{}",
-                if *reconnecting {
-                    "; reconnecting"
-                } else {
-                    ""
-                }
+                if *reconnecting { "; reconnecting" } else { "" }
             ),
             Event::Reconnected { peer, attempts } => {
                 write!(f, "reconnected to {peer} after {attempts} attempt(s)")
             }
-            Event::GaveUp { attempts } => write!(f, "gave up reconnecting after {attempts} attempts"),
+            Event::GaveUp { attempts } => {
+                write!(f, "gave up reconnecting after {attempts} attempts")
+            }
             Event::Lost { messages } => {
-                write!(f, "{messages} queued message(s) dropped: the link is down for good")
+                write!(
+                    f,
+                    "{messages} queued message(s) dropped: the link is down for good"
+                )
             }
             Event::ProtocolDetected(p) => write!(f, "peer speaks {p}"),
             Event::ProtocolError(e) => write!(f, "protocol error: {e}"),

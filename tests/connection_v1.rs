@@ -21,7 +21,11 @@ fn check_arrival(got: &Message, sent: &Message, mode: Mode) {
         (_, true) => assert!(matches!(got, Message::Pickle(_)), "{got:?}"),
         (Message::Int(i), false) => assert_eq!(got.as_int(), Some(*i)),
         (Message::Float(f), false) => assert_eq!(got.as_float(), Some(*f)),
-        (other, false) => assert_eq!(got.as_bytes(), other.as_bytes(), "sent {other:?} in mode {mode}"),
+        (other, false) => assert_eq!(
+            got.as_bytes(),
+            other.as_bytes(),
+            "sent {other:?} in mode {mode}"
+        ),
     }
 }
 
@@ -41,12 +45,19 @@ fn every_mode_one_way(from: &Connection, to: &Connection) {
                 .unwrap_or_else(|e| panic!("send {msg:?} in mode {mode}: {e}"));
             if mode.is_acked() {
                 // An acknowledged send returns only once the message was delivered.
-                assert!(to.is_data_available(), "mode {mode}: returned before delivery");
+                assert!(
+                    to.is_data_available(),
+                    "mode {mode}: returned before delivery"
+                );
             }
             let (got, got_mode) = to.get_data_with_mode(Some(T)).expect("delivered");
             check_arrival(&got, msg, mode);
             let got_mode = got_mode.expect("v1 reports the mode");
-            assert_eq!(got_mode.is_acked(), mode.is_acked(), "{msg:?} in mode {mode}");
+            assert_eq!(
+                got_mode.is_acked(),
+                mode.is_acked(),
+                "{msg:?} in mode {mode}"
+            );
         }
     }
     // A pickle goes in a pickle mode whatever was asked.
@@ -78,7 +89,8 @@ fn both_ends_switch_modes_at_once() {
         handles.push(thread::spawn(move || {
             for i in 0..60u32 {
                 let mode = Mode::ALL[(i % 6) as usize];
-                from.send_data_timeout(format!("m{i}"), mode, T).expect("send");
+                from.send_data_timeout(format!("m{i}"), mode, T)
+                    .expect("send");
             }
             for i in 0..60u32 {
                 let got = to.get_data_timeout(T).expect("get");
@@ -102,8 +114,13 @@ fn concurrent_acknowledged_senders_each_get_their_answer() {
             let c = c.clone();
             thread::spawn(move || {
                 for i in 0..per {
-                    let mode = if i % 2 == 0 { Mode::PlainAck } else { Mode::Base85Ack };
-                    c.send_data_timeout(format!("{t}:{i}"), mode, T).expect("acked send");
+                    let mode = if i % 2 == 0 {
+                        Mode::PlainAck
+                    } else {
+                        Mode::Base85Ack
+                    };
+                    c.send_data_timeout(format!("{t}:{i}"), mode, T)
+                        .expect("acked send");
                 }
             })
         })
@@ -117,7 +134,11 @@ fn concurrent_acknowledged_senders_each_get_their_answer() {
     }
     // Every message once, and each sender's messages in its own order.
     for t in 0..threads {
-        let mine: Vec<_> = seen.iter().filter(|s| s.starts_with(&format!("{t}:"))).cloned().collect();
+        let mine: Vec<_> = seen
+            .iter()
+            .filter(|s| s.starts_with(&format!("{t}:")))
+            .cloned()
+            .collect();
         let want: Vec<_> = (0..per).map(|i| format!("{t}:{i}")).collect();
         assert_eq!(mine, want);
     }
@@ -129,15 +150,25 @@ fn acknowledged_send_times_out_when_the_peer_does_not_read() {
     let (c, _p) = pair(&s, ConnectionBuilder::new());
     // The peer's queue holds one message; the second cannot be delivered, so no ack.
     c.send_data("first", Mode::Plain).unwrap();
-    let r = c.send_data_timeout("second", Mode::PlainAck, std::time::Duration::from_millis(300));
+    let r = c.send_data_timeout(
+        "second",
+        Mode::PlainAck,
+        std::time::Duration::from_millis(300),
+    );
     assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
 }
 
 #[test]
 fn empty_message_is_refused_where_it_would_vanish() {
     let (_s, c, p) = v1_pair();
-    assert!(matches!(c.send_data("", Mode::Plain), Err(Error::EmptyMessage { .. })));
-    assert!(matches!(c.send_data(Vec::<u8>::new(), Mode::Base85), Err(Error::EmptyMessage { .. })));
+    assert!(matches!(
+        c.send_data("", Mode::Plain),
+        Err(Error::EmptyMessage { .. })
+    ));
+    assert!(matches!(
+        c.send_data(Vec::<u8>::new(), Mode::Base85),
+        Err(Error::EmptyMessage { .. })
+    ));
     // In an acknowledged mode it does arrive.
     c.send_data("", Mode::PlainAck).unwrap();
     assert_eq!(p.get_data_timeout(T).unwrap().as_bytes(), Some(&b""[..]));
@@ -146,7 +177,10 @@ fn empty_message_is_refused_where_it_would_vanish() {
 #[test]
 fn ascii_connection_refuses_non_ascii_text() {
     let s = server(ServerBuilder::new());
-    let (c, _p) = pair(&s, ConnectionBuilder::new().encoding(serpy::TextEncoding::Ascii));
+    let (c, _p) = pair(
+        &s,
+        ConnectionBuilder::new().encoding(serpy::TextEncoding::Ascii),
+    );
     assert!(matches!(c.send("µ"), Err(Error::Encoding { .. })));
     c.send("plain").unwrap();
 }
@@ -156,7 +190,10 @@ fn too_large_messages_are_refused_before_sending() {
     let s = server(ServerBuilder::new());
     let (c, _p) = pair(&s, ConnectionBuilder::new().max_message_size(10));
     let r = c.send(vec![0u8; 11]);
-    assert!(matches!(r, Err(Error::MessageTooLarge { size: 11, max: 10 })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::MessageTooLarge { size: 11, max: 10 })),
+        "{r:?}"
+    );
 }
 
 #[test]

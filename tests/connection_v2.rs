@@ -6,8 +6,17 @@ use common::{pair, server, T};
 use serpy::{Connection, ConnectionBuilder, Error, Message, Mode, Protocol, Server, ServerBuilder};
 
 fn v2_pair(max: usize) -> (Server, Connection, Connection) {
-    let s = server(ServerBuilder::new().protocol(Protocol::V2).max_message_size(max));
-    let (c, p) = pair(&s, ConnectionBuilder::new().protocol(Protocol::V2).max_message_size(max));
+    let s = server(
+        ServerBuilder::new()
+            .protocol(Protocol::V2)
+            .max_message_size(max),
+    );
+    let (c, p) = pair(
+        &s,
+        ConnectionBuilder::new()
+            .protocol(Protocol::V2)
+            .max_message_size(max),
+    );
     (s, c, p)
 }
 
@@ -46,7 +55,10 @@ fn every_type_both_ways() {
 #[test]
 fn acknowledged_modes_are_refused_over_v2() {
     let (_s, c, _p) = v2_pair(1 << 20);
-    assert!(matches!(c.send_data("x", Mode::PlainAck), Err(Error::Unsupported { .. })));
+    assert!(matches!(
+        c.send_data("x", Mode::PlainAck),
+        Err(Error::Unsupported { .. })
+    ));
     let pickle = Message::Pickle(serpy::Bytes::from_static(b"\x80\x03K\x05."));
     assert!(matches!(c.send(pickle), Err(Error::Unsupported { .. })));
 }
@@ -65,12 +77,22 @@ fn blob_of_64_mib() {
 
 #[test]
 fn message_above_the_receivers_limit_is_reported_and_skipped() {
-    let s = server(ServerBuilder::new().protocol(Protocol::V2).max_message_size(1000));
+    let s = server(
+        ServerBuilder::new()
+            .protocol(Protocol::V2)
+            .max_message_size(1000),
+    );
     let (c, p) = pair(&s, ConnectionBuilder::new().protocol(Protocol::V2));
     c.send(vec![1u8; 5000]).unwrap();
     c.send("after").unwrap();
     assert_eq!(p.get_data_timeout(T).unwrap().as_str(), Some("after"));
     common::wait_event(&p, "protocol error", |e| {
-        matches!(e, serpy::Event::ProtocolError(serpy::ProtocolError::TooLarge { size: 5000, max: 1000 }))
+        matches!(
+            e,
+            serpy::Event::ProtocolError(serpy::ProtocolError::TooLarge {
+                size: 5000,
+                max: 1000
+            })
+        )
     });
 }

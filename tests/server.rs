@@ -21,14 +21,21 @@ fn hundred_clients_one_server() {
     let mut seen = HashMap::new();
     for _ in 0..100 {
         let r = s.recv_any_timeout(T).expect("a message");
-        r.connection.send_data(r.message.clone(), Mode::Plain).unwrap();
-        *seen.entry(r.message.as_str().unwrap().to_string()).or_insert(0) += 1;
+        r.connection
+            .send_data(r.message.clone(), Mode::Plain)
+            .unwrap();
+        *seen
+            .entry(r.message.as_str().unwrap().to_string())
+            .or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 100);
     assert!(seen.values().all(|&n| n == 1));
     assert_eq!(s.len(), 100);
     for (i, c) in clients.iter().enumerate() {
-        assert_eq!(c.get_data_timeout(T).unwrap().as_str(), Some(format!("client {i}").as_str()));
+        assert_eq!(
+            c.get_data_timeout(T).unwrap().as_str(),
+            Some(format!("client {i}").as_str())
+        );
     }
 }
 
@@ -52,7 +59,10 @@ fn recv_any_is_fair_between_connections() {
         }
     }
     let position = position.expect("the quiet connection was served");
-    assert!(position < 10, "served only after {position} messages of the busy one");
+    assert!(
+        position < 10,
+        "served only after {position} messages of the busy one"
+    );
 }
 
 #[test]
@@ -87,7 +97,10 @@ fn connection_limit_refuses_one_more_and_goes_on() {
     let (b, _pb) = pair(&s, ConnectionBuilder::new());
     let extra = Connection::connect(s.local_addr()).unwrap();
     // The extra one is accepted by the kernel and closed at once by the server.
-    assert!(matches!(extra.get_data_timeout(T), Err(Error::Disconnected)));
+    assert!(matches!(
+        extra.get_data_timeout(T),
+        Err(Error::Disconnected)
+    ));
     assert!(s.try_get_connection().is_none());
     // The others are still served.
     a.send_data("still here", Mode::PlainAck).unwrap();
@@ -103,8 +116,14 @@ fn connection_limit_refuses_one_more_and_goes_on() {
 #[test]
 fn auto_server_serves_v1_and_v2_clients_at_once() {
     let s = server(ServerBuilder::new().protocol(Protocol::Auto));
-    let v1 = Connection::builder().protocol(Protocol::V1).connect(s.local_addr()).unwrap();
-    let v2 = Connection::builder().protocol(Protocol::V2).connect(s.local_addr()).unwrap();
+    let v1 = Connection::builder()
+        .protocol(Protocol::V1)
+        .connect(s.local_addr())
+        .unwrap();
+    let v2 = Connection::builder()
+        .protocol(Protocol::V2)
+        .connect(s.local_addr())
+        .unwrap();
     v1.send_data("from v1", Mode::PlainAck).unwrap();
     v2.send(2.5).unwrap();
     let mut got = 0;
@@ -130,7 +149,10 @@ fn auto_server_serves_v1_and_v2_clients_at_once() {
 #[test]
 fn auto_server_holds_what_it_sends_until_the_protocol_is_known() {
     let s = server(ServerBuilder::new().protocol(Protocol::Auto));
-    let c = Connection::builder().protocol(Protocol::V2).connect(s.local_addr()).unwrap();
+    let c = Connection::builder()
+        .protocol(Protocol::V2)
+        .connect(s.local_addr())
+        .unwrap();
     let p = s.get_connection_timeout(T).unwrap();
     assert_eq!(p.protocol(), Protocol::Auto);
     p.send("early").unwrap();
@@ -143,7 +165,9 @@ fn auto_server_holds_what_it_sends_until_the_protocol_is_known() {
 #[test]
 fn server_closed_while_clients_send() {
     let s = server(ServerBuilder::new());
-    let clients: Vec<Connection> = (0..8).map(|_| Connection::connect(s.local_addr()).unwrap()).collect();
+    let clients: Vec<Connection> = (0..8)
+        .map(|_| Connection::connect(s.local_addr()).unwrap())
+        .collect();
     let senders: Vec<_> = clients
         .into_iter()
         .map(|c| {
@@ -180,7 +204,10 @@ fn close_stops_accepting_but_keeps_connections() {
     assert_eq!(p.get_data_timeout(T).unwrap().as_str(), Some("still"));
     s.close_all();
     assert!(!p.is_connected());
-    assert!(matches!(s.recv_any_timeout(Duration::from_millis(10)), Err(Error::Closed)));
+    assert!(matches!(
+        s.recv_any_timeout(Duration::from_millis(10)),
+        Err(Error::Closed)
+    ));
 }
 
 #[test]
@@ -201,17 +228,35 @@ fn client_reconnects_after_server_restart_and_loses_nothing_queued() {
 
         s1.close_all();
         drop(s1);
-        wait_event(&c, "disconnected", |e| matches!(e, Event::Disconnected { reconnecting: true, .. }));
+        wait_event(&c, "disconnected", |e| {
+            matches!(
+                e,
+                Event::Disconnected {
+                    reconnecting: true,
+                    ..
+                }
+            )
+        });
         // Queued while the server is away: none of it may be lost.
         for i in 0..50 {
-            c.send_data_timeout(format!("queued {i}"), Mode::Plain, T).unwrap();
+            c.send_data_timeout(format!("queued {i}"), Mode::Plain, T)
+                .unwrap();
         }
-        let s2 = ServerBuilder::new().protocol(protocol).bind(addr).expect("rebind the same port");
+        let s2 = ServerBuilder::new()
+            .protocol(protocol)
+            .bind(addr)
+            .expect("rebind the same port");
         let p2 = s2.get_connection_timeout(T).unwrap();
-        wait_event(&c, "reconnected", |e| matches!(e, Event::Reconnected { .. }));
+        wait_event(&c, "reconnected", |e| {
+            matches!(e, Event::Reconnected { .. })
+        });
         for i in 0..50 {
             let m = p2.get_data_timeout(T).unwrap();
-            assert_eq!(m.as_str(), Some(format!("queued {i}").as_str()), "{protocol}");
+            assert_eq!(
+                m.as_str(),
+                Some(format!("queued {i}").as_str()),
+                "{protocol}"
+            );
         }
         // Modes start again at 0 on the new link, so acknowledged sends work too.
         if protocol == Protocol::V1 {
@@ -235,7 +280,13 @@ fn acked_send_in_flight_when_the_link_breaks_gets_a_clear_error() {
     // its bytes were written or not yet, the sender gets a clear error, and no hang.
     p.close();
     let r = sender.join().unwrap();
-    assert!(matches!(r, Err(Error::AckUncertain | Error::Disconnected | Error::NotSent)), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::AckUncertain | Error::Disconnected | Error::NotSent)
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -248,6 +299,8 @@ fn give_up_after_attempts() {
         .connect(s.local_addr())
         .unwrap();
     drop(s);
-    wait_event(&c, "gave up", |e| matches!(e, Event::GaveUp { attempts: 3 }));
+    wait_event(&c, "gave up", |e| {
+        matches!(e, Event::GaveUp { attempts: 3 })
+    });
     assert!(matches!(c.get_data_timeout(T), Err(Error::Disconnected)));
 }

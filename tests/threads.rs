@@ -13,8 +13,15 @@ fn close_ends_every_thread_and_socket() {
     let threads_before = thread_count();
     let fds_before = fd_count();
     for protocol in [Protocol::V1, Protocol::V2, Protocol::Auto] {
-        let server = ServerBuilder::new().protocol(protocol).bind("127.0.0.1:0").unwrap();
-        let client_protocol = if protocol == Protocol::Auto { Protocol::V2 } else { protocol };
+        let server = ServerBuilder::new()
+            .protocol(protocol)
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let client_protocol = if protocol == Protocol::Auto {
+            Protocol::V2
+        } else {
+            protocol
+        };
         let clients: Vec<Connection> = (0..5)
             .map(|_| {
                 Connection::builder()

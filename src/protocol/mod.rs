@@ -332,25 +332,6 @@ impl WireBuf {
         self.len = 0;
     }
 
-    /// Removes the last `n` bytes appended by `put_slice`/`put_u8` since the last
-    /// `put_bytes` (used by encoders that must undo a partly written message).
-    pub(crate) fn truncate_to(&mut self, len: usize) {
-        if len >= self.len {
-            return;
-        }
-        let keep_in_tail = self.tail.len().saturating_sub(self.len - len);
-        if self.len - len <= self.tail.len() {
-            self.tail.truncate(keep_in_tail);
-            self.len = len;
-        } else {
-            // Rare: undo across a shared part; rebuild from the pieces.
-            let mut all = self.to_vec();
-            all.truncate(len);
-            self.clear();
-            self.put_slice(&all);
-        }
-    }
-
     /// A contiguous copy of everything (for tests and small messages).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len);
@@ -476,15 +457,11 @@ mod tests {
         w.put_bytes(big.clone());
         let parts = w.take_parts();
         assert_eq!(parts.len(), 2);
-        assert_eq!(parts[1].as_ptr(), big.as_ptr(), "payload must not be copied");
+        assert_eq!(
+            parts[1].as_ptr(),
+            big.as_ptr(),
+            "payload must not be copied"
+        );
         assert!(w.is_empty());
-    }
-
-    #[test]
-    fn wirebuf_truncate() {
-        let mut w = WireBuf::new();
-        w.put_slice(b"abcdef");
-        w.truncate_to(2);
-        assert_eq!(w.to_vec(), b"ab");
     }
 }
