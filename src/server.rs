@@ -128,7 +128,7 @@ impl ServerShared {
         let mut reg = lock(&self.registry);
         let mut gone = Vec::new();
         reg.retain(|c| {
-            let keep = !(c.shared().is_dead() && !c.shared().has_data());
+            let keep = !c.shared().is_dead() || c.shared().has_data();
             if !keep {
                 gone.push(c.clone());
             }
@@ -184,6 +184,9 @@ impl Acceptor {
                 drop(stream);
                 continue;
             }
+            // The registry is locked while the connection starts, so that recv_any can
+            // find it by the time its reader reports the first message.
+            let mut registry = lock(&self.shared.registry);
             match Connection::start(
                 stream,
                 self.cfg.clone(),
@@ -192,7 +195,8 @@ impl Acceptor {
                 Some(self.notifier.clone()),
             ) {
                 Ok(conn) => {
-                    lock(&self.shared.registry).push(conn.clone());
+                    registry.push(conn.clone());
+                    drop(registry);
                     // Keep the newest: if nobody takes new connections, drop the oldest.
                     let mut conn = conn;
                     while let Err(e) = self.new_tx.try_send(conn) {
@@ -495,7 +499,7 @@ impl Server {
     }
 }
 
-impl<'a> IntoIterator for &'a Server {
+impl IntoIterator for &Server {
     type Item = Connection;
     type IntoIter = std::vec::IntoIter<Connection>;
 

@@ -88,7 +88,8 @@ fn both_ends_switch_modes_at_once() {
     for (from, to) in [(c.clone(), p.clone()), (p.clone(), c.clone())] {
         handles.push(thread::spawn(move || {
             for i in 0..60u32 {
-                let mode = Mode::ALL[(i % 6) as usize];
+                // Modes 0-3 (4 and 5 would deliver the text as a pickle).
+                let mode = Mode::ALL[(i % 4) as usize];
                 from.send_data_timeout(format!("m{i}"), mode, T)
                     .expect("send");
             }

@@ -35,7 +35,9 @@ fn close_ends_every_thread_and_socket() {
             c.send_data(1, Mode::Plain).unwrap();
         }
         for _ in 0..5 {
-            server.recv_any_timeout(T).unwrap();
+            server
+                .recv_any_timeout(T)
+                .unwrap_or_else(|e| panic!("{protocol}: {e}"));
         }
         assert!(thread_count() > threads_before);
         clients[0].close();
