@@ -84,3 +84,8 @@ pub use event::{Event, Events};
 pub use message::{Message, Text, TextEncoding};
 pub use protocol::{Mode, Protocol};
 pub use server::{Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+
+/// The README's examples, compiled as doctests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
