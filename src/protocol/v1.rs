@@ -384,13 +384,25 @@ pub fn encode_base85(data: &[u8], out: &mut Vec<u8>) {
     encode_base85_to_slice(data, &mut out[start..]);
 }
 
-#[inline(always)]
-fn encode_group(v: u32, out: &mut [u8]) {
-    let mut v = v;
-    for slot in out.iter_mut().rev() {
-        *slot = B85_ALPHABET[(v % 85) as usize];
-        v /= 85;
+/// Two-character base85 of every value below 85 * 85.
+const B85_PAIRS: [[u8; 2]; 85 * 85] = {
+    let mut t = [[0u8; 2]; 85 * 85];
+    let mut i = 0;
+    while i < 85 * 85 {
+        t[i] = [B85_ALPHABET[i / 85], B85_ALPHABET[i % 85]];
+        i += 1;
     }
+    t
+};
+
+/// Writes the five characters of `v` (two divisions, two pair lookups).
+#[inline(always)]
+fn encode_group(v: u32, out: &mut [u8; 5]) {
+    let (high, low) = (v / 7225, (v % 7225) as usize);
+    let (first, middle) = ((high / 7225) as usize, (high % 7225) as usize);
+    out[0] = B85_ALPHABET[first]; // v < 85^5, so first < 85
+    out[1..3].copy_from_slice(&B85_PAIRS[middle]);
+    out[3..5].copy_from_slice(&B85_PAIRS[low]);
 }
 
 /// `out` must be exactly `base85_encoded_len(data.len())` long.
@@ -399,7 +411,9 @@ fn encode_base85_to_slice(data: &[u8], out: &mut [u8]) {
     let rem = groups.remainder();
     let mut slots = out.chunks_exact_mut(5);
     for (g, o) in groups.zip(&mut slots) {
-        encode_group(u32::from_be_bytes([g[0], g[1], g[2], g[3]]), o);
+        let mut five = [0u8; 5];
+        encode_group(u32::from_be_bytes([g[0], g[1], g[2], g[3]]), &mut five);
+        o.copy_from_slice(&five);
     }
     if !rem.is_empty() {
         let mut g = [0u8; 4];
@@ -416,15 +430,31 @@ fn encode_base85_to_slice(data: &[u8], out: &mut [u8]) {
 #[inline(always)]
 fn decode_group(c: &[u8; 5], position: usize) -> Result<u32, Base85Error> {
     let d = c.map(|ch| B85_DIGITS[usize::from(ch)]);
-    if (d[0] | d[1] | d[2] | d[3] | d[4]) & 0x80 != 0 {
-        let j = d.iter().position(|&x| x == 0xFF).unwrap_or(0);
-        return Err(Base85Error::BadChar {
+    // Independent products rather than a chain of multiply-adds; an invalid digit (0xFF)
+    // gives a meaningless value but cannot overflow a u64, and is caught below.
+    let acc = u64::from(d[0]) * 52_200_625
+        + u64::from(d[1]) * 614_125
+        + u64::from(d[2]) * 7_225
+        + u64::from(d[3]) * 85
+        + u64::from(d[4]);
+    if (d[0] | d[1] | d[2] | d[3] | d[4]) & 0x80 == 0 && acc <= u64::from(u32::MAX) {
+        Ok(acc as u32)
+    } else {
+        Err(group_error(c, position))
+    }
+}
+
+/// What is wrong with a group that [`decode_group`] refused.
+#[cold]
+#[inline(never)]
+fn group_error(c: &[u8; 5], position: usize) -> Base85Error {
+    match c.iter().position(|&ch| B85_DIGITS[usize::from(ch)] == 0xFF) {
+        Some(j) => Base85Error::BadChar {
             position: position + j,
             byte: c[j],
-        });
+        },
+        None => Base85Error::Overflow { position },
     }
-    let acc = d.iter().fold(0u64, |acc, &x| acc * 85 + u64::from(x));
-    u32::try_from(acc).map_err(|_| Base85Error::Overflow { position })
 }
 
 /// Appends the bytes of the base85 text `text` to `out`, as Python's `base64.b85decode`:
@@ -539,9 +569,15 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// caller: [`Frame::SetMode`] with ACKMODCG, and a [`Frame::Data`] of mode 1, 3 or 5 with
 /// ACKEOT!! (see [`encode_control`]).
 ///
+/// In modes 1, 3 and 5 the blocks are joined until a `0x04` comes, as in the original:
+/// the message is what precedes the first `0x04`, and what follows it starts the next
+/// message. A message still being collected is kept across a SETMODE (as the original
+/// does) and is completed by the next `0x04` received in an acknowledged mode.
+///
 /// It never holds more than [`Decoder::limit`] bytes: a block (or, in modes 1, 3 and 5,
 /// a message collected over several blocks) that grows beyond it is reported once as
-/// [`ProtocolError::TooLarge`] and skipped up to the next `0x1F`.
+/// [`ProtocolError::TooLarge`], with `size` = limit + 1 (the point where it crossed, the
+/// same whatever the chunking), dropped, and skipped up to the next `0x1F`.
 ///
 /// ```
 /// use serpy::protocol::v1::Decoder;
@@ -622,7 +658,7 @@ impl Decoder {
             if part.len() > self.limit.saturating_sub(held) {
                 // Deterministic whatever the chunking: the size is where the limit was crossed.
                 out.push(Frame::Error(ProtocolError::TooLarge {
-                    size: self.limit as u64 + 1,
+                    size: (self.limit as u64).saturating_add(1),
                     max: self.max_message_size,
                 }));
                 self.release();
@@ -630,7 +666,7 @@ impl Decoder {
                 continue;
             }
             if !complete {
-                self.buf.extend_from_slice(part);
+                self.hold(part);
                 continue;
             }
             self.block(part, out);
@@ -652,7 +688,7 @@ impl Decoder {
                 let new_mode = if in_input {
                     control(part, out)
                 } else {
-                    self.buf.extend_from_slice(part);
+                    self.hold(part);
                     let new_mode = control(&self.buf[start..], out);
                     self.buf.truncate(start);
                     new_mode
@@ -669,9 +705,9 @@ impl Decoder {
                         payload(self.mode, self.max_message_size, &msg[..i], out);
                         msg = &msg[i + 1..];
                     }
-                    self.buf.extend_from_slice(msg);
+                    self.hold(msg);
                 } else {
-                    self.buf.extend_from_slice(part);
+                    self.hold(part);
                     let mut begin = 0;
                     let mut from = start; // the collected part holds no 0x04
                     while let Some(i) = find_byte(EOT, &self.buf[from..]) {
@@ -693,14 +729,14 @@ impl Decoder {
                     && self.buf.len() + part.len() <= self.max_message_size
                 {
                     // A large raw block: hand the buffer over instead of copying it.
-                    self.buf.extend_from_slice(part);
+                    self.hold(part);
                     let block = std::mem::take(&mut self.buf);
                     out.push(Frame::Data {
                         message: Message::Bytes(Bytes::from(block)),
                         mode: Some(Mode::Plain),
                     });
                 } else {
-                    self.buf.extend_from_slice(part);
+                    self.hold(part);
                     payload(self.mode, self.max_message_size, &self.buf[start..], out);
                     self.buf.truncate(start);
                 }
@@ -709,6 +745,17 @@ impl Decoder {
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
         }
+    }
+
+    /// Appends to the buffer, growing its capacity geometrically but never beyond the
+    /// limit (the callers have checked that the bytes fit).
+    fn hold(&mut self, bytes: &[u8]) {
+        let needed = self.buf.len() + bytes.len();
+        if needed > self.buf.capacity() {
+            let target = needed.max(self.buf.capacity().saturating_mul(2).min(self.limit));
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(bytes);
     }
 
     /// Drops everything held (after a block that was too large).
@@ -1511,6 +1558,20 @@ mod tests {
             decode_all(&mut d, b"VPaz\x04\x1f"),
             vec![bytes_frame(b"abc", Mode::Base85Ack)]
         );
+        // No maximum at all: nothing overflows.
+        let mut d = Decoder::new(usize::MAX);
+        assert_eq!(d.limit(), usize::MAX);
+        assert_eq!(
+            decode_all(&mut d, b"abc\x1f"),
+            vec![bytes_frame(b"abc", Mode::Plain)]
+        );
+        // The buffer's capacity stays within the limit too.
+        let mut d = Decoder::new(64);
+        for _ in 0..96 {
+            d.decode(b"a", &mut Vec::new());
+            assert!(d.buf.capacity() <= 96, "{}", d.buf.capacity());
+        }
+        assert_eq!(d.buffered(), 96);
         // A tiny maximum still lets control blocks through.
         let mut d = Decoder::new(0);
         assert_eq!(
