@@ -54,8 +54,12 @@ impl Default for Config {
 /// Generates the option setters that connection and server builders share, so that both
 /// take the same names with the same documentation.
 macro_rules! connection_options {
-    () => {
+    ($builder:literal) => {
         /// Text encoding for v1 text messages (default UTF-8; the original used ASCII).
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".encoding(serpy::TextEncoding::Ascii);")]
+        /// ```
         pub fn encoding(mut self, encoding: $crate::TextEncoding) -> Self {
             self.cfg.encoding = encoding;
             self
@@ -64,6 +68,10 @@ macro_rules! connection_options {
         /// Capacity of the queue of received messages (default 1024). When it is full, the
         /// connection stops reading from the socket until the program reads, so a slow
         /// reader slows the sender down instead of growing memory.
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".incoming_capacity(64);")]
+        /// ```
         pub fn incoming_capacity(mut self, messages: usize) -> Self {
             self.cfg.incoming_capacity = messages.max(1);
             self
@@ -71,6 +79,10 @@ macro_rules! connection_options {
 
         /// Capacity of the queue of messages waiting to be written (default 1024).
         /// `send_data` blocks while it is full.
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".outgoing_capacity(64);")]
+        /// ```
         pub fn outgoing_capacity(mut self, messages: usize) -> Self {
             self.cfg.outgoing_capacity = messages.max(1);
             self
@@ -78,12 +90,20 @@ macro_rules! connection_options {
 
         /// Largest message accepted in either direction, in bytes (default 64 MiB). A larger
         /// incoming message is skipped and reported; a larger outgoing one is refused.
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".max_message_size(256 << 20);")]
+        /// ```
         pub fn max_message_size(mut self, bytes: usize) -> Self {
             self.cfg.max_message_size = bytes;
             self
         }
 
         /// TCP_NODELAY (default on: small messages go out at once).
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".nodelay(false);")]
+        /// ```
         pub fn nodelay(mut self, on: bool) -> Self {
             self.cfg.nodelay = on;
             self
@@ -91,12 +111,20 @@ macro_rules! connection_options {
 
         /// TCP keepalive: probe an idle link after `idle` (default off). Finds peers that
         /// vanished without closing (a pulled cable, a crashed machine).
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".keepalive(Some(std::time::Duration::from_secs(30)));")]
+        /// ```
         pub fn keepalive(mut self, idle: Option<std::time::Duration>) -> Self {
             self.cfg.keepalive = idle;
             self
         }
 
         /// How long `close()` waits for queued messages to be written (default 2 s).
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".close_timeout(std::time::Duration::from_millis(500));")]
+        /// ```
         pub fn close_timeout(mut self, timeout: std::time::Duration) -> Self {
             self.cfg.close_timeout = timeout;
             self

@@ -326,11 +326,19 @@ pub struct ConnectionBuilder {
 
 impl ConnectionBuilder {
     /// Default options: v1, UTF-8, no auto-restart.
+    ///
+    /// ```
+    /// let b = serpy::ConnectionBuilder::new();
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The wire protocol (default [`Protocol::V1`]; `Auto` means v1 for a client).
+    ///
+    /// ```
+    /// let b = serpy::Connection::builder().protocol(serpy::Protocol::V2);
+    /// ```
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.cfg.protocol = match protocol {
             Protocol::Auto => Protocol::V1,
@@ -341,12 +349,20 @@ impl ConnectionBuilder {
 
     /// Reconnect by itself when the link breaks (default off). Messages queued and not
     /// yet written go out after the reconnect, in order.
+    ///
+    /// ```
+    /// let b = serpy::Connection::builder().auto_restart(true);
+    /// ```
     pub fn auto_restart(mut self, on: bool) -> Self {
         self.cfg.auto_restart = on;
         self
     }
 
     /// How long one connection attempt may take (default 5 s).
+    ///
+    /// ```
+    /// let b = serpy::Connection::builder().connect_timeout(std::time::Duration::from_secs(1));
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.connect_timeout = timeout;
         self
@@ -354,6 +370,12 @@ impl ConnectionBuilder {
 
     /// Delay before the second reconnection attempt, doubled after each failure up to
     /// `max` (defaults 100 ms and 5 s). The first attempt is made at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = serpy::Connection::builder()
+    ///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(1));
+    /// ```
     pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.cfg.backoff_first = first;
         self.cfg.backoff_max = max.max(first);
@@ -361,16 +383,27 @@ impl ConnectionBuilder {
     }
 
     /// Give up reconnecting after this many failed attempts (`None`, the default: never).
+    ///
+    /// ```
+    /// let b = serpy::Connection::builder().give_up_after(Some(10));
+    /// ```
     pub fn give_up_after(mut self, attempts: Option<u32>) -> Self {
         self.cfg.give_up_after = attempts;
         self
     }
 
-    connection_options!();
+    connection_options!("serpy::Connection::builder()");
 
     /// Connects to `addr` (anything [`ToSocketAddrs`]: `"127.0.0.1:8000"`,
     /// `("localhost", 8000)`, `"[::1]:8000"`, a [`SocketAddr`]) and starts the threads.
     /// Every address a name resolves to is tried in turn.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::builder().connect(server.local_addr())?;
+    /// # Ok(()) }
+    /// ```
     pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Connection> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
@@ -818,6 +851,14 @@ impl Connection {
     }
 
     /// Stop reconnecting when the link breaks.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::builder().auto_restart(true).connect(server.local_addr())?;
+    /// conn.disable_restart();
+    /// # Ok(()) }
+    /// ```
     pub fn disable_restart(&self) {
         self.inner.shared.restart.store(false, Ordering::Release);
     }

@@ -47,6 +47,10 @@ impl Default for ServerBuilder {
 
 impl ServerBuilder {
     /// Default options: v1, at most 1024 connections.
+    ///
+    /// ```
+    /// let b = serpy::ServerBuilder::new();
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -54,6 +58,10 @@ impl ServerBuilder {
     /// The protocol of accepted connections: `V1` (default), `V2`, or `Auto` to tell each
     /// connection's protocol from its first bytes. With `Auto`, what the server sends to a
     /// connection waits until its peer has sent something.
+    ///
+    /// ```
+    /// let b = serpy::Server::builder().protocol(serpy::Protocol::Auto);
+    /// ```
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.cfg.protocol = protocol;
         self
@@ -61,6 +69,10 @@ impl ServerBuilder {
 
     /// At most this many live connections (default 1024); one more is accepted and
     /// closed at once, with a log line, and the server goes on.
+    ///
+    /// ```
+    /// let b = serpy::Server::builder().max_connections(8);
+    /// ```
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
@@ -68,15 +80,26 @@ impl ServerBuilder {
 
     /// With [`Protocol::Auto`]: how long to wait for the rest of the v2 magic once the
     /// first bytes of it arrived (default 5 s); then the connection is taken as v1.
+    ///
+    /// ```
+    /// let b = serpy::Server::builder().detect_timeout(std::time::Duration::from_secs(1));
+    /// ```
     pub fn detect_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.cfg.detect_timeout = timeout;
         self
     }
 
-    connection_options!();
+    connection_options!("serpy::Server::builder()");
 
     /// Binds to `addr` and starts accepting. Use port 0 for any free port and read it
     /// back with [`Server::local_addr`].
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::builder().bind("127.0.0.1:0")?;
+    /// println!("listening on {}", server.local_addr());
+    /// # Ok(()) }
+    /// ```
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server> {
         let listener = TcpListener::bind(addr).map_err(|e| Error::Address {
             addr: "the given address".into(),
@@ -294,6 +317,13 @@ impl Server {
     }
 
     /// The address the server listens on (with the real port when bound to port 0).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// assert!(server.local_addr().ip().is_loopback());
+    /// # Ok(()) }
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
@@ -333,6 +363,13 @@ impl Server {
     }
 
     /// The next new connection if one is waiting.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// assert!(server.try_get_connection().is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn try_get_connection(&self) -> Option<Connection> {
         self.new_rx.try_recv().ok()
     }
@@ -369,6 +406,14 @@ impl Server {
     }
 
     /// How many connections [`connections`](Server::connections) would give.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// assert_eq!(server.len(), 0);
+    /// assert!(server.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         drop(self.shared.prune());
         lock(&self.shared.registry).len()
@@ -383,11 +428,29 @@ impl Server {
     /// are served in turn, so a busy one cannot starve the others.
     ///
     /// Returns [`Error::Closed`] after [`close_all`](Server::close_all).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let c = serpy::Connection::connect(server.local_addr())?;
+    /// c.send("hi")?;
+    /// let r = server.recv_any()?;
+    /// assert_eq!(r.message.as_str(), Some("hi"));
+    /// # Ok(()) }
+    /// ```
     pub fn recv_any(&self) -> Result<Received> {
         self.recv_any_deadline(None)
     }
 
     /// [`recv_any`](Server::recv_any) waiting at most `timeout`.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let r = server.recv_any_timeout(std::time::Duration::from_millis(10));
+    /// assert!(matches!(r, Err(serpy::Error::Timeout { .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn recv_any_timeout(&self, timeout: Duration) -> Result<Received> {
         self.recv_any_deadline(Some(Instant::now() + timeout))
             .map_err(|e| match e {
@@ -400,6 +463,13 @@ impl Server {
     }
 
     /// The next message from any connection if one is waiting.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// assert!(server.try_recv_any().is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn try_recv_any(&self) -> Option<Received> {
         loop {
             match self.ready_rx.try_recv() {
