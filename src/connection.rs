@@ -231,6 +231,8 @@ struct Inner {
     shared: Arc<Shared>,
     shutdown_tx: Mutex<Option<Sender<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnects when the writer thread ends.
+    writer_done: Receiver<()>,
 }
 
 impl Inner {
@@ -243,6 +245,14 @@ impl Inner {
             w.take().map(|h| (h, w))
         };
         if let Some((handle, _guard)) = writer {
+            // The writer writes what is queued, bounded by the close timeout; if it is stuck
+            // in a write to a peer that does not read, shutting the socket down frees it.
+            let grace = self.shared.cfg.close_timeout + Duration::from_millis(500);
+            if let Err(RecvTimeoutError::Timeout) = self.writer_done.recv_timeout(grace) {
+                if let Some(s) = lock(&self.shared.stream).as_ref() {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
             let _ = handle.join();
             if let Some(s) = lock(&self.shared.stream).take() {
                 let _ = s.shutdown(Shutdown::Both);
@@ -485,6 +495,7 @@ impl Connection {
         let (out_tx, out_rx) = channel::bounded(cfg.outgoing_capacity);
         let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
         let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
+        let (done_tx, writer_done) = channel::bounded::<()>(0);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             protocol: Mutex::new(cfg.protocol),
@@ -527,6 +538,7 @@ impl Connection {
             send_mode: Mode::Plain,
             retry: VecDeque::new(),
             wire: WireBuf::new(),
+            _done: done_tx,
         };
         writer.attach(stream)?;
         let name = format!("serpy-wr-{}", shared.id);
@@ -539,6 +551,7 @@ impl Connection {
                 shared,
                 shutdown_tx: Mutex::new(Some(shutdown_tx)),
                 writer: Mutex::new(Some(handle)),
+                writer_done,
             }),
         })
     }
@@ -593,7 +606,7 @@ impl Connection {
         mode: Mode,
         timeout: Duration,
     ) -> Result<()> {
-        self.send_impl(data.into(), mode, Some(Instant::now() + timeout))
+        self.send_impl(data.into(), mode, Instant::now().checked_add(timeout))
             .map_err(|e| match e {
                 Error::Timeout { operation, .. } => Error::Timeout {
                     operation,
@@ -977,6 +990,8 @@ struct Writer {
     /// Messages taken from the queue but not fully written on a link that broke.
     retry: VecDeque<Outgoing>,
     wire: WireBuf,
+    /// Dropped with the writer: tells `close()` that the writer has ended.
+    _done: Sender<()>,
 }
 
 enum Next {
@@ -1236,6 +1251,7 @@ impl Writer {
         loop {
             attempts += 1;
             match connect_any(&self.shared.addrs, self.shared.cfg.connect_timeout) {
+                Ok(_) if self.shared.closed.load(Ordering::Acquire) => return Next::Stop,
                 Ok(stream) => {
                     let attached = configure(&stream, &self.shared.cfg)
                         .map_err(|e| Error::io("configuring the socket", e))

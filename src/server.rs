@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{
+    self as channel, select, Receiver, RecvTimeoutError, Sender, TryRecvError,
+};
 
 use crate::config::{connection_options, Config};
 use crate::connection::{lock, Connection, Notifier};
@@ -129,7 +131,10 @@ impl ServerBuilder {
             .spawn(move || acceptor.run())
             .map_err(|e| Error::io("starting the accept thread", e))?;
         log::info!("serpy server listening on {local}");
+        let (closed_tx, closed_rx) = channel::bounded(0);
         Ok(Server {
+            closed_tx: Mutex::new(Some(closed_tx)),
+            closed_rx,
             local,
             shared,
             accept: Mutex::new(Some(handle)),
@@ -283,6 +288,9 @@ pub struct Server {
     accept: Mutex<Option<JoinHandle<()>>>,
     new_rx: Receiver<Connection>,
     ready_rx: Receiver<u64>,
+    /// Dropped by `close_all`, which wakes every `recv_any`.
+    closed_tx: Mutex<Option<Sender<()>>>,
+    closed_rx: Receiver<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -452,7 +460,7 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn recv_any_timeout(&self, timeout: Duration) -> Result<Received> {
-        self.recv_any_deadline(Some(Instant::now() + timeout))
+        self.recv_any_deadline(Instant::now().checked_add(timeout))
             .map_err(|e| match e {
                 Error::Timeout { operation, .. } => Error::Timeout {
                     operation,
@@ -488,15 +496,14 @@ impl Server {
             if self.shared.all_closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            let id = match deadline {
-                None => self.ready_rx.recv().map_err(|_| Error::Closed)?,
-                Some(d) => self.ready_rx.recv_deadline(d).map_err(|e| match e {
-                    RecvTimeoutError::Timeout => Error::Timeout {
-                        operation: "recv_any",
-                        after: Duration::ZERO,
-                    },
-                    RecvTimeoutError::Disconnected => Error::Closed,
-                })?,
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let id = select! {
+                recv(self.ready_rx) -> id => id.map_err(|_| Error::Closed)?,
+                recv(self.closed_rx) -> _ => return Err(Error::Closed),
+                default(timeout.unwrap_or(Duration::MAX)) => return Err(Error::Timeout {
+                    operation: "recv_any",
+                    after: Duration::ZERO,
+                }),
             };
             if let Some(r) = self.take_from(id) {
                 return Ok(r);
@@ -561,6 +568,7 @@ impl Server {
     pub fn close_all(&self) {
         self.close();
         self.shared.all_closed.store(true, Ordering::Release);
+        drop(lock(&self.closed_tx).take());
         let conns: Vec<Connection> = lock(&self.shared.registry).drain(..).collect();
         for c in &conns {
             c.close();

@@ -304,3 +304,72 @@ fn give_up_after_attempts() {
     });
     assert!(matches!(c.get_data_timeout(T), Err(Error::Disconnected)));
 }
+
+#[test]
+fn close_all_wakes_a_blocked_recv_any() {
+    let s = std::sync::Arc::new(server(ServerBuilder::new()));
+    let waiter = thread::spawn({
+        let s = s.clone();
+        move || s.recv_any()
+    });
+    let (_c, _p) = pair(&s, ConnectionBuilder::new());
+    s.close_all();
+    assert!(matches!(waiter.join().unwrap(), Err(Error::Closed)));
+}
+
+#[test]
+fn close_returns_even_when_the_peer_never_reads() {
+    use std::io::Read;
+    use std::net::TcpListener;
+    // A raw peer that accepts and never reads: the client's writes block once the socket
+    // buffers are full.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = Connection::builder()
+        .protocol(Protocol::V2)
+        .close_timeout(Duration::from_millis(200))
+        .outgoing_capacity(4)
+        .connect(listener.local_addr().unwrap())
+        .unwrap();
+    let (mut raw, _) = listener.accept().unwrap();
+    let blob = serpy::Bytes::from(vec![0u8; 1 << 20]);
+    let mut refused = false;
+    for _ in 0..200 {
+        if let Err(e) = c.send_data_timeout(blob.clone(), Mode::Plain, Duration::from_millis(200)) {
+            assert!(matches!(e, Error::Timeout { .. }), "{e}");
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the bounded queue never filled");
+    let started = std::time::Instant::now();
+    c.close();
+    assert!(
+        started.elapsed() < T,
+        "close() took {:?}",
+        started.elapsed()
+    );
+    // The peer sees the end of the stream after what was written.
+    raw.set_read_timeout(Some(T)).unwrap();
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+}
+
+#[test]
+fn huge_timeouts_mean_no_deadline() {
+    let (s, c, p) = {
+        let s = server(ServerBuilder::new());
+        let (c, p) = pair(&s, ConnectionBuilder::new());
+        (s, c, p)
+    };
+    c.send_data_timeout("x", Mode::PlainAck, Duration::MAX)
+        .unwrap();
+    assert_eq!(
+        p.get_data_timeout(Duration::MAX).unwrap().as_str(),
+        Some("x")
+    );
+    c.send("y").unwrap();
+    assert_eq!(
+        s.recv_any_timeout(Duration::MAX).unwrap().message.as_str(),
+        Some("y")
+    );
+}
