@@ -4,93 +4,15 @@
 //! The cases ran in order on one connection, so one client encoder and one decoder per
 //! direction walk all of them: the mode state carries over from case to case.
 
-use serde_json::Value;
 use serpy::protocol::v1::{self, Control, Decoder, Encoder};
 use serpy::protocol::{Frame, WireBuf};
 use serpy::{Bytes, Error, Message, Mode, TextEncoding};
 
+mod common;
+
+use common::vectors::*;
+
 const MAX: usize = 1 << 20;
-
-/// One recorded case.
-struct Case {
-    name: String,
-    sender_returned: String,
-    delivered: Vec<String>,
-    c2s: Vec<Vec<u8>>,
-    s2c: Vec<Vec<u8>>,
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex {s:?}");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-fn load() -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/v1.json");
-    let text = std::fs::read_to_string(path).expect("tests/v1.json");
-    let json: Value = serde_json::from_str(&text).expect("valid JSON");
-    let cases = json["cases"].as_array().expect("a list of cases");
-    cases
-        .iter()
-        .map(|c| {
-            let mut case = Case {
-                name: c["case"].as_str().expect("case name").to_owned(),
-                sender_returned: c["sender_returned"].as_str().unwrap_or("").to_owned(),
-                delivered: c["receiver_delivered_python_repr"]
-                    .as_array()
-                    .expect("deliveries")
-                    .iter()
-                    .map(|r| r.as_str().expect("repr").to_owned())
-                    .collect(),
-                c2s: Vec::new(),
-                s2c: Vec::new(),
-            };
-            for w in c["wire"].as_array().expect("wire") {
-                let bytes = hex(w["hex"].as_str().expect("hex"));
-                match w["dir"].as_str() {
-                    Some("c2s") => case.c2s.push(bytes),
-                    Some("s2c") => case.s2c.push(bytes),
-                    other => panic!("unknown direction {other:?}"),
-                }
-            }
-            case
-        })
-        .collect()
-}
-
-/// Parses Python's `repr()` of a `bytes` object (`b'...'` or `b"..."`).
-fn parse_bytes_repr(repr: &str) -> Option<Vec<u8>> {
-    let body = repr
-        .strip_prefix("b'")
-        .and_then(|r| r.strip_suffix('\''))
-        .or_else(|| repr.strip_prefix("b\"").and_then(|r| r.strip_suffix('"')))?;
-    let mut out = Vec::new();
-    let mut chars = body.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            assert!(c.is_ascii(), "non-ASCII in a bytes repr: {repr}");
-            out.push(c as u8);
-            continue;
-        }
-        out.push(match chars.next() {
-            Some('x') => {
-                let h: String = chars.by_ref().take(2).collect();
-                u8::from_str_radix(&h, 16).expect("\\x escape")
-            }
-            Some('n') => b'\n',
-            Some('r') => b'\r',
-            Some('t') => b'\t',
-            Some('\\') => b'\\',
-            Some('\'') => b'\'',
-            Some('"') => b'"',
-            other => panic!("unknown escape {other:?} in {repr}"),
-        });
-    }
-    Some(out)
-}
 
 #[test]
 fn repr_parser() {
@@ -104,52 +26,6 @@ fn repr_parser() {
         b"it's\n\\".to_vec()
     );
     assert_eq!(parse_bytes_repr("[1, 2.5, 'x']"), None);
-}
-
-/// The payload of the last client block: base85 text without `0x04` and `0x1F`.
-fn last_payload(case: &Case) -> Vec<u8> {
-    let last = case.c2s.last().expect("a c2s block");
-    let mut p = last.strip_suffix(&[v1::SEP]).expect("ends with 0x1F");
-    if let Some(q) = p.strip_suffix(&[v1::EOT]) {
-        p = q;
-    }
-    p.to_vec()
-}
-
-/// The pickle bytes that the Python client sent in a mode 4/5 case.
-fn recorded_pickle(case: &Case) -> Bytes {
-    let mut out = Vec::new();
-    v1::decode_base85(&last_payload(case), &mut out).expect("recorded base85");
-    Bytes::from(out)
-}
-
-/// What was sent in a case.
-enum Sent {
-    /// The client sent this message in this mode.
-    Client(Message, Mode),
-    /// The server sent this message in this mode.
-    Server(Message, Mode),
-}
-
-fn sent(case: &Case) -> Sent {
-    use Sent::*;
-    let bytes = |b: &[u8]| Message::Bytes(Bytes::copy_from_slice(b));
-    match case.name.as_str() {
-        "mode 0 str 'hello'" => Client("hello".into(), Mode::Plain),
-        "mode 0 int 42" => Client(42.into(), Mode::Plain),
-        "mode 0 float 1.5" => Client(1.5.into(), Mode::Plain),
-        "mode 0 utf-8 str 'µé'" => Client("µé".into(), Mode::Plain),
-        "mode 1 str 'ack me'" => Client("ack me".into(), Mode::PlainAck),
-        r"mode 2 bytes b'\x00\x01\x1f\xff'" => Client(bytes(b"\x00\x01\x1f\xff"), Mode::Base85),
-        "mode 0 bytes b'abc' (auto-switches to 2)" => Client(bytes(b"abc"), Mode::Plain),
-        "mode 3 bytes b'hello world'" => Client(bytes(b"hello world"), Mode::Base85Ack),
-        "mode 4 list [1, 2.5, 'x']" => Client(Message::Pickle(recorded_pickle(case)), Mode::Pickle),
-        "mode 5 dict {'a': 1}" => Client(Message::Pickle(recorded_pickle(case)), Mode::PickleAck),
-        "mode 0 str 'back to zero'" => Client("back to zero".into(), Mode::Plain),
-        "server->client mode 0 'pong'" => Server("pong".into(), Mode::Plain),
-        "mode 0 empty str ''" => Client("".into(), Mode::Plain),
-        other => panic!("unknown v1 vector case {other:?}: add it to the table in this test"),
-    }
 }
 
 /// How the bytes of one direction of one case are fed to a decoder.

@@ -3,33 +3,13 @@
 //! `float.fromhex()` (`tests/data/hexfloat.json`, made by `tests/data/hexfloat_gen.py`).
 
 use serde_json::Value;
+
+mod common;
+
+use common::vectors::*;
 use serpy::protocol::v2::{self, float_fromhex, float_hex, HexFloatError};
 use serpy::protocol::{Frame, WireBuf};
 use serpy::Message;
-
-/// The message each recorded case sent. An unknown case name fails the test, so that a
-/// new vector cannot be skipped silently.
-fn message_of(case: &str) -> Message {
-    match case {
-        "int 123" => Message::Int(123),
-        "int -1" => Message::Int(-1),
-        "int 600000" => Message::Int(600_000),
-        "float 12.35" => Message::Float(12.35),
-        "float -1e6" => Message::Float(-1e6),
-        "float 0.0" => Message::Float(0.0),
-        "float inf" => Message::Float(f64::INFINITY),
-        "float nan" => Message::Float(f64::NAN),
-        "float 5e-324" => Message::Float(5e-324),
-        "str 'hello'" => Message::from("hello"),
-        "str 'yes µù'" => Message::from("yes µù"),
-        "str ''" => Message::from(""),
-        "bytes b'\\x00\\xff\\x1f'" => Message::from(&b"\x00\xff\x1f"[..]),
-        "bytes b''" => Message::from(&b""[..]),
-        other => panic!(
-            "tests/v2.json has a case this test does not know: {other:?}; add it to message_of()"
-        ),
-    }
-}
 
 /// Equal, with NaN equal to NaN and the sign of zero compared.
 fn same(a: &Message, b: &Message) -> bool {
@@ -52,37 +32,6 @@ fn assert_frames(frames: &[Frame], want: &[Message], what: &str) {
             other => panic!("{what}: got {other:?}, want {want:?}"),
         }
     }
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// (case name, message, recorded client-to-server bytes), in file order.
-fn cases() -> Vec<(String, Message, Vec<u8>)> {
-    let json: Value = serde_json::from_str(include_str!("v2.json")).unwrap();
-    let cases = json["cases"].as_array().expect("cases");
-    assert!(!cases.is_empty());
-    cases
-        .iter()
-        .map(|case| {
-            let name = case["case"].as_str().unwrap().to_string();
-            let wire = case["wire"].as_array().unwrap();
-            let c2s: Vec<u8> = wire
-                .iter()
-                .filter(|w| w["dir"] == "c2s")
-                .flat_map(|w| unhex(w["hex"].as_str().unwrap()))
-                .collect();
-            assert!(
-                wire.iter().all(|w| w["dir"] == "c2s"),
-                "{name}: v2 peers send nothing back"
-            );
-            (name.clone(), message_of(&name), c2s)
-        })
-        .collect()
 }
 
 fn decode_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<Frame> {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serpy::{Connection, Event, Server};
 
+pub mod vectors;
+
 /// Upper bound for anything a test waits for; never a pause.
 pub const T: Duration = Duration::from_secs(20);
 
