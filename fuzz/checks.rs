@@ -3,7 +3,8 @@
 //! fuzzers ever found a problem with.
 //!
 //! Input layout: byte 0 picks the maximum message size, byte 1 how the stream is cut into
-//! chunks, and the rest is the stream a peer sends.
+//! chunks (and, with bit 6 set, that the checksums of v2 frames are made to match, see
+//! [`fix_checksums`]), and the rest is the stream a peer sends.
 //!
 //! For every input: nothing panics; between calls a decoder holds no more than its bound
 //! ([`serpy::protocol::v1::Decoder::limit`], or `max(max_message_size, HEADER_LEN)` for
@@ -150,6 +151,33 @@ fn whole_and_split(protocol: Protocol, max: usize, seed: u8, stream: &[u8]) -> V
     a
 }
 
+/// With bit 6 of the seed set, rewrites the checksum of every whole v2 frame in `stream`
+/// to match its payload, so that the fuzzer gets past the checksum to the type checks,
+/// the float parser and UTF-8 validation.
+pub fn fix_checksums(seed: u8, stream: &[u8]) -> Vec<u8> {
+    let mut s = stream.to_vec();
+    if seed & 0x40 == 0 {
+        return s;
+    }
+    let mut at = 0;
+    while let Some(offset) = s[at..].windows(5).position(|w| w == v2::MAGIC) {
+        let start = at + offset;
+        if start + v2::HEADER_LEN > s.len() {
+            break;
+        }
+        let len = u32::from_le_bytes(s[start + 10..start + 14].try_into().unwrap()) as usize;
+        let body = start + v2::HEADER_LEN;
+        if len <= s.len() - body {
+            let sum = v2::checksum(&s[body..body + len]);
+            s[start + 6..start + 10].copy_from_slice(&sum.to_le_bytes());
+            at = body + len;
+        } else {
+            at = body;
+        }
+    }
+    s
+}
+
 /// A reader that hands out `pieces` one per read (and less when the buffer is smaller).
 struct Pieces<'a> {
     pieces: Vec<&'a [u8]>,
@@ -220,6 +248,8 @@ pub fn check_v2(data: &[u8]) {
     let Some((max, seed, stream)) = split_input(data) else {
         return;
     };
+    let fixed = fix_checksums(seed, stream);
+    let stream = &fixed[..];
     let frames = whole_and_split(Protocol::V2, max, seed, stream);
 
     // read_from, reading from a socket-like source, gives the same.
@@ -284,6 +314,8 @@ pub fn check_detect(data: &[u8]) {
     let Some((max, seed, stream)) = split_input(data) else {
         return;
     };
+    let fixed = fix_checksums(seed, stream);
+    let stream = &fixed[..];
     let answer = detect(stream);
     // Once decided, more bytes never change the answer; five bytes always decide.
     for n in 0..=stream.len().min(8) {

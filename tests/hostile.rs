@@ -370,3 +370,44 @@ fn a_peer_that_never_reads() {
     assert!(matches!(conn.get_data_timeout(T), Err(Error::Disconnected)));
     b.still_serves();
 }
+
+#[test]
+fn limits_have_safe_defaults_that_can_be_raised() {
+    assert_eq!(serpy::DEFAULT_MAX_MESSAGE_SIZE, 64 << 20);
+    assert_eq!(serpy::DEFAULT_MAX_CONNECTIONS, 1024);
+    assert_eq!(serpy::DEFAULT_QUEUE_CAPACITY, 1024);
+    // A frame above a server's maximum is skipped; a server with the maximum raised
+    // takes it.
+    let payload = vec![b'x'; MAX + 1];
+    for (max, arrives) in [(MAX, false), (2 * MAX, true)] {
+        let b = Bench::with_max(Protocol::V2, ServerBuilder::new(), max);
+        let (mut raw, conn) = b.hostile();
+        raw.write_all(&frame(v2::TYPE_BYTES, &payload)).unwrap();
+        if arrives {
+            assert_eq!(conn.get_data_timeout(T).unwrap().len(), MAX + 1);
+        } else {
+            protocol_error(&conn, "too large", |p| {
+                matches!(p, ProtocolError::TooLarge { .. })
+            });
+        }
+    }
+}
+
+#[test]
+fn auto_detection_of_a_peer_that_stops_inside_the_magic() {
+    let mut b = Bench::new(
+        Protocol::Auto,
+        ServerBuilder::new().detect_timeout(Duration::from_millis(200)),
+    );
+    let (mut raw, conn) = b.hostile();
+    raw.write_all(&v2::MAGIC[..2]).unwrap();
+    protocol_error(&conn, "detection timeout", |p| {
+        *p == ProtocolError::DetectionTimeout
+    });
+    b.still_serves();
+    // Taken as v1: the bytes so far start the first block.
+    raw.write_all(b"x\x1f").unwrap();
+    let got = conn.get_data_timeout(T).unwrap();
+    assert_eq!(got.as_bytes(), Some(&b"\xde\xcax"[..]));
+    assert_eq!(conn.protocol(), Protocol::V1);
+}
