@@ -1,6 +1,8 @@
 //! Helpers shared by the loopback test suites.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use serpy::{Connection, Event, Server};
