@@ -16,7 +16,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{self as channel, select, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{
+    self as channel, select, Receiver, RecvTimeoutError, Sender, TrySendError,
+};
 
 use crate::config::{connection_options, Config};
 use crate::error::{Error, Result};
@@ -57,8 +59,11 @@ pub(crate) struct Outgoing {
 enum Payload {
     /// A v1 data block (no SETMODE) and the mode it is in.
     V1 { mode: Mode, parts: Vec<Bytes> },
-    /// A whole v2 frame.
-    V2 { parts: Vec<Bytes> },
+    /// A whole v2 frame: its header, and its payload (the message's own bytes).
+    V2 {
+        header: [u8; v2::HEADER_LEN],
+        body: Bytes,
+    },
     /// Server in auto mode before the peer's protocol is known: encoded later.
     Deferred { message: Message, mode: Mode },
 }
@@ -73,11 +78,8 @@ fn prepare(protocol: Protocol, cfg: &Config, message: &Message, mode: Mode) -> R
                     max: cfg.max_message_size,
                 });
             }
-            let mut w = WireBuf::new();
-            v2::encode(message, &mut w)?;
-            Ok(Payload::V2 {
-                parts: w.take_parts(),
-            })
+            let (header, body) = v2::encode_parts(message)?;
+            Ok(Payload::V2 { header, body })
         }
         Protocol::V1 => {
             // A fresh encoder is in mode 0; what it writes after a SETMODE is the data
@@ -659,12 +661,19 @@ impl Connection {
             (None, None)
         };
         let item = Outgoing { payload, ack };
-        let sent = match deadline {
-            None => select! {
+        // Without a wait (the usual case), a plain send: cheaper than a select.
+        let item = match shared.out_tx.try_send(item) {
+            Ok(()) => None,
+            Err(TrySendError::Full(item)) => Some(item),
+            Err(TrySendError::Disconnected(_)) => return Err(Error::Disconnected),
+        };
+        let sent = match (item, deadline) {
+            (None, _) => Ok(()),
+            (Some(item), None) => select! {
                 send(shared.out_tx, item) -> r => r.map_err(|_| Error::Disconnected),
                 recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
             },
-            Some(d) => select! {
+            (Some(item), Some(d)) => select! {
                 send(shared.out_tx, item) -> r => r.map_err(|_| Error::Disconnected),
                 recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
                 default(d.saturating_duration_since(Instant::now())) => Err(Error::Timeout {
@@ -1168,10 +1177,9 @@ impl Writer {
                         self.wire.put_bytes(p.clone());
                     }
                 }
-                Payload::V2 { parts } => {
-                    for p in parts {
-                        self.wire.put_bytes(p.clone());
-                    }
+                Payload::V2 { header, body } => {
+                    self.wire.put_slice(header);
+                    self.wire.put_bytes(body.clone());
                 }
                 Payload::Deferred { .. } => {}
             }
@@ -1359,7 +1367,8 @@ impl Writer {
 impl Outgoing {
     fn payload_len(&self) -> usize {
         match &self.payload {
-            Payload::V1 { parts, .. } | Payload::V2 { parts } => parts.iter().map(Bytes::len).sum(),
+            Payload::V1 { parts, .. } => parts.iter().map(Bytes::len).sum(),
+            Payload::V2 { body, .. } => v2::HEADER_LEN + body.len(),
             Payload::Deferred { message, .. } => message.len(),
         }
     }
@@ -1483,9 +1492,14 @@ impl Reader {
             match frame {
                 Frame::Data { message, mode } => {
                     let acked = mode.is_some_and(Mode::is_acked);
-                    select! {
-                        send(self.in_tx, (message, mode)) -> r => if r.is_err() { return Err(ReadEnd::Stopped) },
-                        recv(self.shared.shutdown_rx) -> _ => return Err(ReadEnd::Stopped),
+                    // A plain send while there is room (the usual case), cheaper than a select.
+                    match self.in_tx.try_send((message, mode)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Disconnected(_)) => return Err(ReadEnd::Stopped),
+                        Err(TrySendError::Full(item)) => select! {
+                            send(self.in_tx, item) -> r => if r.is_err() { return Err(ReadEnd::Stopped) },
+                            recv(self.shared.shutdown_rx) -> _ => return Err(ReadEnd::Stopped),
+                        },
                     }
                     self.shared.notify();
                     if acked {

@@ -200,16 +200,51 @@ pub fn encode(message: &Message, out: &mut WireBuf) -> Result<()> {
             out.put_slice(&header(TYPE_BYTES, bytes));
             out.put_bytes(bytes.clone());
         }
-        Message::Pickle(_) => {
-            return Err(Error::Unsupported {
-                what: "a pickle cannot be sent over v2: v2 has no pickle frames; send the \
-                       pickle bytes as Message::Bytes (the Python peer receives bytes and can \
-                       unpickle them with pickle.loads), or use protocol v1, modes 4 and 5"
-                    .into(),
-            });
-        }
+        Message::Pickle(_) => return Err(no_pickles()),
     }
     Ok(())
+}
+
+fn no_pickles() -> Error {
+    Error::Unsupported {
+        what: "a pickle cannot be sent over v2: v2 has no pickle frames; send the pickle \
+               bytes as Message::Bytes (the Python peer receives bytes and can unpickle them \
+               with pickle.loads), or use protocol v1, modes 4 and 5"
+            .into(),
+    }
+}
+
+/// The frame for `message` as two pieces: its header and its payload, for writers that
+/// gather pieces into one vectored write. A text or bytes payload is the message's own
+/// bytes, shared and not copied, whatever its size; a number's payload is made here.
+/// `header ++ payload` is what [`encode`] appends, and the same errors are returned.
+///
+/// ```
+/// use serpy::protocol::{v2, WireBuf};
+/// use serpy::{Bytes, Message};
+///
+/// let blob = Bytes::from(vec![9u8; 100]);
+/// let (header, payload) = v2::encode_parts(&Message::Bytes(blob.clone())).unwrap();
+/// assert_eq!(payload.as_ptr(), blob.as_ptr()); // shared, not copied
+///
+/// let mut wire = WireBuf::new();
+/// v2::encode(&Message::Bytes(blob), &mut wire).unwrap();
+/// assert_eq!(wire.to_vec(), [&header[..], &payload[..]].concat());
+/// ```
+pub fn encode_parts(message: &Message) -> Result<([u8; HEADER_LEN], Bytes)> {
+    let (code, payload) = match message {
+        Message::Text(text) => (TYPE_TEXT, text.clone().into_bytes()),
+        Message::Bytes(bytes) => (TYPE_BYTES, bytes.clone()),
+        Message::Int(i) => (TYPE_INT, Bytes::copy_from_slice(&i.to_le_bytes())),
+        Message::Float(x) => {
+            let mut text = [0u8; FLOAT_HEX_MAX_LEN];
+            let n = hexfloat::float_hex_into(*x, &mut text);
+            (TYPE_FLOAT, Bytes::copy_from_slice(&text[..n]))
+        }
+        Message::Pickle(_) => return Err(no_pickles()),
+    };
+    check_payload_len(payload.len())?;
+    Ok((header(code, &payload), payload))
 }
 
 /// Where the decoder is in the stream.
@@ -790,6 +825,26 @@ mod tests {
             wire(&Message::from(&b"\x00\xff\x1f"[..])),
             b"\xde\xca\xfe\xca\xfe\x81\x1e\x01\0\0\x03\0\0\0\x00\xff\x1f"
         );
+    }
+
+    #[test]
+    fn encode_parts_is_encode_in_two_pieces() {
+        let messages = [
+            Message::Int(-5),
+            Message::Float(-0.1),
+            Message::from("µ"),
+            Message::from(&b""[..]),
+            Message::from(vec![0xde; 70_000]),
+        ];
+        for m in &messages {
+            let (header, payload) = encode_parts(m).unwrap();
+            assert_eq!([&header[..], &payload[..]].concat(), wire(m), "{m:?}");
+        }
+        let pickle = Message::Pickle(Bytes::from_static(b"\x80\x03N."));
+        assert!(matches!(
+            encode_parts(&pickle),
+            Err(Error::Unsupported { .. })
+        ));
     }
 
     #[test]
