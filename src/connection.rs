@@ -10,13 +10,15 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{self as channel, select, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{
+    self as channel, select, Receiver, RecvTimeoutError, Sender, TrySendError,
+};
 
 use crate::config::{connection_options, Config};
 use crate::error::{Error, Result};
@@ -57,8 +59,11 @@ pub(crate) struct Outgoing {
 enum Payload {
     /// A v1 data block (no SETMODE) and the mode it is in.
     V1 { mode: Mode, parts: Vec<Bytes> },
-    /// A whole v2 frame.
-    V2 { parts: Vec<Bytes> },
+    /// A whole v2 frame: its header, and its payload (the message's own bytes).
+    V2 {
+        header: [u8; v2::HEADER_LEN],
+        body: Bytes,
+    },
     /// Server in auto mode before the peer's protocol is known: encoded later.
     Deferred { message: Message, mode: Mode },
 }
@@ -73,11 +78,8 @@ fn prepare(protocol: Protocol, cfg: &Config, message: &Message, mode: Mode) -> R
                     max: cfg.max_message_size,
                 });
             }
-            let mut w = WireBuf::new();
-            v2::encode(message, &mut w)?;
-            Ok(Payload::V2 {
-                parts: w.take_parts(),
-            })
+            let (header, body) = v2::encode_parts(message)?;
+            Ok(Payload::V2 { header, body })
         }
         Protocol::V1 => {
             // A fresh encoder is in mode 0; what it writes after a SETMODE is the data
@@ -141,6 +143,157 @@ struct AckQueue {
     waiting: VecDeque<AckSlot>,
 }
 
+/// The write half of the link and what goes with it. The writer thread holds the lock
+/// while it works; other threads only ever `try_lock` it, to write at once, while the link
+/// is idle, what would otherwise wait for the writer thread to wake up: an acknowledged
+/// send (its caller waits anyway) or a control reply (without blocking). Whoever holds it
+/// writes whole blocks, so writes never interleave.
+struct Link {
+    stream: Option<TcpStream>,
+    epoch: u64,
+    /// The v1 mode of what we send on this link.
+    send_mode: Mode,
+    /// Messages taken from the queue but not fully written on a link that broke.
+    retry: VecDeque<Outgoing>,
+    /// Bytes about to be written. Between writes it holds only the rest of control
+    /// replies that a reader could not write without blocking: they go out first.
+    wire: WireBuf,
+    /// A write made outside the writer thread failed on the link of this epoch.
+    broken: Option<(u64, String)>,
+}
+
+impl Link {
+    /// True when this thread may write now: the link is up, and no message accepted
+    /// earlier is still waiting to be written (`pending` counts those).
+    fn idle(&self, shared: &Shared) -> bool {
+        self.stream.is_some()
+            && self.broken.is_none()
+            && self.retry.is_empty()
+            && shared.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Writes an acknowledged v1 message from the caller's thread. On a write error the
+    /// message becomes the writer thread's, as if it had been queued: it goes out again
+    /// on the next link, or fails with the link.
+    fn write_now(&mut self, shared: &Shared, item: Outgoing) {
+        if let Payload::V1 { mode, parts } = &item.payload {
+            if *mode != self.send_mode {
+                v1::encode_control(v1::Control::SetMode(*mode), &mut self.wire);
+                self.send_mode = *mode;
+            }
+            for p in parts {
+                self.wire.put_bytes(p.clone());
+            }
+        }
+        if let Some(ack) = &item.ack {
+            // Registered before the bytes go out, so the ACKEOT cannot come first.
+            lock(&shared.acks).waiting.push_back(ack.clone());
+        }
+        let parts = self.wire.take_parts();
+        if let (_, Err(e)) = write_parts(self.stream.as_ref(), &parts) {
+            if item.ack.is_some() {
+                lock(&shared.acks).waiting.pop_back();
+            }
+            shared.pending.fetch_add(1, Ordering::AcqRel);
+            self.retry.push_back(item);
+            self.broken = Some((self.epoch, format!("write failed: {e}")));
+            let _ = shared.ctl_tx.try_send(Control::Wake);
+        }
+    }
+
+    /// Writes the control replies owed on the link of `epoch` without blocking. Returns
+    /// false when the writer thread has something left to do.
+    ///
+    /// Only the reader of that link may call this: non-blocking mode belongs to the
+    /// socket, which that thread alone reads.
+    fn write_replies_now(&mut self, shared: &Shared, epoch: u64) -> bool {
+        let Some(stream) = self.stream.as_ref() else {
+            return false;
+        };
+        if self.epoch != epoch || self.broken.is_some() {
+            return false;
+        }
+        let (modcg, eot, more) = {
+            let mut r = lock(&shared.replies);
+            let m = r.ack_mode_change.min(REPLY_BATCH);
+            let e = r.ack_eot.min(REPLY_BATCH);
+            r.ack_mode_change -= m;
+            r.ack_eot -= e;
+            (m, e, r.ack_mode_change + r.ack_eot > 0)
+        };
+        encode_replies(modcg, eot, &mut self.wire);
+        let parts = self.wire.take_parts();
+        // Nobody else uses the socket meanwhile: its reader is this thread, and whoever
+        // writes holds the link.
+        if stream.set_nonblocking(true).is_err() {
+            put_back(&mut self.wire, &parts, 0);
+            return false;
+        }
+        let (written, result) = write_parts(Some(stream), &parts);
+        let restored = stream.set_nonblocking(false);
+        match (result, restored) {
+            (Ok(()), Ok(())) => !more,
+            (Err(e), Ok(())) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The rest goes out first, from the writer thread.
+                put_back(&mut self.wire, &parts, written);
+                false
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                self.broken = Some((self.epoch, format!("write failed: {e}")));
+                false
+            }
+        }
+    }
+}
+
+fn encode_replies(modcg: u64, eot: u64, wire: &mut WireBuf) {
+    for _ in 0..modcg {
+        v1::encode_control(v1::Control::AckModeChange, wire);
+    }
+    for _ in 0..eot {
+        v1::encode_control(v1::Control::AckEot, wire);
+    }
+}
+
+/// Puts what follows the first `written` bytes of `parts` back into `wire`.
+fn put_back(wire: &mut WireBuf, parts: &[Bytes], mut written: usize) {
+    for p in parts {
+        if written >= p.len() {
+            written -= p.len();
+            continue;
+        }
+        wire.put_bytes(p.slice(written..));
+        written = 0;
+    }
+}
+
+/// Writes all `parts`; returns how many bytes the socket took and the outcome.
+fn write_parts(stream: Option<&TcpStream>, parts: &[Bytes]) -> (usize, io::Result<()>) {
+    let Some(mut stream) = stream else {
+        return (0, Err(io::Error::from(io::ErrorKind::NotConnected)));
+    };
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut slices = &mut slices[..];
+    let mut written = 0;
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return (written, Err(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
+}
+
+/// Locks `m` if nobody holds it (a poisoned lock counts as held).
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    m.try_lock().ok()
+}
+
 /// For servers: lets `recv_any` wait on all connections at once.
 #[derive(Clone)]
 pub(crate) struct Notifier {
@@ -165,6 +318,10 @@ pub(crate) struct Shared {
     shutdown_rx: Receiver<()>,
     acks: Mutex<AckQueue>,
     replies: Mutex<Replies>,
+    link: Mutex<Link>,
+    /// Messages accepted (queued, or in `Link::retry`) and not yet written or failed.
+    pending: AtomicUsize,
+    ctl_tx: Sender<Control>,
     stream: Mutex<Option<TcpStream>>,
     events: EventSink,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -515,6 +672,16 @@ impl Connection {
                 waiting: VecDeque::new(),
             }),
             replies: Mutex::new(Replies::default()),
+            link: Mutex::new(Link {
+                stream: None,
+                epoch: 0,
+                send_mode: Mode::Plain,
+                retry: VecDeque::new(),
+                wire: WireBuf::new(),
+                broken: None,
+            }),
+            pending: AtomicUsize::new(0),
+            ctl_tx,
             stream: Mutex::new(None),
             events: EventSink::new(),
             threads: Mutex::new(Vec::new()),
@@ -527,20 +694,14 @@ impl Connection {
         if let Some(p) = peer {
             shared.event(Event::Connected { peer: p });
         }
-        let mut writer = Writer {
+        let writer = Writer {
             shared: shared.clone(),
             out_rx,
             ctl_rx,
-            ctl_tx,
             in_tx,
-            stream: None,
-            epoch: 0,
-            send_mode: Mode::Plain,
-            retry: VecDeque::new(),
-            wire: WireBuf::new(),
             _done: done_tx,
         };
-        writer.attach(stream)?;
+        writer.attach(&mut lock(&shared.link), stream)?;
         let name = format!("serpy-wr-{}", shared.id);
         let handle = thread::Builder::new()
             .name(name)
@@ -659,12 +820,28 @@ impl Connection {
             (None, None)
         };
         let item = Outgoing { payload, ack };
-        let sent = match deadline {
-            None => select! {
+        if acked && deadline.is_none() && shared.pending.load(Ordering::Acquire) == 0 {
+            // The caller waits for the peer anyway: when nothing accepted earlier is still
+            // waiting and the writer thread is idle, write from here, which saves waking
+            // the writer thread on the way out.
+            if let Some(mut link) = try_lock(&shared.link) {
+                if link.idle(shared) && matches!(item.payload, Payload::V1 { .. }) {
+                    link.write_now(shared, item);
+                    drop(link);
+                    return Self::await_answer(shared, answer, deadline);
+                }
+            }
+        }
+        shared.pending.fetch_add(1, Ordering::AcqRel);
+        // Without a wait (the usual case), a plain send: cheaper than a select.
+        let sent = match (shared.out_tx.try_send(item), deadline) {
+            (Ok(()), _) => Ok(()),
+            (Err(TrySendError::Disconnected(_)), _) => Err(Error::Disconnected),
+            (Err(TrySendError::Full(item)), None) => select! {
                 send(shared.out_tx, item) -> r => r.map_err(|_| Error::Disconnected),
                 recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
             },
-            Some(d) => select! {
+            (Err(TrySendError::Full(item)), Some(d)) => select! {
                 send(shared.out_tx, item) -> r => r.map_err(|_| Error::Disconnected),
                 recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
                 default(d.saturating_duration_since(Instant::now())) => Err(Error::Timeout {
@@ -673,7 +850,19 @@ impl Connection {
                 }),
             },
         };
-        sent?;
+        if let Err(e) = sent {
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        Self::await_answer(shared, answer, deadline)
+    }
+
+    /// Waits for the acknowledgement of an acknowledged send (`answer`), if any.
+    fn await_answer(
+        shared: &Shared,
+        answer: Option<Receiver<Result<()>>>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let Some(answer) = answer else {
             return Ok(());
         };
@@ -975,21 +1164,13 @@ impl PartialEq for Connection {
 
 impl Eq for Connection {}
 
-/// The writer thread: owns the write side of the link, the v1 send mode, and reconnection.
+/// The writer thread: writes what is queued (with [`Link`]), and reconnects.
 struct Writer {
     shared: Arc<Shared>,
     out_rx: Receiver<Outgoing>,
     ctl_rx: Receiver<Control>,
-    /// Kept so that `ctl_rx` never disconnects while readers come and go.
-    ctl_tx: Sender<Control>,
     /// Handed to each reader; dropped when the writer ends, so `get_data` sees the end.
     in_tx: Sender<Incoming>,
-    stream: Option<TcpStream>,
-    epoch: u64,
-    send_mode: Mode,
-    /// Messages taken from the queue but not fully written on a link that broke.
-    retry: VecDeque<Outgoing>,
-    wire: WireBuf,
     /// Dropped with the writer: tells `close()` that the writer has ended.
     _done: Sender<()>,
 }
@@ -1001,31 +1182,33 @@ enum Next {
 
 impl Writer {
     /// Starts using `stream` as the link (first connect, accept, or reconnect).
-    fn attach(&mut self, stream: TcpStream) -> Result<()> {
+    fn attach(&self, link: &mut Link, stream: TcpStream) -> Result<()> {
         let read_half = stream
             .try_clone()
             .map_err(|e| Error::io("cloning the socket for the reader", e))?;
         let kill = stream
             .try_clone()
             .map_err(|e| Error::io("cloning the socket", e))?;
-        self.epoch += 1;
-        lock(&self.shared.acks).epoch = self.epoch;
+        link.epoch += 1;
+        lock(&self.shared.acks).epoch = link.epoch;
         *lock(&self.shared.replies) = Replies {
-            epoch: self.epoch,
+            epoch: link.epoch,
             ..Replies::default()
         };
         *lock(&self.shared.stream) = Some(kill);
         *lock(&self.shared.peer) = stream.peer_addr().ok();
-        self.send_mode = Mode::Plain;
-        self.stream = Some(stream);
+        link.send_mode = Mode::Plain;
+        link.wire.clear();
+        link.broken = None;
+        link.stream = Some(stream);
         self.shared.connected.store(true, Ordering::Release);
         let previous = lock(&self.shared.threads).pop();
         let reader = Reader {
             shared: self.shared.clone(),
             stream: read_half,
-            epoch: self.epoch,
+            epoch: link.epoch,
             in_tx: self.in_tx.clone(),
-            ctl_tx: self.ctl_tx.clone(),
+            ctl_tx: self.shared.ctl_tx.clone(),
             previous,
         };
         let handle = thread::Builder::new()
@@ -1036,28 +1219,28 @@ impl Writer {
         Ok(())
     }
 
-    fn run(mut self) {
+    fn run(self) {
+        let shared = self.shared.clone();
         loop {
-            // Control first: replies must never wait behind data.
-            while let Ok(c) = self.ctl_rx.try_recv() {
-                if let Next::Stop = self.control(c) {
-                    return self.finish();
+            // The link is locked while the writer works, not while it waits.
+            let ready = {
+                let mut link = lock(&shared.link);
+                match self.serve(&mut link) {
+                    Some(ready) => ready,
+                    None => {
+                        drop(link);
+                        return self.finish();
+                    }
                 }
-            }
-            if let Next::Stop = self.write_replies() {
-                return self.finish();
-            }
-            let ready = self.shared.protocol() != Protocol::Auto && self.stream.is_some();
-            let next = if !self.retry.is_empty() && ready {
-                self.write_batch(None)
-            } else if ready {
+            };
+            let next = if ready {
                 select! {
                     recv(self.ctl_rx) -> c => match c {
-                        Ok(c) => self.control(c),
+                        Ok(c) => self.control(&mut lock(&shared.link), c),
                         Err(_) => Next::Stop,
                     },
                     recv(self.out_rx) -> item => match item {
-                        Ok(item) => self.write_batch(Some(item)),
+                        Ok(item) => self.write_batch(&mut lock(&shared.link), Some(item)),
                         Err(_) => Next::Stop,
                     },
                     recv(self.shared.shutdown_rx) -> _ => Next::Stop,
@@ -1065,7 +1248,7 @@ impl Writer {
             } else {
                 select! {
                     recv(self.ctl_rx) -> c => match c {
-                        Ok(c) => self.control(c),
+                        Ok(c) => self.control(&mut lock(&shared.link), c),
                         Err(_) => Next::Stop,
                     },
                     recv(self.shared.shutdown_rx) -> _ => Next::Stop,
@@ -1077,12 +1260,43 @@ impl Writer {
         }
     }
 
-    /// Writes the control replies the reader asked for.
-    fn write_replies(&mut self) -> Next {
+    /// Does what needs no waiting: a write that failed in another thread, control, replies,
+    /// messages to write again. Returns whether queued messages can be written now, or
+    /// `None` when the writer stops.
+    fn serve(&self, link: &mut Link) -> Option<bool> {
+        loop {
+            if let Some((epoch, reason)) = link.broken.take() {
+                if epoch == link.epoch && link.stream.is_some() {
+                    if let Next::Stop = self.link_down(link, reason) {
+                        return None;
+                    }
+                }
+            }
+            // Control first: replies must never wait behind data.
+            while let Ok(c) = self.ctl_rx.try_recv() {
+                if let Next::Stop = self.control(link, c) {
+                    return None;
+                }
+            }
+            if let Next::Stop = self.write_replies(link) {
+                return None;
+            }
+            let ready = self.shared.protocol() != Protocol::Auto && link.stream.is_some();
+            if !ready || link.retry.is_empty() {
+                return Some(ready);
+            }
+            if let Next::Stop = self.write_batch(link, None) {
+                return None;
+            }
+        }
+    }
+
+    /// Writes the control replies the reader asked for, after what a reader left over.
+    fn write_replies(&self, link: &mut Link) -> Next {
         loop {
             let (modcg, eot) = {
                 let mut r = lock(&self.shared.replies);
-                if r.epoch != self.epoch || self.stream.is_none() {
+                if r.epoch != link.epoch || link.stream.is_none() {
                     return Next::Go;
                 }
                 let m = r.ack_mode_change.min(REPLY_BATCH);
@@ -1091,28 +1305,23 @@ impl Writer {
                 r.ack_eot -= e;
                 (m, e)
             };
-            if modcg == 0 && eot == 0 {
+            if modcg == 0 && eot == 0 && link.wire.is_empty() {
                 return Next::Go;
             }
-            for _ in 0..modcg {
-                v1::encode_control(v1::Control::AckModeChange, &mut self.wire);
-            }
-            for _ in 0..eot {
-                v1::encode_control(v1::Control::AckEot, &mut self.wire);
-            }
-            let parts = self.wire.take_parts();
-            if let Err(e) = self.write_parts(&parts).1 {
-                return self.link_down(format!("write failed: {e}"));
+            encode_replies(modcg, eot, &mut link.wire);
+            let parts = link.wire.take_parts();
+            if let Err(e) = write_parts(link.stream.as_ref(), &parts).1 {
+                return self.link_down(link, format!("write failed: {e}"));
             }
         }
     }
 
-    fn control(&mut self, c: Control) -> Next {
+    fn control(&self, link: &mut Link, c: Control) -> Next {
         match c {
-            Control::Wake => self.write_replies(),
+            Control::Wake => self.write_replies(link),
             Control::LinkDown { epoch, reason } => {
-                if epoch == self.epoch && self.stream.is_some() {
-                    self.link_down(reason)
+                if epoch == link.epoch && link.stream.is_some() {
+                    self.link_down(link, reason)
                 } else {
                     Next::Go
                 }
@@ -1127,8 +1336,13 @@ impl Writer {
     }
 
     /// Encodes and writes `first` and whatever else is queued, in few large writes.
-    fn write_batch(&mut self, first: Option<Outgoing>) -> Next {
-        let mut batch: Vec<Outgoing> = self.retry.drain(..).collect();
+    fn write_batch(&self, link: &mut Link, first: Option<Outgoing>) -> Next {
+        if link.stream.is_none() || self.shared.protocol() == Protocol::Auto {
+            // Not writable now (a failed write from another thread took it down): later.
+            link.retry.extend(first);
+            return Next::Go;
+        }
+        let mut batch: Vec<Outgoing> = link.retry.drain(..).collect();
         batch.extend(first);
         let mut bytes = 0;
         while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
@@ -1145,6 +1359,7 @@ impl Writer {
         let mut kept = Vec::with_capacity(batch.len());
         let protocol = self.shared.protocol();
         let mut pushed_acks = 0;
+        let mut failed = 0;
         for mut item in batch {
             if let Payload::Deferred { message, mode } = &item.payload {
                 match prepare(protocol, &self.shared.cfg, message, *mode) {
@@ -1154,24 +1369,24 @@ impl Writer {
                         if let Some(ack) = item.ack.take() {
                             let _ = ack.send(Err(e));
                         }
+                        failed += 1;
                         continue;
                     }
                 }
             }
             match &item.payload {
                 Payload::V1 { mode, parts } => {
-                    if *mode != self.send_mode {
-                        v1::encode_control(v1::Control::SetMode(*mode), &mut self.wire);
-                        self.send_mode = *mode;
+                    if *mode != link.send_mode {
+                        v1::encode_control(v1::Control::SetMode(*mode), &mut link.wire);
+                        link.send_mode = *mode;
                     }
                     for p in parts {
-                        self.wire.put_bytes(p.clone());
+                        link.wire.put_bytes(p.clone());
                     }
                 }
-                Payload::V2 { parts } => {
-                    for p in parts {
-                        self.wire.put_bytes(p.clone());
-                    }
+                Payload::V2 { header, body } => {
+                    link.wire.put_slice(header);
+                    link.wire.put_bytes(body.clone());
                 }
                 Payload::Deferred { .. } => {}
             }
@@ -1180,56 +1395,44 @@ impl Writer {
                 lock(&self.shared.acks).waiting.push_back(ack.clone());
                 pushed_acks += 1;
             }
-            ends.push(self.wire.len());
+            ends.push(link.wire.len());
             kept.push(item);
         }
-        let parts = self.wire.take_parts();
-        let (written, result) = self.write_parts(&parts);
+        let parts = link.wire.take_parts();
+        let (written, result) = write_parts(link.stream.as_ref(), &parts);
         match result {
-            Ok(()) => Next::Go,
+            Ok(()) => {
+                self.shared
+                    .pending
+                    .fetch_sub(kept.len() + failed, Ordering::AcqRel);
+                Next::Go
+            }
             Err(e) => {
                 // Messages not fully handed to the socket go out again on the next link;
                 // their acknowledgement slots are taken back (they are the newest ones).
                 let done = ends.iter().take_while(|&&end| end <= written).count();
+                self.shared
+                    .pending
+                    .fetch_sub(done + failed, Ordering::AcqRel);
                 let mut acks = lock(&self.shared.acks);
                 let not_written_acks = kept[done..].iter().filter(|i| i.ack.is_some()).count();
                 for _ in 0..not_written_acks.min(pushed_acks) {
                     acks.waiting.pop_back();
                 }
                 drop(acks);
-                self.retry.extend(kept.drain(done..));
-                self.link_down(format!("write failed: {e}"))
+                link.retry.extend(kept.drain(done..));
+                self.link_down(link, format!("write failed: {e}"))
             }
         }
-    }
-
-    /// Writes all `parts`; returns how many bytes the socket took and the outcome.
-    fn write_parts(&mut self, parts: &[Bytes]) -> (usize, io::Result<()>) {
-        let Some(stream) = self.stream.as_mut() else {
-            return (0, Err(io::Error::from(io::ErrorKind::NotConnected)));
-        };
-        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        let mut slices = &mut slices[..];
-        let mut written = 0;
-        while !slices.is_empty() {
-            match stream.write_vectored(slices) {
-                Ok(0) => return (written, Err(io::Error::from(io::ErrorKind::WriteZero))),
-                Ok(n) => {
-                    written += n;
-                    IoSlice::advance_slices(&mut slices, n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (written, Err(e)),
-            }
-        }
-        (written, Ok(()))
     }
 
     /// The link broke: fail what waits for an acknowledgement, then reconnect or stop.
-    fn link_down(&mut self, reason: String) -> Next {
-        if let Some(s) = self.stream.take() {
+    fn link_down(&self, link: &mut Link, reason: String) -> Next {
+        if let Some(s) = link.stream.take() {
             let _ = s.shutdown(Shutdown::Both);
         }
+        link.wire.clear();
+        link.broken = None;
         self.shared.connected.store(false, Ordering::Release);
         {
             let mut acks = lock(&self.shared.acks);
@@ -1255,7 +1458,7 @@ impl Writer {
                 Ok(stream) => {
                     let attached = configure(&stream, &self.shared.cfg)
                         .map_err(|e| Error::io("configuring the socket", e))
-                        .and_then(|()| self.attach(stream));
+                        .and_then(|()| self.attach(link, stream));
                     match attached {
                         Ok(()) => {
                             let peer = self.shared.addrs[0];
@@ -1297,15 +1500,17 @@ impl Writer {
 
     /// The writer ends: on close, write what is queued (bounded by the close timeout);
     /// otherwise the link is down for good and what is queued is reported lost.
-    fn finish(mut self) {
+    fn finish(self) {
+        let shared = self.shared.clone();
+        let mut link = lock(&shared.link);
         let closing = self.shared.closed.load(Ordering::Acquire);
-        if closing && self.stream.is_some() && self.shared.protocol() != Protocol::Auto {
-            if let Some(s) = &self.stream {
+        if closing && link.stream.is_some() && self.shared.protocol() != Protocol::Auto {
+            if let Some(s) = &link.stream {
                 let _ = s.set_write_timeout(Some(
                     self.shared.cfg.close_timeout.max(Duration::from_millis(1)),
                 ));
             }
-            let mut rest: Vec<Outgoing> = self.retry.drain(..).collect();
+            let mut rest: Vec<Outgoing> = link.retry.drain(..).collect();
             rest.extend(self.out_rx.try_iter());
             for item in &mut rest {
                 if let Some(ack) = item.ack.take() {
@@ -1313,11 +1518,11 @@ impl Writer {
                 }
             }
             if !rest.is_empty() {
-                self.retry.extend(rest);
-                let _ = self.write_batch(None);
-                self.retry.clear();
+                link.retry.extend(rest);
+                let _ = self.write_batch(&mut link, None);
+                link.retry.clear();
             }
-            if let Some(s) = &self.stream {
+            if let Some(s) = &link.stream {
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
@@ -1334,7 +1539,8 @@ impl Writer {
             }
         }
         let mut lost = 0;
-        for mut item in self.retry.drain(..).chain(self.out_rx.try_iter()) {
+        let rest: Vec<Outgoing> = link.retry.drain(..).chain(self.out_rx.try_iter()).collect();
+        for mut item in rest {
             match item.ack.take() {
                 Some(ack) => {
                     let _ = ack.send(Err(if closing {
@@ -1349,7 +1555,7 @@ impl Writer {
         if lost > 0 {
             self.shared.event(Event::Lost { messages: lost });
         }
-        if let Some(s) = self.stream.take() {
+        if let Some(s) = link.stream.take() {
             let _ = s.shutdown(Shutdown::Both);
         }
         // Dropping out_rx, in_tx (readers keep theirs until they end) ends the queues.
@@ -1359,7 +1565,8 @@ impl Writer {
 impl Outgoing {
     fn payload_len(&self) -> usize {
         match &self.payload {
-            Payload::V1 { parts, .. } | Payload::V2 { parts } => parts.iter().map(Bytes::len).sum(),
+            Payload::V1 { parts, .. } => parts.iter().map(Bytes::len).sum(),
+            Payload::V2 { body, .. } => v2::HEADER_LEN + body.len(),
             Payload::Deferred { message, .. } => message.len(),
         }
     }
@@ -1483,9 +1690,14 @@ impl Reader {
             match frame {
                 Frame::Data { message, mode } => {
                     let acked = mode.is_some_and(Mode::is_acked);
-                    select! {
-                        send(self.in_tx, (message, mode)) -> r => if r.is_err() { return Err(ReadEnd::Stopped) },
-                        recv(self.shared.shutdown_rx) -> _ => return Err(ReadEnd::Stopped),
+                    // A plain send while there is room (the usual case), cheaper than a select.
+                    match self.in_tx.try_send((message, mode)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Disconnected(_)) => return Err(ReadEnd::Stopped),
+                        Err(TrySendError::Full(item)) => select! {
+                            send(self.in_tx, item) -> r => if r.is_err() { return Err(ReadEnd::Stopped) },
+                            recv(self.shared.shutdown_rx) -> _ => return Err(ReadEnd::Stopped),
+                        },
                     }
                     self.shared.notify();
                     if acked {
@@ -1523,6 +1735,13 @@ impl Reader {
             }
             owe(&mut r);
         }
+        // While the writer thread is idle, write the reply from here without blocking,
+        // which saves waking it; otherwise (and for what could not go at once) wake it.
+        if let Some(mut link) = try_lock(&self.shared.link) {
+            if link.write_replies_now(&self.shared, self.epoch) {
+                return;
+            }
+        }
         // One wake-up waiting is enough: the writer reads the counters.
         let _ = self.ctl_tx.try_send(Control::Wake);
     }
@@ -1538,4 +1757,69 @@ impl Reader {
 enum ReadEnd {
     Io(io::Error),
     Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A connection over a socket whose other end is a plain stream the test controls.
+    fn raw_peer() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let raw = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let conn = Connection::start(accepted, Config::default(), Vec::new(), false, None).unwrap();
+        (conn, raw)
+    }
+
+    #[test]
+    fn a_reply_that_would_block_is_finished_by_the_writer() {
+        let (conn, mut raw) = raw_peer();
+        // Fill the connection's side of the socket while holding the link, as a writer.
+        let mut filler = 0;
+        {
+            let link = lock(&conn.shared().link);
+            let s = link.stream.as_ref().unwrap();
+            // A write timeout, not non-blocking mode: the reader is reading this socket.
+            s.set_write_timeout(Some(Duration::from_millis(5))).unwrap();
+            let chunk = [b'x'; 4096];
+            // Until the socket stays full (loopback keeps moving bytes to the peer for a while).
+            let mut full_since = Instant::now();
+            while full_since.elapsed() < Duration::from_millis(50) {
+                match (&*s).write(&chunk) {
+                    Ok(n) => {
+                        filler += n;
+                        full_since = Instant::now();
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            s.set_write_timeout(None).unwrap();
+        }
+        // The peer switches modes: the connection owes an ACKMODCG, which cannot go out
+        // without blocking, so the writer thread must finish it.
+        raw.write_all(b"\x01SETMODE2\x1fVPaz\x1f").unwrap();
+        assert_eq!(
+            conn.get_data_timeout(Duration::from_secs(20))
+                .unwrap()
+                .as_str(),
+            Some("abc")
+        );
+        let mut got = vec![0u8; filler + 10];
+        raw.read_exact(&mut got).unwrap();
+        assert!(got[..filler].iter().all(|&b| b == b'x'));
+        assert_eq!(&got[filler..], b"\x01ACKMODCG\x1f");
+        // The link is sound afterwards: data and replies keep their framing.
+        conn.send_data("after", Mode::Plain).unwrap();
+        let mut after = [0u8; 6];
+        raw.read_exact(&mut after).unwrap();
+        assert_eq!(&after, b"after\x1f");
+    }
 }

@@ -231,3 +231,56 @@ fn handles_are_send_and_sync() {
     check::<serpy::Events>();
     check::<Error>();
 }
+
+#[test]
+fn acked_and_plain_sends_from_many_threads_keep_each_threads_order() {
+    // Acknowledged sends may be written by their caller and replies by the reader when
+    // the writer thread is idle; with traffic both ways, order and answers must hold.
+    let (_s, c, p) = v1_pair();
+    let threads = 4;
+    let per = 200;
+    let modes = [Mode::Plain, Mode::PlainAck, Mode::Base85, Mode::Base85Ack];
+    let back = {
+        let p = p.clone();
+        thread::spawn(move || {
+            for i in 0..per {
+                p.send_data(format!("back:{i}"), modes[i % 4])
+                    .expect("send back");
+            }
+        })
+    };
+    let senders: Vec<_> = (0..threads)
+        .map(|t| {
+            let c = c.clone();
+            thread::spawn(move || {
+                for i in 0..per {
+                    c.send_data(format!("{t}:{i}"), modes[(i + t) % 4])
+                        .expect("send");
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..threads * per {
+        seen.push(p.get_data_timeout(T).unwrap().as_str().unwrap().to_string());
+    }
+    for i in 0..per {
+        assert_eq!(
+            c.get_data_timeout(T).unwrap().as_str(),
+            Some(format!("back:{i}").as_str())
+        );
+    }
+    for h in senders {
+        h.join().unwrap();
+    }
+    back.join().unwrap();
+    for t in 0..threads {
+        let mine: Vec<_> = seen
+            .iter()
+            .filter(|s| s.starts_with(&format!("{t}:")))
+            .cloned()
+            .collect();
+        let want: Vec<_> = (0..per).map(|i| format!("{t}:{i}")).collect();
+        assert_eq!(mine, want);
+    }
+}

@@ -35,24 +35,32 @@
 //!
 //! # Memory
 //!
-//! The decoder's buffer grows with the bytes that arrive, never with what a header
-//! claims: inside a payload it grows by at most what already arrived of it (at least
-//! [`MIN_READ`], at most [`MAX_READ`] at a time). Between calls it holds less than one
-//! frame ([`Decoder::buffered`] is at most `max(max_message_size, HEADER_LEN)`); during a
-//! call, at most [`MIN_READ`] bytes more. An oversized frame is thrown away as it arrives
-//! and never stored (its bytes only pass through room already allocated). After a payload above [`RETAIN_MAX`] bytes, the decoder lets go of
-//! its receive buffer (which the payload takes along), and it lets go of any empty
-//! receive buffer above that size.
+//! The decoder's buffers grow with the bytes that arrive, never with what a header
+//! claims. Headers and small payloads go through a receive buffer of about
+//! [`MIN_READ`] bytes plus one small frame. A payload of [`SHARE_THRESHOLD`] bytes or
+//! more is collected in a buffer of its own, which grows by at most what already arrived
+//! of it (at least [`MIN_READ`], at most [`MAX_READ`] at a time) and which the message
+//! then takes along, without a copy: with [`Decoder::read_from`], the bytes that arrive
+//! after the header's read go from the socket into the message directly. Between calls
+//! the decoder holds less than one frame ([`Decoder::buffered`] is at most
+//! `max(max_message_size, HEADER_LEN)`); during a call, at most [`MIN_READ`] bytes more.
+//! An oversized frame is thrown away as it arrives and never stored (its bytes only pass
+//! through room already allocated).
 //!
-//! Payloads of [`SHARE_THRESHOLD`] bytes or more are handed out without a copy: split off
-//! the receive buffer, so that with [`Decoder::read_from`] their bytes go from the socket
-//! into the message with no copy at all. Smaller ones are copied, which costs little and
-//! keeps a small message from pinning a whole receive buffer in memory while it lives.
+//! When the program lets go of a large message (every clone of it), its buffer goes back
+//! to the decoder, which keeps up to four such buffers (at most [`RETAIN_MAX`] bytes in
+//! all) to receive the next large payloads into: a stream of large frames then costs no
+//! allocation, no page faults and no zeroing. A kept buffer is reused only for a payload
+//! at least half its size; the buffers are freed with the decoder. Small payloads are
+//! copied out of the receive buffer, which costs little and keeps a small message from
+//! pinning a large buffer while it lives.
 
 use std::fmt;
 use std::io::{self, Read};
 
-use bytes::{Buf, Bytes, BytesMut};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
 
 use crate::error::{lossy_excerpt, Error, ProtocolError, Result};
 use crate::message::{Message, Text};
@@ -79,13 +87,16 @@ pub const TYPE_BYTES: u8 = 0x81;
 /// The largest payload a frame can carry: its length field is a u32.
 pub const MAX_PAYLOAD: usize = u32::MAX as usize;
 
-/// The smallest read [`Decoder::read_from`] asks for.
+/// The room [`Decoder::read_from`] offers outside a large payload, and the least it lets
+/// the buffer of a large payload grow by.
 pub const MIN_READ: usize = 64 * 1024;
 /// The largest read [`Decoder::read_from`] asks for (inside a large payload).
 pub const MAX_READ: usize = 4 * 1024 * 1024;
-/// A decoder keeps a receive buffer of up to this capacity for the next frames, and lets
-/// a larger one go (after a very large frame).
-pub const RETAIN_MAX: usize = 2 * MAX_READ;
+/// The most bytes of payload buffers, given back by messages the program has let go of,
+/// that a decoder keeps to receive the next large payloads into.
+pub const RETAIN_MAX: usize = 32 * 1024 * 1024;
+/// The most payload buffers a decoder keeps (see [`RETAIN_MAX`]).
+const POOL_BUFFERS: usize = 16;
 
 /// The v2 checksum: the sum of all bytes, modulo 2^32.
 ///
@@ -189,16 +200,51 @@ pub fn encode(message: &Message, out: &mut WireBuf) -> Result<()> {
             out.put_slice(&header(TYPE_BYTES, bytes));
             out.put_bytes(bytes.clone());
         }
-        Message::Pickle(_) => {
-            return Err(Error::Unsupported {
-                what: "a pickle cannot be sent over v2: v2 has no pickle frames; send the \
-                       pickle bytes as Message::Bytes (the Python peer receives bytes and can \
-                       unpickle them with pickle.loads), or use protocol v1, modes 4 and 5"
-                    .into(),
-            });
-        }
+        Message::Pickle(_) => return Err(no_pickles()),
     }
     Ok(())
+}
+
+fn no_pickles() -> Error {
+    Error::Unsupported {
+        what: "a pickle cannot be sent over v2: v2 has no pickle frames; send the pickle \
+               bytes as Message::Bytes (the Python peer receives bytes and can unpickle them \
+               with pickle.loads), or use protocol v1, modes 4 and 5"
+            .into(),
+    }
+}
+
+/// The frame for `message` as two pieces: its header and its payload, for writers that
+/// gather pieces into one vectored write. A text or bytes payload is the message's own
+/// bytes, shared and not copied, whatever its size; a number's payload is made here.
+/// `header ++ payload` is what [`encode`] appends, and the same errors are returned.
+///
+/// ```
+/// use serpy::protocol::{v2, WireBuf};
+/// use serpy::{Bytes, Message};
+///
+/// let blob = Bytes::from(vec![9u8; 100]);
+/// let (header, payload) = v2::encode_parts(&Message::Bytes(blob.clone())).unwrap();
+/// assert_eq!(payload.as_ptr(), blob.as_ptr()); // shared, not copied
+///
+/// let mut wire = WireBuf::new();
+/// v2::encode(&Message::Bytes(blob), &mut wire).unwrap();
+/// assert_eq!(wire.to_vec(), [&header[..], &payload[..]].concat());
+/// ```
+pub fn encode_parts(message: &Message) -> Result<([u8; HEADER_LEN], Bytes)> {
+    let (code, payload) = match message {
+        Message::Text(text) => (TYPE_TEXT, text.clone().into_bytes()),
+        Message::Bytes(bytes) => (TYPE_BYTES, bytes.clone()),
+        Message::Int(i) => (TYPE_INT, Bytes::copy_from_slice(&i.to_le_bytes())),
+        Message::Float(x) => {
+            let mut text = [0u8; FLOAT_HEX_MAX_LEN];
+            let n = hexfloat::float_hex_into(*x, &mut text);
+            (TYPE_FLOAT, Bytes::copy_from_slice(&text[..n]))
+        }
+        Message::Pickle(_) => return Err(no_pickles()),
+    };
+    check_payload_len(payload.len())?;
+    Ok((header(code, &payload), payload))
 }
 
 /// Where the decoder is in the stream.
@@ -206,16 +252,81 @@ pub fn encode(message: &Message, out: &mut WireBuf) -> Result<()> {
 enum State {
     /// Looking for a magic and a whole header at the start of the buffer.
     Header,
-    /// A header was read; waiting for its `len` payload bytes.
+    /// A header was read; waiting for its `len` payload bytes (in the receive buffer for
+    /// a small payload, in a buffer of its own from [`SHARE_THRESHOLD`] bytes on).
     Payload { code: u8, checksum: u32, len: usize },
     /// Throwing away the `remaining` bytes of a frame above the maximum size.
     Discard { remaining: u64 },
 }
 
+/// A large payload being collected in a buffer of its own: `vec[..filled]` has arrived,
+/// `sum` is their checksum, and `vec[filled..]` is initialized room.
+#[derive(Default)]
+struct Own {
+    vec: Vec<u8>,
+    filled: usize,
+    sum: u32,
+}
+
+/// Buffers of large payloads that the program has let go of, kept for the next ones.
+#[derive(Default)]
+struct Pool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The smallest kept buffer that holds `len` bytes without wasting more than as much.
+    fn take(&self, len: usize) -> Option<Vec<u8>> {
+        let mut free = self.lock();
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| (len..=len.saturating_mul(2)).contains(&b.len()))
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i)?;
+        Some(free.swap_remove(best))
+    }
+
+    /// Keeps `vec` for a later payload if there is room for it.
+    fn give(&self, vec: Vec<u8>) {
+        let mut free = self.lock();
+        let kept: usize = free.iter().map(Vec::capacity).sum();
+        if free.len() < POOL_BUFFERS && kept + vec.capacity() <= RETAIN_MAX {
+            free.push(vec);
+        }
+    }
+}
+
+/// The owner of a large payload handed to the program: gives its buffer back to the
+/// decoder's pool (if the decoder still exists) when the last copy of the message goes.
+struct Recycled {
+    vec: Vec<u8>,
+    len: usize,
+    pool: Weak<Pool>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.vec[..self.len]
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give(std::mem::take(&mut self.vec));
+        }
+    }
+}
+
 /// The receiving half of v2: bytes in, [`Frame`]s out.
 ///
 /// Takes input in chunks of any size ([`decode`](Self::decode)), or reads from a socket
-/// straight into its own buffer ([`read_from`](Self::read_from)). See the
+/// straight into its own buffers ([`read_from`](Self::read_from)). See the
 /// [module documentation](self) for how it treats a broken stream and how much memory it
 /// holds.
 ///
@@ -246,11 +357,15 @@ enum State {
 /// ```
 pub struct Decoder {
     max: usize,
-    /// `buf[..filled]` holds the bytes received and not decoded yet; `buf[filled..]` is
-    /// initialized spare room that [`read_from`](Self::read_from) reads into.
-    buf: BytesMut,
-    filled: usize,
+    /// The receive buffer: `buf[start..end]` holds the bytes received and not decoded
+    /// yet; `buf[end..]` is initialized room that [`read_from`](Self::read_from) reads into.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
     state: State,
+    /// The payload being collected, when it is large.
+    own: Own,
+    pool: Arc<Pool>,
     /// Bytes of garbage thrown away in this call and not reported yet.
     garbage: usize,
 }
@@ -259,7 +374,7 @@ impl fmt::Debug for Decoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Decoder")
             .field("max_message_size", &self.max)
-            .field("buffered", &self.filled)
+            .field("buffered", &self.buffered())
             .field("state", &self.state)
             .field("unreported_garbage", &self.garbage)
             .finish()
@@ -272,9 +387,12 @@ impl Decoder {
     pub fn new(max_message_size: usize) -> Self {
         Decoder {
             max: max_message_size,
-            buf: BytesMut::new(),
-            filled: 0,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
             state: State::Header,
+            own: Own::default(),
+            pool: Arc::default(),
             garbage: 0,
         }
     }
@@ -288,33 +406,43 @@ impl Decoder {
     /// errors they complete to `out`.
     pub fn decode(&mut self, mut input: &[u8], out: &mut Vec<Frame>) {
         while !input.is_empty() {
-            if let State::Discard { remaining } = self.state {
-                // The buffer is empty here: skip straight from the input.
-                let n = usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
-                input = &input[n..];
-                self.set_discard(remaining - n as u64);
-                continue;
-            }
-            let (_, most) = self.read_len();
-            let n = input.len().min(most);
-            self.push(&input[..n]);
+            let n = match self.state {
+                State::Discard { remaining } => {
+                    // The buffer is empty here: skip straight from the input.
+                    let n = usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
+                    self.set_discard(remaining - n as u64);
+                    n
+                }
+                State::Payload { len, .. } if len >= SHARE_THRESHOLD => {
+                    let n = input.len().min(len - self.own.filled);
+                    self.own_push(&input[..n], len);
+                    n
+                }
+                _ => {
+                    let n = input.len().min(MIN_READ);
+                    self.push(&input[..n]);
+                    n
+                }
+            };
             input = &input[n..];
             self.process(out);
         }
         self.report_garbage(out);
-        self.release_big_buffer();
     }
 
-    /// Reads once from `reader` straight into the decoder's buffer, pushes the frames and
+    /// Reads once from `reader` straight into the decoder's buffers, pushes the frames and
     /// errors that completed to `out`, and returns the number of bytes read (0 at end of
     /// stream). Errors of the reader are returned as they are (a read interrupted by a
     /// signal is retried).
     ///
-    /// It offers the reader room for at least [`MIN_READ`] bytes, and inside a large
-    /// payload for up to the rest of the payload (at most [`MAX_READ`]); the buffer grows
-    /// by at most what already arrived of the payload, so a header alone cannot make it
-    /// allocate. The bytes are read into the decoder's own buffer, and large payloads are
-    /// handed out from it without a copy.
+    /// Outside a large payload it offers the reader [`MIN_READ`] bytes of room (more when
+    /// throwing an oversized frame away, up to [`MAX_READ`]). Inside a payload of
+    /// [`SHARE_THRESHOLD`] bytes or more it reads into the payload's own buffer, at most
+    /// the rest of the payload and at most [`MAX_READ`] bytes; that buffer grows by at most
+    /// what already arrived of the payload (at least [`MIN_READ`]), so a header alone
+    /// cannot make it allocate, unless a buffer that a dropped message gave back is reused.
+    /// The payload's bytes that arrive after its header's read go from the socket into
+    /// the message with no copy.
     ///
     /// ```
     /// use serpy::protocol::{v2, Frame, WireBuf};
@@ -336,93 +464,93 @@ impl Decoder {
         reader: &mut R,
         out: &mut Vec<Frame>,
     ) -> io::Result<usize> {
-        let (least, most) = self.read_len();
-        let spare = self.buf.len() - self.filled;
-        let want = if spare < least {
-            // Only the new part is zeroed; the spare room is reused as it is.
-            self.buf.resize(self.filled + least, 0);
-            least
-        } else {
-            spare.min(most)
-        };
-        let n = loop {
-            match reader.read(&mut self.buf[self.filled..self.filled + want]) {
-                Ok(n) => break n.min(want),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        let n = match self.state {
+            State::Payload { len, .. } if len >= SHARE_THRESHOLD => {
+                let own = &mut self.own;
+                let want = (len - own.filled).min(MAX_READ);
+                if own.vec.len() - own.filled < want {
+                    let room = want.min(own.filled.max(MIN_READ));
+                    grow(&mut own.vec, own.filled + room);
+                }
+                let to = own.vec.len().min(own.filled + want);
+                let n = read_retrying(reader, &mut own.vec[own.filled..to])?;
+                own.sum = own
+                    .sum
+                    .wrapping_add(checksum(&own.vec[own.filled..own.filled + n]));
+                own.filled += n;
+                n
+            }
+            state => {
+                let most = match state {
+                    State::Discard { remaining } => usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .clamp(MIN_READ, MAX_READ),
+                    _ => MIN_READ,
+                };
+                self.make_room(MIN_READ);
+                let to = self.buf.len().min(self.end + most);
+                let n = read_retrying(reader, &mut self.buf[self.end..to])?;
+                self.end += n;
+                n
             }
         };
-        self.filled += n;
         self.process(out);
         self.report_garbage(out);
-        self.release_big_buffer();
         Ok(n)
     }
 
     /// The number of bytes received and not decoded yet (less than one frame: at most
     /// `max(max_message_size, HEADER_LEN)` between calls).
     pub fn buffered(&self) -> usize {
-        self.filled
+        self.end - self.start + self.own.filled
     }
 
-    /// Lets go of an empty receive buffer that grew large for a very large frame.
-    fn release_big_buffer(&mut self) {
-        if self.filled == 0 && self.buf.capacity() > RETAIN_MAX {
-            self.buf = BytesMut::new();
+    /// Makes at least `room` bytes of room after the bytes held in the receive buffer.
+    fn make_room(&mut self, room: usize) {
+        if self.buf.len() - self.end >= room {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < room {
+            grow(&mut self.buf, self.end + room);
         }
     }
 
-    /// How much to read next: (the least room to make, the most to read).
-    fn read_len(&self) -> (usize, usize) {
-        match self.state {
-            State::Header => (MIN_READ, MIN_READ),
-            State::Payload { len, .. } => {
-                let most = len.saturating_sub(self.filled).clamp(MIN_READ, MAX_READ);
-                (self.filled.clamp(MIN_READ, most), most)
-            }
-            State::Discard { remaining } => {
-                let most = usize::try_from(remaining)
-                    .unwrap_or(usize::MAX)
-                    .clamp(MIN_READ, MAX_READ);
-                (MIN_READ, most)
-            }
-        }
-    }
-
-    /// Appends `data` after the bytes held (into the spare room first).
+    /// Appends `data` to the receive buffer.
     fn push(&mut self, data: &[u8]) {
-        let spare = self.buf.len() - self.filled;
-        let (into_spare, beyond) = data.split_at(data.len().min(spare));
-        self.buf[self.filled..self.filled + into_spare.len()].copy_from_slice(into_spare);
-        self.filled += into_spare.len();
-        if !beyond.is_empty() {
-            self.buf.extend_from_slice(beyond);
-            self.filled = self.buf.len();
+        self.make_room(data.len());
+        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
+    }
+
+    /// Appends `data` (part of a payload of `len` bytes) to the payload's own buffer.
+    fn own_push(&mut self, data: &[u8], len: usize) {
+        let own = &mut self.own;
+        let need = own.filled + data.len();
+        if own.vec.len() < need {
+            // By at most what already arrived (or what this call brings), up to the payload.
+            grow(&mut own.vec, need.max(own.filled * 2).min(len));
         }
+        own.vec[own.filled..need].copy_from_slice(data);
+        own.sum = own.sum.wrapping_add(checksum(data));
+        own.filled = need;
     }
 
-    /// Drops the first `n` bytes held.
+    /// The number of bytes held in the receive buffer.
+    fn held(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Drops the first `n` bytes held in the receive buffer.
     fn consume(&mut self, n: usize) {
-        self.buf.advance(n);
-        self.filled -= n;
-    }
-
-    /// Takes the first `len` bytes held: split off without a copy when large.
-    fn take(&mut self, len: usize) -> Bytes {
-        if len < SHARE_THRESHOLD {
-            let bytes = Bytes::copy_from_slice(&self.buf[..len]);
-            self.consume(len);
-            bytes
-        } else if len <= RETAIN_MAX {
-            self.filled -= len;
-            self.buf.split_to(len).freeze()
-        } else {
-            // A very large payload takes its allocation along; the few bytes after it
-            // (less than one read) move to a new buffer.
-            let rest = BytesMut::from(&self.buf[len..self.filled]);
-            self.buf.truncate(len);
-            self.filled -= len;
-            std::mem::replace(&mut self.buf, rest).freeze()
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -439,7 +567,7 @@ impl Decoder {
         loop {
             match self.state {
                 State::Discard { remaining } => {
-                    let n = usize::try_from(remaining).map_or(self.filled, |r| r.min(self.filled));
+                    let n = usize::try_from(remaining).map_or(self.held(), |r| r.min(self.held()));
                     self.consume(n);
                     self.set_discard(remaining - n as u64);
                     if self.state != State::Header {
@@ -447,16 +575,23 @@ impl Decoder {
                     }
                 }
                 State::Header => {
-                    if !self.find_magic(out) || self.filled < HEADER_LEN {
+                    if !self.find_magic(out) || self.held() < HEADER_LEN {
                         return;
                     }
-                    let h = &self.buf[..HEADER_LEN];
+                    let h = &self.buf[self.start..self.start + HEADER_LEN];
                     let code = h[5];
                     let checksum = u32::from_le_bytes([h[6], h[7], h[8], h[9]]);
                     let len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]);
                     self.consume(HEADER_LEN);
                     match usize::try_from(len) {
                         Ok(len) if len <= self.max => {
+                            if len >= SHARE_THRESHOLD {
+                                self.own = Own {
+                                    vec: self.pool.take(len).unwrap_or_default(),
+                                    filled: 0,
+                                    sum: 0,
+                                };
+                            }
                             self.state = State::Payload {
                                 code,
                                 checksum,
@@ -477,10 +612,26 @@ impl Decoder {
                     checksum,
                     len,
                 } => {
-                    if self.filled < len {
-                        return;
-                    }
-                    let frame = self.take_frame(code, checksum, len);
+                    let frame = if len >= SHARE_THRESHOLD {
+                        // What the receive buffer holds of the payload moves to its own buffer.
+                        let n = self.held().min(len - self.own.filled);
+                        if n > 0 {
+                            let start = self.start;
+                            let data = std::mem::take(&mut self.buf);
+                            self.own_push(&data[start..start + n], len);
+                            self.buf = data;
+                            self.consume(n);
+                        }
+                        if self.own.filled < len {
+                            return;
+                        }
+                        self.take_own(code, checksum, len)
+                    } else {
+                        if self.held() < len {
+                            return;
+                        }
+                        self.take_small(code, checksum, len)
+                    };
                     out.push(frame);
                     self.state = State::Header;
                 }
@@ -491,7 +642,7 @@ impl Decoder {
     /// Throws away what precedes the first full magic (keeping a partial magic at the end)
     /// and returns whether the bytes held now start with a full magic.
     fn find_magic(&mut self, out: &mut Vec<Frame>) -> bool {
-        let data = &self.buf[..self.filled];
+        let data = &self.buf[self.start..self.end];
         let (start, found) = if data.starts_with(&MAGIC) {
             (0, true)
         } else {
@@ -534,46 +685,90 @@ impl Decoder {
         }
     }
 
-    /// Checks and decodes the `len` payload bytes at the start of the buffer, and drops
-    /// them from it.
-    fn take_frame(&mut self, code: u8, expected: u32, len: usize) -> Frame {
-        let payload = &self.buf[..len];
+    /// Decodes a small payload: the `len` bytes at the start of the receive buffer, which
+    /// it drops from there.
+    fn take_small(&mut self, code: u8, expected: u32, len: usize) -> Frame {
+        let payload = &self.buf[self.start..self.start + len];
         let computed = checksum(payload);
-        let frame = if computed != expected {
-            Some(Frame::Error(ProtocolError::BadChecksum {
-                expected,
-                computed,
-            }))
-        } else {
-            match code {
-                TYPE_INT => Some(match <[u8; 8]>::try_from(payload) {
-                    Ok(le) => data(Message::Int(i64::from_le_bytes(le))),
-                    Err(_) => Frame::Error(ProtocolError::BadInt { len }),
-                }),
-                TYPE_FLOAT => Some(match float_fromhex(payload) {
-                    Ok(x) => data(Message::Float(x)),
-                    Err(_) => Frame::Error(ProtocolError::BadFloat {
-                        text: lossy_excerpt(payload),
-                    }),
-                }),
-                TYPE_TEXT | TYPE_BYTES => None,
-                _ => Some(Frame::Error(ProtocolError::UnknownType { code })),
+        let frame = check(code, expected, computed, payload)
+            .unwrap_or_else(|| typed(code, Bytes::copy_from_slice(payload)));
+        self.consume(len);
+        frame
+    }
+
+    /// Decodes the large payload collected in its own buffer, which the message takes
+    /// along (and gives back to the pool when it goes).
+    fn take_own(&mut self, code: u8, expected: u32, len: usize) -> Frame {
+        let own = std::mem::take(&mut self.own);
+        match check(code, expected, own.sum, &own.vec[..len]) {
+            Some(frame) => {
+                self.pool.give(own.vec);
+                frame
             }
-        };
-        if let Some(frame) = frame {
-            self.consume(len);
-            return frame;
+            None => typed(
+                code,
+                Bytes::from_owner(Recycled {
+                    vec: own.vec,
+                    len,
+                    pool: Arc::downgrade(&self.pool),
+                }),
+            ),
         }
-        let bytes = self.take(len);
-        if code == TYPE_BYTES {
-            return data(Message::Bytes(bytes));
+    }
+}
+
+/// Grows `vec` to `len` initialized bytes, allocating no more than that.
+fn grow(vec: &mut Vec<u8>, len: usize) {
+    vec.reserve_exact(len.saturating_sub(vec.len()));
+    vec.resize(len, 0);
+}
+
+fn read_retrying<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Ok(n) => return Ok(n.min(buf.len())),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
-        match Text::from_utf8(bytes) {
-            Ok(text) => data(Message::Text(text)),
-            Err(e) => Frame::Error(ProtocolError::InvalidUtf8 {
-                valid_up_to: e.valid_up_to(),
+    }
+}
+
+/// The error a payload of type `code` makes, if any: a checksum mismatch, an unknown
+/// type, or a number that does not decode. `None` for text and bytes, which
+/// [`typed`] decodes.
+fn check(code: u8, expected: u32, computed: u32, payload: &[u8]) -> Option<Frame> {
+    if computed != expected {
+        return Some(Frame::Error(ProtocolError::BadChecksum {
+            expected,
+            computed,
+        }));
+    }
+    match code {
+        TYPE_INT => Some(match <[u8; 8]>::try_from(payload) {
+            Ok(le) => data(Message::Int(i64::from_le_bytes(le))),
+            Err(_) => Frame::Error(ProtocolError::BadInt { len: payload.len() }),
+        }),
+        TYPE_FLOAT => Some(match float_fromhex(payload) {
+            Ok(x) => data(Message::Float(x)),
+            Err(_) => Frame::Error(ProtocolError::BadFloat {
+                text: lossy_excerpt(payload),
             }),
-        }
+        }),
+        TYPE_TEXT | TYPE_BYTES => None,
+        _ => Some(Frame::Error(ProtocolError::UnknownType { code })),
+    }
+}
+
+/// The frame of a text or bytes payload.
+fn typed(code: u8, bytes: Bytes) -> Frame {
+    if code == TYPE_BYTES {
+        return data(Message::Bytes(bytes));
+    }
+    match Text::from_utf8(bytes) {
+        Ok(text) => data(Message::Text(text)),
+        Err(e) => Frame::Error(ProtocolError::InvalidUtf8 {
+            valid_up_to: e.valid_up_to(),
+        }),
     }
 }
 
@@ -630,6 +825,26 @@ mod tests {
             wire(&Message::from(&b"\x00\xff\x1f"[..])),
             b"\xde\xca\xfe\xca\xfe\x81\x1e\x01\0\0\x03\0\0\0\x00\xff\x1f"
         );
+    }
+
+    #[test]
+    fn encode_parts_is_encode_in_two_pieces() {
+        let messages = [
+            Message::Int(-5),
+            Message::Float(-0.1),
+            Message::from("µ"),
+            Message::from(&b""[..]),
+            Message::from(vec![0xde; 70_000]),
+        ];
+        for m in &messages {
+            let (header, payload) = encode_parts(m).unwrap();
+            assert_eq!([&header[..], &payload[..]].concat(), wire(m), "{m:?}");
+        }
+        let pickle = Message::Pickle(Bytes::from_static(b"\x80\x03N."));
+        assert!(matches!(
+            encode_parts(&pickle),
+            Err(Error::Unsupported { .. })
+        ));
     }
 
     #[test]
@@ -942,7 +1157,7 @@ mod tests {
 
     #[test]
     fn read_from_grows_with_the_data() {
-        let len = 10 << 20;
+        let len = (10 << 20) + 12_345;
         let payload = vec![3u8; len];
         let input = frame(TYPE_BYTES, &payload);
         let mut reader = Trickle {
@@ -957,7 +1172,12 @@ mod tests {
             let before = d.buffered();
             let n = d.read_from(&mut reader, &mut out).unwrap();
             let asked = *reader.asked.last().unwrap();
-            assert!((MIN_READ..=MAX_READ).contains(&asked), "{asked}");
+            // At least MIN_READ, or the rest of the payload.
+            let rest = input.len() - total;
+            assert!(
+                (MIN_READ..=MAX_READ).contains(&asked) || asked == rest,
+                "{asked}"
+            );
             assert!(
                 asked <= before.max(MIN_READ),
                 "asked {asked} with {before} buffered"
@@ -1023,44 +1243,115 @@ mod tests {
         assert_eq!(d.read_from(&mut r, &mut out).unwrap(), MIN_READ);
     }
 
+    /// Records where each read was asked to put its bytes.
+    struct Spy<'a> {
+        data: &'a [u8],
+        first: usize,
+        reads: Vec<(usize, usize)>,
+    }
+
+    impl Read for Spy<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let limit = if self.reads.is_empty() {
+                self.first
+            } else {
+                usize::MAX
+            };
+            let n = buf.len().min(limit).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            self.reads.push((buf.as_ptr() as usize, n));
+            Ok(n)
+        }
+    }
+
+    fn ptr(frame: &Frame) -> usize {
+        match frame {
+            Frame::Data { message, .. } => message.as_bytes().unwrap().as_ptr() as usize,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn large_payloads_are_split_off_the_receive_buffer() {
+    fn large_payloads_are_read_into_their_own_buffer() {
         let len = SHARE_THRESHOLD + 100;
         let mut input = wire(&Message::from(vec![1u8; len]));
         input.extend(wire(&Message::from("é".repeat(len / 2))));
         input.extend(wire(&Message::from(vec![2u8; 10])));
-        let mut reader = &input[..];
+        // The first read brings the header and 10 bytes of the payload; the rest of the
+        // payload is read straight into the buffer the message takes along.
+        let mut reader = Spy {
+            data: &input,
+            first: HEADER_LEN + 10,
+            reads: Vec::new(),
+        };
         let mut d = Decoder::new(1 << 20);
         let mut out = Vec::new();
-        assert_eq!(d.read_from(&mut reader, &mut out).unwrap(), input.len());
-        let ptrs: Vec<*const u8> = out
-            .iter()
-            .map(|f| match f {
-                Frame::Data { message, .. } => message.as_bytes().unwrap().as_ptr(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        // The two large payloads lie one frame apart in the same buffer: not copied.
-        assert_eq!(ptrs[1] as usize - ptrs[0] as usize, len + HEADER_LEN);
+        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+        assert_eq!(out.len(), 3);
+        assert_eq!(reader.reads[1], (ptr(&out[0]) + 10, len - 10));
+        assert_eq!(out[0], data(Message::from(vec![1u8; len])));
+        assert_eq!(out[1], data(Message::from("é".repeat(len / 2))));
         assert_eq!(out[2], data(Message::from(vec![2u8; 10])));
+        assert!(d.buf.len() <= 2 * MIN_READ, "{}", d.buf.len());
+        assert_eq!(d.buffered(), 0);
     }
 
     #[test]
-    fn a_very_large_receive_buffer_is_let_go() {
-        let len = RETAIN_MAX + 1;
-        let input = frame(TYPE_BYTES, &vec![5u8; len]);
-        let mut d = Decoder::new(len);
+    fn payload_buffers_are_recycled() {
+        let len = 200_000;
+        let one = wire(&Message::from(vec![3u8; len]));
+        let mut d = Decoder::new(1 << 20);
         let mut out = Vec::new();
-        let mut reader = &input[..];
-        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
-        assert!(matches!(&out[..], [Frame::Data { message, .. }] if message.len() == len));
-        assert!(d.buf.capacity() <= MIN_READ, "{}", d.buf.capacity());
-        let mut input2 = input.clone();
-        input2.extend(wire(&Message::Int(4)));
-        d.decode(&input2, &mut out);
-        assert_eq!(out.len(), 3);
-        assert_eq!(out[2], data(Message::Int(4)));
-        assert!(d.buf.capacity() <= MIN_READ, "{}", d.buf.capacity());
+        d.decode(&one, &mut out);
+        let first = ptr(&out[0]);
+        let kept = out[0].clone();
+        out.clear();
+        // Held by the program: not reused.
+        d.decode(&one, &mut out);
+        assert_ne!(ptr(&out[0]), first);
+        // Let go of: reused for the next payload of a fitting size, not for a much smaller one.
+        drop(kept);
+        out.clear();
+        d.decode(&wire(&Message::from(vec![4u8; len / 3])), &mut out);
+        assert_ne!(ptr(&out[0]), first);
+        d.decode(&wire(&Message::from("ü".repeat(len / 2 - 7))), &mut out);
+        assert_eq!(ptr(&out[1]), first);
+        assert_eq!(out[1], data(Message::from("ü".repeat(len / 2 - 7))));
+        // A bad checksum gives its buffer back too.
+        out.clear();
+        let mut bad = wire(&Message::from(vec![5u8; len]));
+        bad[6] ^= 1;
+        d.decode(&bad, &mut out);
+        assert!(matches!(
+            out[..],
+            [Frame::Error(ProtocolError::BadChecksum { .. })]
+        ));
+        d.decode(&one, &mut out);
+        assert_eq!(out[1], data(Message::from(vec![3u8; len])));
+        // A message that outlives its decoder keeps its bytes.
+        drop(d);
+        assert_eq!(out[1], data(Message::from(vec![3u8; len])));
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let pool = Pool::default();
+        for _ in 0..POOL_BUFFERS + 2 {
+            pool.give(vec![0u8; 100]);
+        }
+        assert_eq!(pool.lock().len(), POOL_BUFFERS);
+        assert!(
+            pool.take(49).is_none(),
+            "reused only for a payload half its size"
+        );
+        assert_eq!(pool.take(50).map(|b| b.len()), Some(100));
+        let pool = Pool::default();
+        // Capacity that is never touched costs no memory here.
+        for _ in 0..3 {
+            pool.give(Vec::with_capacity(RETAIN_MAX / 2));
+        }
+        assert_eq!(pool.lock().len(), 2);
     }
 
     #[test]
