@@ -13,6 +13,7 @@ pub(crate) struct Config {
     pub encoding: TextEncoding,
     pub auto_restart: bool,
     pub incoming_capacity: usize,
+    pub incoming_bytes: usize,
     pub outgoing_capacity: usize,
     pub max_message_size: usize,
     pub connect_timeout: Duration,
@@ -27,6 +28,8 @@ pub(crate) struct Config {
 
 /// Default maximum message size: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+/// Default budget of received bytes waiting to be read, per connection: 256 MiB.
+pub const DEFAULT_INCOMING_BYTES: usize = 256 * 1024 * 1024;
 /// Default capacity of the incoming and outgoing queues, in messages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
@@ -37,6 +40,7 @@ impl Default for Config {
             encoding: TextEncoding::Utf8,
             auto_restart: false,
             incoming_capacity: DEFAULT_QUEUE_CAPACITY,
+            incoming_bytes: DEFAULT_INCOMING_BYTES,
             outgoing_capacity: DEFAULT_QUEUE_CAPACITY,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             connect_timeout: Duration::from_secs(5),
@@ -74,6 +78,20 @@ macro_rules! connection_options {
         /// ```
         pub fn incoming_capacity(mut self, messages: usize) -> Self {
             self.cfg.incoming_capacity = messages.max(1);
+            self
+        }
+
+        /// How many bytes of received messages may wait to be read (default 256 MiB). When
+        /// the next message would go beyond it, the connection stops reading from the
+        /// socket until the program reads; a message larger than the budget is still
+        /// delivered when nothing else waits. With [`incoming_capacity`](Self::incoming_capacity)
+        /// it bounds the memory a peer can make a connection hold.
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".incoming_bytes(16 << 20);")]
+        /// ```
+        pub fn incoming_bytes(mut self, bytes: usize) -> Self {
+            self.cfg.incoming_bytes = bytes;
             self
         }
 

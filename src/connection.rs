@@ -319,6 +319,13 @@ pub(crate) struct Shared {
     acks: Mutex<AckQueue>,
     replies: Mutex<Replies>,
     link: Mutex<Link>,
+    /// Bytes of received messages waiting in the incoming queue (see `incoming_bytes`).
+    queued_bytes: AtomicUsize,
+    /// Set while the reader waits for room in the byte budget.
+    reader_waiting: AtomicBool,
+    /// Wakes the reader when the program took a message (a coalesced signal).
+    room_tx: Sender<()>,
+    room_rx: Receiver<()>,
     /// Messages accepted (queued, or in `Link::retry`) and not yet written or failed.
     pending: AtomicUsize,
     ctl_tx: Sender<Control>,
@@ -371,7 +378,17 @@ impl Shared {
     }
 
     pub(crate) fn try_recv(&self) -> Option<Incoming> {
-        self.in_rx.try_recv().ok()
+        self.in_rx.try_recv().ok().map(|item| self.took(item))
+    }
+
+    /// Accounts for a message the program has taken from the incoming queue, and wakes
+    /// the reader if it waits for room in the byte budget.
+    pub(crate) fn took(&self, item: Incoming) -> Incoming {
+        self.queued_bytes.fetch_sub(item.0.len(), Ordering::SeqCst);
+        if self.reader_waiting.load(Ordering::SeqCst) {
+            let _ = self.room_tx.try_send(());
+        }
+        item
     }
 
     pub(crate) fn has_data(&self) -> bool {
@@ -653,6 +670,7 @@ impl Connection {
         let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
         let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
         let (done_tx, writer_done) = channel::bounded::<()>(0);
+        let (room_tx, room_rx) = channel::bounded::<()>(1);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             protocol: Mutex::new(cfg.protocol),
@@ -681,6 +699,10 @@ impl Connection {
                 broken: None,
             }),
             pending: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            reader_waiting: AtomicBool::new(false),
+            room_tx,
+            room_rx,
             ctl_tx,
             stream: Mutex::new(None),
             events: EventSink::new(),
@@ -930,7 +952,7 @@ impl Connection {
     /// ```
     pub fn try_get_data(&self) -> Result<Option<Message>> {
         let shared = &self.inner.shared;
-        match shared.in_rx.try_recv() {
+        match shared.in_rx.try_recv().map(|item| shared.took(item)) {
             Ok((m, _)) => Ok(Some(m)),
             Err(channel::TryRecvError::Empty) => Ok(None),
             Err(channel::TryRecvError::Disconnected) => Err(self.gone()),
@@ -954,14 +976,22 @@ impl Connection {
     pub fn get_data_with_mode(&self, timeout: Option<Duration>) -> Result<(Message, Option<Mode>)> {
         let shared = &self.inner.shared;
         match timeout {
-            None => shared.in_rx.recv().map_err(|_| self.gone()),
-            Some(t) => shared.in_rx.recv_timeout(t).map_err(|e| match e {
-                RecvTimeoutError::Timeout => Error::Timeout {
-                    operation: "get_data",
-                    after: t,
-                },
-                RecvTimeoutError::Disconnected => self.gone(),
-            }),
+            None => shared
+                .in_rx
+                .recv()
+                .map(|item| shared.took(item))
+                .map_err(|_| self.gone()),
+            Some(t) => shared
+                .in_rx
+                .recv_timeout(t)
+                .map(|item| shared.took(item))
+                .map_err(|e| match e {
+                    RecvTimeoutError::Timeout => Error::Timeout {
+                        operation: "get_data",
+                        after: t,
+                    },
+                    RecvTimeoutError::Disconnected => self.gone(),
+                }),
         }
     }
 
@@ -998,7 +1028,8 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = Message> + '_ {
-        self.inner.shared.in_rx.iter().map(|(m, _)| m)
+        let shared = &self.inner.shared;
+        shared.in_rx.iter().map(|item| shared.took(item).0)
     }
 
     /// An iterator over the messages already received; it does not wait.
@@ -1011,7 +1042,8 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn try_iter(&self) -> impl Iterator<Item = Message> + '_ {
-        self.inner.shared.in_rx.try_iter().map(|(m, _)| m)
+        let shared = &self.inner.shared;
+        shared.in_rx.try_iter().map(|item| shared.took(item).0)
     }
 
     /// True while the TCP link is up.
@@ -1690,6 +1722,10 @@ impl Reader {
             match frame {
                 Frame::Data { message, mode } => {
                     let acked = mode.is_some_and(Mode::is_acked);
+                    self.wait_for_room(message.len())?;
+                    self.shared
+                        .queued_bytes
+                        .fetch_add(message.len(), Ordering::SeqCst);
                     // A plain send while there is room (the usual case), cheaper than a select.
                     match self.in_tx.try_send((message, mode)) {
                         Ok(()) => {}
@@ -1722,6 +1758,31 @@ impl Reader {
                 }
                 Frame::Error(e) => self.protocol_error(e),
             }
+        }
+        Ok(())
+    }
+
+    /// Waits until a message of `size` bytes fits in the incoming byte budget (always when
+    /// nothing waits to be read), woken by the program taking messages or by close().
+    fn wait_for_room(&self, size: usize) -> std::result::Result<(), ReadEnd> {
+        let shared = &self.shared;
+        let fits = || {
+            let queued = shared.queued_bytes.load(Ordering::SeqCst);
+            queued == 0 || queued.saturating_add(size) <= shared.cfg.incoming_bytes
+        };
+        while !fits() {
+            shared.reader_waiting.store(true, Ordering::SeqCst);
+            // Checked again after announcing the wait, so a wake-up cannot be missed.
+            if !fits() {
+                select! {
+                    recv(shared.room_rx) -> _ => {}
+                    recv(shared.shutdown_rx) -> _ => {
+                        shared.reader_waiting.store(false, Ordering::SeqCst);
+                        return Err(ReadEnd::Stopped);
+                    }
+                }
+            }
+            shared.reader_waiting.store(false, Ordering::SeqCst);
         }
         Ok(())
     }

@@ -77,7 +77,7 @@ pub mod protocol;
 mod server;
 
 pub use bytes::Bytes;
-pub use config::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_CAPACITY};
+pub use config::{DEFAULT_INCOMING_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_CAPACITY};
 pub use connection::{Connection, ConnectionBuilder};
 pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};

@@ -284,3 +284,40 @@ fn acked_and_plain_sends_from_many_threads_keep_each_threads_order() {
         assert_eq!(mine, want);
     }
 }
+
+#[test]
+fn incoming_byte_budget_holds_back_the_reader_until_the_program_reads() {
+    let s = server(ServerBuilder::new().incoming_bytes(1000));
+    let (c, p) = pair(&s, ConnectionBuilder::new());
+    let block = "x".repeat(400);
+    // Acknowledged sends show when a message was delivered into the incoming queue.
+    c.send_data_timeout(block.as_str(), Mode::PlainAck, T)
+        .unwrap();
+    c.send_data_timeout(block.as_str(), Mode::PlainAck, T)
+        .unwrap();
+    // 800 bytes wait; 400 more would pass the 1000-byte budget, so the third is held in
+    // the socket and not acknowledged while the program does not read.
+    let short = std::time::Duration::from_millis(300);
+    let r = c.send_data_timeout("y".repeat(400), Mode::PlainAck, short);
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    for _ in 0..2 {
+        let m = p.get_data_timeout(T).unwrap();
+        assert_eq!(m.as_str(), Some(block.as_str()));
+    }
+    // Reading made room: the third arrives, and acknowledged sends work again.
+    assert_eq!(
+        p.get_data_timeout(T).unwrap().as_str(),
+        Some("y".repeat(400).as_str())
+    );
+    c.send_data_timeout("after", Mode::PlainAck, T).unwrap();
+    assert_eq!(p.get_data_timeout(T).unwrap().as_str(), Some("after"));
+}
+
+#[test]
+fn a_message_larger_than_the_budget_still_arrives_alone() {
+    let s = server(ServerBuilder::new().incoming_bytes(10));
+    let (c, p) = pair(&s, ConnectionBuilder::new());
+    c.send_data_timeout("a".repeat(100), Mode::PlainAck, T)
+        .unwrap();
+    assert_eq!(p.get_data_timeout(T).unwrap().len(), 100);
+}
