@@ -39,6 +39,9 @@ const SETMODE_LEN: usize = 10;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Every protocol error up to this many is logged; after that, one at each power of two.
+const PROTOCOL_ERRORS_LOGGED: u64 = 16;
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not make every later call panic too.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -319,6 +322,8 @@ pub(crate) struct Shared {
     acks: Mutex<AckQueue>,
     replies: Mutex<Replies>,
     link: Mutex<Link>,
+    /// Protocol errors seen, for rate-limiting their log lines.
+    protocol_errors: AtomicU64,
     /// Bytes of received messages waiting in the incoming queue (see `incoming_bytes`).
     queued_bytes: AtomicUsize,
     /// Set while the reader waits for room in the byte budget.
@@ -343,8 +348,19 @@ impl Shared {
             Event::Connected { .. } | Event::Reconnected { .. } | Event::Disconnected { .. } => {
                 log::info!("serpy {}: {event}", self.label())
             }
-            Event::GaveUp { .. } | Event::Lost { .. } | Event::ProtocolError(_) => {
+            Event::GaveUp { .. } | Event::Lost { .. } => {
                 log::warn!("serpy {}: {event}", self.label())
+            }
+            Event::ProtocolError(_) => {
+                // A hostile peer can cause one every few bytes: log the first ones, then
+                // one line at each power of two, so the log cannot be flooded.
+                let n = self.protocol_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= PROTOCOL_ERRORS_LOGGED || n.is_power_of_two() {
+                    log::warn!(
+                        "serpy {}: {event} ({n} protocol errors on this connection so far)",
+                        self.label()
+                    )
+                }
             }
             Event::ProtocolDetected(_) => log::debug!("serpy {}: {event}", self.label()),
         }
@@ -699,6 +715,7 @@ impl Connection {
                 broken: None,
             }),
             pending: AtomicUsize::new(0),
+            protocol_errors: AtomicU64::new(0),
             queued_bytes: AtomicUsize::new(0),
             reader_waiting: AtomicBool::new(false),
             room_tx,
