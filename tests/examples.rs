@@ -647,7 +647,7 @@ fn pingpong_client_reports_a_server_that_is_not_there() {
 
 /// The test image, written here apart from the examples' own code: S × S float32 pixels,
 /// little endian, row after row; pixel (i, j) = cos(x[j]) · sin(y[i]) in f64, rounded to
-/// f32, with x = y = numpy.linspace(0, p·π, S) (k · step + 0.0, the last exactly p·π).
+/// f32, with x = y = linspace(0, p·π, S) as the original Python server computes it (k · step + 0.0, the last exactly p·π).
 fn expected_image(p: i64, side: usize) -> Vec<u8> {
     let stop = p as f64 * std::f64::consts::PI;
     let axis: Vec<f64> = (0..side)

@@ -157,7 +157,7 @@ pub fn describe(message: &Message) -> String {
     }
 }
 
-/// `numpy.linspace(0.0, stop, n)`, value for value: `k * step + 0.0` with
+/// The original Python instrument server's `linspace(0.0, stop, n)`, value for value: `k * step + 0.0` with
 /// `step = stop / (n - 1)`, and the last value exactly `stop`. (With `stop == 0`, where
 /// the original divides first and multiplies after, every value is 0 either way.)
 pub fn linspace(stop: f64, n: usize) -> Vec<f64> {
