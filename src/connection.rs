@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -306,7 +306,8 @@ pub(crate) struct Shared {
     cfg: Config,
     addrs: Vec<SocketAddr>,
     is_client: bool,
-    protocol: Mutex<Protocol>,
+    /// The protocol (read on every send, so an atomic: see `Shared::protocol`).
+    protocol: AtomicU8,
     peer: Mutex<Option<SocketAddr>>,
     connected: AtomicBool,
     /// False once the link is down for good.
@@ -352,7 +353,16 @@ impl Shared {
     }
 
     fn protocol(&self) -> Protocol {
-        *lock(&self.protocol)
+        match self.protocol.load(Ordering::Acquire) {
+            0 => Protocol::V1,
+            1 => Protocol::V2,
+            _ => Protocol::Auto,
+        }
+    }
+
+    fn set_protocol(&self, protocol: Protocol) {
+        self.protocol
+            .store(protocol_code(protocol), Ordering::Release);
     }
 
     /// Tells the server's `recv_any` that this connection has data (at most one notice
@@ -380,6 +390,14 @@ impl Shared {
 
     pub(crate) fn is_dead(&self) -> bool {
         !self.alive.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire)
+    }
+}
+
+fn protocol_code(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::V1 => 0,
+        Protocol::V2 => 1,
+        Protocol::Auto => 2,
     }
 }
 
@@ -655,7 +673,7 @@ impl Connection {
         let (done_tx, writer_done) = channel::bounded::<()>(0);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            protocol: Mutex::new(cfg.protocol),
+            protocol: AtomicU8::new(protocol_code(cfg.protocol)),
             cfg,
             addrs,
             is_client,
@@ -1676,7 +1694,7 @@ impl Reader {
             }
         };
         let _ = self.stream.set_read_timeout(None);
-        *lock(&self.shared.protocol) = protocol;
+        self.shared.set_protocol(protocol);
         self.ctl(Control::Detected(protocol))?;
         Ok(Some((protocol, seen)))
     }
