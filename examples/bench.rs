@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serpy::protocol::{v2, WireBuf};
+use serpy::protocol::v2;
 use serpy::{Bytes, Connection, Message, Mode, Protocol, Server, Text};
 
 // ---------------------------------------------------------------------------------------
@@ -167,6 +167,8 @@ struct Throughput {
     messages: u64,
     bytes: u64,
     secs: f64,
+    /// CPU time of this process (every thread) over the run, in seconds.
+    cpu: f64,
 }
 
 impl Throughput {
@@ -176,6 +178,30 @@ impl Throughput {
     fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / self.secs / 1e6
     }
+    /// CPU time per message, in microseconds (all threads of sender and receiver).
+    fn cpu_us_per_msg(&self) -> f64 {
+        self.cpu * 1e6 / self.messages as f64
+    }
+}
+
+/// CPU time used so far by this process, all threads, in seconds (from /proc; 0 where
+/// it cannot be read).
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), here 11 and 12; ticks of 1/100 s.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -233,6 +259,19 @@ fn fmt_rate(x: f64) -> String {
         format!("{:.1} k", x / 1e3)
     } else {
         format!("{x:.1} ")
+    }
+}
+
+/// Three significant digits.
+fn fmt_sig(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else if x >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
     }
 }
 
@@ -488,6 +527,7 @@ fn raw_oneway(plan: &Plan, size: usize) -> BoxResult<Throughput> {
     let (client, server) = raw_pair()?;
     let receiver = thread::spawn(move || raw_receive(server));
     let data = payload(size);
+    let cpu = process_cpu();
     let start = Instant::now();
     let deadline = start + time;
     let mut w = BufWriter::with_capacity(64 * KIB, client);
@@ -505,6 +545,7 @@ fn raw_oneway(plan: &Plan, size: usize) -> BoxResult<Throughput> {
         messages,
         bytes,
         secs: (end - start).as_secs_f64(),
+        cpu: process_cpu() - cpu,
     })
 }
 
@@ -530,6 +571,7 @@ fn serpy_oneway(
             bytes += m.len() as u64;
         }
     });
+    let cpu = process_cpu();
     let start = Instant::now();
     let deadline = start + time;
     let mut sent = 0u64;
@@ -539,12 +581,14 @@ fn serpy_oneway(
     }
     client.send_data("end", Mode::Plain)?;
     let (messages, bytes, end) = receiver.join().map_err(|_| "receiver panicked")??;
+    let cpu = process_cpu() - cpu;
     assert_eq!(messages, sent, "serpy: every message arrives");
     client.close();
     Ok(Throughput {
         messages,
         bytes,
         secs: (end - start).as_secs_f64(),
+        cpu,
     })
 }
 
@@ -567,6 +611,7 @@ fn throughput_row(
         messages: 0,
         bytes: 0,
         secs: f64::NAN,
+        cpu: f64::NAN,
     };
     for v in [&mut s, &mut r] {
         if v.is_empty() {
@@ -579,7 +624,13 @@ fn throughput_row(
         name,
         serpy: Value::Throughput(s),
         raw: Value::Throughput(r),
-        note: format!("{} msgs", s.messages),
+        note: format!(
+            "CPU {} µs/msg vs {} ({:.1}×); {} msgs",
+            fmt_sig(s.cpu_us_per_msg()),
+            fmt_sig(r.cpu_us_per_msg()),
+            s.cpu_us_per_msg() / r.cpu_us_per_msg(),
+            s.messages
+        ),
     })
 }
 
@@ -930,19 +981,19 @@ fn serpy_broadcast(plan: &Plan) -> BoxResult<(Throughput, f64)> {
     let frame = Message::Bytes(payload(size));
     ALLOCATED.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
+    let cpu = process_cpu();
     let start = Instant::now();
     let mut sent = 0;
     while sent < plan.broadcast_frames && start.elapsed() < plan.broadcast_time {
-        for c in &conns {
-            c.send(frame.clone())?;
+        if server.broadcast(frame.clone())? != conns.len() {
+            return Err("broadcast missed a connection".into());
         }
         sent += 1;
     }
-    for c in &conns {
-        c.send(0)?;
-    }
+    server.broadcast(0)?;
     let done = child_line(&mut out)?;
     let end = Instant::now();
+    let cpu = process_cpu() - cpu;
     COUNTING.store(false, Ordering::SeqCst);
     let allocated = ALLOCATED.load(Ordering::SeqCst);
     let mut it = done.split_whitespace().skip(1).map(str::parse::<u64>);
@@ -958,6 +1009,7 @@ fn serpy_broadcast(plan: &Plan) -> BoxResult<(Throughput, f64)> {
             messages: frames,
             bytes,
             secs: (end - start).as_secs_f64(),
+            cpu,
         },
         allocated as f64 / frames as f64,
     ))
@@ -983,6 +1035,7 @@ fn raw_broadcast(plan: &Plan) -> BoxResult<Throughput> {
         return Err("broadcast child not ready".into());
     }
     let data = payload(size);
+    let cpu = process_cpu();
     let start = Instant::now();
     let mut sent = 0;
     while sent < plan.broadcast_frames && start.elapsed() < plan.broadcast_time {
@@ -998,6 +1051,7 @@ fn raw_broadcast(plan: &Plan) -> BoxResult<Throughput> {
     }
     let done = child_line(&mut out)?;
     let end = Instant::now();
+    let cpu = process_cpu() - cpu;
     let mut it = done.split_whitespace().skip(1).map(str::parse::<u64>);
     let (frames, bytes) = match (it.next(), it.next()) {
         (Some(Ok(f)), Some(Ok(b))) => (f, b),
@@ -1009,19 +1063,17 @@ fn raw_broadcast(plan: &Plan) -> BoxResult<Throughput> {
         messages: frames,
         bytes,
         secs: (end - start).as_secs_f64(),
+        cpu,
     })
 }
 
 fn broadcast_row(plan: &Plan) -> BoxResult<Row> {
-    // The encoder keeps a large payload by reference: the same allocation goes to every
-    // connection's writer (checked here through the public codec API).
+    // Server::broadcast encodes once with v2::encode_parts, which keeps the payload by
+    // reference: the same allocation goes to every connection's writer (checked here
+    // through the public codec API; the library's tests check the rest of the way).
     let frame = payload(MIB);
-    let mut wire = WireBuf::new();
-    v2::encode(&Message::Bytes(frame.clone()), &mut wire)?;
-    let shared = wire
-        .take_parts()
-        .iter()
-        .any(|p| p.as_ptr() == frame.as_ptr());
+    let (_, body) = v2::encode_parts(&Message::Bytes(frame.clone()))?;
+    let shared = body.as_ptr() == frame.as_ptr();
     let (mut s, mut r) = (Vec::new(), Vec::new());
     for _ in 0..plan.runs {
         r.push(raw_broadcast(plan)?);
@@ -1041,9 +1093,12 @@ fn broadcast_row(plan: &Plan) -> BoxResult<Row> {
         },
         note: format!(
             "{} payload copies per client: {alloc:.0} B allocated per client per frame \
-             (sender, counting allocator); payload pointer shared by the encoder: {}",
+             (sender, counting allocator); payload pointer shared by the encoder: {}; \
+             sender CPU {} µs/frame/client vs {}",
             (alloc / MIB as f64).floor(),
-            if shared { "yes" } else { "NO" }
+            if shared { "yes" } else { "NO" },
+            fmt_sig(s.cpu_us_per_msg()),
+            fmt_sig(r.cpu_us_per_msg()),
         ),
     })
 }

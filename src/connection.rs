@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -59,6 +59,7 @@ pub(crate) struct Outgoing {
     ack: Option<AckSlot>,
 }
 
+#[derive(Clone)]
 enum Payload {
     /// A v1 data block (no SETMODE) and the mode it is in.
     V1 { mode: Mode, parts: Vec<Bytes> },
@@ -69,6 +70,17 @@ enum Payload {
     },
     /// Server in auto mode before the peer's protocol is known: encoded later.
     Deferred { message: Message, mode: Mode },
+}
+
+/// A message encoded once for the connections of one protocol (see `Server::broadcast`).
+#[derive(Clone)]
+pub(crate) struct Prepared(Payload);
+
+impl Prepared {
+    /// Encodes `message` as `Connection::send` would for a connection of `protocol`.
+    pub(crate) fn new(protocol: Protocol, cfg: &Config, message: &Message) -> Result<Self> {
+        prepare(protocol, cfg, message, Mode::Plain).map(Prepared)
+    }
 }
 
 /// Encodes `message` into what the writer will send, in the caller's thread.
@@ -309,7 +321,8 @@ pub(crate) struct Shared {
     cfg: Config,
     addrs: Vec<SocketAddr>,
     is_client: bool,
-    protocol: Mutex<Protocol>,
+    /// The protocol (read on every send, so an atomic: see `Shared::protocol`).
+    protocol: AtomicU8,
     peer: Mutex<Option<SocketAddr>>,
     connected: AtomicBool,
     /// False once the link is down for good.
@@ -375,7 +388,16 @@ impl Shared {
     }
 
     fn protocol(&self) -> Protocol {
-        *lock(&self.protocol)
+        match self.protocol.load(Ordering::Acquire) {
+            0 => Protocol::V1,
+            1 => Protocol::V2,
+            _ => Protocol::Auto,
+        }
+    }
+
+    fn set_protocol(&self, protocol: Protocol) {
+        self.protocol
+            .store(protocol_code(protocol), Ordering::Release);
     }
 
     /// Tells the server's `recv_any` that this connection has data (at most one notice
@@ -413,6 +435,14 @@ impl Shared {
 
     pub(crate) fn is_dead(&self) -> bool {
         !self.alive.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire)
+    }
+}
+
+fn protocol_code(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::V1 => 0,
+        Protocol::V2 => 1,
+        Protocol::Auto => 2,
     }
 }
 
@@ -689,7 +719,7 @@ impl Connection {
         let (room_tx, room_rx) = channel::bounded::<()>(1);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            protocol: Mutex::new(cfg.protocol),
+            protocol: AtomicU8::new(protocol_code(cfg.protocol)),
             cfg,
             addrs,
             is_client,
@@ -847,6 +877,30 @@ impl Connection {
             });
         }
         let payload = prepare(protocol, &shared.cfg, &message, mode)?;
+        self.enqueue(payload, deadline)
+    }
+
+    /// Queues `prepared` as `send` would (see `Server::broadcast`).
+    pub(crate) fn send_prepared(&self, prepared: &Prepared) -> Result<()> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if !shared.alive.load(Ordering::Acquire) {
+            return Err(Error::Disconnected);
+        }
+        self.enqueue(prepared.0.clone(), None)
+    }
+
+    /// The configuration of this connection.
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.shared.cfg
+    }
+
+    /// Hands `payload` to the writer (or writes it at once, see below), and waits for its
+    /// acknowledgement if it asks for one.
+    fn enqueue(&self, payload: Payload, deadline: Option<Instant>) -> Result<()> {
+        let shared = &self.inner.shared;
         let acked = match &payload {
             Payload::V1 { mode, .. } => mode.is_acked(),
             Payload::V2 { .. } => false,
@@ -1725,7 +1779,7 @@ impl Reader {
             }
         };
         let _ = self.stream.set_read_timeout(None);
-        *lock(&self.shared.protocol) = protocol;
+        self.shared.set_protocol(protocol);
         self.ctl(Control::Detected(protocol))?;
         Ok(Some((protocol, seen)))
     }
@@ -1850,6 +1904,29 @@ mod tests {
         raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let conn = Connection::start(accepted, Config::default(), Vec::new(), false, None).unwrap();
         (conn, raw)
+    }
+
+    #[test]
+    fn a_message_prepared_once_shares_its_payload() {
+        let blob = Bytes::from(vec![1u8; 1 << 20]);
+        let message = Message::Bytes(blob.clone());
+        let cfg = Config::default();
+        for protocol in [Protocol::V1, Protocol::V2] {
+            let prepared = Prepared::new(protocol, &cfg, &message).unwrap();
+            let payload_ptr = |p: &Prepared| match &p.0 {
+                Payload::V2 { body, .. } => body.as_ptr(),
+                // v1 sends bytes as base85: encoded once, shared by every copy.
+                Payload::V1 { parts, .. } => parts.iter().max_by_key(|b| b.len()).unwrap().as_ptr(),
+                Payload::Deferred { .. } => panic!("deferred"),
+            };
+            let first = payload_ptr(&prepared);
+            if protocol == Protocol::V2 {
+                assert_eq!(first, blob.as_ptr());
+            }
+            for copy in (0..10).map(|_| prepared.clone()) {
+                assert_eq!(payload_ptr(&copy), first);
+            }
+        }
     }
 
     #[test]

@@ -373,3 +373,44 @@ fn huge_timeouts_mean_no_deadline() {
         Some("y")
     );
 }
+
+#[test]
+fn broadcast_reaches_every_connection_in_its_protocol() {
+    let s = server(ServerBuilder::new().protocol(Protocol::Auto));
+    let v1 = Connection::connect(s.local_addr()).unwrap();
+    let v2 = ConnectionBuilder::new()
+        .protocol(Protocol::V2)
+        .connect(s.local_addr())
+        .unwrap();
+    let gone = Connection::connect(s.local_addr()).unwrap();
+    // Each client speaks first, so that the server knows its protocol.
+    for c in [&v1, &v2, &gone] {
+        c.send("hello").unwrap();
+    }
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(s.recv_any_timeout(T).unwrap().connection);
+    }
+    let gone_peer = peers
+        .iter()
+        .find(|p| p.peer_addr() == gone.local_addr())
+        .unwrap();
+    gone_peer.close();
+
+    let blob = vec![0x1fu8; 100_000];
+    assert_eq!(s.broadcast(blob.clone()).unwrap(), 2);
+    assert_eq!(s.broadcast(42).unwrap(), 2);
+    // v1 carries bytes as base85 and numbers as text; v2 keeps the types.
+    assert_eq!(v1.get_data_timeout(T).unwrap().as_bytes(), Some(&blob[..]));
+    assert_eq!(v1.get_data_timeout(T).unwrap().as_str(), Some("42"));
+    assert_eq!(v2.get_data_timeout(T).unwrap().as_bytes(), Some(&blob[..]));
+    assert_eq!(v2.get_data_timeout(T).unwrap().as_int(), Some(42));
+
+    // A message that one protocol cannot carry goes to nobody.
+    let pickle = serpy::Message::Pickle(serpy::Bytes::from_static(b"\x80\x03K\x01."));
+    assert!(matches!(
+        s.broadcast(pickle),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(v1.get_data_timeout(Duration::from_millis(100)).is_err());
+}

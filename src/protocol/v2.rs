@@ -107,21 +107,12 @@ const POOL_BUFFERS: usize = 16;
 /// assert_eq!(checksum(&vec![0xff; 1 << 24]), 0xff00_0000);
 /// ```
 pub fn checksum(payload: &[u8]) -> u32 {
-    // Bytes are added into 32 u16 lanes, 256 rows at a time (256 * 255 fits a u16), which
-    // the compiler turns into wide vector additions; the lanes are then folded into u32.
-    const LANES: usize = 32;
-    const ROWS: usize = 256;
-    let mut total = 0u32;
-    let mut blocks = payload.chunks_exact(LANES * ROWS);
-    for block in &mut blocks {
-        let mut lanes = [0u16; LANES];
-        for row in block.chunks_exact(LANES) {
-            for (lane, &byte) in lanes.iter_mut().zip(row) {
-                *lane += u16::from(byte);
-            }
-        }
-        total = total.wrapping_add(lanes.iter().map(|&lane| u32::from(lane)).sum::<u32>());
-    }
+    // Sums of 64 bytes each fit a u32 and compile to wide byte-sum instructions (psadbw
+    // on x86-64); measured faster than adding into u16 lanes.
+    let mut blocks = payload.chunks_exact(64);
+    let total = blocks.by_ref().fold(0u32, |total, block| {
+        total.wrapping_add(block.iter().map(|&byte| u32::from(byte)).sum::<u32>())
+    });
     blocks
         .remainder()
         .iter()
@@ -282,13 +273,15 @@ impl Pool {
     /// The smallest kept buffer that holds `len` bytes without wasting more than as much.
     fn take(&self, len: usize) -> Option<Vec<u8>> {
         let mut free = self.lock();
+        // The last given back among the smallest: likely still in cache.
         let best = free
             .iter()
             .enumerate()
+            .rev()
             .filter(|(_, b)| (len..=len.saturating_mul(2)).contains(&b.len()))
             .min_by_key(|(_, b)| b.len())
             .map(|(i, _)| i)?;
-        Some(free.swap_remove(best))
+        Some(free.remove(best))
     }
 
     /// Keeps `vec` for a later payload if there is room for it.
@@ -1309,15 +1302,19 @@ mod tests {
         out.clear();
         // Held by the program: not reused.
         d.decode(&one, &mut out);
-        assert_ne!(ptr(&out[0]), first);
-        // Let go of: reused for the next payload of a fitting size, not for a much smaller one.
+        let second = ptr(&out[0]);
+        assert_ne!(second, first);
+        // Let go of: reused for the next payloads of a fitting size, the last given back
+        // first, and not for a much smaller payload.
         drop(kept);
         out.clear();
         d.decode(&wire(&Message::from(vec![4u8; len / 3])), &mut out);
-        assert_ne!(ptr(&out[0]), first);
+        assert!(![first, second].contains(&ptr(&out[0])));
         d.decode(&wire(&Message::from("ü".repeat(len / 2 - 7))), &mut out);
-        assert_eq!(ptr(&out[1]), first);
+        assert_eq!(ptr(&out[1]), second);
         assert_eq!(out[1], data(Message::from("ü".repeat(len / 2 - 7))));
+        d.decode(&one, &mut out);
+        assert_eq!(ptr(&out[2]), first);
         // A bad checksum gives its buffer back too.
         out.clear();
         let mut bad = wire(&Message::from(vec![5u8; len]));
@@ -1328,6 +1325,7 @@ mod tests {
             [Frame::Error(ProtocolError::BadChecksum { .. })]
         ));
         d.decode(&one, &mut out);
+        assert!([first, second].contains(&ptr(&out[1])));
         assert_eq!(out[1], data(Message::from(vec![3u8; len])));
         // A message that outlives its decoder keeps its bytes.
         drop(d);
