@@ -134,6 +134,11 @@ fn concurrent_acknowledged_senders_each_get_their_answer() {
         h.join().unwrap();
     }
     // Every message once, and each sender's messages in its own order.
+    assert_each_sender_in_order(&seen, threads, per);
+}
+
+/// Every message `t:i` of `threads` senders arrived once, each sender's in its own order.
+fn assert_each_sender_in_order(seen: &[String], threads: usize, per: usize) {
     for t in 0..threads {
         let mine: Vec<_> = seen
             .iter()
@@ -274,15 +279,7 @@ fn acked_and_plain_sends_from_many_threads_keep_each_threads_order() {
         h.join().unwrap();
     }
     back.join().unwrap();
-    for t in 0..threads {
-        let mine: Vec<_> = seen
-            .iter()
-            .filter(|s| s.starts_with(&format!("{t}:")))
-            .cloned()
-            .collect();
-        let want: Vec<_> = (0..per).map(|i| format!("{t}:{i}")).collect();
-        assert_eq!(mine, want);
-    }
+    assert_each_sender_in_order(&seen, threads, per);
 }
 
 #[test]
