@@ -66,12 +66,13 @@ fn main() -> ExitCode {
 }
 
 fn run(o: Options) -> Result<(), Box<dyn Error>> {
-    let server = Server::builder()
-        .protocol(Protocol::V2)
-        .max_message_size(common::max_message_size(o.side))
-        .bind((o.bind.as_str(), o.port))
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", o.bind, o.port))?;
-    println!("listening on {}", server.local_addr());
+    let server = common::listen(
+        Server::builder()
+            .protocol(Protocol::V2)
+            .max_message_size(common::max_message_size(o.side)),
+        &o.bind,
+        o.port,
+    )?;
     println!(
         "instrument server (v2, {0} x {0} float32 images) started; a client sends {1} to stop it",
         o.side,

@@ -58,11 +58,7 @@ fn main() -> ExitCode {
 }
 
 fn run(o: Options) -> Result<(), Box<dyn Error>> {
-    let server = Server::builder()
-        .protocol(Protocol::V2)
-        .bind((o.bind.as_str(), o.port))
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", o.bind, o.port))?;
-    println!("listening on {}", server.local_addr());
+    let server = common::listen(Server::builder().protocol(Protocol::V2), &o.bind, o.port)?;
     println!(
         "ping-pong server (v2) started; a client sends {} to stop it",
         common::STOP

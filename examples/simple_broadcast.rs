@@ -68,11 +68,7 @@ fn main() -> ExitCode {
 }
 
 fn run(o: Options) -> Result<(), Box<dyn Error>> {
-    let server = Server::builder()
-        .protocol(o.protocol)
-        .bind((o.bind.as_str(), o.port))
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", o.bind, o.port))?;
-    println!("listening on {}", server.local_addr());
+    let server = common::listen(Server::builder().protocol(o.protocol), &o.bind, o.port)?;
     println!(
         "broadcast server ({}) started; a client sends {} to stop it",
         o.protocol,

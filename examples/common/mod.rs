@@ -206,3 +206,17 @@ pub fn check_side(side: usize) -> Result<usize, String> {
 pub fn max_message_size(side: usize) -> usize {
     (side * side * 4).max(serpy::DEFAULT_MAX_MESSAGE_SIZE)
 }
+
+/// Binds `builder` to `bind:port` and prints `listening on ADDR:PORT` as the first line
+/// (the tests read the real port from it when `--port 0` was given).
+pub fn listen(
+    builder: serpy::ServerBuilder,
+    bind: &str,
+    port: u16,
+) -> Result<serpy::Server, String> {
+    let server = builder
+        .bind((bind, port))
+        .map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
+    println!("listening on {}", server.local_addr());
+    Ok(server)
+}
