@@ -222,6 +222,9 @@ impl Link {
         {
             return Some(item);
         }
+        let Some(stream) = self.stream.as_ref() else {
+            return Some(item);
+        };
         let mode_before = self.send_mode;
         match &item.payload {
             Payload::V1 { mode, parts } => {
@@ -242,7 +245,6 @@ impl Link {
         let parts = self.wire.take_parts();
         let total: usize = parts.iter().map(Bytes::len).sum();
         let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        let stream = self.stream.as_ref()?;
         let sent = socket2::SockRef::from(stream)
             .send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
         match sent {
