@@ -1191,9 +1191,13 @@ fn memory_row(plan: &Plan) -> BoxResult<Row> {
             bound,
         },
         note: format!(
-            "VmHWM growth of the receiving process; bound capacity × size = {}: serpy at {:.2}× the bound; same at ¼ and end = not growing with the stream",
+            "VmHWM growth of the receiving process (RSS before the stream subtracted); \
+             serpy at {:.2}× capacity × size ({}) and {:.2}× (capacity + 1) × size, the queue \
+             plus the frame its reader holds while it waits for room; the same at ¼ and at \
+             the end of the stream: bounded by the queue, not the stream",
+            se as f64 / bound as f64,
             fmt_mib(bound),
-            se as f64 / bound as f64
+            se as f64 / (bound + MIB as u64) as f64,
         ),
     })
 }

@@ -161,8 +161,9 @@ struct AckQueue {
 /// The write half of the link and what goes with it. The writer thread holds the lock
 /// while it works; other threads only ever `try_lock` it, to write at once, while the link
 /// is idle, what would otherwise wait for the writer thread to wake up: an acknowledged
-/// send (its caller waits anyway) or a control reply (without blocking). Whoever holds it
-/// writes whole blocks, so writes never interleave.
+/// send (its caller waits anyway), a plain send after a quiet spell (without blocking), or
+/// a control reply (without blocking). Whoever holds it writes whole blocks, so writes
+/// never interleave.
 struct Link {
     stream: Option<TcpStream>,
     epoch: u64,
@@ -170,12 +171,23 @@ struct Link {
     send_mode: Mode,
     /// Messages taken from the queue but not fully written on a link that broke.
     retry: VecDeque<Outgoing>,
-    /// Bytes about to be written. Between writes it holds only the rest of control
-    /// replies that a reader could not write without blocking: they go out first.
+    /// Bytes about to be written. Between writes it holds only what a write that must
+    /// not block could not finish (control replies, the rest of `partial`): it goes first.
     wire: WireBuf,
     /// A write made outside the writer thread failed on the link of this epoch.
     broken: Option<(u64, String)>,
+    /// A plain send written from its caller's thread that the socket took only part of,
+    /// and how many of its bytes, at the front of `wire`, are still to go. It counts as
+    /// pending until they are written; if the link breaks first, it is sent again.
+    partial: Option<(Outgoing, usize)>,
+    /// When the last write on this link ended.
+    last_write: Instant,
 }
+
+/// A plain send is written by its caller only after the link has been quiet this long,
+/// so that a stream of sends still goes through the queue and the writer's batches.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const QUIET: Duration = Duration::from_micros(5);
 
 impl Link {
     /// True when this thread may write now: the link is up, and no message accepted
@@ -185,6 +197,95 @@ impl Link {
             && self.broken.is_none()
             && self.retry.is_empty()
             && shared.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Accounts for `n` bytes written from the front of `wire` (and what followed).
+    fn wrote(&mut self, shared: &Shared, n: usize) {
+        self.last_write = Instant::now();
+        if let Some((_, left)) = &mut self.partial {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.partial = None;
+                shared.pending.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Writes a plain message from the caller's thread if the socket takes it without
+    /// blocking, when the link is idle and has been quiet (see [`QUIET`]): this saves
+    /// waking the writer thread. Gives the message back if nothing was written (it is
+    /// then queued as usual); what the socket did not take, the writer thread finishes.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn try_write_now(&mut self, shared: &Shared, item: Outgoing) -> Option<Outgoing> {
+        if !self.idle(shared)
+            || !self.wire.is_empty()
+            || self.partial.is_some()
+            || item.ack.is_some()
+            || self.last_write.elapsed() < QUIET
+        {
+            return Some(item);
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return Some(item);
+        };
+        let mode_before = self.send_mode;
+        match &item.payload {
+            Payload::V1 { mode, parts } => {
+                if *mode != self.send_mode {
+                    v1::encode_control(v1::Control::SetMode(*mode), &mut self.wire);
+                    self.send_mode = *mode;
+                }
+                for p in parts {
+                    self.wire.put_bytes(p.clone());
+                }
+            }
+            Payload::V2 { header, body } => {
+                self.wire.put_slice(header);
+                self.wire.put_bytes(body.clone());
+            }
+            Payload::Deferred { .. } => return Some(item),
+        }
+        let parts = self.wire.take_parts();
+        let total: usize = parts.iter().map(Bytes::len).sum();
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let sent = socket2::SockRef::from(stream)
+            .send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+        match sent {
+            Ok(n) if n >= total => {
+                self.wrote(shared, n);
+                None
+            }
+            Ok(n) if n > 0 => {
+                put_back(&mut self.wire, &parts, n);
+                shared.pending.fetch_add(1, Ordering::AcqRel);
+                self.partial = Some((item, total - n));
+                self.last_write = Instant::now();
+                let _ = shared.ctl_tx.try_send(Control::Wake);
+                None
+            }
+            Ok(_) => {
+                self.send_mode = mode_before;
+                Some(item)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                self.send_mode = mode_before;
+                Some(item)
+            }
+            Err(e) => {
+                // As a failed write of the writer thread: the message goes out again on the
+                // next link, or fails with the link.
+                shared.pending.fetch_add(1, Ordering::AcqRel);
+                self.retry.push_back(item);
+                self.broken = Some((self.epoch, format!("write failed: {e}")));
+                let _ = shared.ctl_tx.try_send(Control::Wake);
+                None
+            }
+        }
     }
 
     /// Writes an acknowledged v1 message from the caller's thread. On a write error the
@@ -205,7 +306,9 @@ impl Link {
             lock(&shared.acks).waiting.push_back(ack.clone());
         }
         let parts = self.wire.take_parts();
-        if let (_, Err(e)) = write_parts(self.stream.as_ref(), &parts) {
+        let (written, result) = write_parts(self.stream.as_ref(), &parts);
+        self.wrote(shared, written);
+        if let Err(e) = result {
             if item.ack.is_some() {
                 lock(&shared.acks).waiting.pop_back();
             }
@@ -246,6 +349,7 @@ impl Link {
         }
         let (written, result) = write_parts(Some(stream), &parts);
         let restored = stream.set_nonblocking(false);
+        self.wrote(shared, written);
         match (result, restored) {
             (Ok(()), Ok(())) => !more,
             (Err(e), Ok(())) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -743,6 +847,8 @@ impl Connection {
                 retry: VecDeque::new(),
                 wire: WireBuf::new(),
                 broken: None,
+                partial: None,
+                last_write: Instant::now(),
             }),
             pending: AtomicUsize::new(0),
             protocol_errors: AtomicU64::new(0),
@@ -793,7 +899,9 @@ impl Connection {
     /// Sends `data` in `mode` (v1; see [`Mode`]).
     ///
     /// - Modes 0, 2, 4 (and every send over v2) return once the message is queued; they
-    ///   block while the outgoing queue is full.
+    ///   block while the outgoing queue is full. (When the link has been idle, the message
+    ///   is handed to the socket at once instead, if that needs no waiting, which saves
+    ///   waking the writer thread.)
     /// - Modes 1, 3, 5 return once the peer has acknowledged this very message. Several
     ///   threads may send acknowledged messages at once: each gets its own answer.
     ///
@@ -925,6 +1033,18 @@ impl Connection {
                 }
             }
         }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let item = if !acked && shared.pending.load(Ordering::Acquire) == 0 {
+            match try_lock(&shared.link) {
+                Some(mut link) => match link.try_write_now(shared, item) {
+                    None => return Ok(()),
+                    Some(item) => item,
+                },
+                None => item,
+            }
+        } else {
+            item
+        };
         shared.pending.fetch_add(1, Ordering::AcqRel);
         // Without a wait (the usual case), a plain send: cheaper than a select.
         let sent = match (shared.out_tx.try_send(item), deadline) {
@@ -1413,7 +1533,9 @@ impl Writer {
             }
             encode_replies(modcg, eot, &mut link.wire);
             let parts = link.wire.take_parts();
-            if let Err(e) = write_parts(link.stream.as_ref(), &parts).1 {
+            let (written, result) = write_parts(link.stream.as_ref(), &parts);
+            link.wrote(&self.shared, written);
+            if let Err(e) = result {
                 return self.link_down(link, format!("write failed: {e}"));
             }
         }
@@ -1503,6 +1625,7 @@ impl Writer {
         }
         let parts = link.wire.take_parts();
         let (written, result) = write_parts(link.stream.as_ref(), &parts);
+        link.wrote(&self.shared, written);
         match result {
             Ok(()) => {
                 self.shared
@@ -1536,6 +1659,10 @@ impl Writer {
         }
         link.wire.clear();
         link.broken = None;
+        if let Some((item, _)) = link.partial.take() {
+            // Not fully written: it goes out again (it is older than anything in `retry`).
+            link.retry.push_front(item);
+        }
         self.shared.connected.store(false, Ordering::Release);
         {
             let mut acks = lock(&self.shared.acks);
@@ -1620,7 +1747,7 @@ impl Writer {
                     let _ = ack.send(Err(Error::Closed));
                 }
             }
-            if !rest.is_empty() {
+            if !rest.is_empty() || !link.wire.is_empty() {
                 link.retry.extend(rest);
                 let _ = self.write_batch(&mut link, None);
                 link.retry.clear();
@@ -1642,7 +1769,12 @@ impl Writer {
             }
         }
         let mut lost = 0;
-        let rest: Vec<Outgoing> = link.retry.drain(..).chain(self.out_rx.try_iter()).collect();
+        let partial = link.partial.take().map(|(item, _)| item);
+        let rest: Vec<Outgoing> = partial
+            .into_iter()
+            .chain(link.retry.drain(..))
+            .chain(self.out_rx.try_iter())
+            .collect();
         for mut item in rest {
             match item.ack.take() {
                 Some(ack) => {
@@ -1897,13 +2029,78 @@ mod tests {
     use std::net::TcpListener;
 
     /// A connection over a socket whose other end is a plain stream the test controls.
-    fn raw_peer() -> (Connection, TcpStream) {
+    fn raw_peer_with(cfg: Config) -> (Connection, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let raw = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let conn = Connection::start(accepted, Config::default(), Vec::new(), false, None).unwrap();
+        let conn = Connection::start(accepted, cfg, Vec::new(), false, None).unwrap();
         (conn, raw)
+    }
+
+    fn raw_peer() -> (Connection, TcpStream) {
+        raw_peer_with(Config::default())
+    }
+
+    /// Fills the connection's side of the socket, holding the link as a writer would;
+    /// returns how many bytes of `b'x'` it wrote.
+    fn fill(conn: &Connection) -> usize {
+        let link = lock(&conn.shared().link);
+        let s = link.stream.as_ref().unwrap();
+        // A write timeout, not non-blocking mode: the reader is reading this socket.
+        s.set_write_timeout(Some(Duration::from_millis(5))).unwrap();
+        let chunk = [b'x'; 4096];
+        let mut filler = 0;
+        // Until the socket stays full (loopback keeps moving bytes to the peer for a while).
+        let mut full_since = Instant::now();
+        while full_since.elapsed() < Duration::from_millis(50) {
+            match (&*s).write(&chunk) {
+                Ok(n) => {
+                    filler += n;
+                    full_since = Instant::now();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        s.set_write_timeout(None).unwrap();
+        filler
+    }
+
+    #[test]
+    fn a_plain_send_the_socket_takes_in_part_is_finished_by_the_writer() {
+        let cfg = Config {
+            protocol: Protocol::V2,
+            ..Config::default()
+        };
+        let (conn, mut raw) = raw_peer_with(cfg);
+        let filler = fill(&conn);
+        // Make room, less than the message: the send writes part of it at once.
+        let mut got = vec![0u8; filler / 2];
+        raw.read_exact(&mut got).unwrap();
+        thread::sleep(Duration::from_millis(20));
+        let big = Bytes::from((0..filler as u32 * 2).map(|i| i as u8).collect::<Vec<u8>>());
+        conn.send(big.clone()).unwrap();
+        conn.send("after").unwrap();
+        let mut rest = vec![0u8; filler - got.len()];
+        raw.read_exact(&mut rest).unwrap();
+        assert!(rest.iter().all(|&b| b == b'x'));
+        let mut wire = WireBuf::new();
+        v2::encode(&Message::Bytes(big), &mut wire).unwrap();
+        v2::encode(&Message::from("after"), &mut wire).unwrap();
+        let want = wire.to_vec();
+        let mut frames = vec![0u8; want.len()];
+        raw.read_exact(&mut frames).unwrap();
+        assert!(frames == want, "the frames arrive whole and in order");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while conn.shared().pending.load(Ordering::Acquire) != 0 {
+            assert!(Instant::now() < deadline, "the message stays pending");
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]
@@ -1932,32 +2129,7 @@ mod tests {
     #[test]
     fn a_reply_that_would_block_is_finished_by_the_writer() {
         let (conn, mut raw) = raw_peer();
-        // Fill the connection's side of the socket while holding the link, as a writer.
-        let mut filler = 0;
-        {
-            let link = lock(&conn.shared().link);
-            let s = link.stream.as_ref().unwrap();
-            // A write timeout, not non-blocking mode: the reader is reading this socket.
-            s.set_write_timeout(Some(Duration::from_millis(5))).unwrap();
-            let chunk = [b'x'; 4096];
-            // Until the socket stays full (loopback keeps moving bytes to the peer for a while).
-            let mut full_since = Instant::now();
-            while full_since.elapsed() < Duration::from_millis(50) {
-                match (&*s).write(&chunk) {
-                    Ok(n) => {
-                        filler += n;
-                        full_since = Instant::now();
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => panic!("{e}"),
-                }
-            }
-            s.set_write_timeout(None).unwrap();
-        }
+        let filler = fill(&conn);
         // The peer switches modes: the connection owes an ACKMODCG, which cannot go out
         // without blocking, so the writer thread must finish it.
         raw.write_all(b"\x01SETMODE2\x1fVPaz\x1f").unwrap();

@@ -48,7 +48,7 @@
 //! through room already allocated).
 //!
 //! When the program lets go of a large message (every clone of it), its buffer goes back
-//! to the decoder, which keeps up to four such buffers (at most [`RETAIN_MAX`] bytes in
+//! to the decoder, which keeps up to 16 such buffers (at most [`RETAIN_MAX`] bytes in
 //! all) to receive the next large payloads into: a stream of large frames then costs no
 //! allocation, no page faults and no zeroing. A kept buffer is reused only for a payload
 //! at least half its size; the buffers are freed with the decoder. Small payloads are
