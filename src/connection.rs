@@ -650,7 +650,7 @@ impl std::fmt::Debug for Connection {
 ///     .auto_restart(true)
 ///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2))
 ///     .max_message_size(256 << 20)
-///     .connect("127.0.0.1:8000")?;
+///     .connect(("127.0.0.1", 8000))?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -728,7 +728,7 @@ impl ConnectionBuilder {
 
     connection_options!("serpy::Connection::builder()");
 
-    /// Connects to `addr` (anything [`ToSocketAddrs`]: `"127.0.0.1:8000"`,
+    /// Connects to `addr` (anything [`ToSocketAddrs`]: `("127.0.0.1", 8000)`,
     /// `("localhost", 8000)`, `"[::1]:8000"`, a [`SocketAddr`]) and starts the threads.
     /// Every address a name resolves to is tried in turn.
     ///
@@ -1212,7 +1212,7 @@ impl Connection {
     ///
     /// ```no_run
     /// # fn main() -> serpy::Result<()> {
-    /// # let conn = serpy::Connection::connect("127.0.0.1:8000")?;
+    /// # let conn = serpy::Connection::connect(("127.0.0.1", 8000))?;
     /// for msg in conn.iter() {
     ///     println!("{msg}");
     /// }

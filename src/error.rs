@@ -34,7 +34,7 @@ pub enum Error {
     },
 
     /// The address could not be resolved or bound.
-    #[error("bad address {addr}: {source}; give an IP address and port such as 127.0.0.1:8000 or [::1]:8000")]
+    #[error("bad address {addr}: {source}; give an IP address and a port, such as (\"127.0.0.1\", 8000) or \"[::1]:8000\"")]
     Address {
         /// The address as given.
         addr: String,

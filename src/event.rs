@@ -13,7 +13,7 @@ use crate::protocol::Protocol;
 ///
 /// ```no_run
 /// # fn main() -> serpy::Result<()> {
-/// let conn = serpy::Connection::builder().auto_restart(true).connect("127.0.0.1:8000")?;
+/// let conn = serpy::Connection::builder().auto_restart(true).connect(("127.0.0.1", 8000))?;
 /// for event in conn.events().iter() {
 ///     println!("{event}");
 /// }
