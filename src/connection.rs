@@ -8,6 +8,7 @@
 //! channel that the writer always serves before data, so replies never wait behind a send.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -738,18 +739,27 @@ impl ConnectionBuilder {
     /// let conn = serpy::Connection::builder().connect(server.local_addr())?;
     /// # Ok(()) }
     /// ```
-    pub fn connect(self, addr: impl ToSocketAddrs) -> Result<Connection> {
+    pub fn connect(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Connection> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|e| Error::Address {
-                addr: "the given address".into(),
+                addr: format!("{addr:?}"),
                 source: e,
             })?
             .collect();
+        if addrs.is_empty() {
+            return Err(Error::Address {
+                addr: format!("{addr:?}"),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "it resolved to no address"),
+            });
+        }
         let stream = connect_any(&addrs, self.cfg.connect_timeout)?;
         Connection::start(stream, self.cfg, addrs, true, None)
     }
 }
+
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream> {
     let mut last = None;
@@ -759,15 +769,14 @@ fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream> {
             Err(e) => last = Some((a, e)),
         }
     }
-    Err(match last {
-        Some((a, e)) => Error::Connect {
-            addr: a.to_string(),
-            source: e,
-        },
-        None => Error::Address {
-            addr: "the given address".into(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "it resolved to no address"),
-        },
+    let (a, e) = last.unwrap_or_else(|| {
+        // Callers pass at least one address; say so rather than panic if not.
+        let none = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+        (&UNSPECIFIED, none)
+    });
+    Err(Error::Connect {
+        addr: a.to_string(),
+        source: e,
     })
 }
 
@@ -792,7 +801,7 @@ impl Connection {
     /// assert!(conn.is_connected());
     /// # Ok(()) }
     /// ```
-    pub fn connect(addr: impl ToSocketAddrs) -> Result<Connection> {
+    pub fn connect(addr: impl ToSocketAddrs + fmt::Debug) -> Result<Connection> {
         ConnectionBuilder::new().connect(addr)
     }
 

@@ -102,9 +102,9 @@ impl ServerBuilder {
     /// println!("listening on {}", server.local_addr());
     /// # Ok(()) }
     /// ```
-    pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server> {
-        let listener = TcpListener::bind(addr).map_err(|e| Error::Address {
-            addr: "the given address".into(),
+    pub fn bind(self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Server> {
+        let listener = TcpListener::bind(&addr).map_err(|e| Error::Address {
+            addr: format!("{addr:?}"),
             source: e,
         })?;
         let local = listener
@@ -311,7 +311,7 @@ impl Server {
     /// assert_ne!(server.local_addr().port(), 0);
     /// # Ok(()) }
     /// ```
-    pub fn bind(addr: impl ToSocketAddrs) -> Result<Server> {
+    pub fn bind(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Server> {
         ServerBuilder::new().bind(addr)
     }
 

@@ -414,3 +414,13 @@ fn broadcast_reaches_every_connection_in_its_protocol() {
     ));
     assert!(v1.get_data_timeout(Duration::from_millis(100)).is_err());
 }
+
+#[test]
+fn address_errors_name_the_address() {
+    // No port: refused while parsing, before any name lookup.
+    let e = Connection::connect("127.0.0.1").unwrap_err();
+    assert!(matches!(e, Error::Address { .. }), "{e}");
+    assert!(e.to_string().contains("\"127.0.0.1\""), "{e}");
+    let e = ServerBuilder::new().bind("127.0.0.1").unwrap_err();
+    assert!(e.to_string().contains("\"127.0.0.1\""), "{e}");
+}
