@@ -891,58 +891,60 @@ fn vm_kib(field: &str) -> u64 {
 /// "mem BASE QUARTER END FRAMES" (bytes: RSS before the stream, VmHWM at a quarter of
 /// the frames, VmHWM at the end).
 fn child_memory(capacity: usize, raw: bool) -> BoxResult<()> {
-    let pause = Duration::from_millis(5);
     let base = vm_kib("VmRSS:") * 1024;
-    if raw {
+    let (frames, quarter) = if raw {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         println!("port {}", listener.local_addr()?.port());
         let (s, _) = listener.accept()?;
         s.set_read_timeout(Some(WAIT))?;
-        let total: u64 = {
-            let mut line = String::new();
-            io::stdin().read_line(&mut line)?;
-            line.trim().parse()?
-        };
+        let total = read_total()?;
         let mut r = BufReader::with_capacity(64 * KIB, s);
         let mut buf = Vec::new();
-        let (mut frames, mut quarter) = (0u64, 0u64);
-        loop {
+        read_slowly(capacity, total, || {
             let mut len = [0u8; 4];
             r.read_exact(&mut len)?;
             let len = u32::from_le_bytes(len);
             if len == RAW_END {
-                break;
+                return Ok(false);
             }
             buf.resize(len as usize, 0);
             r.read_exact(&mut buf)?;
-            frames += 1;
-            if frames % capacity as u64 == 0 {
-                thread::sleep(pause);
-            }
-            if frames == total / 4 {
-                quarter = vm_kib("VmHWM:") * 1024;
-            }
-        }
-        println!("mem {base} {quarter} {} {frames}", vm_kib("VmHWM:") * 1024);
-        return Ok(());
-    }
-    let server = Server::builder()
-        .protocol(Protocol::V2)
-        .incoming_capacity(capacity)
-        .bind("127.0.0.1:0")?;
-    println!("port {}", server.local_addr().port());
-    let total: u64 = {
-        let mut line = String::new();
-        io::stdin().read_line(&mut line)?;
-        line.trim().parse()?
+            Ok(true)
+        })?
+    } else {
+        let server = Server::builder()
+            .protocol(Protocol::V2)
+            .incoming_capacity(capacity)
+            .bind("127.0.0.1:0")?;
+        println!("port {}", server.local_addr().port());
+        let total = read_total()?;
+        let conn = server.get_connection_timeout(WAIT)?;
+        read_slowly(capacity, total, || {
+            Ok(matches!(conn.get_data_timeout(WAIT)?, Message::Bytes(_)))
+        })?
     };
-    let conn = server.get_connection_timeout(WAIT)?;
+    println!("mem {base} {quarter} {} {frames}", vm_kib("VmHWM:") * 1024);
+    Ok(())
+}
+
+/// The number of frames the parent will send, from the first line of stdin.
+fn read_total() -> BoxResult<u64> {
+    let mut line = String::new();
+    io::stdin().read_line(&mut line)?;
+    Ok(line.trim().parse()?)
+}
+
+/// Calls `next_frame` until it says the stream ended, pausing every `capacity` frames
+/// (a slow reader, so that the queue fills up); returns the frames read and the VmHWM
+/// (bytes) at a quarter of `total`.
+fn read_slowly(
+    capacity: usize,
+    total: u64,
+    mut next_frame: impl FnMut() -> BoxResult<bool>,
+) -> BoxResult<(u64, u64)> {
+    let pause = Duration::from_millis(5);
     let (mut frames, mut quarter) = (0u64, 0u64);
-    loop {
-        match conn.get_data_timeout(WAIT)? {
-            Message::Bytes(b) => drop(b),
-            _ => break,
-        }
+    while next_frame()? {
         frames += 1;
         if frames % capacity as u64 == 0 {
             thread::sleep(pause);
@@ -951,8 +953,7 @@ fn child_memory(capacity: usize, raw: bool) -> BoxResult<()> {
             quarter = vm_kib("VmHWM:") * 1024;
         }
     }
-    println!("mem {base} {quarter} {} {frames}", vm_kib("VmHWM:") * 1024);
-    Ok(())
+    Ok((frames, quarter))
 }
 
 // ---------------------------------------------------------------------------------------
