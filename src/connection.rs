@@ -954,13 +954,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<()> {
         self.send_impl(data.into(), mode, Instant::now().checked_add(timeout))
-            .map_err(|e| match e {
-                Error::Timeout { operation, .. } => Error::Timeout {
-                    operation,
-                    after: timeout,
-                },
-                e => e,
-            })
+            .map_err(|e| e.timed_out_after(timeout))
     }
 
     /// Sends `data` in mode 0 (v1) or as its typed frame (v2): `send_data(data, Mode::Plain)`.

@@ -126,6 +126,15 @@ impl Error {
         Error::Io { context, source }
     }
 
+    /// A [`Error::Timeout`] made deep down, where only a deadline is known, gets the
+    /// timeout the caller gave; other errors pass unchanged.
+    pub(crate) fn timed_out_after(self, after: Duration) -> Self {
+        match self {
+            Error::Timeout { operation, .. } => Error::Timeout { operation, after },
+            e => e,
+        }
+    }
+
     /// True for the errors after which the handle is of no more use
     /// ([`Error::Disconnected`], [`Error::Closed`]).
     ///

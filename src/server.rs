@@ -519,13 +519,7 @@ impl Server {
     /// ```
     pub fn recv_any_timeout(&self, timeout: Duration) -> Result<Received> {
         self.recv_any_deadline(Instant::now().checked_add(timeout))
-            .map_err(|e| match e {
-                Error::Timeout { operation, .. } => Error::Timeout {
-                    operation,
-                    after: timeout,
-                },
-                e => e,
-            })
+            .map_err(|e| e.timed_out_after(timeout))
     }
 
     /// The next message from any connection if one is waiting.
