@@ -60,6 +60,10 @@ pub enum Event {
     ProtocolDetected(Protocol),
     /// The peer broke the protocol; the connection skipped the bad part and goes on.
     ProtocolError(ProtocolError),
+    /// The program closed the connection ([`Connection::close`](crate::Connection::close),
+    /// or the last handle was dropped), and its threads have ended. It is the last
+    /// event of the connection.
+    Closed,
 }
 
 impl std::fmt::Display for Event {
@@ -88,6 +92,7 @@ impl std::fmt::Display for Event {
             }
             Event::ProtocolDetected(p) => write!(f, "peer speaks {p}"),
             Event::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            Event::Closed => write!(f, "closed by the program"),
         }
     }
 }
@@ -176,6 +181,10 @@ impl LogEvery {
 pub(crate) struct EventSink {
     tx: Sender<Event>,
     rx: Receiver<Event>,
+    /// Dropped by [`EventSink::end`]: tells every [`Events`] that no event will come
+    /// after those queued.
+    done_tx: Mutex<Option<Sender<()>>>,
+    done_rx: Receiver<()>,
     /// Protocol errors seen on this connection, for rate-limiting their log lines.
     protocol_errors: LogLimit,
 }
@@ -183,18 +192,35 @@ pub(crate) struct EventSink {
 impl EventSink {
     pub fn new() -> Self {
         let (tx, rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(0);
         EventSink {
             tx,
             rx,
+            done_tx: Mutex::new(Some(done_tx)),
+            done_rx,
             protocol_errors: LogLimit::new(),
         }
+    }
+
+    /// True once [`EventSink::end`] was called.
+    pub fn ended(&self) -> bool {
+        lock(&self.done_tx).is_none()
+    }
+
+    /// No event comes after those queued: iterators over the events end once they have
+    /// given them. Events emitted afterwards are logged only.
+    pub fn end(&self) {
+        drop(lock(&self.done_tx).take());
     }
 
     /// Logs `event` (with `label`, the connection's name, made only when a line is
     /// written) and queues it, dropping the oldest one if the program does not read them.
     pub fn emit(&self, label: impl Fn() -> String, event: Event) {
         match &event {
-            Event::Connected { .. } | Event::Reconnected { .. } | Event::Disconnected { .. } => {
+            Event::Connected { .. }
+            | Event::Reconnected { .. }
+            | Event::Disconnected { .. }
+            | Event::Closed => {
                 log::info!("serpy {}: {event}", label())
             }
             Event::GaveUp { .. } | Event::Lost { .. } => log::warn!("serpy {}: {event}", label()),
@@ -209,17 +235,27 @@ impl EventSink {
             }
             Event::ProtocolDetected(_) => log::debug!("serpy {}: {event}", label()),
         }
-        push_drop_oldest(&self.tx, &self.rx, event);
+        if !self.ended() {
+            push_drop_oldest(&self.tx, &self.rx, event);
+        }
     }
 
     pub fn receiver(&self) -> Events {
         Events {
             rx: self.rx.clone(),
+            done: self.done_rx.clone(),
         }
     }
 }
 
 /// Receives a connection's [`Event`]s: see [`Connection::events`](crate::Connection::events).
+///
+/// The events end when the connection is gone for good. The last one is
+/// [`Closed`](Event::Closed) when the program closed it; when the link went down for
+/// good it is a [`Disconnected`](Event::Disconnected) that does not reconnect or a
+/// [`GaveUp`](Event::GaveUp), followed by a [`Lost`](Event::Lost) if queued messages
+/// were dropped. Then [`iter`](Events::iter) ends and
+/// [`recv_timeout`](Events::recv_timeout) returns `None` at once.
 ///
 /// ```
 /// # fn main() -> serpy::Result<()> {
@@ -227,26 +263,77 @@ impl EventSink {
 /// let conn = serpy::Connection::connect(server.local_addr())?;
 /// let ev = conn.events().recv_timeout(std::time::Duration::from_secs(5));
 /// assert!(matches!(ev, Some(serpy::Event::Connected { .. })));
+/// conn.close();
+/// let rest: Vec<_> = conn.events().iter().collect(); // ends: the connection is closed
+/// assert_eq!(rest.last(), Some(&serpy::Event::Closed));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Events {
     rx: Receiver<Event>,
+    /// Disconnects when the events have ended.
+    done: Receiver<()>,
 }
 
 impl Events {
-    /// The next event, waiting at most `timeout`; `None` if none came.
+    /// The next event, waiting at most `timeout`; `None` if none came, or at once when
+    /// the events have ended and all were taken.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// let first = conn.events().recv_timeout(std::time::Duration::from_secs(5));
+    /// assert!(matches!(first, Some(serpy::Event::Connected { .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
-        self.rx.recv_timeout(timeout).ok()
+        if let Ok(e) = self.rx.try_recv() {
+            return Some(e);
+        }
+        crossbeam_channel::select! {
+            recv(self.rx) -> e => e.ok(),
+            recv(self.done) -> _ => self.rx.try_recv().ok(),
+            default(timeout) => None,
+        }
     }
 
     /// The next event if one is waiting.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// while let Some(event) = conn.events().try_recv() {
+    ///     println!("{event}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn try_recv(&self) -> Option<Event> {
         self.rx.try_recv().ok()
     }
 
-    /// A blocking iterator over events; it ends when the connection is gone.
+    /// A blocking iterator over events; it ends once the connection is gone for good
+    /// (down without reconnecting, or closed) and every event has been given.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// let events = conn.events();
+    /// conn.close();
+    /// assert!(events.iter().any(|e| e == serpy::Event::Closed));
+    /// # Ok(()) }
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
-        self.rx.iter()
+        std::iter::from_fn(move || {
+            if let Ok(e) = self.rx.try_recv() {
+                return Some(e);
+            }
+            crossbeam_channel::select! {
+                recv(self.rx) -> e => e.ok(),
+                recv(self.done) -> _ => self.rx.try_recv().ok(),
+            }
+        })
     }
 }

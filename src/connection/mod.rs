@@ -165,6 +165,10 @@ impl Inner {
             if let Some(r) = lock(&self.shared.reader).take() {
                 let _ = r.join();
             }
+            if !self.shared.events.ended() {
+                self.shared.event(Event::Closed);
+                self.shared.events.end();
+            }
         }
     }
 }
@@ -637,7 +641,9 @@ impl Connection {
     }
 
     /// The link's events (connected, disconnected, reconnected, protocol errors...).
-    /// Every clone of the returned receiver takes from the same queue.
+    /// Every clone of the returned receiver takes from the same queue. They end when the
+    /// connection is gone for good, with a last event that says why (see [`Events`]):
+    /// a loop over `events().iter()` ends.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {

@@ -300,6 +300,11 @@ impl Writer {
         if let Some(s) = link.stream.take() {
             let _ = s.shutdown(Shutdown::Both);
         }
+        if !closing {
+            // Down for good: nothing more will happen (close() ends them otherwise,
+            // after its own event).
+            shared.events.end();
+        }
         // Dropping out_rx, in_tx (readers keep theirs until they end) ends the queues.
     }
 
