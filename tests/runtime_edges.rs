@@ -54,3 +54,66 @@ fn events_end_when_the_link_is_down_for_good() {
     // The handle still exists: the end did not wait for it.
     assert!(!client.is_connected());
 }
+
+/// A listener on 127.0.0.1 that accepts every connection and closes it at once (as a
+/// full server does), until dropped; counts the connections.
+struct SlamServer {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SlamServer {
+    fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (st, ac) = (stop.clone(), accepted.clone());
+        let thread = thread::spawn(move || {
+            for s in listener.incoming() {
+                if st.load(Ordering::Acquire) {
+                    return;
+                }
+                ac.fetch_add(1, Ordering::Relaxed);
+                drop(s);
+            }
+        });
+        SlamServer {
+            addr,
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SlamServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = TcpStream::connect(self.addr); // wakes the accept
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_link_that_dies_at_once_counts_as_a_failed_attempt() {
+    let slam = SlamServer::start();
+    let client = ConnectionBuilder::new()
+        .auto_restart(true)
+        .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .give_up_after(Some(3))
+        .connect(slam.addr)
+        .unwrap();
+    // Before: every connect succeeded, so the count started again each time and the
+    // client reconnected without a pause, for ever.
+    let e = wait_event(&client, "GaveUp", |e| matches!(e, Event::GaveUp { .. }));
+    assert_eq!(e, Event::GaveUp { attempts: 3 });
+    let accepted = slam.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(accepted <= 4, "{accepted} connections for 3 attempts");
+    assert!(matches!(client.send("x"), Err(Error::Disconnected)));
+}

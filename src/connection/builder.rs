@@ -79,7 +79,10 @@ impl ConnectionBuilder {
     }
 
     /// Delay before the second reconnection attempt, doubled after each failure up to
-    /// `max` (defaults 100 ms and 5 s). The first attempt is made at once.
+    /// `max` (defaults 100 ms and 5 s). The first attempt is made at once. A link that
+    /// dies within a second of connecting (a full server closes at once) counts as a
+    /// failed attempt: the backoff goes on, and [`give_up_after`](Self::give_up_after)
+    /// counts it.
     ///
     /// ```
     /// use std::time::Duration;
@@ -93,6 +96,7 @@ impl ConnectionBuilder {
     }
 
     /// Give up reconnecting after this many failed attempts (`None`, the default: never).
+    /// Attempts are counted since the last link that stayed up for a second.
     ///
     /// ```
     /// let b = serpy::Connection::builder().give_up_after(Some(10));
@@ -128,7 +132,7 @@ impl ConnectionBuilder {
                 source: io::Error::new(io::ErrorKind::InvalidInput, "it resolved to no address"),
             });
         }
-        let stream = connect_any(&addrs, self.cfg.connect_timeout)?;
+        let (stream, _) = connect_any(&addrs, self.cfg.connect_timeout)?;
         Connection::start(stream, self.cfg, addrs, true, None)
     }
 }

@@ -92,6 +92,7 @@
 //! socket down under it. Then it joins the writer, shuts the socket down, and joins the
 //! newest reader (which joined the older ones).
 
+use std::cell::RefCell;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -121,6 +122,7 @@ pub use builder::ConnectionBuilder;
 pub(crate) use outgoing::Prepared;
 pub(crate) use state::Notifier;
 use state::{AckQueue, IncomingBudget, Lifecycle, ReadyList, Replies, Shared};
+use session::Session;
 use writer::Writer;
 
 /// Capacity of the control channel from readers to the writer (wake-ups, link down).
@@ -272,6 +274,7 @@ impl Connection {
             out_rx,
             ctl_rx,
             in_tx,
+            session: RefCell::new(Session::new(&shared.cfg)),
             _done: done_tx,
         };
         session::attach(&shared, &mut lock(&shared.link), stream, &writer.in_tx)?;

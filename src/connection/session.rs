@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Sender};
 
@@ -34,12 +34,16 @@ pub(crate) enum Next {
 const UNSPECIFIED: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
-/// Connects to the first of `addrs` that answers within `timeout` each.
-pub(crate) fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream> {
+/// Connects to the first of `addrs` that answers within `timeout` each; gives the
+/// stream and the address it connected to.
+pub(crate) fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr)> {
     let mut last = None;
     for a in addrs {
         match TcpStream::connect_timeout(a, timeout) {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok((s, *a)),
             Err(e) => last = Some((a, e)),
         }
     }
@@ -108,6 +112,64 @@ pub(crate) fn attach(
     Ok(())
 }
 
+/// A link must stay up this long to count as established. One that dies sooner (a full
+/// server accepts and closes at once) counts as a failed connection attempt: the
+/// backoff goes on instead of starting again, and `give_up_after` counts it.
+pub(crate) const STABLE_LINK: Duration = Duration::from_secs(1);
+
+/// The reconnect backoff, kept across links: pure, so it is tested without sockets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Backoff {
+    first: Duration,
+    max: Duration,
+    /// The wait before the next attempt, once an attempt has failed.
+    next_wait: Duration,
+    /// Attempts since the last established link (a failed one or a link that died young).
+    pub attempts: u32,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            max,
+            next_wait: first,
+            attempts: 0,
+        }
+    }
+
+    /// An established link: the next break starts again with an attempt at once.
+    pub fn reset(&mut self) {
+        self.next_wait = self.first;
+        self.attempts = 0;
+    }
+
+    /// The wait before the next attempt after a failed one; the one after is doubled,
+    /// up to `max` (saturating: no overflow whatever the durations).
+    pub fn wait(&mut self) -> Duration {
+        let w = self.next_wait;
+        self.next_wait = self.next_wait.saturating_mul(2).min(self.max.max(self.first));
+        w
+    }
+}
+
+/// What the session keeps across the links of a connection (the writer owns it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Session {
+    pub backoff: Backoff,
+    /// When the current link was attached.
+    pub up_since: Instant,
+}
+
+impl Session {
+    pub fn new(cfg: &Config) -> Self {
+        Session {
+            backoff: Backoff::new(cfg.backoff_first, cfg.backoff_max),
+            up_since: Instant::now(),
+        }
+    }
+}
+
 /// True when a broken link is to be brought back.
 fn may_restart(shared: &Shared) -> bool {
     shared.is_client && shared.restart.load(Ordering::Acquire) && !shared.life.is_closed()
@@ -119,6 +181,7 @@ pub(crate) fn link_down(
     link: &mut Link,
     reason: String,
     in_tx: &Sender<Incoming>,
+    session: &mut Session,
 ) -> Next {
     link.take_down();
     {
@@ -141,26 +204,54 @@ pub(crate) fn link_down(
     if !reconnecting {
         return Next::Stop;
     }
-    reconnect(shared, link, in_tx)
+    let young = session.up_since.elapsed() < STABLE_LINK;
+    if !young {
+        session.backoff.reset();
+    }
+    reconnect(shared, link, in_tx, session, young)
 }
 
 /// Auto-restart: connects again and again, with backoff, until a link is attached, the
-/// connection closes, restart is turned off, or the attempts run out.
-fn reconnect(shared: &Arc<Shared>, link: &mut Link, in_tx: &Sender<Incoming>) -> Next {
-    let mut delay = shared.cfg.backoff_first;
-    let mut attempts = 0u32;
+/// connection closes, restart is turned off, or the attempts run out. After a link that
+/// died young (`wait_first`), it waits before the first attempt too.
+fn reconnect(
+    shared: &Arc<Shared>,
+    link: &mut Link,
+    in_tx: &Sender<Incoming>,
+    session: &mut Session,
+    mut wait_first: bool,
+) -> Next {
+    let b = &mut session.backoff;
     loop {
-        attempts += 1;
+        if wait_first {
+            if shared.cfg.give_up_after.is_some_and(|n| b.attempts >= n) {
+                shared.life.set(Phase::Down);
+                shared.event(Event::GaveUp {
+                    attempts: b.attempts,
+                });
+                return Next::Stop;
+            }
+            // Wait, but wake at once for close().
+            select! {
+                recv(shared.shutdown_rx) -> _ => return Next::Stop,
+                default(b.wait()) => {}
+            }
+            if !may_restart(shared) {
+                return Next::Stop;
+            }
+        }
+        wait_first = true;
+        b.attempts = b.attempts.saturating_add(1);
+        let attempts = b.attempts;
         match connect_any(&shared.addrs, shared.cfg.connect_timeout) {
             Ok(_) if shared.life.is_closed() => return Next::Stop,
-            Ok(stream) => {
+            Ok((stream, peer)) => {
                 let attached = configure(&stream, &shared.cfg)
                     .map_err(|e| Error::io("configuring the socket", e))
                     .and_then(|()| attach(shared, link, stream, in_tx));
                 match attached {
                     Ok(()) => {
-                        let peer = shared.addrs[0];
-                        let peer = (*lock(&shared.peer)).unwrap_or(peer);
+                        session.up_since = Instant::now();
                         shared.event(Event::Reconnected { peer, attempts });
                         return Next::Go;
                     }
@@ -172,19 +263,26 @@ fn reconnect(shared: &Arc<Shared>, link: &mut Link, in_tx: &Sender<Incoming>) ->
                 shared.label()
             ),
         }
-        if shared.cfg.give_up_after.is_some_and(|n| attempts >= n) {
-            shared.life.set(Phase::Down);
-            shared.event(Event::GaveUp { attempts });
-            return Next::Stop;
-        }
-        // Wait, but wake at once for close().
-        select! {
-            recv(shared.shutdown_rx) -> _ => return Next::Stop,
-            default(delay) => {}
-        }
-        if !may_restart(shared) {
-            return Next::Stop;
-        }
-        delay = (delay * 2).min(shared.cfg.backoff_max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_maximum_and_never_overflows() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(350));
+        let waits: Vec<_> = (0..4).map(|_| b.wait()).collect();
+        assert_eq!(waits, [ms(100), ms(200), ms(350), ms(350)]);
+        b.reset();
+        assert_eq!(b.wait(), ms(100));
+        // Durations near the maximum: doubling saturates instead of panicking.
+        let huge = Duration::MAX / 2 + Duration::from_secs(1);
+        let mut b = Backoff::new(huge, Duration::MAX);
+        assert_eq!(b.wait(), huge);
+        assert_eq!(b.wait(), Duration::MAX);
+        assert_eq!(b.wait(), Duration::MAX);
     }
 }

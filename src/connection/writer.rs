@@ -4,6 +4,7 @@
 //!
 //! Threads: writer.
 
+use std::cell::RefCell;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::link::{encode_replies, Link};
 use super::outgoing::prepare;
-use super::session::{self, Next};
+use super::session::{self, Next, Session};
 use super::state::{Phase, Shared};
 use super::vocab::{Control, Incoming, Outgoing, Payload};
 use crate::error::Error;
@@ -35,6 +36,8 @@ pub(crate) struct Writer {
     pub ctl_rx: Receiver<Control>,
     /// Handed to each reader; dropped when the writer ends, so `get_data` sees the end.
     pub in_tx: Sender<Incoming>,
+    /// What survives a reconnect (the backoff); the writer alone uses it.
+    pub session: RefCell<Session>,
     /// Dropped with the writer: tells `close()` that the writer has ended.
     pub _done: Sender<()>,
 }
@@ -95,7 +98,8 @@ impl Writer {
     }
 
     fn link_down(&self, link: &mut Link, reason: String) -> Next {
-        session::link_down(&self.shared, link, reason, &self.in_tx)
+        let mut session = self.session.borrow_mut();
+        session::link_down(&self.shared, link, reason, &self.in_tx, &mut session)
     }
 
     /// Does what needs no waiting: a write that failed in another thread, control, replies,
