@@ -34,7 +34,7 @@ pub enum Error {
     },
 
     /// The address could not be resolved or bound.
-    #[error("bad address {addr}: {source}; give an IP address and a port, such as (\"127.0.0.1\", 8000) or \"[::1]:8000\"")]
+    #[error("cannot use the address {addr}: {source}; {}", address_hint(.source))]
     Address {
         /// The address as given.
         addr: String,
@@ -54,7 +54,7 @@ pub enum Error {
     },
 
     /// The operation did not complete within the time it was given.
-    #[error("{operation} timed out after {after:?}; try again, allow more time, or check that the peer reads its data")]
+    #[error("{operation} timed out after {after:?}; {}", timeout_hint(.operation))]
     Timeout {
         /// What timed out ("get_data", "send_data (queue full)", "send_data (waiting for the acknowledgement)", ...).
         operation: &'static str,
@@ -63,7 +63,7 @@ pub enum Error {
     },
 
     /// The link is down for good and everything that had arrived has been read.
-    #[error("the connection to the peer is down and everything it delivered has been read; connect again, or enable auto-restart on the client")]
+    #[error("the link to the peer is down for good (it broke, and auto-restart was off or gave up) and everything it delivered has been read; open a new connection once the peer is back (a client with auto_restart(true) reconnects by itself, for as many attempts as give_up_after() allows)")]
     Disconnected,
 
     /// The handle was closed by [`Connection::close`](crate::Connection::close) or
@@ -153,6 +153,30 @@ impl Error {
     /// ```
     pub fn is_final(&self) -> bool {
         matches!(self, Error::Disconnected | Error::Closed)
+    }
+}
+
+/// What to do about an address that cannot be used, by what the system said.
+fn address_hint(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::AddrInUse => "another program (or another server) listens on that port already; choose another port, port 0 for any free one, or stop the other program",
+        io::ErrorKind::AddrNotAvailable => "that IP address is not one of this machine's; give one of its addresses, such as 127.0.0.1",
+        io::ErrorKind::PermissionDenied => "this program may not listen on that port (ports below 1024 need privileges); choose a port from 1024 up",
+        _ => "give an IP address and a port, such as (\"127.0.0.1\", 8000) or \"[::1]:8000\"",
+    }
+}
+
+/// What to do about a timeout, by what timed out: waiting to receive points at the
+/// sender, waiting to send at the receiver.
+fn timeout_hint(operation: &str) -> &'static str {
+    if operation.contains("room in the outgoing queue") {
+        "the peer does not read as fast as messages are sent to it, or the link is reconnecting; allow more time, send less, or check that the peer reads its data"
+    } else if operation.contains("acknowledgement") {
+        "the message may still arrive and be acknowledged later; allow more time, and check that the peer's program takes its messages (a receiver acknowledges a message once it has room for it)"
+    } else if operation.starts_with("get_connection") {
+        "no client connected in that time; try again or allow more time"
+    } else {
+        "nothing arrived in that time; try again, allow more time, or check that the peer sends"
     }
 }
 
@@ -247,4 +271,31 @@ pub enum ProtocolError {
 pub(crate) fn lossy_excerpt(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(64)];
     String::from_utf8_lossy(cut).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_point_the_right_way() {
+        let timeout = |operation| Error::Timeout {
+            operation,
+            after: Duration::from_secs(1),
+        };
+        let recv = timeout("get_data").to_string();
+        assert!(!recv.contains("reads its data"), "{recv}");
+        assert!(recv.contains("the peer sends"), "{recv}");
+        let send = timeout("send_data (waiting for room in the outgoing queue)").to_string();
+        assert!(send.contains("reads its data"), "{send}");
+        let gone = Error::Disconnected.to_string();
+        assert!(!gone.contains("enable auto-restart"), "{gone}");
+        let busy = Error::Address {
+            addr: "127.0.0.1:80".into(),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        }
+        .to_string();
+        assert!(!busy.contains("give an IP address"), "{busy}");
+        assert!(busy.contains("another port"), "{busy}");
+    }
 }

@@ -117,3 +117,31 @@ fn a_link_that_dies_at_once_counts_as_a_failed_attempt() {
     assert!(accepted <= 4, "{accepted} connections for 3 attempts");
     assert!(matches!(client.send("x"), Err(Error::Disconnected)));
 }
+
+#[test]
+fn sends_racing_close_get_closed() {
+    let s = server(ServerBuilder::new());
+    for _ in 0..20 {
+        let (client, _peer) = pair(&s, ConnectionBuilder::new().outgoing_capacity(4));
+        let senders: Vec<_> = (0..3)
+            .map(|_| {
+                let c = client.clone();
+                thread::spawn(move || {
+                    for i in 0..100_000u32 {
+                        match c.send(i) {
+                            Ok(()) => {}
+                            Err(e) => return Some(e),
+                        }
+                    }
+                    None
+                })
+            })
+            .collect();
+        client.close();
+        for h in senders {
+            if let Some(e) = h.join().unwrap() {
+                assert!(matches!(e, Error::Closed), "a send racing close() got {e:?}");
+            }
+        }
+    }
+}

@@ -129,11 +129,13 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
     };
     shared.pending.fetch_add(1, Ordering::AcqRel);
     // Without a wait (the usual case), a plain send: cheaper than a select.
+    // A send racing close() or the end of the link finds the queue gone: the lifecycle
+    // says which (Closed, or Disconnected).
     let sent = match shared.out_tx.try_send(item) {
         Ok(()) => Ok(()),
-        Err(TrySendError::Disconnected(_)) => Err(Error::Disconnected),
+        Err(TrySendError::Disconnected(_)) => Err(shared.life.gone_error()),
         Err(TrySendError::Full(item)) => select! {
-            send(shared.out_tx, item) -> r => r.map_err(|_| Error::Disconnected),
+            send(shared.out_tx, item) -> r => r.map_err(|_| shared.life.gone_error()),
             recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
             default(deadline.remaining()) => Err(deadline.timed_out(
                 "send_data (waiting for room in the outgoing queue)",
