@@ -103,7 +103,7 @@ use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::event::{Event, EventSink, Events};
+use crate::event::{Event, EventSink, Events, LogLimit};
 use crate::message::Message;
 use crate::protocol::{Mode, Protocol};
 use crate::sync::{lock, Deadline};
@@ -265,6 +265,7 @@ impl Connection {
             events: EventSink::new(),
             reader: Mutex::new(None),
             ready: ReadyList::new(notifier),
+            stray_acks: LogLimit::new(),
         });
         if let Some(p) = peer {
             shared.event(Event::Connected { peer: p });

@@ -197,10 +197,15 @@ impl Reader {
             Some(slot) => {
                 let _ = slot.send(Ok(()));
             }
-            None => log::warn!(
-                "serpy {}: the peer acknowledged a message that was not sent in an acknowledged mode; ignored",
-                self.shared.label()
-            ),
+            None => {
+                // A peer can send these without end: rate-limited.
+                if let Some(n) = self.shared.stray_acks.hit() {
+                    log::warn!(
+                        "serpy {}: the peer acknowledged a message that was not sent in an acknowledged mode; ignored ({n} so far on this connection)",
+                        self.shared.label()
+                    )
+                }
+            }
         }
     }
 

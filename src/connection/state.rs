@@ -16,7 +16,7 @@ use super::link::Link;
 use super::vocab::{AckSlot, Control, Incoming, Outgoing};
 use crate::config::Config;
 use crate::error::Error;
-use crate::event::{Event, EventSink};
+use crate::event::{Event, EventSink, LogLimit};
 use crate::protocol::Protocol;
 use crate::sync::lock;
 
@@ -317,6 +317,8 @@ pub(crate) struct Shared {
     pub reader: Mutex<Option<JoinHandle<()>>>,
     /// For a server's connection: its entry in the server's ready list.
     pub ready: ReadyList,
+    /// ACKEOTs the peer sent for nothing, for rate-limiting their log lines.
+    pub stray_acks: LogLimit,
 }
 
 impl Shared {
