@@ -138,7 +138,8 @@ macro_rules! connection_options {
             self
         }
 
-        /// How long `close()` waits for queued messages to be written (default 2 s).
+        /// How long `close()` waits for queued messages to be written (default 2 s); it
+        /// bounds the whole `close()` (and `Drop`): what is not written by then is cut.
         ///
         /// ```
         #[doc = concat!("let b = ", $builder, ".close_timeout(std::time::Duration::from_millis(500));")]

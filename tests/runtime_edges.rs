@@ -145,3 +145,59 @@ fn sends_racing_close_get_closed() {
         }
     }
 }
+
+/// True while a socket of this machine is in SYN_SENT towards `port` on 127.0.0.1
+/// (Linux: /proc/net/tcp).
+#[cfg(target_os = "linux")]
+fn connect_pending_to(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[2] == remote && f[3] == "02"
+    })
+}
+
+/// Closing a client whose reconnect hangs in connect() (the peer's SYNs are dropped).
+/// Linux: the test sees the hanging connect in /proc/net/tcp, and the crate ends a
+/// connect by shutting its socket down, which other systems do not promise.
+#[cfg(target_os = "linux")]
+#[test]
+fn close_does_not_wait_for_a_reconnect_stuck_in_connect() {
+    // A listener whose accept queue holds one connection: once it is full, the SYN of
+    // the next connect is dropped and that connect hangs until its timeout.
+    let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let listener: TcpListener = listener.into();
+    let addr = listener.local_addr().unwrap();
+    let client = ConnectionBuilder::new()
+        .auto_restart(true)
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .connect_timeout(Duration::from_secs(120))
+        .connect(addr)
+        .unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let _filler = TcpStream::connect(addr).unwrap(); // fills the accept queue
+    drop(accepted);
+    wait_event(&client, "Disconnected", |e| {
+        matches!(e, Event::Disconnected { reconnecting: true, .. })
+    });
+    // Until the reconnect attempt is under way (checked, not slept for).
+    let until = std::time::Instant::now() + T;
+    while !connect_pending_to(addr.port()) {
+        assert!(std::time::Instant::now() < until, "no reconnect attempt under way");
+        thread::yield_now();
+    }
+    let (tx, rx) = mpsc::channel();
+    let closer = thread::spawn(move || {
+        client.close();
+        let _ = tx.send(());
+    });
+    // Before: close() waited for the connect attempt, up to its 120 s timeout.
+    rx.recv_timeout(T)
+        .expect("close() returns without waiting out the connect timeout");
+    closer.join().unwrap();
+}

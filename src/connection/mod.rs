@@ -84,13 +84,16 @@
 //! `close()` (or the last handle dropped) runs `Inner::close`: it moves the lifecycle to
 //! `Closed` (new sends get `Error::Closed`) and drops the shutdown sender, which wakes
 //! every `select!` on `Shared::shutdown_rx` (the writer, a reader waiting for room or to
-//! hand over a control message, callers waiting for room, the backoff wait). The writer
-//! ends in `Writer::finish`: it writes what is queued with `close_timeout` as write
-//! timeout, answers waiting acknowledged sends with `Closed`, reports unsent plain
+//! hand over a control message, callers waiting for room, the backoff wait). A reconnect
+//! stuck in `connect()` has its socket (`Shared::connecting`) shut down, which ends the
+//! attempt at once on Linux. The writer ends in `Writer::finish`: it writes what is
+//! queued, answers waiting acknowledged sends with `Closed`, reports unsent plain
 //! messages as `Event::Lost`, and shuts the socket down, which ends the reader's read.
-//! `close()` waits for the writer for `close_timeout` + 500 ms; after that it shuts the
-//! socket down under it. Then it joins the writer, shuts the socket down, and joins the
-//! newest reader (which joined the older ones).
+//! `close()` waits for the writer until `close_timeout` has passed (one deadline for the
+//! whole close); then it shuts the sockets down under it, which frees a write blocked
+//! on a peer that does not read. Then it joins the writer, and the newest reader (which
+//! joined the older ones), and emits `Event::Closed`, which ends the events. The whole
+//! takes about `close_timeout` at most: the time to write what was queued, bounded by it.
 
 use std::cell::RefCell;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -143,6 +146,7 @@ struct Inner {
 }
 
 impl Inner {
+    /// Closes: see "Closing" in the module doc. Returns within about `close_timeout`.
     fn close(&self) {
         let writer = {
             // Holding this lock makes a second, concurrent close() wait for the first.
@@ -151,26 +155,42 @@ impl Inner {
             drop(lock(&self.shutdown_tx).take());
             w.take().map(|h| (h, w))
         };
-        if let Some((handle, _guard)) = writer {
-            // The writer writes what is queued, bounded by the close timeout; if it is stuck
-            // in a write to a peer that does not read, shutting the socket down frees it.
-            let grace = self.shared.cfg.close_timeout + Duration::from_millis(500);
-            if let Err(RecvTimeoutError::Timeout) = self.writer_done.recv_timeout(grace) {
-                if let Some(s) = lock(&self.shared.stream).as_ref() {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
+        let Some((handle, _guard)) = writer else {
+            return;
+        };
+        // A reconnect stuck in connect() ends now, not at its connect timeout.
+        if let Some(s) = lock(&self.shared.connecting).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        // The writer writes what is queued until the close deadline; if it is still at
+        // it then (a peer that does not read), shutting the socket down frees it.
+        let deadline = Deadline::after(self.shared.cfg.close_timeout);
+        if let Some(at) = deadline.at {
+            if let Err(RecvTimeoutError::Timeout) = self.writer_done.recv_deadline(at) {
+                self.shut_down_sockets();
             }
-            let _ = handle.join();
-            if let Some(s) = lock(&self.shared.stream).take() {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-            if let Some(r) = lock(&self.shared.reader).take() {
-                let _ = r.join();
-            }
-            if !self.shared.events.ended() {
-                self.shared.event(Event::Closed);
-                self.shared.events.end();
-            }
+        }
+        let _ = handle.join();
+        if let Some(s) = lock(&self.shared.stream).take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(r) = lock(&self.shared.reader).take() {
+            let _ = r.join();
+        }
+        if !self.shared.events.ended() {
+            self.shared.event(Event::Closed);
+            self.shared.events.end();
+        }
+    }
+
+    /// Shuts down the link's socket and a socket being connected, which frees a thread
+    /// blocked on either.
+    fn shut_down_sockets(&self) {
+        if let Some(s) = lock(&self.shared.stream).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(s) = lock(&self.shared.connecting).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
         }
     }
 }
@@ -262,6 +282,7 @@ impl Connection {
             pending: AtomicUsize::new(0),
             ctl_tx,
             stream: Mutex::new(None),
+            connecting: Mutex::new(None),
             events: EventSink::new(),
             reader: Mutex::new(None),
             ready: ReadyList::new(notifier),
@@ -584,9 +605,11 @@ impl Connection {
         self.inner.shared.restart.store(false, Ordering::Release);
     }
 
-    /// Closes the connection: what is queued is written (for at most the close timeout),
-    /// the socket is closed, and every thread of the connection has ended when this
-    /// returns. Calling it again does nothing. Messages already received can still be
+    /// Closes the connection: what is queued is written (for at most the close timeout,
+    /// which bounds the whole call), the socket is closed, and every thread of the
+    /// connection has ended when this returns. A reconnect attempt under way is cut
+    /// short (on Linux; elsewhere it may run to its connect timeout). The connection's
+    /// events end with [`Event::Closed`]. Calling it again does nothing. Messages already received can still be
     /// read; after them `get_data` returns [`Error::Closed`].
     ///
     /// ```

@@ -58,6 +58,43 @@ pub(crate) fn connect_any(
     })
 }
 
+/// Connects to the first of `addrs` that answers, as [`connect_any`], for a reconnect:
+/// the socket being connected waits in `Shared::connecting`, where `close()` shuts it
+/// down, so that close does not wait out `connect_timeout` (on Linux, where shutting
+/// down a connecting socket ends the attempt at once; elsewhere the attempt may run to
+/// its timeout).
+fn connect_for_restart(shared: &Shared) -> Result<(TcpStream, SocketAddr)> {
+    let mut last = None;
+    for a in &shared.addrs {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(*a),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .map_err(|e| Error::io("creating a socket", e))?;
+        *lock(&shared.connecting) = sock.try_clone().ok();
+        // After the socket is in place: either close() sees it, or we see Closed.
+        if shared.life.is_closed() {
+            *lock(&shared.connecting) = None;
+            return Err(Error::Closed);
+        }
+        let result = sock.connect_timeout(&(*a).into(), shared.cfg.connect_timeout);
+        *lock(&shared.connecting) = None;
+        match result {
+            Ok(()) => return Ok((sock.into(), *a)),
+            Err(e) => last = Some((*a, e)),
+        }
+    }
+    let (a, e) = last.unwrap_or_else(|| {
+        let none = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+        (UNSPECIFIED, none)
+    });
+    Err(Error::Connect {
+        addr: a.to_string(),
+        source: e,
+    })
+}
+
 /// Applies the socket options of `cfg` to a new link.
 pub(crate) fn configure(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
     stream.set_nodelay(cfg.nodelay)?;
@@ -243,8 +280,8 @@ fn reconnect(
         wait_first = true;
         b.attempts = b.attempts.saturating_add(1);
         let attempts = b.attempts;
-        match connect_any(&shared.addrs, shared.cfg.connect_timeout) {
-            Ok(_) if shared.life.is_closed() => return Next::Stop,
+        match connect_for_restart(shared) {
+            Ok(_) | Err(Error::Closed) if shared.life.is_closed() => return Next::Stop,
             Ok((stream, peer)) => {
                 let attached = configure(&stream, &shared.cfg)
                     .map_err(|e| Error::io("configuring the socket", e))

@@ -310,6 +310,9 @@ pub(crate) struct Shared {
     /// A clone of the current link's socket, to shut it down from `close()` (and for
     /// `local_addr`); replaced at each attach.
     pub stream: Mutex<Option<TcpStream>>,
+    /// The socket a reconnect attempt is connecting, so that `close()` can shut it down
+    /// instead of waiting out the connect timeout; set by the writer while it connects.
+    pub connecting: Mutex<Option<socket2::Socket>>,
     /// Where events are logged and queued.
     pub events: EventSink,
     /// The reader thread of the newest link (each reader joins the one before it);
