@@ -301,10 +301,25 @@ impl Connection {
         };
         session::attach(&shared, &mut lock(&shared.link), stream, &writer.in_tx)?;
         let name = format!("serpy-wr-{}", shared.id);
-        let handle = thread::Builder::new()
+        let handle = match thread::Builder::new()
             .name(name)
             .spawn(move || writer.run())
-            .map_err(|e| Error::io("starting the writer thread", e))?;
+        {
+            Ok(h) => h,
+            Err(e) => {
+                // The reader runs already: end it (the socket shut down, the shutdown
+                // signal given) and join it, rather than leave it detached.
+                shared.life.set(state::Phase::Closed);
+                drop(shutdown_tx);
+                if let Some(s) = lock(&shared.stream).take() {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+                if let Some(r) = lock(&shared.reader).take() {
+                    let _ = r.join();
+                }
+                return Err(Error::io("starting the writer thread", e));
+            }
+        };
         Ok(Connection {
             inner: Arc::new(Inner {
                 shared,
