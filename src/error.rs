@@ -4,7 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::message::TextEncoding;
-use crate::protocol::Mode;
+use crate::protocol::{Mode, Protocol};
 
 /// A convenient alias: every fallible call of this crate returns `Result<T, serpy::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -262,9 +262,27 @@ pub enum ProtocolError {
         /// Length of the valid prefix.
         valid_up_to: usize,
     },
+    /// The first bytes of the link are the other protocol's: a v2 frame on a v1 link, or
+    /// a v1 block on a v2 link. The link cannot work; it was closed.
+    #[error("the peer speaks {found}, but this connection speaks {expected}; the link was closed. Use Protocol::{} on this side, or Protocol::Auto on a server", protocol_name(*.found))]
+    WrongProtocol {
+        /// The protocol of this connection.
+        expected: Protocol,
+        /// The protocol the peer's first bytes are in.
+        found: Protocol,
+    },
     /// Auto-detection: the first bytes matched neither protocol in time.
     #[error("the peer sent only a prefix of the v2 magic and then nothing within the detection timeout; the connection was taken as v1")]
     DetectionTimeout,
+}
+
+/// The name of the `Protocol` variant, for hints.
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::V1 => "V1",
+        Protocol::V2 => "V2",
+        Protocol::Auto => "Auto",
+    }
 }
 
 /// Cuts `bytes` to at most 64 bytes and decodes them lossily, for error messages.

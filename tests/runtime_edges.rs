@@ -39,7 +39,9 @@ fn events_end_when_the_link_is_down_for_good() {
     let (client, peer) = pair(&s, ConnectionBuilder::new());
     let (rx, h) = collect_events(&client);
     peer.close();
-    let all = rx.recv_timeout(T).expect("the events end once the link is down");
+    let all = rx
+        .recv_timeout(T)
+        .expect("the events end once the link is down");
     h.join().unwrap();
     assert!(
         matches!(
@@ -140,7 +142,10 @@ fn sends_racing_close_get_closed() {
         client.close();
         for h in senders {
             if let Some(e) = h.join().unwrap() {
-                assert!(matches!(e, Error::Closed), "a send racing close() got {e:?}");
+                assert!(
+                    matches!(e, Error::Closed),
+                    "a send racing close() got {e:?}"
+                );
             }
         }
     }
@@ -166,9 +171,15 @@ fn connect_pending_to(port: u16) -> bool {
 fn close_does_not_wait_for_a_reconnect_stuck_in_connect() {
     // A listener whose accept queue holds one connection: once it is full, the SYN of
     // the next connect is dropped and that connect hangs until its timeout.
-    let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     listener
-        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
         .unwrap();
     listener.listen(0).unwrap();
     let listener: TcpListener = listener.into();
@@ -183,12 +194,21 @@ fn close_does_not_wait_for_a_reconnect_stuck_in_connect() {
     let _filler = TcpStream::connect(addr).unwrap(); // fills the accept queue
     drop(accepted);
     wait_event(&client, "Disconnected", |e| {
-        matches!(e, Event::Disconnected { reconnecting: true, .. })
+        matches!(
+            e,
+            Event::Disconnected {
+                reconnecting: true,
+                ..
+            }
+        )
     });
     // Until the reconnect attempt is under way (checked, not slept for).
     let until = std::time::Instant::now() + T;
     while !connect_pending_to(addr.port()) {
-        assert!(std::time::Instant::now() < until, "no reconnect attempt under way");
+        assert!(
+            std::time::Instant::now() < until,
+            "no reconnect attempt under way"
+        );
         thread::yield_now();
     }
     let (tx, rx) = mpsc::channel();
@@ -200,4 +220,100 @@ fn close_does_not_wait_for_a_reconnect_stuck_in_connect() {
     rx.recv_timeout(T)
         .expect("close() returns without waiting out the connect timeout");
     closer.join().unwrap();
+}
+
+#[test]
+fn an_acked_message_the_receiver_drops_fails_and_later_ones_complete() {
+    let s = server(ServerBuilder::new().max_message_size(1000));
+    let client = ConnectionBuilder::new()
+        .auto_restart(true)
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(10))
+        .connect(s.local_addr())
+        .unwrap();
+    let first = s.get_connection_timeout(T).unwrap();
+    let big = "x".repeat(5000);
+    // Before: no ACKEOT came for the dropped message, so this waited out its timeout, and
+    // every later acknowledged send on the link was matched one acknowledgement late.
+    let r = client.send_data_timeout(big.as_str(), Mode::PlainAck, T);
+    assert!(matches!(r, Err(Error::AckUncertain)), "{r:?}");
+    wait_event(&first, "TooLarge", |e| {
+        matches!(
+            e,
+            Event::ProtocolError(serpy::ProtocolError::TooLarge { .. })
+        )
+    });
+    client
+        .send_data_timeout("small", Mode::PlainAck, T)
+        .expect("the next acknowledged send completes");
+    let r = s.recv_any_timeout(T).unwrap();
+    assert_eq!(r.message.as_str(), Some("small"));
+}
+
+#[test]
+fn a_v1_server_reports_a_v2_client_and_delivers_no_garbage() {
+    let s = server(ServerBuilder::new());
+    let (client, peer) = pair(&s, ConnectionBuilder::new().protocol(Protocol::V2));
+    client.send("hello").unwrap();
+    wait_event(&peer, "WrongProtocol", |e| {
+        matches!(
+            e,
+            Event::ProtocolError(serpy::ProtocolError::WrongProtocol {
+                expected: Protocol::V1,
+                found: Protocol::V2
+            })
+        )
+    });
+    // Before: the frame was handed to the program as a v1 message.
+    let r = peer.get_data_timeout(T);
+    assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+    let r = client.get_data_timeout(T);
+    assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+}
+
+#[test]
+fn a_v1_clients_acked_send_to_a_v2_server_fails_at_once() {
+    let s = server(ServerBuilder::new().protocol(Protocol::V2));
+    let (client, peer) = pair(&s, ConnectionBuilder::new());
+    // Before: it waited for an acknowledgement a v2 server never sends.
+    let r = client.send_data_timeout("hello", Mode::PlainAck, T);
+    assert!(matches!(r, Err(Error::AckUncertain)), "{r:?}");
+    wait_event(&peer, "WrongProtocol", |e| {
+        matches!(
+            e,
+            Event::ProtocolError(serpy::ProtocolError::WrongProtocol {
+                expected: Protocol::V2,
+                found: Protocol::V1
+            })
+        )
+    });
+}
+
+#[test]
+fn an_acked_send_queued_before_detection_fails_as_unsupported_for_a_v2_peer() {
+    let s = server(ServerBuilder::new().protocol(Protocol::Auto));
+    let mut raw = TcpStream::connect(s.local_addr()).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let sender = thread::spawn({
+        let peer = peer.clone();
+        move || {
+            ready_tx.send(()).unwrap();
+            peer.send_data_timeout("sure?", Mode::PlainAck, T)
+        }
+    });
+    ready_rx.recv_timeout(T).unwrap();
+    // Then the peer shows it speaks v2: a whole v2 frame.
+    let mut frame = serpy::protocol::v2::header(serpy::protocol::v2::TYPE_TEXT, b"hi").to_vec();
+    frame.extend_from_slice(b"hi");
+    raw.write_all(&frame).unwrap();
+    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("hi"));
+    // Before: the message went out as a v2 frame and the send waited out its timeout.
+    let r = sender.join().unwrap();
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    // Nothing of it reached the peer: the next bytes are a frame sent after it.
+    peer.send("after").unwrap();
+    let mut got = vec![0u8; serpy::protocol::v2::HEADER_LEN + 5];
+    raw.set_read_timeout(Some(T)).unwrap();
+    raw.read_exact(&mut got).unwrap();
+    assert_eq!(&got[serpy::protocol::v2::HEADER_LEN..], b"after");
 }

@@ -41,5 +41,8 @@ fn a_flood_of_unsolicited_acks_makes_a_few_log_lines() {
     let warned = WARNINGS.load(Ordering::Relaxed);
     assert!(warned >= 1, "unsolicited acks are logged");
     // 16 at first, then one at each power of two up to 100,000 (32 ... 65536: 12 more).
-    assert!(warned <= 28, "{warned} warning lines for 100,000 unsolicited acks");
+    assert!(
+        warned <= 28,
+        "{warned} warning lines for 100,000 unsolicited acks"
+    );
 }

@@ -123,9 +123,9 @@ mod writer;
 
 pub use builder::ConnectionBuilder;
 pub(crate) use outgoing::Prepared;
+use session::Session;
 pub(crate) use state::Notifier;
 use state::{AckQueue, IncomingBudget, Lifecycle, ReadyList, Replies, Shared};
-use session::Session;
 use writer::Writer;
 
 /// Capacity of the control channel from readers to the writer (wake-ups, link down).

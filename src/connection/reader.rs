@@ -35,12 +35,17 @@ pub(crate) struct Reader {
     pub ctl_tx: Sender<Control>,
     /// The reader of the previous link: joined first, so messages stay in order.
     pub previous: Option<JoinHandle<()>>,
+    /// The v1 mode the peer sends in on this link (every link starts in mode 0).
+    pub recv_mode: Mode,
 }
 
 /// Why a read loop ended without the peer closing.
 enum ReadEnd {
     Io(io::Error),
+    /// The connection stops (close, or the writer ended): nothing to report.
     Stopped,
+    /// The link cannot go on (the reason, in words); the writer takes it down.
+    Broken(String),
 }
 
 impl Reader {
@@ -52,6 +57,7 @@ impl Reader {
         let reason = match self.read_loop() {
             Ok(()) => "the peer closed the connection".to_string(),
             Err(ReadEnd::Io(e)) => format!("read failed: {e}"),
+            Err(ReadEnd::Broken(reason)) => reason,
             Err(ReadEnd::Stopped) => return,
         };
         let _ = self.ctl(Control::LinkDown {
@@ -64,25 +70,26 @@ impl Reader {
     fn read_loop(&mut self) -> Result<(), ReadEnd> {
         let mut frames = Vec::new();
         let mut buf = vec![0u8; READ_CHUNK];
-        let (protocol, first) = match self.shared.protocol() {
+        let (protocol, first, mut sniffer) = match self.shared.protocol() {
             Protocol::Auto => match self.detect(&mut buf)? {
-                Some(found) => found,
+                Some((p, first)) => (p, first, Sniffer::done()),
                 None => return Ok(()),
             },
-            p => (p, Vec::new()),
+            p => (p, Vec::new(), Sniffer::new(p)),
         };
         let mut decoder = Decoder::new(protocol, self.shared.cfg.max_message_size);
         decoder.decode(&first, &mut frames);
         self.deliver(&mut frames)?;
         loop {
             let n = match &mut decoder {
-                // v2 reads straight into the decoder's buffer: large payloads are handed
-                // to the program without a copy.
-                Decoder::V2(d) => d.read_from(&mut self.stream, &mut frames),
-                Decoder::V1(d) => self
-                    .stream
-                    .read(&mut buf)
-                    .inspect(|&n| d.decode(&buf[..n], &mut frames)),
+                // Once the first bytes are checked, v2 reads straight into the decoder's
+                // buffer: large payloads are handed to the program without a copy.
+                Decoder::V2(d) if sniffer.is_done() => d.read_from(&mut self.stream, &mut frames),
+                d => self.stream.read(&mut buf).inspect(|&n| {
+                    if n > 0 {
+                        sniffer.check(&buf[..n], |bytes| d.decode(bytes, &mut frames));
+                    }
+                }),
             };
             match n {
                 Ok(0) => return Ok(()),
@@ -90,8 +97,19 @@ impl Reader {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ReadEnd::Io(e)),
             }
+            if let Some(found) = sniffer.wrong() {
+                return Err(self.wrong_protocol(protocol, found));
+            }
             self.deliver(&mut frames)?;
         }
+    }
+
+    /// The peer speaks `found`, not `expected`: say so, and end the link.
+    fn wrong_protocol(&self, expected: Protocol, found: Protocol) -> ReadEnd {
+        self.protocol_error(ProtocolError::WrongProtocol { expected, found });
+        ReadEnd::Broken(format!(
+            "the peer speaks {found}, but this connection speaks {expected}"
+        ))
     }
 
     /// Auto servers: reads until the first bytes tell the protocol; returns it with the
@@ -154,13 +172,46 @@ impl Reader {
                         self.reply(|r| r.ack_eot += 1);
                     }
                 }
-                Frame::SetMode(_) => self.reply(|r| r.ack_mode_change += 1),
+                Frame::SetMode(mode) => {
+                    self.recv_mode = mode;
+                    self.reply(|r| r.ack_mode_change += 1)
+                }
                 Frame::AckModeChange => {}
                 Frame::AckEot => self.acknowledged(),
-                Frame::Error(e) => self.protocol_error(e),
+                Frame::Error(e) => {
+                    let unackable = self.unackable(&e);
+                    self.protocol_error(e);
+                    if let Some(reason) = unackable {
+                        return Err(ReadEnd::Broken(reason));
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// When `e` means that a message in an acknowledged mode was dropped: why the link
+    /// must end. v1 acknowledgements carry no id and are matched in order, so without
+    /// an ACKEOT for it every later one would answer the wrong send; with one, the
+    /// sender would be told that its message arrived. Ending the link fails the sends in
+    /// flight instead (the sender gets `AckUncertain`), and a reconnect starts in step.
+    fn unackable(&self, e: &ProtocolError) -> Option<String> {
+        if !self.recv_mode.is_acked() {
+            return None;
+        }
+        let what = match e {
+            ProtocolError::TooLarge { max, .. } => {
+                format!("it is larger than max_message_size ({max} bytes)")
+            }
+            ProtocolError::BadBase85 { .. } => "it is not valid base85".to_string(),
+            _ => return None,
+        };
+        Some(format!(
+            "the peer sent a message in acknowledged mode {} that could not be delivered \
+             ({what}); the link was closed so that later acknowledgements are not matched \
+             to the wrong messages",
+            self.recv_mode
+        ))
     }
 
     /// Puts a received message in the incoming queue, within the byte budget.
@@ -234,5 +285,160 @@ impl Reader {
             send(self.ctl_tx, c) -> r => r.map_err(|_| ReadEnd::Stopped),
             recv(self.shared.shutdown_rx) -> _ => Err(ReadEnd::Stopped),
         }
+    }
+}
+
+/// Looks at the first bytes of a link for the other protocol: a v2 magic at the start of
+/// a v1 link, a v1 block at the start of a v2 link (a v1 peer sending to a v2 server).
+/// Pure, so it is tested without sockets.
+pub(crate) struct Sniffer {
+    /// The protocol the link speaks; `None` once the check is over.
+    speaks: Option<Protocol>,
+    /// v1: the first bytes while they are a proper prefix of the v2 magic (held back
+    /// from the decoder). v2: up to [`SNIFF_BYTES`] first bytes (also given on).
+    seen: Vec<u8>,
+    /// Set when the peer speaks the other protocol.
+    wrong: Option<Protocol>,
+}
+
+/// A v2 link looks at most this many first bytes for a v1 block.
+const SNIFF_BYTES: usize = 64;
+
+impl Sniffer {
+    /// Checks the first bytes of a link that speaks `protocol`.
+    pub fn new(protocol: Protocol) -> Self {
+        Sniffer {
+            speaks: (protocol != Protocol::Auto).then_some(protocol),
+            seen: Vec::new(),
+            wrong: None,
+        }
+    }
+
+    /// No check (the protocol was detected from these bytes already).
+    pub fn done() -> Self {
+        Sniffer::new(Protocol::Auto)
+    }
+
+    /// True once the check is over.
+    pub fn is_done(&self) -> bool {
+        self.speaks.is_none()
+    }
+
+    /// The protocol the peer speaks, when it is the other one.
+    pub fn wrong(&self) -> Option<Protocol> {
+        self.wrong
+    }
+
+    /// Offers the next bytes read; `decode` gets what may go to the decoder.
+    pub fn check(&mut self, input: &[u8], mut decode: impl FnMut(&[u8])) {
+        match self.speaks {
+            None => decode(input),
+            Some(Protocol::V1) => {
+                self.seen.extend_from_slice(input);
+                match protocol::detect(&self.seen) {
+                    Detection::NeedMore => {}
+                    Detection::V2 => self.found(Protocol::V2),
+                    Detection::V1 => {
+                        self.speaks = None;
+                        decode(&std::mem::take(&mut self.seen));
+                    }
+                }
+            }
+            Some(_) => {
+                let room = SNIFF_BYTES.saturating_sub(self.seen.len());
+                self.seen.extend_from_slice(&input[..input.len().min(room)]);
+                match v1_start(&self.seen) {
+                    Some(true) => self.found(Protocol::V1),
+                    Some(false) => self.speaks = None,
+                    None if self.seen.len() >= SNIFF_BYTES => self.speaks = None,
+                    None => {}
+                }
+                if self.wrong.is_none() {
+                    decode(input);
+                }
+            }
+        }
+    }
+
+    fn found(&mut self, protocol: Protocol) {
+        self.wrong = Some(protocol);
+        self.speaks = None;
+        self.seen = Vec::new();
+    }
+}
+
+/// Whether a stream that should be v2 starts with a v1 block: `Some(true)` for a block
+/// of printable text or a v1 control block (`01 SETMODE...`) ended by `0x1F`,
+/// `Some(false)` when it cannot be one (the v2 magic, or other bytes), `None` while the
+/// bytes so far could still be either.
+fn v1_start(seen: &[u8]) -> Option<bool> {
+    if protocol::detect(seen) != Detection::V1 {
+        return match protocol::detect(seen) {
+            Detection::V2 => Some(false),
+            _ => None,
+        };
+    }
+    let control = seen.first() == Some(&0x01);
+    let body = if control { &seen[1..] } else { seen };
+    for (i, &b) in body.iter().enumerate() {
+        let fits = if control {
+            b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'!'
+        } else {
+            (0x20..0x7f).contains(&b) || b == b'\t' || b == b'\n' || b == b'\r'
+        };
+        if b == 0x1f {
+            return Some(i > 0);
+        }
+        if !fits {
+            return Some(false);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sniff(protocol: Protocol, chunks: &[&[u8]]) -> (Option<Protocol>, Vec<u8>, bool) {
+        let mut s = Sniffer::new(protocol);
+        let mut passed = Vec::new();
+        for c in chunks {
+            s.check(c, |b| passed.extend_from_slice(b));
+        }
+        (s.wrong(), passed, s.is_done())
+    }
+
+    #[test]
+    fn a_v1_link_holds_a_magic_prefix_and_finds_a_v2_peer() {
+        let magic = protocol::v2::MAGIC;
+        assert_eq!(
+            sniff(Protocol::V1, &[&magic[..2], &magic[2..]]).0,
+            Some(Protocol::V2)
+        );
+        // A prefix of the magic that turns out to be v1 is given on whole, in order.
+        let (wrong, passed, done) = sniff(Protocol::V1, &[b"\xde", b"\xcaX\x1f"]);
+        assert_eq!((wrong, done), (None, true));
+        assert_eq!(passed, b"\xde\xcaX\x1f");
+        let (wrong, passed, _) = sniff(Protocol::V1, &[b"hello\x1f", b"more"]);
+        assert_eq!(wrong, None);
+        assert_eq!(passed, b"hello\x1fmore");
+    }
+
+    #[test]
+    fn a_v2_link_finds_a_v1_peer_and_lets_garbage_through() {
+        assert_eq!(
+            sniff(Protocol::V2, &[b"\x01SETMO", b"DE1\x1fhi\x04\x1f"]).0,
+            Some(Protocol::V1)
+        );
+        assert_eq!(sniff(Protocol::V2, &[b"hello\x1f"]).0, Some(Protocol::V1));
+        let (wrong, passed, done) = sniff(Protocol::V2, &[b"\x00\x07\x0e\x1f"]);
+        assert_eq!((wrong, done), (None, true));
+        assert_eq!(passed, b"\x00\x07\x0e\x1f");
+        let mut frame = protocol::v2::MAGIC.to_vec();
+        frame.extend_from_slice(b"\x21\x00\x00\x00\x00\x00\x00\x00\x00");
+        assert_eq!(sniff(Protocol::V2, &[&frame]), (None, frame.clone(), true));
+        // An empty block first is not a v1 message.
+        assert_eq!(sniff(Protocol::V2, &[b"\x1f"]).0, None);
     }
 }

@@ -140,6 +140,7 @@ pub(crate) fn attach(
         in_tx: in_tx.clone(),
         ctl_tx: shared.ctl_tx.clone(),
         previous,
+        recv_mode: crate::protocol::Mode::Plain,
     };
     let handle = thread::Builder::new()
         .name(format!("serpy-rd-{}", shared.id))
@@ -185,7 +186,10 @@ impl Backoff {
     /// up to `max` (saturating: no overflow whatever the durations).
     pub fn wait(&mut self) -> Duration {
         let w = self.next_wait;
-        self.next_wait = self.next_wait.saturating_mul(2).min(self.max.max(self.first));
+        self.next_wait = self
+            .next_wait
+            .saturating_mul(2)
+            .min(self.max.max(self.first));
         w
     }
 }

@@ -235,7 +235,18 @@ impl Writer {
         let protocol = self.shared.protocol();
         for mut item in items {
             if let Payload::Deferred { message, mode } = &item.payload {
-                match prepare(protocol, &self.shared.cfg, message, *mode) {
+                let encoded = if protocol == Protocol::V2 && mode.is_acked() {
+                    Err(Error::Unsupported {
+                        what: format!(
+                            "the message in mode {mode} was queued before the peer's protocol \
+                             was known, and the peer speaks v2, which has no acknowledgement; \
+                             it was not sent. Send with Mode::Plain to v2 peers"
+                        ),
+                    })
+                } else {
+                    prepare(protocol, &self.shared.cfg, message, *mode)
+                };
+                match encoded {
                     Ok(p) => item.payload = p,
                     Err(e) => {
                         log::warn!("serpy {}: a message queued before the protocol was known cannot be sent: {e}", self.shared.label());
