@@ -80,6 +80,11 @@ pub enum Error {
     #[error("the message was not sent: the link went down before it could be written and will not come back; nothing of it reached the peer")]
     NotSent,
 
+    /// The link went down for good while the message was being written: part of it
+    /// reached the peer, which drops a message cut short, so it was not delivered.
+    #[error("the link went down while the message was being written and will not come back: part of it reached the peer, which drops a message cut short, so it was not delivered; send it again on a new connection")]
+    CutShort,
+
     /// A message is larger than the configured maximum.
     #[error("message of {size} bytes is larger than the maximum of {max} bytes; raise it with the builder's max_message_size(), or split the message")]
     MessageTooLarge {
@@ -270,6 +275,15 @@ pub enum ProtocolError {
         expected: Protocol,
         /// The protocol the peer's first bytes are in.
         found: Protocol,
+    },
+    /// The link ended in the middle of a message (the peer closed, or the link broke):
+    /// the part received was dropped.
+    #[error(
+        "the link ended in the middle of a message: the {bytes} bytes received of it were dropped"
+    )]
+    CutShort {
+        /// How many bytes of it had arrived.
+        bytes: usize,
     },
     /// Auto-detection: the first bytes matched neither protocol in time.
     #[error("the peer sent only a prefix of the v2 magic and then nothing within the detection timeout; the connection was taken as v1")]

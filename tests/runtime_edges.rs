@@ -317,3 +317,37 @@ fn an_acked_send_queued_before_detection_fails_as_unsupported_for_a_v2_peer() {
     raw.read_exact(&mut got).unwrap();
     assert_eq!(&got[serpy::protocol::v2::HEADER_LEN..], b"after");
 }
+
+#[test]
+fn a_message_cut_by_a_closing_peer_is_reported() {
+    let s = server(ServerBuilder::new());
+    let mut raw = TcpStream::connect(s.local_addr()).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    raw.write_all(b"hello\x1fpart").unwrap();
+    drop(raw);
+    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("hello"));
+    // Before: the 4 bytes were dropped without a word.
+    wait_event(&peer, "CutShort", |e| {
+        matches!(
+            e,
+            Event::ProtocolError(serpy::ProtocolError::CutShort { bytes: 4 })
+        )
+    });
+}
+
+#[test]
+fn an_acked_send_cut_mid_write_says_part_of_it_went_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = Connection::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut raw, _) = listener.accept().unwrap();
+    let reader = thread::spawn(move || {
+        // Take part of the message, then close with the rest unread (a reset).
+        let mut part = vec![0u8; 64 * 1024];
+        raw.read_exact(&mut part).unwrap();
+    });
+    let big = "x".repeat(16 << 20);
+    let r = client.send_data(big.as_str(), Mode::PlainAck);
+    reader.join().unwrap();
+    // Before: NotSent ("nothing of it reached the peer").
+    assert!(matches!(r, Err(Error::CutShort)), "{r:?}");
+}

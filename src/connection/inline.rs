@@ -105,14 +105,16 @@ pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) ->
 
 /// Writes an acknowledged v1 message from the caller's thread (the link is idle). On a
 /// write error the message becomes the writer thread's, as if it had been queued.
-pub(crate) fn write_now(link: &mut Link, shared: &Shared, item: Outgoing) {
+pub(crate) fn write_now(link: &mut Link, shared: &Shared, mut item: Outgoing) {
+    let before = link.wire.len();
     link.put(&item.payload);
     if let Some(ack) = &item.ack {
         // Registered before the bytes go out, so the ACKEOT cannot come first.
         lock(&shared.acks).waiting.push_back(ack.clone());
     }
-    let (_, result) = link.write_wire(&shared.pending);
+    let (written, result) = link.write_wire(&shared.pending);
     if let Err(e) = result {
+        item.cut = written > before;
         if item.ack.is_some() {
             lock(&shared.acks).waiting.pop_back();
         }

@@ -92,7 +92,8 @@ impl Link {
         }
         self.wire.clear();
         self.broken = None;
-        if let Some((item, _)) = self.partial.take() {
+        if let Some((mut item, _)) = self.partial.take() {
+            item.cut = true;
             self.retry.push_front(item);
         }
     }

@@ -348,9 +348,17 @@ impl Connection {
     /// have no acknowledgement: modes 1, 3, 5 are refused there.
     ///
     /// Errors: [`Error::Closed`], [`Error::Disconnected`], [`Error::AckUncertain`] (the
-    /// link broke while waiting for the acknowledgement), [`Error::NotSent`],
-    /// [`Error::EmptyMessage`], [`Error::MessageTooLarge`], [`Error::Encoding`],
-    /// [`Error::Unsupported`].
+    /// link broke while waiting for the acknowledgement, or the peer had to drop the
+    /// message: it then closes the link, see below), [`Error::NotSent`],
+    /// [`Error::CutShort`] (the link went down for good while the message was being
+    /// written), [`Error::EmptyMessage`], [`Error::MessageTooLarge`],
+    /// [`Error::Encoding`], [`Error::Unsupported`].
+    ///
+    /// An acknowledged send returns `Ok` only for a message the peer's program can take.
+    /// v1 acknowledgements carry no id, so a receiver that must drop an acknowledged
+    /// message (larger than its `max_message_size`, say) closes the link rather than
+    /// leave later acknowledgements matched to the wrong messages; with auto-restart
+    /// the link comes back in step.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {

@@ -110,7 +110,11 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
     } else {
         (None, None)
     };
-    let item = Outgoing { payload, ack };
+    let item = Outgoing {
+        payload,
+        ack,
+        cut: false,
+    };
     if acked && !deadline.is_bounded() && shared.pending.load(Ordering::Acquire) == 0 {
         // The caller waits for the peer anyway: when nothing accepted earlier is still
         // waiting and the writer thread is idle, write from here.
@@ -168,7 +172,11 @@ pub(crate) fn try_enqueue(shared: &Shared, payload: Payload) -> Result<()> {
     if let Some(e) = shared.life.refusal() {
         return Err(e);
     }
-    let item = Outgoing { payload, ack: None };
+    let item = Outgoing {
+        payload,
+        ack: None,
+        cut: false,
+    };
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let item = match try_write_first(shared, item) {
         Some(item) => item,

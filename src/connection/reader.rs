@@ -92,16 +92,25 @@ impl Reader {
                 }),
             };
             match n {
-                Ok(0) => return Ok(()),
+                Ok(0) => return self.ended(&decoder, Ok(())),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ReadEnd::Io(e)),
+                Err(e) => return self.ended(&decoder, Err(ReadEnd::Io(e))),
             }
             if let Some(found) = sniffer.wrong() {
                 return Err(self.wrong_protocol(protocol, found));
             }
             self.deliver(&mut frames)?;
         }
+    }
+
+    /// The link ended (`end`): a message cut short in the decoder is reported.
+    fn ended(&self, decoder: &Decoder, end: Result<(), ReadEnd>) -> Result<(), ReadEnd> {
+        let bytes = decoder.buffered();
+        if bytes > 0 {
+            self.protocol_error(ProtocolError::CutShort { bytes });
+        }
+        end
     }
 
     /// The peer speaks `found`, not `expected`: say so, and end the link.

@@ -23,6 +23,10 @@ pub(crate) struct Outgoing {
     pub payload: Payload,
     /// Where its acknowledgement goes, for modes 1, 3 and 5.
     pub ack: Option<AckSlot>,
+    /// Part of it was written on a link that then broke (the peer dropped that part).
+    /// It goes out whole on the next link; if none comes, its sender learns that bytes
+    /// of it went out (`Error::CutShort`), not that nothing did.
+    pub cut: bool,
 }
 
 /// A message encoded for the wire, as far as that does not depend on the link's state.

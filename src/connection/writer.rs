@@ -52,6 +52,8 @@ struct Batch {
     pushed_acks: usize,
     /// Deferred messages that could not be encoded (their senders were told).
     failed: usize,
+    /// Where the first message begins in the wire bytes (after what was left in it).
+    start: usize,
 }
 
 impl Writer {
@@ -205,6 +207,10 @@ impl Writer {
                 // Messages not fully handed to the socket go out again on the next link;
                 // their acknowledgement slots are taken back (they are the newest ones).
                 let done = batch.ends.iter().take_while(|&&end| end <= written).count();
+                if let Some(first_unwritten) = batch.kept.get_mut(done) {
+                    let start = done.checked_sub(1).map_or(batch.start, |i| batch.ends[i]);
+                    first_unwritten.cut |= written > start;
+                }
                 self.shared
                     .pending
                     .fetch_sub(done + batch.failed, Ordering::AcqRel);
@@ -231,6 +237,7 @@ impl Writer {
             kept: Vec::with_capacity(items.len()),
             pushed_acks: 0,
             failed: 0,
+            start: link.wire.len(),
         };
         let protocol = self.shared.protocol();
         for mut item in items {
@@ -300,10 +307,10 @@ impl Writer {
         for mut item in rest {
             match item.ack.take() {
                 Some(ack) => {
-                    let _ = ack.send(Err(if closing {
-                        Error::Closed
-                    } else {
-                        Error::NotSent
+                    let _ = ack.send(Err(match (closing, item.cut) {
+                        (true, _) => Error::Closed,
+                        (false, true) => Error::CutShort,
+                        (false, false) => Error::NotSent,
                     }));
                 }
                 None => lost += 1,
