@@ -176,6 +176,8 @@ fn address_hint(source: &io::Error) -> &'static str {
 fn timeout_hint(operation: &str) -> &'static str {
     if operation.contains("room in the outgoing queue") {
         "the peer does not read as fast as messages are sent to it, or the link is reconnecting; allow more time, send less, or check that the peer reads its data"
+    } else if operation.contains("this side has not read") {
+        "read the messages waiting on this connection (get_data), or raise incoming_capacity() (or incoming_bytes()) in the builder; the acknowledgement comes once the reader can go on"
     } else if operation.contains("acknowledgement") {
         "the message may still arrive and be acknowledged later; allow more time, and check that the peer's program takes its messages (a receiver acknowledges a message once it has room for it)"
     } else if operation.starts_with("get_connection") {

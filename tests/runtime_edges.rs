@@ -351,3 +351,41 @@ fn an_acked_send_cut_mid_write_says_part_of_it_went_out() {
     // Before: NotSent ("nothing of it reached the peer").
     assert!(matches!(r, Err(Error::CutShort)), "{r:?}");
 }
+
+#[test]
+fn an_acked_send_completes_while_unread_messages_pile_up() {
+    let s = server(ServerBuilder::new());
+    let (client, peer) = pair(&s, ConnectionBuilder::new());
+    // The instrument streams; the workstation does not read yet.
+    for i in 0..5000 {
+        peer.send(i).unwrap();
+    }
+    // Before: after 1024 unread messages the reader stopped, and the ACKEOT waited in
+    // the socket behind the rest: a false timeout.
+    client
+        .send_data_timeout("command", Mode::PlainAck, T)
+        .expect("the acknowledgement is read behind the unread messages");
+    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("command"));
+    for i in 0..5000 {
+        assert_eq!(client.get_data_timeout(T).unwrap().as_int(), Some(i));
+    }
+}
+
+#[test]
+fn an_ack_held_back_by_a_count_bound_says_so() {
+    let s = server(ServerBuilder::new());
+    let (client, peer) = pair(&s, ConnectionBuilder::new().incoming_capacity(16));
+    for i in 0..100 {
+        peer.send(i).unwrap();
+    }
+    // The acknowledgement waits behind 84 messages that the bound of 16 keeps in the
+    // socket; by the end of the timeout the queue is full (a bound, not a pause).
+    let r = client.send_data_timeout("command", Mode::PlainAck, Duration::from_secs(3));
+    match r {
+        Err(e @ Error::Timeout { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("incoming_capacity"), "{text}");
+        }
+        r => panic!("{r:?}"),
+    }
+}

@@ -254,7 +254,10 @@ impl Connection {
     ) -> Result<Connection> {
         session::configure(&stream, &cfg).map_err(|e| Error::io("configuring the socket", e))?;
         let peer = stream.peer_addr().ok();
-        let (in_tx, in_rx) = channel::bounded(cfg.incoming_capacity);
+        let (in_tx, in_rx) = match cfg.incoming_capacity {
+            Some(n) => channel::bounded(n),
+            None => channel::unbounded(),
+        };
         let (out_tx, out_rx) = channel::bounded(cfg.outgoing_capacity);
         let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
         let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);

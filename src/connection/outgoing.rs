@@ -197,6 +197,10 @@ pub(crate) fn try_enqueue(shared: &Shared, payload: Payload) -> Result<()> {
     }
 }
 
+/// What timed out when the acknowledgement may be in the socket behind messages this
+/// side has not read (the reader waits for the program to read).
+const HELD_BACK: &str = "send_data (waiting for the acknowledgement, which may wait behind messages this side has not read: the incoming queue is full)";
+
 /// Waits for the acknowledgement of an acknowledged send (`answer`), if any.
 pub(crate) fn await_answer(
     shared: &Shared,
@@ -212,6 +216,9 @@ pub(crate) fn await_answer(
     };
     match got {
         Ok(r) => r,
+        Err(RecvTimeoutError::Timeout) if shared.reader_held_back() => {
+            Err(deadline.timed_out(HELD_BACK))
+        }
         Err(RecvTimeoutError::Timeout) => {
             Err(deadline.timed_out("send_data (waiting for the acknowledgement)"))
         }

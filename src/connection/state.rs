@@ -117,6 +117,14 @@ impl Lifecycle {
     }
 }
 
+/// What holding a received message of `len` bytes costs, as counted by the budget: its
+/// length and the queue slot, message and buffer headers that go with it.
+pub(crate) const MESSAGE_OVERHEAD: usize = 64;
+
+fn charge(len: usize) -> usize {
+    len.saturating_add(MESSAGE_OVERHEAD)
+}
+
 /// The byte budget of the incoming queue: how many bytes of received messages wait to be
 /// read, and the wake-up of a reader that waits for room.
 pub(crate) struct IncomingBudget {
@@ -148,7 +156,13 @@ impl IncomingBudget {
     /// True when a message of `size` bytes fits (always when nothing waits to be read).
     fn fits(&self, size: usize) -> bool {
         let queued = self.queued.load(Ordering::SeqCst);
-        queued == 0 || queued.saturating_add(size) <= self.limit
+        queued == 0 || queued.saturating_add(charge(size)) <= self.limit
+    }
+
+    /// True while the reader waits for room: what the peer sent next (acknowledgements
+    /// too) waits in the socket.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Waits until a message of `size` bytes fits, woken by the program taking messages;
@@ -173,12 +187,12 @@ impl IncomingBudget {
 
     /// Counts a message of `size` bytes about to be queued.
     pub fn add(&self, size: usize) {
-        self.queued.fetch_add(size, Ordering::SeqCst);
+        self.queued.fetch_add(charge(size), Ordering::SeqCst);
     }
 
     /// Counts a message of `size` bytes taken out, and wakes the reader if it waits.
     pub fn took(&self, size: usize) {
-        self.queued.fetch_sub(size, Ordering::SeqCst);
+        self.queued.fetch_sub(charge(size), Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) {
             let _ = self.room_tx.try_send(());
         }
@@ -367,6 +381,12 @@ impl Shared {
     pub(crate) fn took(&self, item: Incoming) -> Incoming {
         self.budget.took(item.0.len());
         item
+    }
+
+    /// True when the reader cannot go on until the program reads: the byte budget is
+    /// used up, or the queue is full by count (a bound the program set).
+    pub(crate) fn reader_held_back(&self) -> bool {
+        self.budget.is_waiting() || self.in_rx.is_full()
     }
 
     /// True when a received message waits to be read.
