@@ -389,3 +389,33 @@ fn an_ack_held_back_by_a_count_bound_says_so() {
         r => panic!("{r:?}"),
     }
 }
+
+/// Reads from `raw` until `want` has come, skipping empty v1 blocks; panics on EOF.
+fn read_until(raw: &mut TcpStream, want: &[u8]) {
+    raw.set_read_timeout(Some(T)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(want.len()).any(|w| w == want) {
+        let n = raw.read(&mut buf).expect("read within T");
+        assert!(n > 0, "the link ended before {want:?} came; got {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_peer_that_half_closes_still_gets_its_replies() {
+    let s = server(ServerBuilder::new());
+    let mut raw = TcpStream::connect(s.local_addr()).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    raw.write_all(b"request\x1f").unwrap();
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("request"));
+    // Before: the end of the peer's data took the link down, and the reply was lost.
+    peer.send("reply").unwrap();
+    read_until(&mut raw, b"reply\x1f");
+    assert!(peer.is_connected());
+    // Once the peer really closes, the link ends.
+    drop(raw);
+    let r = peer.get_data_timeout(T);
+    assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+}

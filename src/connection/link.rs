@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -46,6 +46,10 @@ pub(crate) struct Link {
     pub partial: Option<(Outgoing, usize)>,
     /// When the last write on this link ended.
     pub last_write: Instant,
+    /// Set once the peer has finished sending on this link (v1): the wait before the
+    /// next probe, an empty block that a peer ignores and that finds out whether it
+    /// still reads (see `Writer::probe`).
+    pub peer_done: Option<Duration>,
 }
 
 impl Link {
@@ -60,6 +64,7 @@ impl Link {
             broken: None,
             partial: None,
             last_write: Instant::now(),
+            peer_done: None,
         }
     }
 
@@ -79,6 +84,7 @@ impl Link {
         self.send_mode = Mode::Plain;
         self.wire.clear();
         self.broken = None;
+        self.peer_done = None;
         self.stream = Some(stream);
         self.epoch
     }

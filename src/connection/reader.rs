@@ -55,7 +55,11 @@ impl Reader {
             let _ = p.join();
         }
         let reason = match self.read_loop() {
-            Ok(()) => "the peer closed the connection".to_string(),
+            Ok(()) => {
+                // The peer sends no more; it may still read: the writer goes on.
+                let _ = self.ctl(Control::PeerDone { epoch: self.epoch });
+                return;
+            }
             Err(ReadEnd::Io(e)) => format!("read failed: {e}"),
             Err(ReadEnd::Broken(reason)) => reason,
             Err(ReadEnd::Stopped) => return,

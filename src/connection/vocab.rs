@@ -70,6 +70,9 @@ pub(crate) enum Control {
     Wake,
     /// The link of `epoch` broke.
     LinkDown { epoch: u64, reason: String },
+    /// The peer of the link of `epoch` will send no more (it shut down its sending
+    /// side, or closed); it may still read.
+    PeerDone { epoch: u64 },
     /// The peer's protocol was detected (auto servers).
     Detected(Protocol),
 }

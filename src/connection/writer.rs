@@ -19,13 +19,19 @@ use super::state::{Phase, Shared};
 use super::vocab::{Control, Incoming, Outgoing, Payload};
 use crate::error::Error;
 use crate::event::Event;
-use crate::protocol::Protocol;
+use crate::protocol::{v1, Protocol};
 use crate::sync::lock;
 
 /// The writer gathers at most this many bytes into one batch of writes.
 const BATCH_BYTES: usize = 1 << 20;
 /// The writer gathers at most this many messages into one batch.
 const BATCH_MESSAGES: usize = 512;
+/// After the peer's end of sending (v1), the first wait between two probes; it doubles
+/// up to [`PROBE_MAX`]. A peer that closed answers the first probe with a reset, so the
+/// second finds it gone.
+const PROBE_FIRST: Duration = Duration::from_millis(5);
+/// The longest wait between two probes of a half-closed link (one byte per wait).
+const PROBE_MAX: Duration = Duration::from_secs(1);
 
 /// The writer thread: writes what is queued (with [`Link`]), and reconnects.
 pub(crate) struct Writer {
@@ -62,10 +68,10 @@ impl Writer {
         let shared = self.shared.clone();
         loop {
             // The link is locked while the writer works, not while it waits.
-            let ready = {
+            let (ready, probe) = {
                 let mut link = lock(&shared.link);
                 match self.serve(&mut link) {
-                    Some(ready) => ready,
+                    Some(ready) => (ready, link.peer_done.unwrap_or(Duration::MAX)),
                     None => {
                         drop(link);
                         return self.finish();
@@ -83,6 +89,7 @@ impl Writer {
                         Err(_) => Next::Stop,
                     },
                     recv(self.shared.shutdown_rx) -> _ => Next::Stop,
+                    default(probe) => self.probe(&mut lock(&shared.link)),
                 }
             } else {
                 select! {
@@ -166,12 +173,69 @@ impl Writer {
                     Next::Go
                 }
             }
+            Control::PeerDone { epoch } => {
+                if epoch == link.epoch && link.stream.is_some() {
+                    self.peer_done(link)
+                } else {
+                    Next::Go
+                }
+            }
             Control::Detected(p) => {
                 // The reader already set the protocol; this wakes the writer to send
                 // what waited for it.
                 self.shared.event(Event::ProtocolDetected(p));
                 Next::Go
             }
+        }
+    }
+
+    /// The peer will send no more on this link. A v1 peer may still read (it shut down
+    /// its sending side only): the link stays up for writing, and empty blocks, which
+    /// a v1 receiver ignores, find out whether the peer really closed (its system then
+    /// answers with a reset, and the next write fails). v2 has no message a receiver
+    /// ignores, so a v2 link cannot tell a half close from a close: it writes what is
+    /// queued, then ends, as the original does.
+    fn peer_done(&self, link: &mut Link) -> Next {
+        if self.shared.protocol() == Protocol::V1 {
+            log::debug!(
+                "serpy {}: the peer sends no more; writing on until it closes",
+                self.shared.label()
+            );
+            link.peer_done = Some(PROBE_FIRST);
+            return self.write_probe(link);
+        }
+        while self.shared.protocol() == Protocol::V2 && !self.out_rx.is_empty() {
+            if let Next::Stop = self.write_batch(link, None) {
+                return Next::Stop;
+            }
+            if link.stream.is_none() {
+                return Next::Go;
+            }
+        }
+        self.link_down(link, "the peer closed the connection".to_string())
+    }
+
+    /// The probe's wait ran out: probe again, waiting twice as long next time.
+    fn probe(&self, link: &mut Link) -> Next {
+        match link.peer_done {
+            Some(wait) => {
+                link.peer_done = Some(wait.saturating_mul(2).min(PROBE_MAX));
+                self.write_probe(link)
+            }
+            None => Next::Go,
+        }
+    }
+
+    /// Writes one empty v1 block (after what a write left in `wire`, so between whole
+    /// blocks); a write that fails takes the link down.
+    fn write_probe(&self, link: &mut Link) -> Next {
+        link.wire.put_u8(v1::SEP);
+        match link.write_wire(&self.shared.pending) {
+            (_, Ok(())) => Next::Go,
+            (_, Err(e)) => self.link_down(
+                link,
+                format!("the peer closed the connection (a write after its end failed: {e})"),
+            ),
         }
     }
 
