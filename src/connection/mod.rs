@@ -68,7 +68,8 @@
 //!
 //! In:
 //! 1. `Reader::read_loop` reads (v2 straight into the decoder's buffer, v1 in 64 KiB
-//!    chunks) and feeds the pure decoder, which gives `Frame`s.
+//!    chunks) and feeds the pure decoder, which gives `Frame`s. The first bytes of a
+//!    link pass a `Sniffer` first: the other protocol's start ends the link.
 //! 2. `Reader::deliver`: data → `Reader::queue` (waits for room in the byte budget,
 //!    `IncomingBudget::wait_for_room`, then the incoming queue; `Shared::notify` tells a
 //!    server's `recv_any`); an acknowledged message, or a SETMODE → `Reader::reply` owes
@@ -78,6 +79,11 @@
 //!    `Writer::write_replies`).
 //! 4. The program takes the message (`get_data` and friends); `Shared::took` gives its
 //!    bytes back to the budget and wakes a waiting reader.
+//! 5. The link ends: a read error, or a message in an acknowledged mode that must be
+//!    dropped (`Reader::unackable`), sends `Control::LinkDown` → `session::link_down`.
+//!    The end of the peer's data sends `Control::PeerDone` → `Writer::peer_done`: a v1
+//!    link stays up for writing, probed by empty blocks (`Writer::probe`) until a write
+//!    fails; a v2 link writes what is queued and ends.
 //!
 //! # 6. Closing
 //!
@@ -97,7 +103,7 @@
 
 use std::cell::RefCell;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -201,6 +207,86 @@ impl Drop for Inner {
     }
 }
 
+/// The ends of a new connection's channels that are not in [`Shared`]: the writer's
+/// and the handle's.
+struct Ends {
+    in_tx: Sender<vocab::Incoming>,
+    out_rx: Receiver<vocab::Outgoing>,
+    ctl_rx: Receiver<vocab::Control>,
+    shutdown_tx: Sender<()>,
+    done_tx: Sender<()>,
+    writer_done: Receiver<()>,
+}
+
+/// The shared state of a new connection, with no link attached yet.
+fn new_shared(
+    cfg: Config,
+    addrs: Vec<SocketAddr>,
+    is_client: bool,
+    notifier: Option<Notifier>,
+    peer: Option<SocketAddr>,
+) -> (Arc<Shared>, Ends) {
+    let (in_tx, in_rx) = match cfg.incoming_capacity {
+        Some(n) => channel::bounded(n),
+        None => channel::unbounded(),
+    };
+    let (out_tx, out_rx) = channel::bounded(cfg.outgoing_capacity);
+    let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
+    let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
+    let (done_tx, writer_done) = channel::bounded::<()>(0);
+    let restart = is_client && cfg.auto_restart;
+    let shared = Arc::new(Shared {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        protocol: AtomicU8::new(state::protocol_code(cfg.protocol)),
+        budget: IncomingBudget::new(cfg.incoming_bytes),
+        cfg,
+        addrs,
+        is_client,
+        peer: Mutex::new(peer),
+        life: Lifecycle::new(),
+        restart: AtomicBool::new(restart),
+        in_rx,
+        out_tx,
+        shutdown_rx,
+        acks: Mutex::new(AckQueue {
+            epoch: 0,
+            waiting: Default::default(),
+        }),
+        replies: Mutex::new(Replies::default()),
+        link: Mutex::new(link::Link::new()),
+        pending: AtomicUsize::new(0),
+        ctl_tx,
+        stream: Mutex::new(None),
+        connecting: Mutex::new(None),
+        events: EventSink::new(),
+        reader: Mutex::new(None),
+        ready: ReadyList::new(notifier),
+        stray_acks: LogLimit::new(),
+    });
+    let ends = Ends {
+        in_tx,
+        out_rx,
+        ctl_rx,
+        shutdown_tx,
+        done_tx,
+        writer_done,
+    };
+    (shared, ends)
+}
+
+/// The writer could not be started, but the reader runs already: end it (the socket
+/// shut down, the shutdown signal given) and join it, rather than leave it detached.
+fn abandon(shared: &Shared, shutdown_tx: Sender<()>) {
+    shared.life.set(state::Phase::Closed);
+    drop(shutdown_tx);
+    if let Some(s) = lock(&shared.stream).take() {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    if let Some(r) = lock(&shared.reader).take() {
+        let _ = r.join();
+    }
+}
+
 /// One TCP link to a serpy peer: send and receive messages with blocking calls while a
 /// reader and a writer thread do the socket work.
 ///
@@ -254,53 +340,17 @@ impl Connection {
     ) -> Result<Connection> {
         session::configure(&stream, &cfg).map_err(|e| Error::io("configuring the socket", e))?;
         let peer = stream.peer_addr().ok();
-        let (in_tx, in_rx) = match cfg.incoming_capacity {
-            Some(n) => channel::bounded(n),
-            None => channel::unbounded(),
-        };
-        let (out_tx, out_rx) = channel::bounded(cfg.outgoing_capacity);
-        let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
-        let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
-        let (done_tx, writer_done) = channel::bounded::<()>(0);
-        let restart = is_client && cfg.auto_restart;
-        let shared = Arc::new(Shared {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            protocol: std::sync::atomic::AtomicU8::new(state::protocol_code(cfg.protocol)),
-            budget: IncomingBudget::new(cfg.incoming_bytes),
-            cfg,
-            addrs,
-            is_client,
-            peer: Mutex::new(peer),
-            life: Lifecycle::new(),
-            restart: AtomicBool::new(restart),
-            in_rx,
-            out_tx,
-            shutdown_rx,
-            acks: Mutex::new(AckQueue {
-                epoch: 0,
-                waiting: Default::default(),
-            }),
-            replies: Mutex::new(Replies::default()),
-            link: Mutex::new(link::Link::new()),
-            pending: AtomicUsize::new(0),
-            ctl_tx,
-            stream: Mutex::new(None),
-            connecting: Mutex::new(None),
-            events: EventSink::new(),
-            reader: Mutex::new(None),
-            ready: ReadyList::new(notifier),
-            stray_acks: LogLimit::new(),
-        });
+        let (shared, ends) = new_shared(cfg, addrs, is_client, notifier, peer);
         if let Some(p) = peer {
             shared.event(Event::Connected { peer: p });
         }
         let writer = Writer {
             shared: shared.clone(),
-            out_rx,
-            ctl_rx,
-            in_tx,
+            out_rx: ends.out_rx,
+            ctl_rx: ends.ctl_rx,
+            in_tx: ends.in_tx,
             session: RefCell::new(Session::new(&shared.cfg)),
-            _done: done_tx,
+            _done: ends.done_tx,
         };
         session::attach(&shared, &mut lock(&shared.link), stream, &writer.in_tx)?;
         let name = format!("serpy-wr-{}", shared.id);
@@ -310,25 +360,16 @@ impl Connection {
         {
             Ok(h) => h,
             Err(e) => {
-                // The reader runs already: end it (the socket shut down, the shutdown
-                // signal given) and join it, rather than leave it detached.
-                shared.life.set(state::Phase::Closed);
-                drop(shutdown_tx);
-                if let Some(s) = lock(&shared.stream).take() {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
-                if let Some(r) = lock(&shared.reader).take() {
-                    let _ = r.join();
-                }
+                abandon(&shared, ends.shutdown_tx);
                 return Err(Error::io("starting the writer thread", e));
             }
         };
         Ok(Connection {
             inner: Arc::new(Inner {
                 shared,
-                shutdown_tx: Mutex::new(Some(shutdown_tx)),
+                shutdown_tx: Mutex::new(Some(ends.shutdown_tx)),
                 writer: Mutex::new(Some(handle)),
-                writer_done,
+                writer_done: ends.writer_done,
             }),
         })
     }

@@ -32,6 +32,7 @@ pub(crate) struct Reader {
     pub epoch: u64,
     /// The reader's end of the incoming queue.
     pub in_tx: Sender<Incoming>,
+    /// To the writer.
     pub ctl_tx: Sender<Control>,
     /// The reader of the previous link: joined first, so messages stay in order.
     pub previous: Option<JoinHandle<()>>,
