@@ -33,6 +33,15 @@ const PROBE_FIRST: Duration = Duration::from_millis(5);
 /// The longest wait between two probes of a half-closed link (one byte per wait).
 const PROBE_MAX: Duration = Duration::from_secs(1);
 
+/// How long the writer may wait before the next probe of a half-closed link: the probe
+/// wait since the last write (`Duration::MAX` when the link needs no probe).
+fn probe_due(link: &Link) -> Duration {
+    match link.peer_done {
+        Some(wait) => wait.saturating_sub(link.last_write.elapsed()),
+        None => Duration::MAX,
+    }
+}
+
 /// The writer thread: writes what is queued (with [`Link`]), and reconnects.
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
@@ -71,7 +80,7 @@ impl Writer {
             let (ready, probe) = {
                 let mut link = lock(&shared.link);
                 match self.serve(&mut link) {
-                    Some(ready) => (ready, link.peer_done.unwrap_or(Duration::MAX)),
+                    Some(ready) => (ready, probe_due(&link)),
                     None => {
                         drop(link);
                         return self.finish();
@@ -190,9 +199,9 @@ impl Writer {
     }
 
     /// The peer will send no more on this link. A v1 peer may still read (it shut down
-    /// its sending side only): the link stays up for writing, and empty blocks, which
-    /// a v1 receiver ignores, find out whether the peer really closed (its system then
-    /// answers with a reset, and the next write fails). v2 has no message a receiver
+    /// its sending side only): the link stays up for writing, and when it is quiet,
+    /// empty blocks, which a v1 receiver ignores, find out whether the peer really
+    /// closed (its system then answers with a reset, and the next write fails). v2 has no message a receiver
     /// ignores, so a v2 link cannot tell a half close from a close: it writes what is
     /// queued, then ends, as the original does.
     fn peer_done(&self, link: &mut Link) -> Next {
@@ -201,8 +210,9 @@ impl Writer {
                 "serpy {}: the peer sends no more; writing on until it closes",
                 self.shared.label()
             );
+            // The first probe once the link has been quiet for PROBE_FIRST.
             link.peer_done = Some(PROBE_FIRST);
-            return self.write_probe(link);
+            return Next::Go;
         }
         while self.shared.protocol() == Protocol::V2 && !self.out_rx.is_empty() {
             if let Next::Stop = self.write_batch(link, None) {
@@ -215,14 +225,15 @@ impl Writer {
         self.link_down(link, "the peer closed the connection".to_string())
     }
 
-    /// The probe's wait ran out: probe again, waiting twice as long next time.
+    /// The probe's wait ran out: unless something was written meanwhile (which probes
+    /// as well), probe, and wait twice as long next time.
     fn probe(&self, link: &mut Link) -> Next {
         match link.peer_done {
-            Some(wait) => {
+            Some(wait) if link.last_write.elapsed() >= wait => {
                 link.peer_done = Some(wait.saturating_mul(2).min(PROBE_MAX));
                 self.write_probe(link)
             }
-            None => Next::Go,
+            _ => Next::Go,
         }
     }
 
