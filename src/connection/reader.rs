@@ -25,6 +25,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The reader thread of one link.
 pub(crate) struct Reader {
+    /// What the connection's threads share.
     pub shared: Arc<Shared>,
     /// The read half of the link's socket.
     pub stream: TcpStream,

@@ -44,6 +44,7 @@ fn probe_due(link: &Link) -> Duration {
 
 /// The writer thread: writes what is queued (with [`Link`]), and reconnects.
 pub(crate) struct Writer {
+    /// What the connection's threads share.
     pub shared: Arc<Shared>,
     /// The writer's end of the outgoing queue.
     pub out_rx: Receiver<Outgoing>,
