@@ -487,7 +487,9 @@ impl Connection {
 
     /// The next message, waiting as long as it takes. Returns [`Error::Disconnected`]
     /// once the link is down for good and everything it delivered has been read, and
-    /// [`Error::Closed`] after [`close`](Connection::close).
+    /// [`Error::Closed`] after [`close`](Connection::close). (A v1 peer that shut down
+    /// only its sending side keeps the link up for what this side sends: this waits
+    /// until it closes.)
     ///
     /// v1 delivers bytes (read text with [`Message::as_str`]); v2 delivers typed values.
     ///
