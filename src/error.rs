@@ -112,6 +112,15 @@ pub enum Error {
         what: String,
     },
 
+    /// A send that must not wait found the connection's outgoing queue full: the peer
+    /// does not read as fast as messages are sent to it, or its link is down and
+    /// reconnecting.
+    #[error("the outgoing queue of this connection is full ({capacity} messages waiting): the peer does not read as fast as messages are sent, or the link is reconnecting; send more slowly, raise outgoing_capacity() in the builder, or drop this peer")]
+    QueueFull {
+        /// The capacity of the outgoing queue, in messages.
+        capacity: usize,
+    },
+
     /// A number that is not a v1 mode (0..=5).
     #[error("{0} is not a serpy mode; modes are 0 to 5")]
     InvalidMode(u8),

@@ -1,12 +1,16 @@
-//! The life of a link as the program can watch it: [`Event`] and the [`Events`] receiver.
+//! The life of a link as the program can watch it: [`Event`] and the [`Events`] receiver;
+//! and the log policy (what is logged at which level, and the rate limits) in one place.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::ProtocolError;
 use crate::protocol::Protocol;
+use crate::sync::{lock, push_drop_oldest};
 
 /// Something that happened to a connection. Every event is also logged (`log` crate):
 /// info for connects and disconnects, warn for protocol errors and lost messages.
@@ -92,31 +96,120 @@ impl std::fmt::Display for Event {
 /// oldest are dropped (they are logged all the same).
 pub(crate) const EVENT_CAPACITY: usize = 256;
 
+/// The log policy, in one place. A peer must not be able to flood the log: every line a
+/// peer can trigger goes through a [`LogLimit`] (counted: the first lines, then one at
+/// each power of two) or a [`LogEvery`] (timed: at most one line per interval, saying how
+/// many were left out). Levels: info for a link opened, closed or restarted; warn for a
+/// peer that broke the protocol and for lost messages; debug for detail.
+pub(crate) mod policy {
+    /// A [`LogLimit`](super::LogLimit) logs every occurrence up to this many.
+    pub const FIRST_LINES: u64 = 16;
+    /// A [`LogEvery`](super::LogEvery) of the accept loop logs at most once per this.
+    #[allow(dead_code)] // for the server's accept loop, whose change comes on its own
+    pub const ACCEPT_ERRORS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+}
+
+/// Counts occurrences of something a peer can cause; says which ones to log: the first
+/// [`policy::FIRST_LINES`], then one at each power of two (so a million occurrences give
+/// about 36 lines).
+#[derive(Debug, Default)]
+pub(crate) struct LogLimit {
+    count: AtomicU64,
+}
+
+impl LogLimit {
+    /// A counter at zero.
+    pub const fn new() -> Self {
+        LogLimit {
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one occurrence; `Some(n)` (the count so far) when this one is to be logged.
+    pub fn hit(&self) -> Option<u64> {
+        let n = self.count.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        (n <= policy::FIRST_LINES || n.is_power_of_two()).then_some(n)
+    }
+}
+
+/// At most one log line per interval for something that can repeat without end (accept
+/// errors, refused connections); the line says how many were left out since the last.
+#[derive(Debug)]
+#[allow(dead_code)] // for the server's accept loop, whose change comes on its own
+pub(crate) struct LogEvery {
+    every: Duration,
+    /// When the last line was logged, and how many occurrences were left out since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+#[allow(dead_code)] // for the server's accept loop, whose change comes on its own
+impl LogEvery {
+    /// At most one line per `every`.
+    pub fn new(every: Duration) -> Self {
+        LogEvery {
+            every,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts one occurrence; `Some(left_out)` when this one is to be logged, with how
+    /// many were not logged since the last line.
+    pub fn hit(&self) -> Option<u64> {
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        match st.0 {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                st.1 = st.1.saturating_add(1);
+                None
+            }
+            _ => {
+                st.0 = Some(now);
+                Some(std::mem::take(&mut st.1))
+            }
+        }
+    }
+}
+
+/// Where a connection's events go: logged by the policy above, then queued for
+/// [`Events`].
 #[derive(Debug)]
 pub(crate) struct EventSink {
     tx: Sender<Event>,
     rx: Receiver<Event>,
+    /// Protocol errors seen on this connection, for rate-limiting their log lines.
+    protocol_errors: LogLimit,
 }
 
 impl EventSink {
     pub fn new() -> Self {
         let (tx, rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
-        EventSink { tx, rx }
+        EventSink {
+            tx,
+            rx,
+            protocol_errors: LogLimit::new(),
+        }
     }
 
-    /// Queues an event, dropping the oldest one if the program does not read them.
-    pub fn emit(&self, event: Event) {
-        let mut event = event;
-        loop {
-            match self.tx.try_send(event) {
-                Ok(()) => return,
-                Err(TrySendError::Full(e)) => {
-                    let _ = self.rx.try_recv();
-                    event = e;
-                }
-                Err(TrySendError::Disconnected(_)) => return,
+    /// Logs `event` (with `label`, the connection's name, made only when a line is
+    /// written) and queues it, dropping the oldest one if the program does not read them.
+    pub fn emit(&self, label: impl Fn() -> String, event: Event) {
+        match &event {
+            Event::Connected { .. } | Event::Reconnected { .. } | Event::Disconnected { .. } => {
+                log::info!("serpy {}: {event}", label())
             }
+            Event::GaveUp { .. } | Event::Lost { .. } => log::warn!("serpy {}: {event}", label()),
+            Event::ProtocolError(_) => {
+                // A hostile peer can cause one every few bytes.
+                if let Some(n) = self.protocol_errors.hit() {
+                    log::warn!(
+                        "serpy {}: {event} ({n} protocol errors on this connection so far)",
+                        label()
+                    )
+                }
+            }
+            Event::ProtocolDetected(_) => log::debug!("serpy {}: {event}", label()),
         }
+        push_drop_oldest(&self.tx, &self.rx, event);
     }
 
     pub fn receiver(&self) -> Events {

@@ -75,6 +75,7 @@ mod event;
 pub mod message;
 pub mod protocol;
 mod server;
+mod sync;
 
 pub use bytes::Bytes;
 pub use config::{DEFAULT_INCOMING_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_CAPACITY};

@@ -1,247 +1,27 @@
 //! [`Server`]: binds, accepts, and hands each new socket to a [`Connection`].
+//!
+//! `builder.rs` holds the options and `bind`; `acceptor.rs` the accept thread and the
+//! registry it shares with the handle; this file the handle.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{
-    self as channel, select, Receiver, RecvTimeoutError, Sender, TryRecvError,
-};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::config::{connection_options, Config};
-use crate::connection::{lock, Connection, Notifier, Prepared};
+use crate::connection::{Connection, Prepared};
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::protocol::{Mode, Protocol};
+use crate::sync::lock;
 
-/// Default maximum number of simultaneous connections of a server.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+mod acceptor;
+mod builder;
 
-/// Options for a server; see [`Server::builder`].
-///
-/// ```
-/// use serpy::{Protocol, Server};
-///
-/// # fn main() -> serpy::Result<()> {
-/// let server = Server::builder()
-///     .protocol(Protocol::Auto)      // v1 and v2 clients alike
-///     .max_connections(16)
-///     .max_message_size(16 << 20)
-///     .bind("127.0.0.1:0")?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct ServerBuilder {
-    pub(crate) cfg: Config,
-    max_connections: usize,
-}
-
-impl Default for ServerBuilder {
-    fn default() -> Self {
-        ServerBuilder {
-            cfg: Config::default(),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-        }
-    }
-}
-
-impl ServerBuilder {
-    /// Default options: v1, at most 1024 connections.
-    ///
-    /// ```
-    /// let b = serpy::ServerBuilder::new();
-    /// ```
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The protocol of accepted connections: `V1` (default), `V2`, or `Auto` to tell each
-    /// connection's protocol from its first bytes. With `Auto`, what the server sends to a
-    /// connection waits until its peer has sent something.
-    ///
-    /// ```
-    /// let b = serpy::Server::builder().protocol(serpy::Protocol::Auto);
-    /// ```
-    pub fn protocol(mut self, protocol: Protocol) -> Self {
-        self.cfg.protocol = protocol;
-        self
-    }
-
-    /// At most this many live connections (default 1024); one more is accepted and
-    /// closed at once, with a log line, and the server goes on.
-    ///
-    /// ```
-    /// let b = serpy::Server::builder().max_connections(8);
-    /// ```
-    pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n;
-        self
-    }
-
-    /// With [`Protocol::Auto`]: how long to wait for the rest of the v2 magic once the
-    /// first bytes of it arrived (default 5 s); then the connection is taken as v1.
-    ///
-    /// ```
-    /// let b = serpy::Server::builder().detect_timeout(std::time::Duration::from_secs(1));
-    /// ```
-    pub fn detect_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.cfg.detect_timeout = timeout;
-        self
-    }
-
-    connection_options!("serpy::Server::builder()");
-
-    /// Binds to `addr` and starts accepting. Use port 0 for any free port and read it
-    /// back with [`Server::local_addr`].
-    ///
-    /// ```
-    /// # fn main() -> serpy::Result<()> {
-    /// let server = serpy::Server::builder().bind("127.0.0.1:0")?;
-    /// println!("listening on {}", server.local_addr());
-    /// # Ok(()) }
-    /// ```
-    pub fn bind(self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Server> {
-        let listener = TcpListener::bind(&addr).map_err(|e| Error::Address {
-            addr: format!("{addr:?}"),
-            source: e,
-        })?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the bound address", e))?;
-        let (ready_tx, ready_rx) = channel::unbounded();
-        let (new_tx, new_rx) = channel::bounded(self.max_connections.clamp(16, 4096));
-        let shared = Arc::new(ServerShared {
-            registry: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-            all_closed: AtomicBool::new(false),
-        });
-        let acceptor = Acceptor {
-            listener,
-            cfg: self.cfg,
-            max_connections: self.max_connections,
-            shared: shared.clone(),
-            notifier: Notifier { tx: ready_tx },
-            new_tx,
-            new_rx: new_rx.clone(),
-        };
-        let handle = thread::Builder::new()
-            .name(format!("serpy-accept-{}", local.port()))
-            .spawn(move || acceptor.run())
-            .map_err(|e| Error::io("starting the accept thread", e))?;
-        log::info!("serpy server listening on {local}");
-        let (closed_tx, closed_rx) = channel::bounded(0);
-        Ok(Server {
-            closed_tx: Mutex::new(Some(closed_tx)),
-            closed_rx,
-            local,
-            shared,
-            accept: Mutex::new(Some(handle)),
-            new_rx,
-            ready_rx,
-        })
-    }
-}
-
-struct ServerShared {
-    registry: Mutex<Vec<Connection>>,
-    stop: AtomicBool,
-    all_closed: AtomicBool,
-}
-
-impl ServerShared {
-    /// Drops the connections that are down for good and have nothing left to read.
-    fn prune(&self) -> Vec<Connection> {
-        let mut reg = lock(&self.registry);
-        let mut gone = Vec::new();
-        reg.retain(|c| {
-            let keep = !c.shared().is_dead() || c.shared().has_data();
-            if !keep {
-                gone.push(c.clone());
-            }
-            keep
-        });
-        gone
-    }
-
-    fn live(&self) -> usize {
-        lock(&self.registry)
-            .iter()
-            .filter(|c| !c.shared().is_dead())
-            .count()
-    }
-
-    fn find(&self, id: u64) -> Option<Connection> {
-        lock(&self.registry).iter().find(|c| c.id() == id).cloned()
-    }
-}
-
-struct Acceptor {
-    listener: TcpListener,
-    cfg: Config,
-    max_connections: usize,
-    shared: Arc<ServerShared>,
-    notifier: Notifier,
-    new_tx: Sender<Connection>,
-    new_rx: Receiver<Connection>,
-}
-
-impl Acceptor {
-    fn run(self) {
-        loop {
-            let accepted = self.listener.accept();
-            if self.shared.stop.load(Ordering::Acquire) {
-                return;
-            }
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: say so, and go on accepting.
-                    log::warn!("serpy server: accept failed: {e}");
-                    continue;
-                }
-            };
-            // Dropped handles are closed here, outside the registry lock.
-            drop(self.shared.prune());
-            if self.shared.live() >= self.max_connections {
-                log::warn!(
-                    "serpy server: refused {peer}: the limit of {} connections is reached (raise it with max_connections())",
-                    self.max_connections
-                );
-                drop(stream);
-                continue;
-            }
-            // The registry is locked while the connection starts, so that recv_any can
-            // find it by the time its reader reports the first message.
-            let mut registry = lock(&self.shared.registry);
-            match Connection::start(
-                stream,
-                self.cfg.clone(),
-                Vec::new(),
-                false,
-                Some(self.notifier.clone()),
-            ) {
-                Ok(conn) => {
-                    registry.push(conn.clone());
-                    drop(registry);
-                    // Keep the newest: if nobody takes new connections, drop the oldest.
-                    let mut conn = conn;
-                    while let Err(e) = self.new_tx.try_send(conn) {
-                        match e {
-                            channel::TrySendError::Full(c) => {
-                                let _ = self.new_rx.try_recv();
-                                conn = c;
-                            }
-                            channel::TrySendError::Disconnected(_) => break,
-                        }
-                    }
-                }
-                Err(e) => log::warn!("serpy server: could not start a connection for {peer}: {e}"),
-            }
-        }
-    }
-}
+use acceptor::{wake_addr, ServerShared};
+pub use builder::{ServerBuilder, DEFAULT_MAX_CONNECTIONS};
 
 /// A message received by a server, with the connection it came from: see
 /// [`Server::recv_any`].
@@ -303,27 +83,6 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Binds with default options (v1). See [`ServerBuilder`] for the others.
-    ///
-    /// ```
-    /// # fn main() -> serpy::Result<()> {
-    /// let server = serpy::Server::bind("127.0.0.1:0")?;
-    /// assert_ne!(server.local_addr().port(), 0);
-    /// # Ok(()) }
-    /// ```
-    pub fn bind(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Server> {
-        ServerBuilder::new().bind(addr)
-    }
-
-    /// Options for a new server.
-    ///
-    /// ```
-    /// let b = serpy::Server::builder().protocol(serpy::Protocol::V2);
-    /// ```
-    pub fn builder() -> ServerBuilder {
-        ServerBuilder::new()
-    }
-
     /// The address the server listens on (with the real port when bound to port 0).
     ///
     /// ```
@@ -568,10 +327,10 @@ impl Server {
     fn take_from(&self, id: u64) -> Option<Received> {
         let conn = self.shared.find(id)?;
         let shared = conn.shared();
-        shared.notified.store(false, Ordering::Release);
+        shared.ready.taken();
         let (message, mode) = shared.try_recv()?;
-        if shared.has_data() && !shared.notified.swap(true, Ordering::AcqRel) {
-            shared.push_notify();
+        if shared.has_data() {
+            shared.notify();
         }
         Some(Received {
             connection: conn,
@@ -643,15 +402,4 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.close_all();
     }
-}
-
-/// Where to connect to wake our own accept(): the bound address, or loopback if the
-/// server listens on all interfaces.
-fn wake_addr(local: SocketAddr) -> SocketAddr {
-    let ip = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, local.port())
 }
