@@ -220,7 +220,6 @@ fn item13_busy_port_error_says_the_port_is_taken() {
 }
 
 #[test]
-#[ignore = "issue 9 item 13: fails until fixed"]
 fn item13_a_burst_of_connects_fits_in_the_listen_backlog() {
     // The accept thread is kept from accepting by the lack of descriptors (which needs a
     // process of its own), so connections stay in the listen queue: count how many fit.
