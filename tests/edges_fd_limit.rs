@@ -21,7 +21,6 @@ const WATCH: Duration = Duration::from_secs(1);
 const CLIENTS: usize = 4;
 
 #[test]
-#[ignore = "issue 9 item 3: fails until fixed"]
 fn item03_out_of_descriptors_the_accept_thread_backs_off_and_resumes() {
     if !edges_support::in_child_with_fd_limit(
         "item03_out_of_descriptors_the_accept_thread_backs_off_and_resumes",
@@ -32,14 +31,17 @@ fn item03_out_of_descriptors_the_accept_thread_backs_off_and_resumes() {
     let warned = count_log_lines("", log::Level::Warn);
     let s = ServerBuilder::new().bind("127.0.0.1:0").unwrap();
     let mut clock = CpuClock::new();
-    let mut files = exhaust_descriptors();
-    // A few descriptors back, for clients that the server then cannot accept; whatever
-    // else is free is taken again.
-    files.truncate(files.len() - CLIENTS);
-    let mut raws: Vec<TcpStream> = (0..CLIENTS)
-        .map(|_| TcpStream::connect(s.local_addr()).unwrap())
+    // Client sockets made first, connected once no descriptor is left: the server can
+    // then accept none of them.
+    let sockets: Vec<socket2::Socket> = (0..CLIENTS)
+        .map(|_| socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap())
         .collect();
-    files.extend(exhaust_descriptors());
+    let files = exhaust_descriptors();
+    let addr: socket2::SockAddr = s.local_addr().into();
+    for socket in &sockets {
+        socket.connect(&addr).unwrap();
+    }
+    let mut raws: Vec<TcpStream> = sockets.into_iter().map(TcpStream::from).collect();
     let warned_before = warned.load(Ordering::Relaxed);
     let cpu_before = clock.now();
     let started = Instant::now();

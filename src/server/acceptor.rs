@@ -3,15 +3,27 @@
 //!
 //! Threads: the accept thread `serpy-accept-PORT`, and the server's callers.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crossbeam_channel::{self as channel, Receiver, Sender};
+use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 
 use crate::config::Config;
 use crate::connection::{Connection, Notifier};
+use crate::event::{policy, LogEvery};
 use crate::sync::lock;
+
+/// After an accept that failed for want of resources (descriptors, memory), the accept
+/// thread waits this long before it tries again, doubling while accept keeps failing,
+/// up to [`ACCEPT_BACKOFF_MAX`]: the pending connection stays in the listen queue, and
+/// trying again at once would only spin. So once resources are free again, the server
+/// accepts within [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(5);
+/// The longest wait between two failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 pub(super) struct ServerShared {
     /// Every connection the server accepted and has not forgotten (see `prune`).
@@ -48,6 +60,12 @@ impl ServerShared {
 
 pub(super) struct Acceptor {
     pub listener: TcpListener,
+    /// The address the server listens on, for the log.
+    pub local: SocketAddr,
+    /// Disconnected by `close()`: ends the wait after a failed accept at once.
+    pub stop_rx: Receiver<()>,
+    /// Failed accepts, for rate-limiting their log lines.
+    pub accept_errors: LogEvery,
     /// The options of every accepted connection.
     pub cfg: Config,
     pub max_connections: usize,
@@ -61,16 +79,32 @@ pub(super) struct Acceptor {
 
 impl Acceptor {
     pub fn run(self) {
+        let mut backoff: Option<Duration> = None;
         loop {
             let accepted = self.listener.accept();
             if self.shared.stop.load(Ordering::Acquire) {
                 return;
             }
             let (stream, peer) = match accepted {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff = None;
+                    x
+                }
+                // A client that went away before it was accepted, or a signal: nothing
+                // that repeats by itself.
+                Err(e) if is_about_one_connection(&e) => {
+                    log::debug!("serpy server on {}: accept: {e}", self.local);
+                    continue;
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: say so, and go on accepting.
-                    log::warn!("serpy server: accept failed: {e}");
+                    let delay = backoff.map_or(ACCEPT_BACKOFF_FIRST, |d| {
+                        d.saturating_mul(2).min(ACCEPT_BACKOFF_MAX)
+                    });
+                    backoff = Some(delay);
+                    self.log_accept_error(&e, delay);
+                    if self.wait_for_stop(delay) {
+                        return;
+                    }
                     continue;
                 }
             };
@@ -113,6 +147,49 @@ impl Acceptor {
             }
         }
     }
+}
+
+impl Acceptor {
+    /// Logs a failed accept, at most once per [`policy::ACCEPT_ERRORS_EVERY`].
+    fn log_accept_error(&self, e: &io::Error, delay: Duration) {
+        if let Some(left_out) = self.accept_errors.hit() {
+            let more = if left_out > 0 {
+                format!(" ({left_out} more failed since the last line)")
+            } else {
+                String::new()
+            };
+            log::warn!(
+                "serpy server on {}: accept failed: {e}; trying again in {delay:?}{more}. If it says too many open files, raise the process's descriptor limit (ulimit -n) or lower max_connections()",
+                self.local
+            );
+        }
+    }
+
+    /// Waits `delay`, or less if the server is closed meanwhile; true if it was.
+    fn wait_for_stop(&self, delay: Duration) -> bool {
+        match self.stop_rx.recv_timeout(delay) {
+            Err(RecvTimeoutError::Timeout) => self.shared.stop.load(Ordering::Acquire),
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+        }
+    }
+}
+
+/// True for the accept errors that concern one connection only (it was reset before it
+/// was accepted) or none (a signal): accept goes on at once after them. Any other error
+/// (out of descriptors or memory, most of all) would come back at once.
+fn is_about_one_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// A new limiter for the accept thread's log lines.
+pub(super) fn accept_log_limit() -> LogEvery {
+    LogEvery::new(policy::ACCEPT_ERRORS_EVERY)
 }
 
 /// Where to connect to wake our own accept(): the bound address, or loopback if the

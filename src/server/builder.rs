@@ -9,7 +9,7 @@ use std::thread;
 
 use crossbeam_channel as channel;
 
-use super::acceptor::{Acceptor, ServerShared};
+use super::acceptor::{accept_log_limit, Acceptor, ServerShared};
 use super::Server;
 use crate::config::{connection_options, Config};
 use crate::connection::Notifier;
@@ -125,8 +125,12 @@ impl ServerBuilder {
             stop: AtomicBool::new(false),
             all_closed: AtomicBool::new(false),
         });
+        let (stop_tx, stop_rx) = channel::bounded(0);
         let acceptor = Acceptor {
             listener,
+            local,
+            stop_rx,
+            accept_errors: accept_log_limit(),
             cfg: self.cfg,
             max_connections: self.max_connections,
             shared: shared.clone(),
@@ -142,6 +146,7 @@ impl ServerBuilder {
         let (closed_tx, closed_rx) = channel::bounded(0);
         Ok(Server {
             closed_tx: Mutex::new(Some(closed_tx)),
+            stop_tx: Mutex::new(Some(stop_tx)),
             closed_rx,
             local,
             shared,

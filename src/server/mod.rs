@@ -70,6 +70,9 @@ pub struct Server {
     ready_rx: Receiver<u64>,
     /// Dropped by `close_all`, which wakes every `recv_any`.
     closed_tx: Mutex<Option<Sender<()>>>,
+    /// Dropped by `close`, which wakes the accept thread when it waits after a failed
+    /// accept.
+    stop_tx: Mutex<Option<Sender<()>>>,
     closed_rx: Receiver<()>,
 }
 
@@ -354,6 +357,7 @@ impl Server {
             return;
         };
         self.shared.stop.store(true, Ordering::Release);
+        drop(lock(&self.stop_tx).take());
         // Wake the blocked accept() by connecting to ourselves.
         let wake = wake_addr(self.local);
         if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_err() {
