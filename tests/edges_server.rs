@@ -138,7 +138,6 @@ fn item05_one_peer_that_never_reads_does_not_block_broadcast() {
 }
 
 #[test]
-#[ignore = "issue 9 item 10: fails until fixed"]
 fn item10_refused_connections_make_a_few_log_lines() {
     let refused = count_log_lines("refused", log::Level::Warn);
     let s = server(ServerBuilder::new().max_connections(1));

@@ -66,6 +66,10 @@ pub(super) struct Acceptor {
     pub stop_rx: Receiver<()>,
     /// Failed accepts, for rate-limiting their log lines.
     pub accept_errors: LogEvery,
+    /// Connections refused at the limit, likewise: every client can cause one.
+    pub refusals: LogEvery,
+    /// Accepted sockets that could not be started as connections, likewise.
+    pub start_errors: LogEvery,
     /// The options of every accepted connection.
     pub cfg: Config,
     pub max_connections: usize,
@@ -111,10 +115,14 @@ impl Acceptor {
             // Dropped handles are closed here, outside the registry lock.
             drop(self.shared.prune());
             if self.shared.live() >= self.max_connections {
-                log::warn!(
-                    "serpy server: refused {peer}: the limit of {} connections is reached (raise it with max_connections())",
-                    self.max_connections
-                );
+                if let Some(left_out) = self.refusals.hit() {
+                    log::warn!(
+                        "serpy server on {}: refused {peer}: the limit of {} connections is reached (raise it with max_connections()){}",
+                        self.local,
+                        self.max_connections,
+                        more_since(left_out, "refused"),
+                    );
+                }
                 drop(stream);
                 continue;
             }
@@ -143,7 +151,15 @@ impl Acceptor {
                         }
                     }
                 }
-                Err(e) => log::warn!("serpy server: could not start a connection for {peer}: {e}"),
+                Err(e) => {
+                    if let Some(left_out) = self.start_errors.hit() {
+                        log::warn!(
+                            "serpy server on {}: could not start a connection for {peer}: {e}{}",
+                            self.local,
+                            more_since(left_out, "failed"),
+                        );
+                    }
+                }
             }
         }
     }
@@ -153,14 +169,10 @@ impl Acceptor {
     /// Logs a failed accept, at most once per [`policy::ACCEPT_ERRORS_EVERY`].
     fn log_accept_error(&self, e: &io::Error, delay: Duration) {
         if let Some(left_out) = self.accept_errors.hit() {
-            let more = if left_out > 0 {
-                format!(" ({left_out} more failed since the last line)")
-            } else {
-                String::new()
-            };
             log::warn!(
-                "serpy server on {}: accept failed: {e}; trying again in {delay:?}{more}. If it says too many open files, raise the process's descriptor limit (ulimit -n) or lower max_connections()",
-                self.local
+                "serpy server on {}: accept failed: {e}; trying again in {delay:?}{}. If it says too many open files, raise the process's descriptor limit (ulimit -n) or lower max_connections()",
+                self.local,
+                more_since(left_out, "failed"),
             );
         }
     }
@@ -185,6 +197,15 @@ fn is_about_one_connection(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
     )
+}
+
+/// `" (N more <what> since the last line)"`, or nothing when none was left out.
+fn more_since(left_out: u64, what: &str) -> String {
+    if left_out > 0 {
+        format!(" ({left_out} more {what} since the last line)")
+    } else {
+        String::new()
+    }
 }
 
 /// A new limiter for the accept thread's log lines.

@@ -131,6 +131,8 @@ impl ServerBuilder {
             local,
             stop_rx,
             accept_errors: accept_log_limit(),
+            refusals: accept_log_limit(),
+            start_errors: accept_log_limit(),
             cfg: self.cfg,
             max_connections: self.max_connections,
             shared: shared.clone(),
