@@ -19,7 +19,6 @@ use edges_support::{count_log_lines, holds_socket, server_socket_inode, T};
 use serpy::{Bytes, Connection, ConnectionBuilder, Error, Mode, Protocol, ServerBuilder};
 
 #[test]
-#[ignore = "issue 9 item 2: fails until fixed"]
 fn item02_dead_connections_are_released_without_get_connection() {
     // The README's recv_any pattern: the program never calls get_connection().
     let s = server(ServerBuilder::new());

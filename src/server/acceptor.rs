@@ -1,5 +1,5 @@
 //! The accept thread ([`Acceptor`]) and what it shares with the server handle
-//! ([`ServerShared`]: the registry of connections).
+//! ([`ServerShared`]: the registry of connections, and the queue of new ones).
 //!
 //! Threads: the accept thread `serpy-accept-PORT`, and the server's callers.
 
@@ -14,7 +14,7 @@ use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 use crate::config::Config;
 use crate::connection::{Connection, Notifier};
 use crate::event::{policy, LogEvery};
-use crate::sync::lock;
+use crate::sync::{lock, push_drop_oldest};
 
 /// After an accept that failed for want of resources (descriptors, memory), the accept
 /// thread waits this long before it tries again, doubling while accept keeps failing,
@@ -28,24 +28,34 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 pub(super) struct ServerShared {
     /// Every connection the server accepted and has not forgotten (see `prune`).
     pub registry: Mutex<Vec<Connection>>,
+    /// The accepted connections nobody has taken with `get_connection` yet.
+    pub new: NewConnections,
     /// Set by `close()`: the accept thread ends at its next wake-up.
     pub stop: AtomicBool,
     /// Set by `close_all()`: `recv_any` returns `Closed`.
     pub all_closed: AtomicBool,
 }
 
+/// True for a connection the server may forget: gone for good, nothing left to read.
+fn is_done(c: &Connection) -> bool {
+    c.is_gone() && !c.shared().has_data()
+}
+
 impl ServerShared {
-    /// Drops the connections that are down for good and have nothing left to read.
+    /// Forgets the connections that are down for good and have nothing left to read,
+    /// in the registry and in the queue of new connections alike, whether or not the
+    /// program ever took them; returns them, for the caller to drop outside the locks
+    /// (the last handle of a connection closes it).
     pub fn prune(&self) -> Vec<Connection> {
-        let mut reg = lock(&self.registry);
         let mut gone = Vec::new();
-        reg.retain(|c| {
-            let keep = !c.is_gone() || c.shared().has_data();
-            if !keep {
+        lock(&self.registry).retain(|c| {
+            let done = is_done(c);
+            if done {
                 gone.push(c.clone());
             }
-            keep
+            !done
         });
+        self.new.prune(&mut gone);
         gone
     }
 
@@ -55,6 +65,61 @@ impl ServerShared {
 
     pub fn find(&self, id: u64) -> Option<Connection> {
         lock(&self.registry).iter().find(|c| c.id() == id).cloned()
+    }
+}
+
+/// The queue of new connections for `get_connection`: bounded, it keeps the newest
+/// (the oldest go when nobody takes them), and `prune` takes the dead out of it, so a
+/// server whose program never calls `get_connection` (the `recv_any` pattern) does not
+/// keep every past client's socket.
+pub(super) struct NewConnections {
+    tx: Sender<Connection>,
+    /// Where `get_connection` and its variants take from.
+    pub rx: Receiver<Connection>,
+    /// Held while the queue is pushed to or rewritten, so that it keeps its order.
+    order: Mutex<()>,
+}
+
+impl NewConnections {
+    /// A queue of at most `capacity` connections.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = channel::bounded(capacity);
+        NewConnections {
+            tx,
+            rx,
+            order: Mutex::new(()),
+        }
+    }
+
+    /// Adds `conn`, dropping the oldest waiting connection if the queue is full (it
+    /// stays in the registry: `recv_any` still serves it).
+    fn push(&self, conn: Connection) {
+        let _order = lock(&self.order);
+        push_drop_oldest(&self.tx, &self.rx, conn);
+    }
+
+    /// Moves the waiting connections that are done into `gone`; the others stay, in
+    /// their order.
+    fn prune(&self, gone: &mut Vec<Connection>) {
+        let _order = lock(&self.order);
+        if self.rx.is_empty() {
+            return;
+        }
+        let waiting: Vec<Connection> = self.rx.try_iter().collect();
+        for c in waiting {
+            if is_done(&c) {
+                gone.push(c);
+            } else if let Err(e) = self.tx.try_send(c) {
+                // Cannot happen (only `push` adds, under the same lock); keep it anyway.
+                gone.push(e.into_inner());
+            }
+        }
+    }
+
+    /// Drops every waiting connection (the server closes).
+    pub fn clear(&self) {
+        let _order = lock(&self.order);
+        while self.rx.try_recv().is_ok() {}
     }
 }
 
@@ -76,9 +141,6 @@ pub(super) struct Acceptor {
     pub shared: Arc<ServerShared>,
     /// Handed to every connection, for `recv_any`.
     pub notifier: Notifier,
-    /// New connections for `get_connection` (the oldest are dropped when it is full).
-    pub new_tx: Sender<Connection>,
-    pub new_rx: Receiver<Connection>,
 }
 
 impl Acceptor {
@@ -112,53 +174,47 @@ impl Acceptor {
                     continue;
                 }
             };
-            // Dropped handles are closed here, outside the registry lock.
-            drop(self.shared.prune());
-            if self.shared.live() >= self.max_connections {
-                if let Some(left_out) = self.refusals.hit() {
-                    log::warn!(
-                        "serpy server on {}: refused {peer}: the limit of {} connections is reached (raise it with max_connections()){}",
-                        self.local,
-                        self.max_connections,
-                        more_since(left_out, "refused"),
-                    );
-                }
-                drop(stream);
-                continue;
+            self.admit(stream, peer);
+        }
+    }
+
+    /// Starts a connection for an accepted socket, or refuses it at the limit.
+    fn admit(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+        // Dropped handles are closed here, outside the registry lock.
+        drop(self.shared.prune());
+        if self.shared.live() >= self.max_connections {
+            if let Some(left_out) = self.refusals.hit() {
+                log::warn!(
+                    "serpy server on {}: refused {peer}: the limit of {} connections is reached (raise it with max_connections()){}",
+                    self.local,
+                    self.max_connections,
+                    more_since(left_out, "refused"),
+                );
             }
-            // The registry is locked while the connection starts, so that recv_any can
-            // find it by the time its reader reports the first message.
-            let mut registry = lock(&self.shared.registry);
-            match Connection::start(
-                stream,
-                self.cfg.clone(),
-                Vec::new(),
-                false,
-                Some(self.notifier.clone()),
-            ) {
-                Ok(conn) => {
-                    registry.push(conn.clone());
-                    drop(registry);
-                    // Keep the newest: if nobody takes new connections, drop the oldest.
-                    let mut conn = conn;
-                    while let Err(e) = self.new_tx.try_send(conn) {
-                        match e {
-                            channel::TrySendError::Full(c) => {
-                                let _ = self.new_rx.try_recv();
-                                conn = c;
-                            }
-                            channel::TrySendError::Disconnected(_) => break,
-                        }
-                    }
-                }
-                Err(e) => {
-                    if let Some(left_out) = self.start_errors.hit() {
-                        log::warn!(
-                            "serpy server on {}: could not start a connection for {peer}: {e}{}",
-                            self.local,
-                            more_since(left_out, "failed"),
-                        );
-                    }
+            return;
+        }
+        // The registry is locked while the connection starts, so that recv_any can
+        // find it by the time its reader reports the first message.
+        let mut registry = lock(&self.shared.registry);
+        match Connection::start(
+            stream,
+            self.cfg.clone(),
+            Vec::new(),
+            false,
+            Some(self.notifier.clone()),
+        ) {
+            Ok(conn) => {
+                registry.push(conn.clone());
+                drop(registry);
+                self.shared.new.push(conn);
+            }
+            Err(e) => {
+                if let Some(left_out) = self.start_errors.hit() {
+                    log::warn!(
+                        "serpy server on {}: could not start a connection for {peer}: {e}{}",
+                        self.local,
+                        more_since(left_out, "failed"),
+                    );
                 }
             }
         }

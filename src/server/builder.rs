@@ -9,7 +9,7 @@ use std::thread;
 
 use crossbeam_channel as channel;
 
-use super::acceptor::{accept_log_limit, Acceptor, ServerShared};
+use super::acceptor::{accept_log_limit, Acceptor, NewConnections, ServerShared};
 use super::Server;
 use crate::config::{connection_options, Config};
 use crate::connection::Notifier;
@@ -119,9 +119,9 @@ impl ServerBuilder {
             .local_addr()
             .map_err(|e| Error::io("reading the bound address", e))?;
         let (ready_tx, ready_rx) = channel::unbounded();
-        let (new_tx, new_rx) = channel::bounded(self.max_connections.clamp(16, 4096));
         let shared = Arc::new(ServerShared {
             registry: Mutex::new(Vec::new()),
+            new: NewConnections::new(self.max_connections.clamp(16, 4096)),
             stop: AtomicBool::new(false),
             all_closed: AtomicBool::new(false),
         });
@@ -137,8 +137,6 @@ impl ServerBuilder {
             max_connections: self.max_connections,
             shared: shared.clone(),
             notifier: Notifier { tx: ready_tx },
-            new_tx,
-            new_rx: new_rx.clone(),
         };
         let handle = thread::Builder::new()
             .name(format!("serpy-accept-{}", local.port()))
@@ -153,7 +151,6 @@ impl ServerBuilder {
             local,
             shared,
             accept: Mutex::new(Some(handle)),
-            new_rx,
             ready_rx,
         })
     }

@@ -66,7 +66,6 @@ pub struct Server {
     local: SocketAddr,
     shared: Arc<ServerShared>,
     accept: Mutex<Option<JoinHandle<()>>>,
-    new_rx: Receiver<Connection>,
     ready_rx: Receiver<u64>,
     /// Dropped by `close_all`, which wakes every `recv_any`.
     closed_tx: Mutex<Option<Sender<()>>>,
@@ -101,6 +100,14 @@ impl Server {
     /// The next new connection, waiting as long as it takes ([`Error::Closed`] once the
     /// server is closed and every new connection was taken).
     ///
+    /// Nobody has to take them: a server used through [`recv_any`](Server::recv_any)
+    /// never calls this, and the connections that went down for good with nothing left
+    /// to read are forgotten all the same (their sockets and memory released) at the
+    /// next accept or the next call of [`len`](Server::len),
+    /// [`connections`](Server::connections) or [`broadcast`](Server::broadcast). Up to
+    /// `max_connections` (at least 16, at most 4096) new connections wait to be taken;
+    /// beyond that the oldest leaves the queue (it stays served by `recv_any`).
+    ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
     /// let server = serpy::Server::bind("127.0.0.1:0")?;
@@ -110,7 +117,7 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn get_connection(&self) -> Result<Connection> {
-        self.new_rx.recv().map_err(|_| Error::Closed)
+        self.shared.new.rx.recv().map_err(|_| Error::Closed)
     }
 
     /// The next new connection, waiting at most `timeout`.
@@ -123,13 +130,17 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn get_connection_timeout(&self, timeout: Duration) -> Result<Connection> {
-        self.new_rx.recv_timeout(timeout).map_err(|e| match e {
-            RecvTimeoutError::Timeout => Error::Timeout {
-                operation: "get_connection",
-                after: timeout,
-            },
-            RecvTimeoutError::Disconnected => Error::Closed,
-        })
+        self.shared
+            .new
+            .rx
+            .recv_timeout(timeout)
+            .map_err(|e| match e {
+                RecvTimeoutError::Timeout => Error::Timeout {
+                    operation: "get_connection",
+                    after: timeout,
+                },
+                RecvTimeoutError::Disconnected => Error::Closed,
+            })
     }
 
     /// The next new connection if one is waiting.
@@ -141,11 +152,12 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn try_get_connection(&self) -> Option<Connection> {
-        self.new_rx.try_recv().ok()
+        self.shared.new.rx.try_recv().ok()
     }
 
-    /// A snapshot of the server's connections. A connection whose link is down drops out
-    /// by itself once everything it received has been read.
+    /// A snapshot of the server's connections, taken or not with `get_connection`. A
+    /// connection whose link is down for good drops out once everything it received has
+    /// been read, and the server then lets go of it.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
@@ -233,7 +245,9 @@ impl Server {
             .collect()
     }
 
-    /// How many connections [`connections`](Server::connections) would give.
+    /// How many connections [`connections`](Server::connections) would give: the live
+    /// ones, and those down for good that still hold messages to read. Connections that
+    /// are gone are forgotten first, whether or not the program ever took them.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
@@ -388,7 +402,7 @@ impl Server {
         for c in &conns {
             c.close();
         }
-        while self.new_rx.try_recv().is_ok() {}
+        self.shared.new.clear();
     }
 }
 
