@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::server;
 use edges_support::{count_log_lines, holds_socket, server_socket_inode, T};
-use serpy::{Bytes, Connection, ConnectionBuilder, Error, Mode, Protocol, ServerBuilder};
+use serpy::{
+    Broadcast, Bytes, Connection, ConnectionBuilder, Error, Mode, Protocol, ServerBuilder,
+};
 
 #[test]
 fn item02_dead_connections_are_released_without_get_connection() {
@@ -57,70 +59,105 @@ fn item02_dead_connections_are_released_without_get_connection() {
     assert_eq!(len, 1, "len() counts the one live connection");
 }
 
-/// Runs `broadcasts` calls of `broadcast` in a thread; returns how many ended within `T`.
-/// If some hang, closing the server frees them, so the thread can be joined.
+/// Runs `broadcasts` calls of `broadcast` in a thread; returns the reports of those
+/// that ended within `T`. If some hang, closing the server frees them, so the thread
+/// can be joined.
 fn broadcasts_end(
     s: &Arc<serpy::Server>,
     broadcasts: usize,
     message: impl Fn(usize) -> serpy::Message + Send + 'static,
-) -> usize {
+) -> Vec<Broadcast> {
     let (tx, rx) = mpsc::channel();
     let worker = thread::spawn({
         let s = s.clone();
         move || {
             for i in 0..broadcasts {
-                let _ = s.broadcast(message(i));
-                let _ = tx.send(i);
+                match s.broadcast(message(i)) {
+                    Ok(report) => {
+                        if tx.send(report).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => panic!("broadcast {i}: {e}"),
+                }
             }
         }
     });
     let deadline = Instant::now() + T;
-    let mut done = 0;
-    while done < broadcasts {
+    let mut done = Vec::new();
+    while done.len() < broadcasts {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(_) => done += 1,
+            Ok(report) => done.push(report),
             Err(_) => break,
         }
     }
-    if done < broadcasts {
+    if done.len() < broadcasts {
         s.close_all();
     }
     worker.join().unwrap();
     done
 }
 
-#[test]
-#[ignore = "issue 9 item 5: fails until fixed"]
-fn item05_broadcast_does_not_hang_on_an_auto_client_that_has_not_spoken() {
-    let s = Arc::new(server(ServerBuilder::new().protocol(Protocol::Auto)));
-    let _silent = Connection::connect(s.local_addr()).unwrap();
-    let _peer = s.get_connection_timeout(T).unwrap();
-    let done = broadcasts_end(&s, 2000, |i| serpy::Message::from(i as i64));
-    assert_eq!(
-        done, 2000,
-        "broadcast hung after {done} messages for a client whose protocol is not known yet"
-    );
+/// How many of `reports` queued the message for `conn`, and how many say its queue was
+/// full.
+fn outcomes_for(reports: &[Broadcast], conn: &Connection) -> (usize, usize) {
+    let mut queued = 0;
+    let mut full = 0;
+    for report in reports {
+        for (c, r) in report.iter() {
+            if c == conn {
+                match r {
+                    Ok(()) => queued += 1,
+                    Err(Error::QueueFull { .. }) => full += 1,
+                    Err(e) => panic!("unexpected outcome for a live peer: {e}"),
+                }
+            }
+        }
+    }
+    (queued, full)
 }
 
 #[test]
-#[ignore = "issue 9 item 5: fails until fixed"]
+fn item05_broadcast_does_not_hang_on_an_auto_client_that_has_not_spoken() {
+    let s = Arc::new(server(ServerBuilder::new().protocol(Protocol::Auto)));
+    let _silent = Connection::connect(s.local_addr()).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    let done = broadcasts_end(&s, 2000, |i| serpy::Message::from(i as i64));
+    assert_eq!(
+        done.len(),
+        2000,
+        "broadcast hung after {} messages for a client whose protocol is not known yet",
+        done.len()
+    );
+    // Its queue took what it could hold; each later message is reported as missed.
+    let (queued, full) = outcomes_for(&done, &peer);
+    assert_eq!(
+        queued + full,
+        2000,
+        "one outcome per broadcast for the peer"
+    );
+    assert!(full > 0, "2,000 messages fit in a queue of 1,024");
+}
+
+#[test]
 fn item05_one_peer_that_never_reads_does_not_block_broadcast() {
     let s = Arc::new(server(
         ServerBuilder::new()
             .protocol(Protocol::V2)
-            .outgoing_capacity(4),
+            .outgoing_capacity(4)
+            .close_timeout(T),
     ));
     // A reader, and a raw peer that never reads.
     let reader = ConnectionBuilder::new()
         .protocol(Protocol::V2)
         .connect(s.local_addr())
         .unwrap();
-    let _reader_peer = s.get_connection_timeout(T).unwrap();
-    let _stuck = TcpStream::connect(s.local_addr()).unwrap();
-    let _stuck_peer = s.get_connection_timeout(T).unwrap();
+    let reader_peer = s.get_connection_timeout(T).unwrap();
+    let stuck = TcpStream::connect(s.local_addr()).unwrap();
+    let stuck_peer = s.get_connection_timeout(T).unwrap();
     let received = thread::spawn(move || {
         let mut n = 0;
-        while reader.get_data_timeout(Duration::from_secs(5)).is_ok() {
+        while reader.get_data_timeout(T).is_ok() {
             n += 1;
         }
         n
@@ -128,11 +165,25 @@ fn item05_one_peer_that_never_reads_does_not_block_broadcast() {
     // 200 x 256 KiB: far more than the stuck peer's socket buffers and queue hold.
     let blob = Bytes::from(vec![5u8; 256 << 10]);
     let done = broadcasts_end(&s, 200, move |_| serpy::Message::Bytes(blob.clone()));
+    // The stuck peer goes; closing then writes everything queued for the reader.
+    edges_support::reset(stuck);
     s.close_all();
     let n = received.join().unwrap();
     assert_eq!(
-        done, 200,
-        "broadcast blocked after {done} messages on a peer that never reads (the reader got {n})"
+        done.len(),
+        200,
+        "broadcast blocked after {} messages on a peer that never reads (the reader got {n})",
+        done.len()
+    );
+    let (stuck_queued, stuck_full) = outcomes_for(&done, &stuck_peer);
+    assert!(
+        stuck_full > 0,
+        "the stuck peer's queue never filled ({stuck_queued} queued)"
+    );
+    let (reader_queued, _) = outcomes_for(&done, &reader_peer);
+    assert_eq!(
+        n, reader_queued,
+        "the reader got every message queued for it, and no other"
     );
 }
 

@@ -11,16 +11,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::connection::{Connection, Prepared};
+use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::protocol::{Mode, Protocol};
+use crate::protocol::Mode;
 use crate::sync::lock;
 
 mod acceptor;
+mod broadcast;
 mod builder;
 
 use acceptor::{wake_addr, ServerShared};
+pub use broadcast::Broadcast;
 pub use builder::{ServerBuilder, DEFAULT_MAX_CONNECTIONS};
 
 /// A message received by a server, with the connection it came from: see
@@ -170,64 +172,6 @@ impl Server {
     pub fn connections(&self) -> Vec<Connection> {
         drop(self.shared.prune());
         lock(&self.shared.registry).clone()
-    }
-
-    /// Sends `data` to every connection of the server, as [`Connection::send`] would to
-    /// each (mode 0 over v1, its typed frame over v2), and returns how many connections
-    /// it was queued for.
-    ///
-    /// The message is encoded once per protocol, and that encoding is shared by the
-    /// connections: a large payload is neither copied nor checksummed once per
-    /// connection; its memory goes when the last connection has written it.
-    ///
-    /// Connections that are down for good or closed are skipped. Like `send`, it waits
-    /// while a connection's outgoing queue is full. Errors: the message cannot be sent
-    /// over the protocol of one of the connections ([`Error::EmptyMessage`],
-    /// [`Error::MessageTooLarge`], [`Error::Encoding`], [`Error::Unsupported`]); it is
-    /// then sent to none.
-    ///
-    /// ```
-    /// use serpy::{Connection, Protocol, Server};
-    /// use std::time::Duration;
-    ///
-    /// # fn main() -> serpy::Result<()> {
-    /// let server = Server::builder().protocol(Protocol::V2).bind("127.0.0.1:0")?;
-    /// let a = Connection::builder().protocol(Protocol::V2).connect(server.local_addr())?;
-    /// let b = Connection::builder().protocol(Protocol::V2).connect(server.local_addr())?;
-    /// for _ in 0..2 {
-    ///     server.get_connection_timeout(Duration::from_secs(5))?;
-    /// }
-    /// let image = vec![7u8; 1 << 20];
-    /// assert_eq!(server.broadcast(image)?, 2);
-    /// assert_eq!(a.get_data()?.len(), 1 << 20);
-    /// assert_eq!(b.get_data()?.len(), 1 << 20);
-    /// # Ok(()) }
-    /// ```
-    pub fn broadcast(&self, data: impl Into<Message>) -> Result<usize> {
-        let message = data.into();
-        let conns = self.connections();
-        // One encoding per protocol, all made before anything is sent. (A connection of
-        // an auto server whose protocol is not known yet gets the message as it is; its
-        // writer encodes it once the protocol is known, as for `send`.)
-        let mut prepared: Vec<(Protocol, Prepared)> = Vec::new();
-        let mut which = Vec::with_capacity(conns.len());
-        for c in &conns {
-            let protocol = c.protocol();
-            let i = match prepared.iter().position(|(p, _)| *p == protocol) {
-                Some(i) => i,
-                None => {
-                    prepared.push((protocol, Prepared::new(protocol, c.config(), &message)?));
-                    prepared.len() - 1
-                }
-            };
-            which.push(i);
-        }
-        let sent = conns
-            .iter()
-            .zip(which)
-            .filter(|(c, i)| c.send_prepared(&prepared[*i].1).is_ok())
-            .count();
-        Ok(sent)
     }
 
     /// The connections that have a received message waiting.
