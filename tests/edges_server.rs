@@ -210,7 +210,6 @@ fn item10_refused_connections_make_a_few_log_lines() {
 }
 
 #[test]
-#[ignore = "issue 9 item 11: fails until fixed"]
 fn item11_close_all_closes_stalled_connections_in_parallel() {
     const PEERS: usize = 6;
     let close_timeout = Duration::from_millis(500);

@@ -4,9 +4,9 @@
 //! registry it shares with the handle; this file the handle.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -328,6 +328,12 @@ impl Server {
     /// Stops accepting and closes every connection (the original's `closeServer`).
     /// Returns once every thread of the server and its connections has ended.
     ///
+    /// The connections are closed in parallel (up to 256 at a time), so that peers
+    /// which do not read cost one close timeout together, not one each: the call takes
+    /// about as long as the slowest [`Connection::close`] (at most about the close
+    /// timeout, 2 s by default, when peers do not read what is queued for them), and
+    /// that much again for each further 256 such connections.
+    ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
     /// let server = serpy::Server::bind("127.0.0.1:0")?;
@@ -343,11 +349,37 @@ impl Server {
         self.shared.all_closed.store(true, Ordering::Release);
         drop(lock(&self.closed_tx).take());
         let conns: Vec<Connection> = lock(&self.shared.registry).drain(..).collect();
-        for c in &conns {
+        // These handles are not the last ones (`conns` holds each): no close here.
+        self.shared.new.clear();
+        close_in_parallel(&conns);
+    }
+}
+
+/// At most this many threads close connections at once in [`Server::close_all`].
+const CLOSERS: usize = 256;
+
+/// Closes `conns`, many at a time: each `close()` may wait up to the close timeout for
+/// a peer that does not read, and those waits overlap. The calling thread takes part;
+/// if no thread can be started, it closes them all itself.
+fn close_in_parallel(conns: &[Connection]) {
+    let next = AtomicUsize::new(0);
+    let work = || {
+        while let Some(c) = conns.get(next.fetch_add(1, Ordering::AcqRel)) {
             c.close();
         }
-        self.shared.new.clear();
-    }
+    };
+    thread::scope(|scope| {
+        for _ in 1..conns.len().min(CLOSERS) {
+            let started = thread::Builder::new()
+                .name("serpy-close".into())
+                .stack_size(256 * 1024)
+                .spawn_scoped(scope, work);
+            if started.is_err() {
+                break;
+            }
+        }
+        work();
+    });
 }
 
 impl IntoIterator for &Server {
