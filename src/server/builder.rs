@@ -126,6 +126,8 @@ impl ServerBuilder {
             all_closed: AtomicBool::new(false),
         });
         let (stop_tx, stop_rx) = channel::bounded(0);
+        // Only for waking the accept thread when out of descriptors: not worth failing for.
+        let waker = listener.try_clone().ok();
         let acceptor = Acceptor {
             listener,
             local,
@@ -147,6 +149,7 @@ impl ServerBuilder {
         Ok(Server {
             closed_tx: Mutex::new(Some(closed_tx)),
             stop_tx: Mutex::new(Some(stop_tx)),
+            listener: Mutex::new(waker),
             closed_rx,
             local,
             shared,

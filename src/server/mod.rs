@@ -74,6 +74,9 @@ pub struct Server {
     /// Dropped by `close`, which wakes the accept thread when it waits after a failed
     /// accept.
     stop_tx: Mutex<Option<Sender<()>>>,
+    /// A second descriptor of the listening socket, for `close` to wake the accept
+    /// thread when it cannot connect to it (out of descriptors); taken by `close`.
+    listener: Mutex<Option<std::net::TcpListener>>,
     closed_rx: Receiver<()>,
 }
 
@@ -316,12 +319,21 @@ impl Server {
         };
         self.shared.stop.store(true, Ordering::Release);
         drop(lock(&self.stop_tx).take());
-        // Wake the blocked accept() by connecting to ourselves.
+        // Wake the blocked accept() by connecting to ourselves; without a descriptor for
+        // that, by shutting the listening socket down (which wakes accept() on Linux).
         let wake = wake_addr(self.local);
-        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_err() {
-            log::warn!("serpy server: could not wake the accept thread on {wake}; it ends at the next connection");
+        let listener = lock(&self.listener).take();
+        if let Err(e) = TcpStream::connect_timeout(&wake, Duration::from_secs(1)) {
+            let shut = listener
+                .as_ref()
+                .map(|l| socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read));
+            if !matches!(shut, Some(Ok(()))) {
+                log::warn!("serpy server: could not wake the accept thread on {wake} ({e}); it ends at the next connection");
+            }
         }
         let _ = handle.join();
+        // The listening socket closes with the last of its descriptors.
+        drop(listener);
         log::info!("serpy server on {} closed", self.local);
     }
 
