@@ -167,7 +167,10 @@ fn item06_replies_reach_a_peer_that_half_closed() {
         .filter(|e| matches!(e, Event::Lost { .. }))
         .collect();
     // Empty blocks (a lone 0x1F) are no message: a receiver skips them.
-    let blocks: Vec<&[u8]> = got.split(|&b| b == 0x1f).filter(|b| !b.is_empty()).collect();
+    let blocks: Vec<&[u8]> = got
+        .split(|&b| b == 0x1f)
+        .filter(|b| !b.is_empty())
+        .collect();
     let replies: Vec<String> = (0..REPLIES).map(|i| format!("reply {i}")).collect();
     let complete = got.ends_with(b"\x1f")
         && blocks.len() == REPLIES
