@@ -314,3 +314,28 @@ fn item13_a_burst_of_connects_fits_in_the_listen_backlog() {
         "only {queued} of a burst of {BURST} connects fit in the listen queue (std's backlog is 128)"
     );
 }
+
+#[test]
+fn get_connection_ends_once_the_server_is_closed() {
+    // With the new-connection queue kept by the server (item 2), a blocked
+    // get_connection() must still end when the accept thread does.
+    let s = Arc::new(server(ServerBuilder::new()));
+    let _c = Connection::connect(s.local_addr()).unwrap();
+    let _peer = s.get_connection_timeout(T).unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let waiter = thread::spawn({
+        let s = s.clone();
+        move || {
+            let _ = started_tx.send(());
+            let begun = Instant::now();
+            (s.get_connection_timeout(T).map(|_| ()), begun.elapsed())
+        }
+    });
+    started.recv().unwrap();
+    s.close();
+    let (then, waited) = waiter.join().unwrap();
+    assert!(
+        matches!(then, Err(Error::Closed)),
+        "get_connection() after close(): {then:?} after {waited:?}"
+    );
+}

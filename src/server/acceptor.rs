@@ -73,11 +73,12 @@ impl ServerShared {
 /// server whose program never calls `get_connection` (the `recv_any` pattern) does not
 /// keep every past client's socket.
 pub(super) struct NewConnections {
-    tx: Sender<Connection>,
+    /// The sending side, locked while the queue is pushed to or rewritten, so that it
+    /// keeps its order; `None` once the accept thread has ended, which disconnects `rx`:
+    /// `get_connection` then gives what is left, then `Closed`.
+    tx: Mutex<Option<Sender<Connection>>>,
     /// Where `get_connection` and its variants take from.
     pub rx: Receiver<Connection>,
-    /// Held while the queue is pushed to or rewritten, so that it keeps its order.
-    order: Mutex<()>,
 }
 
 impl NewConnections {
@@ -85,23 +86,27 @@ impl NewConnections {
     pub fn new(capacity: usize) -> Self {
         let (tx, rx) = channel::bounded(capacity);
         NewConnections {
-            tx,
+            tx: Mutex::new(Some(tx)),
             rx,
-            order: Mutex::new(()),
         }
     }
 
     /// Adds `conn`, dropping the oldest waiting connection if the queue is full (it
     /// stays in the registry: `recv_any` still serves it).
     fn push(&self, conn: Connection) {
-        let _order = lock(&self.order);
-        push_drop_oldest(&self.tx, &self.rx, conn);
+        if let Some(tx) = lock(&self.tx).as_ref() {
+            push_drop_oldest(tx, &self.rx, conn);
+        }
     }
 
     /// Moves the waiting connections that are done into `gone`; the others stay, in
-    /// their order.
+    /// their order. (Once the accept thread has ended nothing is added any more, and
+    /// what waits stays as it is.)
     fn prune(&self, gone: &mut Vec<Connection>) {
-        let _order = lock(&self.order);
+        let tx = lock(&self.tx);
+        let Some(tx) = tx.as_ref() else {
+            return;
+        };
         if self.rx.is_empty() {
             return;
         }
@@ -109,16 +114,20 @@ impl NewConnections {
         for c in waiting {
             if is_done(&c) {
                 gone.push(c);
-            } else if let Err(e) = self.tx.try_send(c) {
+            } else if let Err(e) = tx.try_send(c) {
                 // Cannot happen (only `push` adds, under the same lock); keep it anyway.
                 gone.push(e.into_inner());
             }
         }
     }
 
+    /// No new connection will come (the accept thread ended).
+    pub fn end(&self) {
+        drop(lock(&self.tx).take());
+    }
+
     /// Drops every waiting connection (the server closes).
     pub fn clear(&self) {
-        let _order = lock(&self.order);
         while self.rx.try_recv().is_ok() {}
     }
 }
@@ -144,7 +153,14 @@ pub(super) struct Acceptor {
 }
 
 impl Acceptor {
+    /// The accept thread: accepts until the server is closed, then ends the queue of new
+    /// connections.
     pub fn run(self) {
+        self.accept_loop();
+        self.shared.new.end();
+    }
+
+    fn accept_loop(&self) {
         let mut backoff: Option<Duration> = None;
         loop {
             let accepted = self.listener.accept();

@@ -332,6 +332,8 @@ impl Server {
             }
         }
         let _ = handle.join();
+        // Also if the accept thread panicked: get_connection must not wait for ever.
+        self.shared.new.end();
         // The listening socket closes with the last of its descriptors.
         drop(listener);
         log::info!("serpy server on {} closed", self.local);
