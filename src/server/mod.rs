@@ -383,16 +383,23 @@ fn close_in_parallel(conns: &[Connection]) {
         }
     };
     thread::scope(|scope| {
+        let mut closers = Vec::new();
         for _ in 1..conns.len().min(CLOSERS) {
-            let started = thread::Builder::new()
+            match thread::Builder::new()
                 .name("serpy-close".into())
                 .stack_size(256 * 1024)
-                .spawn_scoped(scope, work);
-            if started.is_err() {
-                break;
+                .spawn_scoped(scope, work)
+            {
+                Ok(h) => closers.push(h),
+                Err(_) => break,
             }
         }
         work();
+        // Joined one by one (the scope alone waits for the work, not for the threads
+        // to be gone), so that no closer outlives close_all.
+        for h in closers {
+            let _ = h.join();
+        }
     });
 }
 
