@@ -25,6 +25,7 @@ const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(5);
 /// The longest wait between two failed accepts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
+/// What the accept thread and the server handle share.
 pub(super) struct ServerShared {
     /// Every connection the server accepted and has not forgotten (see `prune`).
     pub registry: Mutex<Vec<Connection>>,
@@ -59,10 +60,12 @@ impl ServerShared {
         gone
     }
 
+    /// How many connections are not gone for good (the limit counts these).
     pub fn live(&self) -> usize {
         lock(&self.registry).iter().filter(|c| !c.is_gone()).count()
     }
 
+    /// The connection with `id`, if the server still has it (for `recv_any`).
     pub fn find(&self, id: u64) -> Option<Connection> {
         lock(&self.registry).iter().find(|c| c.id() == id).cloned()
     }
@@ -132,7 +135,9 @@ impl NewConnections {
     }
 }
 
+/// The accept thread's state: it alone owns the listener.
 pub(super) struct Acceptor {
+    /// The listening socket (the server keeps a second descriptor of it, see `close`).
     pub listener: TcpListener,
     /// The address the server listens on, for the log.
     pub local: SocketAddr,
@@ -146,7 +151,9 @@ pub(super) struct Acceptor {
     pub start_errors: LogEvery,
     /// The options of every accepted connection.
     pub cfg: Config,
+    /// Beyond this many live connections, a new one is refused.
     pub max_connections: usize,
+    /// The registry and the new-connection queue, shared with the handle.
     pub shared: Arc<ServerShared>,
     /// Handed to every connection, for `recv_any`.
     pub notifier: Notifier,
