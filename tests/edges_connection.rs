@@ -387,6 +387,7 @@ fn item10_unsolicited_acks_make_a_few_log_lines() {
 
 #[test]
 #[ignore = "issue 9 item 11: fails until fixed"]
+// Linux: a full accept queue drops new handshakes, so connect() hangs.
 fn item11_close_does_not_wait_for_a_reconnect_stuck_in_connect() {
     // A listener whose accept queue is full: a new connect() hangs (its SYNs are dropped).
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

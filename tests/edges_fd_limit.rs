@@ -36,6 +36,10 @@ fn client_socket() -> socket2::Socket {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "Linux only: /proc, and accept() out of descriptors"
+)]
 fn item03_out_of_descriptors_the_accept_thread_backs_off_and_resumes() {
     if !edges_support::in_child_with_fd_limit(
         "item03_out_of_descriptors_the_accept_thread_backs_off_and_resumes",

@@ -21,6 +21,7 @@ use serpy::{
 };
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "Linux only: reads /proc")]
 fn item02_dead_connections_are_released_without_get_connection() {
     // The README's recv_any pattern: the program never calls get_connection().
     let s = server(ServerBuilder::new());
@@ -276,6 +277,10 @@ fn item13_busy_port_error_says_the_port_is_taken() {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "Linux only: /proc, and accept() out of descriptors"
+)]
 fn item13_a_burst_of_connects_fits_in_the_listen_backlog() {
     // The accept thread is kept from accepting by the lack of descriptors (which needs a
     // process of its own), so connections stay in the listen queue: count how many fit.
