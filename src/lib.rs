@@ -84,7 +84,7 @@ pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};
 pub use message::{Message, Text, TextEncoding};
 pub use protocol::{Mode, Protocol};
-pub use server::{Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+pub use server::{Broadcast, Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

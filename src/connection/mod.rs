@@ -456,20 +456,19 @@ impl Connection {
         outgoing::enqueue(shared, payload, deadline)
     }
 
-    /// Queues `prepared` as `send` would, blocking while the queue is full (see
-    /// `Server::broadcast`).
-    pub(crate) fn send_prepared(&self, prepared: &Prepared) -> Result<()> {
+    /// Queues `prepared` as `send` would, waiting for room in the queue until `deadline`
+    /// (see `Server::broadcast_timeout`).
+    pub(crate) fn send_prepared(&self, prepared: &Prepared, deadline: Deadline) -> Result<()> {
         let shared = &self.inner.shared;
         if let Some(e) = shared.life.refusal() {
             return Err(e);
         }
-        outgoing::enqueue(shared, prepared.0.clone(), Deadline::never())
+        outgoing::enqueue(shared, prepared.0.clone(), deadline)
     }
 
     /// Queues `prepared` as `send` would, but never blocks: [`Error::QueueFull`] when the
     /// outgoing queue is full, [`Error::Closed`] or [`Error::Disconnected`] when the
     /// connection is gone. For the server, which must not wait on one slow peer.
-    #[allow(dead_code)] // the server's use of it comes with its own change
     pub(crate) fn try_send_prepared(&self, prepared: &Prepared) -> Result<()> {
         outgoing::try_enqueue(&self.inner.shared, prepared.0.clone())
     }

@@ -8,7 +8,7 @@
 //!   `base64.b85encode` / `b85decode`.
 //! - [`to_pickle`]: the Python pickle (protocol 3) of a message, as sent in modes 4 and 5.
 //!
-//! See `PROTOCOL.md`, section "v1", for the wire format.
+//! See `docs/PROTOCOL.md` in the repository, section "v1", for the wire format.
 
 use std::fmt;
 

@@ -1,14 +1,15 @@
 //! [`ServerBuilder`]: the options of a server, and the calls that bind one
 //! ([`Server::bind`], [`Server::builder`]).
 
-use std::net::{TcpListener, ToSocketAddrs};
+use std::io;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crossbeam_channel as channel;
 
-use super::acceptor::{Acceptor, ServerShared};
+use super::acceptor::{accept_log_limit, Acceptor, NewConnections, ServerShared};
 use super::Server;
 use crate::config::{connection_options, Config};
 use crate::connection::Notifier;
@@ -17,6 +18,12 @@ use crate::protocol::Protocol;
 
 /// Default maximum number of simultaneous connections of a server.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// How many connections the system keeps waiting for the accept thread (std's `bind`
+/// asks for 128). Beyond it, a new client's handshake is dropped and retried a second
+/// later, so a burst of clients connecting at once would wait that long. The system
+/// may lower it (`net.core.somaxconn` on Linux).
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// Options for a server; see [`Server::builder`].
 ///
@@ -93,7 +100,9 @@ impl ServerBuilder {
     connection_options!("serpy::Server::builder()");
 
     /// Binds to `addr` and starts accepting. Use port 0 for any free port and read it
-    /// back with [`Server::local_addr`].
+    /// back with [`Server::local_addr`]. Up to 1024 clients that connect at once wait
+    /// for the accept thread in the system's queue (std's listeners keep 128; the system
+    /// may cap it, e.g. `net.core.somaxconn` on Linux).
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
@@ -102,7 +111,7 @@ impl ServerBuilder {
     /// # Ok(()) }
     /// ```
     pub fn bind(self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Server> {
-        let listener = TcpListener::bind(&addr).map_err(|e| Error::Address {
+        let listener = listen(&addr).map_err(|e| Error::Address {
             addr: format!("{addr:?}"),
             source: e,
         })?;
@@ -110,20 +119,26 @@ impl ServerBuilder {
             .local_addr()
             .map_err(|e| Error::io("reading the bound address", e))?;
         let (ready_tx, ready_rx) = channel::unbounded();
-        let (new_tx, new_rx) = channel::bounded(self.max_connections.clamp(16, 4096));
         let shared = Arc::new(ServerShared {
             registry: Mutex::new(Vec::new()),
+            new: NewConnections::new(self.max_connections.clamp(16, 4096)),
             stop: AtomicBool::new(false),
             all_closed: AtomicBool::new(false),
         });
+        let (stop_tx, stop_rx) = channel::bounded(0);
+        // Only for waking the accept thread when out of descriptors: not worth failing for.
+        let waker = listener.try_clone().ok();
         let acceptor = Acceptor {
             listener,
+            local,
+            stop_rx,
+            accept_errors: accept_log_limit(),
+            refusals: accept_log_limit(),
+            start_errors: accept_log_limit(),
             cfg: self.cfg,
             max_connections: self.max_connections,
             shared: shared.clone(),
             notifier: Notifier { tx: ready_tx },
-            new_tx,
-            new_rx: new_rx.clone(),
         };
         let handle = thread::Builder::new()
             .name(format!("serpy-accept-{}", local.port()))
@@ -133,14 +148,46 @@ impl ServerBuilder {
         let (closed_tx, closed_rx) = channel::bounded(0);
         Ok(Server {
             closed_tx: Mutex::new(Some(closed_tx)),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            listener: Mutex::new(waker),
             closed_rx,
             local,
             shared,
             accept: Mutex::new(Some(handle)),
-            new_rx,
             ready_rx,
         })
     }
+}
+
+/// Binds to the first address `addr` resolves to that can be bound, and listens with a
+/// backlog of [`LISTEN_BACKLOG`].
+fn listen(addr: &impl ToSocketAddrs) -> io::Result<TcpListener> {
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        match listen_on(a) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "it resolved to no address")
+    }))
+}
+
+fn listen_on(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As std's bind does outside Windows: a restarted server can bind its port while
+    // links of its previous run linger in TIME_WAIT.
+    #[cfg(not(windows))]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 impl Server {

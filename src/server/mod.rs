@@ -4,23 +4,25 @@
 //! registry it shares with the handle; this file the handle.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::connection::{Connection, Prepared};
+use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::protocol::{Mode, Protocol};
+use crate::protocol::Mode;
 use crate::sync::lock;
 
 mod acceptor;
+mod broadcast;
 mod builder;
 
 use acceptor::{wake_addr, ServerShared};
+pub use broadcast::Broadcast;
 pub use builder::{ServerBuilder, DEFAULT_MAX_CONNECTIONS};
 
 /// A message received by a server, with the connection it came from: see
@@ -66,10 +68,15 @@ pub struct Server {
     local: SocketAddr,
     shared: Arc<ServerShared>,
     accept: Mutex<Option<JoinHandle<()>>>,
-    new_rx: Receiver<Connection>,
     ready_rx: Receiver<u64>,
     /// Dropped by `close_all`, which wakes every `recv_any`.
     closed_tx: Mutex<Option<Sender<()>>>,
+    /// Dropped by `close`, which wakes the accept thread when it waits after a failed
+    /// accept.
+    stop_tx: Mutex<Option<Sender<()>>>,
+    /// A second descriptor of the listening socket, for `close` to wake the accept
+    /// thread when it cannot connect to it (out of descriptors); taken by `close`.
+    listener: Mutex<Option<std::net::TcpListener>>,
     closed_rx: Receiver<()>,
 }
 
@@ -98,6 +105,14 @@ impl Server {
     /// The next new connection, waiting as long as it takes ([`Error::Closed`] once the
     /// server is closed and every new connection was taken).
     ///
+    /// Nobody has to take them: a server used through [`recv_any`](Server::recv_any)
+    /// never calls this, and the connections that went down for good with nothing left
+    /// to read are forgotten all the same (their sockets and memory released) at the
+    /// next accept or the next call of [`len`](Server::len),
+    /// [`connections`](Server::connections) or [`broadcast`](Server::broadcast). Up to
+    /// `max_connections` (at least 16, at most 4096) new connections wait to be taken;
+    /// beyond that the oldest leaves the queue (it stays served by `recv_any`).
+    ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
     /// let server = serpy::Server::bind("127.0.0.1:0")?;
@@ -107,7 +122,7 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn get_connection(&self) -> Result<Connection> {
-        self.new_rx.recv().map_err(|_| Error::Closed)
+        self.shared.new.rx.recv().map_err(|_| Error::Closed)
     }
 
     /// The next new connection, waiting at most `timeout`.
@@ -120,13 +135,17 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn get_connection_timeout(&self, timeout: Duration) -> Result<Connection> {
-        self.new_rx.recv_timeout(timeout).map_err(|e| match e {
-            RecvTimeoutError::Timeout => Error::Timeout {
-                operation: "get_connection",
-                after: timeout,
-            },
-            RecvTimeoutError::Disconnected => Error::Closed,
-        })
+        self.shared
+            .new
+            .rx
+            .recv_timeout(timeout)
+            .map_err(|e| match e {
+                RecvTimeoutError::Timeout => Error::Timeout {
+                    operation: "get_connection",
+                    after: timeout,
+                },
+                RecvTimeoutError::Disconnected => Error::Closed,
+            })
     }
 
     /// The next new connection if one is waiting.
@@ -138,11 +157,12 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn try_get_connection(&self) -> Option<Connection> {
-        self.new_rx.try_recv().ok()
+        self.shared.new.rx.try_recv().ok()
     }
 
-    /// A snapshot of the server's connections. A connection whose link is down drops out
-    /// by itself once everything it received has been read.
+    /// A snapshot of the server's connections, taken or not with `get_connection`. A
+    /// connection whose link is down for good drops out once everything it received has
+    /// been read, and the server then lets go of it.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
@@ -155,64 +175,6 @@ impl Server {
     pub fn connections(&self) -> Vec<Connection> {
         drop(self.shared.prune());
         lock(&self.shared.registry).clone()
-    }
-
-    /// Sends `data` to every connection of the server, as [`Connection::send`] would to
-    /// each (mode 0 over v1, its typed frame over v2), and returns how many connections
-    /// it was queued for.
-    ///
-    /// The message is encoded once per protocol, and that encoding is shared by the
-    /// connections: a large payload is neither copied nor checksummed once per
-    /// connection; its memory goes when the last connection has written it.
-    ///
-    /// Connections that are down for good or closed are skipped. Like `send`, it waits
-    /// while a connection's outgoing queue is full. Errors: the message cannot be sent
-    /// over the protocol of one of the connections ([`Error::EmptyMessage`],
-    /// [`Error::MessageTooLarge`], [`Error::Encoding`], [`Error::Unsupported`]); it is
-    /// then sent to none.
-    ///
-    /// ```
-    /// use serpy::{Connection, Protocol, Server};
-    /// use std::time::Duration;
-    ///
-    /// # fn main() -> serpy::Result<()> {
-    /// let server = Server::builder().protocol(Protocol::V2).bind("127.0.0.1:0")?;
-    /// let a = Connection::builder().protocol(Protocol::V2).connect(server.local_addr())?;
-    /// let b = Connection::builder().protocol(Protocol::V2).connect(server.local_addr())?;
-    /// for _ in 0..2 {
-    ///     server.get_connection_timeout(Duration::from_secs(5))?;
-    /// }
-    /// let image = vec![7u8; 1 << 20];
-    /// assert_eq!(server.broadcast(image)?, 2);
-    /// assert_eq!(a.get_data()?.len(), 1 << 20);
-    /// assert_eq!(b.get_data()?.len(), 1 << 20);
-    /// # Ok(()) }
-    /// ```
-    pub fn broadcast(&self, data: impl Into<Message>) -> Result<usize> {
-        let message = data.into();
-        let conns = self.connections();
-        // One encoding per protocol, all made before anything is sent. (A connection of
-        // an auto server whose protocol is not known yet gets the message as it is; its
-        // writer encodes it once the protocol is known, as for `send`.)
-        let mut prepared: Vec<(Protocol, Prepared)> = Vec::new();
-        let mut which = Vec::with_capacity(conns.len());
-        for c in &conns {
-            let protocol = c.protocol();
-            let i = match prepared.iter().position(|(p, _)| *p == protocol) {
-                Some(i) => i,
-                None => {
-                    prepared.push((protocol, Prepared::new(protocol, c.config(), &message)?));
-                    prepared.len() - 1
-                }
-            };
-            which.push(i);
-        }
-        let sent = conns
-            .iter()
-            .zip(which)
-            .filter(|(c, i)| c.send_prepared(&prepared[*i].1).is_ok())
-            .count();
-        Ok(sent)
     }
 
     /// The connections that have a received message waiting.
@@ -230,7 +192,9 @@ impl Server {
             .collect()
     }
 
-    /// How many connections [`connections`](Server::connections) would give.
+    /// How many connections [`connections`](Server::connections) would give: the live
+    /// ones, and those down for good that still hold messages to read. Connections that
+    /// are gone are forgotten first, whether or not the program ever took them.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
@@ -354,17 +318,35 @@ impl Server {
             return;
         };
         self.shared.stop.store(true, Ordering::Release);
-        // Wake the blocked accept() by connecting to ourselves.
+        drop(lock(&self.stop_tx).take());
+        // Wake the blocked accept() by connecting to ourselves; without a descriptor for
+        // that, by shutting the listening socket down (which wakes accept() on Linux).
         let wake = wake_addr(self.local);
-        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_err() {
-            log::warn!("serpy server: could not wake the accept thread on {wake}; it ends at the next connection");
+        let listener = lock(&self.listener).take();
+        if let Err(e) = TcpStream::connect_timeout(&wake, Duration::from_secs(1)) {
+            let shut = listener
+                .as_ref()
+                .map(|l| socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read));
+            if !matches!(shut, Some(Ok(()))) {
+                log::warn!("serpy server: could not wake the accept thread on {wake} ({e}); it ends at the next connection");
+            }
         }
         let _ = handle.join();
+        // Also if the accept thread panicked: get_connection must not wait for ever.
+        self.shared.new.end();
+        // The listening socket closes with the last of its descriptors.
+        drop(listener);
         log::info!("serpy server on {} closed", self.local);
     }
 
     /// Stops accepting and closes every connection (the original's `closeServer`).
     /// Returns once every thread of the server and its connections has ended.
+    ///
+    /// The connections are closed in parallel (up to 256 at a time), so that peers
+    /// which do not read cost one close timeout together, not one each: the call takes
+    /// about as long as the slowest [`Connection::close`] (at most about the close
+    /// timeout, 2 s by default, when peers do not read what is queued for them), and
+    /// that much again for each further 256 such connections.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
@@ -381,11 +363,44 @@ impl Server {
         self.shared.all_closed.store(true, Ordering::Release);
         drop(lock(&self.closed_tx).take());
         let conns: Vec<Connection> = lock(&self.shared.registry).drain(..).collect();
-        for c in &conns {
+        // These handles are not the last ones (`conns` holds each): no close here.
+        self.shared.new.clear();
+        close_in_parallel(&conns);
+    }
+}
+
+/// At most this many threads close connections at once in [`Server::close_all`].
+const CLOSERS: usize = 256;
+
+/// Closes `conns`, many at a time: each `close()` may wait up to the close timeout for
+/// a peer that does not read, and those waits overlap. The calling thread takes part;
+/// if no thread can be started, it closes them all itself.
+fn close_in_parallel(conns: &[Connection]) {
+    let next = AtomicUsize::new(0);
+    let work = || {
+        while let Some(c) = conns.get(next.fetch_add(1, Ordering::AcqRel)) {
             c.close();
         }
-        while self.new_rx.try_recv().is_ok() {}
-    }
+    };
+    thread::scope(|scope| {
+        let mut closers = Vec::new();
+        for _ in 1..conns.len().min(CLOSERS) {
+            match thread::Builder::new()
+                .name("serpy-close".into())
+                .stack_size(256 * 1024)
+                .spawn_scoped(scope, work)
+            {
+                Ok(h) => closers.push(h),
+                Err(_) => break,
+            }
+        }
+        work();
+        // Joined one by one (the scope alone waits for the work, not for the threads
+        // to be gone), so that no closer outlives close_all.
+        for h in closers {
+            let _ = h.join();
+        }
+    });
 }
 
 impl IntoIterator for &Server {
