@@ -110,7 +110,7 @@ pub(crate) mod policy {
     /// A [`LogLimit`](super::LogLimit) logs every occurrence up to this many.
     pub const FIRST_LINES: u64 = 16;
     /// A [`LogEvery`](super::LogEvery) of the accept loop logs at most once per this.
-    #[allow(dead_code)] // for the server's accept loop, whose change comes on its own
+
     pub const ACCEPT_ERRORS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 }
 
@@ -140,14 +140,12 @@ impl LogLimit {
 /// At most one log line per interval for something that can repeat without end (accept
 /// errors, refused connections); the line says how many were left out since the last.
 #[derive(Debug)]
-#[allow(dead_code)] // for the server's accept loop, whose change comes on its own
 pub(crate) struct LogEvery {
     every: Duration,
     /// When the last line was logged, and how many occurrences were left out since.
     state: Mutex<(Option<Instant>, u64)>,
 }
 
-#[allow(dead_code)] // for the server's accept loop, whose change comes on its own
 impl LogEvery {
     /// At most one line per `every`.
     pub fn new(every: Duration) -> Self {

@@ -1,6 +1,6 @@
 //! Issue 9, the connection side: each numbered defect tried as a user or a hostile peer
-//! would meet it, through the public API only. Each test is named after its item and is
-//! ignored until its fix lands (the fix removes the `#[ignore]`).
+//! would meet it, through the public API only. Each test is named after its item; each failed
+//! before its fix.
 //!
 //! Waits are on the event checked (a message, an event, a join), with `T` as the upper
 //! bound; the only fixed intervals are the bounds a promise is stated in.
@@ -61,7 +61,6 @@ fn events_until_disconnected(conn: &Connection) -> Vec<Event> {
 }
 
 #[test]
-#[ignore = "issue 9 item 1: fails until fixed"]
 fn item01_dropped_acked_message_keeps_ack_matching() {
     // The receiver drops a message above its maximum size. The acked send of it must
     // not return Ok, and the link must not stay desynchronised: the next acked send
@@ -96,7 +95,6 @@ fn item01_dropped_acked_message_keeps_ack_matching() {
 }
 
 #[test]
-#[ignore = "issue 9 item 4: fails until fixed"]
 fn item04_link_that_dies_at_once_counts_as_a_failed_attempt() {
     // A full server: it accepts and closes at once, every time.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -147,7 +145,6 @@ fn item04_link_that_dies_at_once_counts_as_a_failed_attempt() {
 }
 
 #[test]
-#[ignore = "issue 9 item 6: fails until fixed"]
 fn item06_replies_reach_a_peer_that_half_closed() {
     let s = server(ServerBuilder::new());
     let mut raw = TcpStream::connect(s.local_addr()).unwrap();
@@ -196,7 +193,6 @@ fn says_partial_message_was_dropped(events: &[Event]) -> bool {
 }
 
 #[test]
-#[ignore = "issue 9 item 7: fails until fixed"]
 fn item07_message_cut_by_a_closing_peer_gives_an_event() {
     for protocol in [Protocol::V1, Protocol::V2] {
         let s = server(ServerBuilder::new().protocol(protocol));
@@ -223,7 +219,6 @@ fn item07_message_cut_by_a_closing_peer_gives_an_event() {
 }
 
 #[test]
-#[ignore = "issue 9 item 7: fails until fixed"]
 fn item07_acked_send_cut_mid_message_is_not_reported_as_not_sent() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = Connection::connect(listener.local_addr().unwrap()).unwrap();
@@ -278,7 +273,6 @@ fn acked_command_behind_unread_messages(
 }
 
 #[test]
-#[ignore = "issue 9 item 8: fails until fixed"]
 fn item08_acked_send_completes_while_own_incoming_queue_is_full() {
     // 3,000 small messages: far beyond the default count bound, far within the byte budget.
     let (client, r) = acked_command_behind_unread_messages(ConnectionBuilder::new(), 3000, T);
@@ -293,7 +287,6 @@ fn item08_acked_send_completes_while_own_incoming_queue_is_full() {
 }
 
 #[test]
-#[ignore = "issue 9 item 8: fails until fixed"]
 fn item08_a_small_count_bound_set_by_the_user_is_named_in_the_error() {
     let (_client, r) = acked_command_behind_unread_messages(
         ConnectionBuilder::new().incoming_capacity(16),
@@ -308,7 +301,6 @@ fn item08_a_small_count_bound_set_by_the_user_is_named_in_the_error() {
 }
 
 #[test]
-#[ignore = "issue 9 item 9: fails until fixed"]
 fn item09_v1_server_reports_and_closes_a_v2_client() {
     let s = server(ServerBuilder::new().protocol(Protocol::V1));
     let (client, peer) = pair(&s, ConnectionBuilder::new().protocol(Protocol::V2));
@@ -328,7 +320,6 @@ fn item09_v1_server_reports_and_closes_a_v2_client() {
 }
 
 #[test]
-#[ignore = "issue 9 item 9: fails until fixed"]
 fn item09_v1_acked_send_to_a_v2_server_fails_fast() {
     let s = server(ServerBuilder::new().protocol(Protocol::V2));
     let (client, _peer) = pair(&s, ConnectionBuilder::new());
@@ -342,7 +333,6 @@ fn item09_v1_acked_send_to_a_v2_server_fails_fast() {
 }
 
 #[test]
-#[ignore = "issue 9 item 9: fails until fixed"]
 fn item09_acked_send_queued_before_detection_fails_as_unsupported() {
     let s = server(ServerBuilder::new().protocol(Protocol::Auto));
     let (client, peer) = pair(&s, ConnectionBuilder::new().protocol(Protocol::V2));
@@ -366,7 +356,6 @@ fn item09_acked_send_queued_before_detection_fails_as_unsupported() {
 }
 
 #[test]
-#[ignore = "issue 9 item 10: fails until fixed"]
 fn item10_unsolicited_acks_make_a_few_log_lines() {
     let warned = count_log_lines("acknowledg", log::Level::Warn);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -386,7 +375,6 @@ fn item10_unsolicited_acks_make_a_few_log_lines() {
 }
 
 #[test]
-#[ignore = "issue 9 item 11: fails until fixed"]
 // Linux: a full accept queue drops new handshakes, so connect() hangs.
 fn item11_close_does_not_wait_for_a_reconnect_stuck_in_connect() {
     // A listener whose accept queue is full: a new connect() hangs (its SYNs are dropped).
@@ -441,7 +429,6 @@ fn item11_close_does_not_wait_for_a_reconnect_stuck_in_connect() {
 // tests/runtime_edges.rs, written with its fix on the connection side.
 
 #[test]
-#[ignore = "issue 9 item 13: fails until fixed"]
 fn item13_receive_timeout_hint_points_the_right_way() {
     let s = server(ServerBuilder::new());
     let (client, _peer) = pair(&s, ConnectionBuilder::new());
@@ -457,7 +444,6 @@ fn item13_receive_timeout_hint_points_the_right_way() {
 }
 
 #[test]
-#[ignore = "issue 9 item 13: fails until fixed"]
 fn item13_disconnected_after_giving_up_does_not_say_enable_auto_restart() {
     let s = server(ServerBuilder::new());
     let c = Connection::builder()
@@ -477,7 +463,6 @@ fn item13_disconnected_after_giving_up_does_not_say_enable_auto_restart() {
 }
 
 #[test]
-#[ignore = "issue 9 item 13: fails until fixed"]
 fn item13_sends_racing_close_return_closed() {
     // Senders that keep the outgoing queue full (the peer reads nothing) while the
     // connection is closed: each ends with Closed, not Disconnected.

@@ -1,6 +1,6 @@
 //! Issue 9, the server side: each numbered defect tried as a user or a hostile peer
-//! would meet it, through the public API only. Each test is named after its item and is
-//! ignored until its fix lands (the fix removes the `#[ignore]`).
+//! would meet it, through the public API only. Each test is named after its item; each failed
+//! before its fix.
 //!
 //! Waits are on the event checked (a message, the end of a stream, a join), with `T` as
 //! the upper bound; the only fixed intervals are the bounds a promise is stated in.
@@ -260,7 +260,6 @@ fn item11_close_all_closes_stalled_connections_in_parallel() {
 }
 
 #[test]
-#[ignore = "issue 9 item 13: fails until fixed"]
 fn item13_busy_port_error_says_the_port_is_taken() {
     let s = server(ServerBuilder::new());
     let e = ServerBuilder::new().bind(s.local_addr()).unwrap_err();
