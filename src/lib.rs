@@ -73,6 +73,7 @@ mod connection;
 pub mod error;
 mod event;
 pub mod message;
+pub mod pickle;
 pub mod protocol;
 mod server;
 
