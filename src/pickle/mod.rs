@@ -12,7 +12,7 @@
 //! use serpy::pickle::{self, Value};
 //!
 //! // pickle.dumps({'exposure': 10, 'gain': 2.5}, protocol=4)
-//! let p = b"\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x08exposure\x94K\n\x8c\x04gain\x94G@\x04\x00\x00\x00\x00\x00\x00u.";
+//! let p = b"\x80\x04\x95\x22\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x08exposure\x94K\n\x8c\x04gain\x94G@\x04\x00\x00\x00\x00\x00\x00u.";
 //! let v = pickle::decode(p)?;
 //! assert_eq!(v.get("exposure").and_then(Value::as_i64), Some(10));
 //! assert_eq!(v.get("gain").and_then(Value::as_f64), Some(2.5));
@@ -75,15 +75,29 @@
 //! # Which parts are hand-written, and why
 //!
 //! The `serde-pickle` crate reads protocols 0 to 5 and writes protocols 2 and 3 for the
-//! serde data model, and does that well; with the `serde` feature this crate uses it to
-//! turn [`Value`]s into `serde::Deserialize` types and `serde::Serialize` types into
-//! pickles. Its decoder is not used for what a peer sends: it cannot read numpy arrays
-//! (their globals are refused or replaced by `None`) nor protocol 5 buffers, turns
-//! `bytearray` into `bytes`, copies every string, and has no bound on nesting depth or on
-//! memo expansion (a pickle of a few hundred bytes can make it build an exponentially
-//! large value, and a deeply nested one overflows the stack). This decoder is
-//! hand-written for those reasons, and so is the writer of [`Value`]s (numpy arrays,
-//! `bytearray`, insertion-ordered dicts).
+//! serde data model. Its writer does that well: with the `serde` feature (on by default)
+//! [`to_pickle`] and [`Message::from_serialize`](crate::Message::from_serialize) use it.
+//! Its reader is not used for what a peer sends, because it reads no numpy arrays (an
+//! array comes out as its raw state tuple, without its dtype) nor protocol 5 buffers,
+//! turns `bytearray` into `bytes`, copies every string, and bounds neither nesting depth
+//! (a pickle of 400 kB nesting lists 200 000 deep overflows its stack and aborts the
+//! process) nor memo expansion. This decoder is hand-written for those reasons; so is the
+//! writer of [`Value`]s (numpy arrays, `bytearray`, dicts in insertion order), and the
+//! serde `Deserializer` over [`Value`] ([`from_value`]), because serde-pickle's refuses
+//! integers beyond i64 (a `u64` above `i64::MAX`).
+//!
+//! # numpy specifics
+//!
+//! - Arrays of bool, int, uint, float (16, 32, 64 bits) and complex dtypes in either byte
+//!   order and C or Fortran order are read; structured, string, object and datetime
+//!   dtypes, and subclasses such as `numpy.matrix`, are refused with a typed error.
+//! - Arrays are written as numpy writes them for protocols 0 to 4
+//!   (`numpy.core.multiarray._reconstruct`, readable by numpy 1 and 2). When numpy
+//!   unpickles that form it gives a big-endian array back in native byte order, with the
+//!   same values, as it does for its own pickles.
+//! - Protocol 5 out-of-band buffers cannot travel in a serpy message (one payload, no
+//!   buffers); they are refused with [`Error::Unsupported`]. In-band ones (what
+//!   `pickle.dumps(a, protocol=5)` writes) are read without a copy.
 
 mod decode;
 mod encode;
@@ -109,7 +123,7 @@ pub use value::{BigInt, Value};
 /// use serpy::pickle::{decode, Error};
 ///
 /// // pickle.dumps(os.system) names a global that is never imported here.
-/// let e = decode(b"\x80\x04\x95\x12\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94.").unwrap_err();
+/// let e = decode(b"\x80\x04\x95\x14\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94.").unwrap_err();
 /// assert!(matches!(&e, Error::UnknownGlobal { module, name, .. } if module == "posix" && name == "system"));
 /// assert!(matches!(decode(b"\x80\x04K"), Err(Error::Truncated { .. })));
 /// ```
