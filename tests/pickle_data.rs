@@ -174,3 +174,45 @@ fn numpy_data_is_shared_and_viewable() {
         ));
     }
 }
+
+#[test]
+fn numpy_1_module_names_in_protocols_4_and_5() {
+    // numpy 1.x names numpy.core where numpy 2 names numpy._core; in protocols 4 and 5 the
+    // names are length-prefixed strings (the FRAME length, which the decoder does not need,
+    // is left as it was).
+    fn replace(p: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        let at = p
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("name present");
+        let mut out = p[..at].to_vec();
+        out.extend_from_slice(to);
+        out.extend_from_slice(&p[at + from.len()..]);
+        out
+    }
+    let cases = load("numpy_pickles.json");
+    let mut n = 0;
+    for c in cases
+        .iter()
+        .filter(|c| c["protocol"].as_u64() >= Some(4) && c.get("repr").is_none())
+    {
+        let p = hex(c["pickle"].as_str().unwrap());
+        let old = if c["protocol"] == 5 && p.windows(11).any(|w| w == b"_frombuffer") {
+            replace(
+                &p,
+                b"\x8c\x13numpy._core.numeric",
+                b"\x8c\x12numpy.core.numeric",
+            )
+        } else {
+            replace(
+                &p,
+                b"\x8c\x16numpy._core.multiarray",
+                b"\x8c\x15numpy.core.multiarray",
+            )
+        };
+        let a = pickle::decode(&p).unwrap();
+        assert_eq!(pickle::decode(&old).unwrap(), a, "{}", label(c));
+        n += 1;
+    }
+    assert!(n > 80);
+}

@@ -64,6 +64,20 @@ fn memo_expansion_is_bounded() {
     q.extend_from_slice(b"N.");
     assert!(matches!(decode(&q), Err(Error::TooManyValues { .. })));
 
+    // Legitimate sharing beyond the default: inner = [1] * 1000; [inner] * 1000 is a
+    // million values from 4 kB; raising the limit reads it.
+    let mut shared = b"\x80\x02](]q\x00(".to_vec();
+    shared.extend(std::iter::repeat(&b"K\x01"[..]).take(1000).flatten());
+    shared.extend_from_slice(b"e");
+    shared.extend(std::iter::repeat(&b"h\x00"[..]).take(999).flatten());
+    shared.extend_from_slice(b"e.");
+    let shared = Bytes::from(shared);
+    let e = pickle::decode_bytes(&shared).unwrap_err();
+    assert!(matches!(e, Error::TooManyValues { .. }), "{e}");
+    assert!(e.to_string().contains("max_values"), "{e}");
+    let big = pickle::decode_with(&shared, &DecodeOptions::new().max_values(3_000_000)).unwrap();
+    assert_eq!(big.as_slice().map(|l| l.len()), Some(1000));
+
     // A small explicit limit.
     let opts = DecodeOptions::new().max_values(10);
     let list = Bytes::from(repeat(b"\x80\x02](", b"K\x01", 20, b"e."));

@@ -35,9 +35,12 @@ pub const DEFAULT_MAX_DEPTH: usize = 256;
 pub struct DecodeOptions {
     /// The deepest nesting of containers accepted (default [`DEFAULT_MAX_DEPTH`]).
     pub max_depth: usize,
-    /// The most values that may be built: the items put into containers while reading
-    /// plus the values of the result. `None` (the default) allows 2^20 plus two per byte
-    /// of the pickle, which no pickle reaches without memo references that expand it.
+    /// The most values that may be built: the containers and the items put into them
+    /// while reading, plus the values of the result. `None` (the default) allows 65 536
+    /// plus 8 per byte of the pickle: a pickle spends at most 3 per byte unless memo
+    /// references (one object referred to many times) expand it, and memory stays
+    /// within a few hundred bytes per byte of pickle. Raise it for data that shares
+    /// large objects many times (`[big_list] * 1000`).
     pub max_values: Option<usize>,
 }
 
@@ -98,7 +101,7 @@ pub fn decode_bytes(pickle: &Bytes) -> Result<Value> {
 pub fn decode_with(pickle: &Bytes, options: &DecodeOptions) -> Result<Value> {
     let max_values = options
         .max_values
-        .unwrap_or_else(|| (1usize << 20).saturating_add(pickle.len().saturating_mul(2)));
+        .unwrap_or_else(|| (1usize << 16).saturating_add(pickle.len().saturating_mul(8)));
     let mut m = Machine {
         input: pickle.clone(),
         pos: 0,

@@ -75,6 +75,12 @@ pub struct DType {
 
 impl DType {
     /// A dtype, checked: the size must be one that numpy has for the kind.
+    ///
+    /// ```
+    /// use serpy::pickle::{ByteOrder, DType, Kind};
+    /// assert!(DType::new(Kind::Float, 4, ByteOrder::Big).is_ok());
+    /// assert!(DType::new(Kind::Float, 3, ByteOrder::Big).is_err());
+    /// ```
     pub fn new(kind: Kind, size: usize, order: ByteOrder) -> Result<DType> {
         let ok = match kind {
             Kind::Bool => size == 1,
@@ -329,6 +335,14 @@ impl Array {
     }
 
     /// The dtype.
+    ///
+    /// ```
+    /// use serpy::pickle::{Array, DType};
+    /// let a = Array::from_slice(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    /// assert_eq!(a.dtype(), DType::of::<f32>());
+    /// assert_eq!((a.ndim(), a.len(), a.data().len()), (2, 4, 16));
+    /// assert!(!a.is_fortran_order() && !a.is_empty());
+    /// ```
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -412,6 +426,13 @@ impl Array {
     ///
     /// # Errors
     /// [`Error::WrongType`] when `T` is not the dtype.
+    ///
+    /// ```
+    /// use serpy::pickle::Array;
+    /// let a = Array::from_slice(&[-1i32, 7], &[2]).unwrap();
+    /// assert_eq!(a.to_vec::<i32>().unwrap(), vec![-1, 7]);
+    /// assert!(a.to_vec::<u32>().is_err());
+    /// ```
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         self.check_type::<T>()?;
         to_vec_of(&self.data, self.dtype.order)

@@ -12,6 +12,7 @@ use crate::message::Text;
 ///
 /// Strings and bytes share the bytes of the message they were read from; dicts keep
 /// their insertion order (two dicts are equal when their items are equal in order).
+/// `==` follows f64: a value holding a NaN is not equal to itself.
 ///
 /// ```
 /// use serpy::pickle::Value;
@@ -103,11 +104,21 @@ impl Value {
     }
 
     /// True for `None`.
+    ///
+    /// ```
+    /// assert!(serpy::pickle::Value::None.is_none());
+    /// ```
     pub fn is_none(&self) -> bool {
         matches!(self, Value::None)
     }
 
     /// The value of a `bool`.
+    ///
+    /// ```
+    /// use serpy::pickle::Value;
+    /// assert_eq!(Value::Bool(true).as_bool(), Some(true));
+    /// assert_eq!(Value::Int(1).as_bool(), None);
+    /// ```
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),
@@ -146,6 +157,12 @@ impl Value {
     }
 
     /// The value of a `float`, or of an `int` as a float.
+    ///
+    /// ```
+    /// use serpy::pickle::Value;
+    /// assert_eq!(Value::Float(2.5).as_f64(), Some(2.5));
+    /// assert_eq!(Value::Int(2).as_f64(), Some(2.0));
+    /// ```
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Float(f) => Some(*f),
@@ -156,6 +173,10 @@ impl Value {
     }
 
     /// The text of a `str`.
+    ///
+    /// ```
+    /// assert_eq!(serpy::pickle::Value::from("µ").as_str(), Some("µ"));
+    /// ```
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(t) => Some(t.as_str()),
@@ -163,7 +184,13 @@ impl Value {
         }
     }
 
-    /// The bytes of a `bytes` or `bytearray`.
+    /// The bytes of a `bytes` or `bytearray` (shared, not copied).
+    ///
+    /// ```
+    /// use serpy::pickle::Value;
+    /// let v = Value::ByteArray(bytes::Bytes::from_static(b"ab"));
+    /// assert_eq!(v.as_bytes().map(|b| &b[..]), Some(&b"ab"[..]));
+    /// ```
     pub fn as_bytes(&self) -> Option<&Bytes> {
         match self {
             Value::Bytes(b) | Value::ByteArray(b) => Some(b),
@@ -172,6 +199,11 @@ impl Value {
     }
 
     /// The items of a `list`, `tuple`, `set` or `frozenset`.
+    ///
+    /// ```
+    /// use serpy::pickle::Value;
+    /// assert_eq!(Value::from(vec![1, 2]).as_slice().map(|s| s.len()), Some(2));
+    /// ```
     pub fn as_slice(&self) -> Option<&[Value]> {
         match self {
             Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v) => Some(v),
@@ -180,6 +212,12 @@ impl Value {
     }
 
     /// The items of a `dict`, in insertion order.
+    ///
+    /// ```
+    /// use serpy::pickle::Value;
+    /// let d = Value::dict([("a", 1)]);
+    /// assert_eq!(d.as_dict(), Some(&[(Value::from("a"), Value::from(1))][..]));
+    /// ```
     pub fn as_dict(&self) -> Option<&[(Value, Value)]> {
         match self {
             Value::Dict(d) => Some(d),
@@ -188,6 +226,12 @@ impl Value {
     }
 
     /// The numpy array.
+    ///
+    /// ```
+    /// use serpy::pickle::{Array, Value};
+    /// let v = Value::from(Array::from_slice(&[1u8, 2], &[2]).unwrap());
+    /// assert_eq!(v.as_array().map(|a| a.shape().to_vec()), Some(vec![2]));
+    /// ```
     pub fn as_array(&self) -> Option<&Array> {
         match self {
             Value::Array(a) => Some(a),
