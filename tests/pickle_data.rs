@@ -216,3 +216,24 @@ fn numpy_1_module_names_in_protocols_4_and_5() {
     }
     assert!(n > 80);
 }
+
+#[test]
+fn python_2_strings_and_longs() {
+    // Python 2 pickles its byte strings with STRING, BINSTRING and SHORT_BINSTRING: they
+    // read as str where they are UTF-8 (as Python 3 reads them, with encoding="utf-8"),
+    // as bytes otherwise.
+    let cases: [(&[u8], &str); 7] = [
+        (b"S'abc'\np0\n.", "'abc'"),
+        (b"S'a\\nb\\x41\\101\\''\n.", "\"a\\nbAA'\""),
+        (b"S\"it's\"\n.", "\"it's\""),
+        (b"\x80\x02U\x03abcq\x00.", "'abc'"),
+        (b"\x80\x02T\x02\x00\x00\x00\xff\xfe.", "b'\\xff\\xfe'"),
+        (b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", "18446744073709551616"),
+        (b"(lp0\nI1\naL2L\na.", "[1, 2]"),
+    ];
+    for (p, want) in cases {
+        assert_eq!(pickle::decode(p).unwrap().to_string(), want, "{p:?}");
+    }
+    assert!(pickle::decode(b"S'abc\n.").is_err());
+    assert!(pickle::decode(b"S'a\\x4'\n.").is_err());
+}

@@ -1221,6 +1221,17 @@ impl Machine {
 
     // ---- the result ----
 
+    /// Python's unpickler refuses a dict key or set item that it cannot hash; so does this.
+    fn all_hashable(&self, items: Vec<Value>, what: &str) -> Result<Vec<Value>> {
+        match items.iter().find(|v| !v.is_hashable()) {
+            Some(v) => self.malformed(format!(
+                "{what} of type {} (Python cannot hash it)",
+                v.type_name()
+            )),
+            None => Ok(items),
+        }
+    }
+
     fn resolve(&mut self, item: &Item, depth: usize, visiting: &mut [bool]) -> Result<Value> {
         self.spend(1)?;
         let i = match item {
@@ -1252,8 +1263,8 @@ impl Machine {
                 .map(|it| m.resolve(it, depth + 1, visiting))
                 .collect()
         };
-        // Take the items out while resolving them (put back after), so that the arena can be
-        // borrowed mutably for the budget; a shared object is resolved again where it recurs.
+        // The items are cloned (handles only) so that `self` can be borrowed mutably for
+        // the budget; a shared object is resolved again wherever it recurs.
         let out = match &self.arena[i] {
             Obj::List(v) => {
                 let v = v.clone();
@@ -1265,20 +1276,21 @@ impl Machine {
             }
             Obj::Set(v) => {
                 let v = v.clone();
-                Value::Set(seq(self, v, visiting)?)
+                let items = seq(self, v, visiting)?;
+                Value::Set(self.all_hashable(items, "a set item")?)
             }
             Obj::FrozenSet(v) => {
                 let v = v.clone();
-                Value::FrozenSet(seq(self, v, visiting)?)
+                let items = seq(self, v, visiting)?;
+                Value::FrozenSet(self.all_hashable(items, "a frozenset item")?)
             }
             Obj::Dict(d) => {
                 let d = d.clone();
                 let mut out = Vec::with_capacity(d.len());
                 for (k, v) in &d {
-                    out.push((
-                        self.resolve(k, depth + 1, visiting)?,
-                        self.resolve(v, depth + 1, visiting)?,
-                    ));
+                    let key = self.resolve(k, depth + 1, visiting)?;
+                    let key = self.all_hashable(vec![key], "a dict key")?.remove(0);
+                    out.push((key, self.resolve(v, depth + 1, visiting)?));
                 }
                 Value::Dict(out)
             }

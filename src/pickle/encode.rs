@@ -18,8 +18,9 @@ use crate::message::Message;
 ///
 /// # Errors
 /// [`Error::Encode`] for a `str`, `bytes` or array data of 4 GiB or more (protocol 3
-/// cannot hold them: send them in mode 2/3 or over v2) and for values nested more than
-/// [`DEFAULT_MAX_DEPTH`] deep.
+/// cannot hold them: send them in mode 2/3 or over v2), for values nested more than
+/// [`DEFAULT_MAX_DEPTH`] deep, and for dict keys or set items that Python cannot hash
+/// (a list, dict, set, bytearray or array: see [`Value::is_hashable`]).
 ///
 /// ```
 /// use serpy::pickle::{encode, Value};
@@ -80,6 +81,20 @@ pub fn message_to_pickle(message: &Message) -> crate::Result<Bytes> {
     })?;
     w.out.push(b'.');
     Ok(Bytes::from(w.out))
+}
+
+/// Python refuses to unpickle a dict key or set item it cannot hash: refuse to write one.
+fn unhashable(v: &Value, what: &str) -> Result<()> {
+    if v.is_hashable() {
+        Ok(())
+    } else {
+        Err(Error::Encode {
+            what: format!(
+                "{what} of type {} cannot be unpickled by Python (it is unhashable); use a tuple, a str or a number",
+                v.type_name()
+            ),
+        })
+    }
 }
 
 struct Writer {
@@ -226,6 +241,7 @@ impl Writer {
                 if !items.is_empty() {
                     self.op(b"(");
                     for (k, v) in items {
+                        unhashable(k, "a dict key")?;
                         self.value(k, depth + 1)?;
                         self.value(v, depth + 1)?;
                     }
@@ -238,6 +254,9 @@ impl Writer {
                 } else {
                     "frozenset"
                 };
+                for item in items {
+                    unhashable(item, "a set item")?;
+                }
                 self.global("builtins", name);
                 self.list(items, depth)?;
                 self.op(&[0x85, b'R']);

@@ -255,6 +255,26 @@ impl Value {
             .map(|(_, v)| v)
     }
 
+    /// True for the values Python can hash, which alone can be dict keys and set items:
+    /// not lists, dicts, sets, bytearrays or arrays, nor tuples holding one.
+    ///
+    /// ```
+    /// use serpy::pickle::Value;
+    /// assert!(Value::Tuple(vec![1.into(), "a".into()]).is_hashable());
+    /// assert!(!Value::Tuple(vec![Value::List(vec![])]).is_hashable());
+    /// ```
+    pub fn is_hashable(&self) -> bool {
+        match self {
+            Value::List(_)
+            | Value::Dict(_)
+            | Value::Set(_)
+            | Value::ByteArray(_)
+            | Value::Array(_) => false,
+            Value::Tuple(items) => items.iter().all(Value::is_hashable),
+            _ => true,
+        }
+    }
+
     fn wrong(&self, expected: &'static str) -> Error {
         Error::WrongType {
             expected,
