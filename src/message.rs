@@ -17,8 +17,8 @@ use crate::pickle::{self, ByteOrder, Element, Value};
 /// peers copies no payload.
 ///
 /// A pickle is read with [`to_value`](Message::to_value) (any message, into a
-/// [`pickle::Value`]) or [`deserialize`](Message::deserialize) (into a serde type); one is
-/// made with [`Message::pickle`] or [`Message::from_serialize`]. Received bytes can be
+/// [`pickle::Value`]) or `deserialize` (into a serde type, feature `serde`); one is
+/// made with [`Message::pickle`] or `Message::from_serialize`. Received bytes can be
 /// viewed as numbers with [`as_slice_of`](Message::as_slice_of) (no copy) and
 /// [`to_vec_of`](Message::to_vec_of).
 ///

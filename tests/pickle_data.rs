@@ -228,7 +228,10 @@ fn python_2_strings_and_longs() {
         (b"S\"it's\"\n.", "\"it's\""),
         (b"\x80\x02U\x03abcq\x00.", "'abc'"),
         (b"\x80\x02T\x02\x00\x00\x00\xff\xfe.", "b'\\xff\\xfe'"),
-        (b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", "18446744073709551616"),
+        (
+            b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.",
+            "18446744073709551616",
+        ),
         (b"(lp0\nI1\naL2L\na.", "[1, 2]"),
     ];
     for (p, want) in cases {

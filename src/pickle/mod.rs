@@ -76,14 +76,14 @@
 //!
 //! The `serde-pickle` crate reads protocols 0 to 5 and writes protocols 2 and 3 for the
 //! serde data model. Its writer does that well: with the `serde` feature (on by default)
-//! [`to_pickle`] and [`Message::from_serialize`](crate::Message::from_serialize) use it.
+//! `to_pickle` and `Message::from_serialize` use it.
 //! Its reader is not used for what a peer sends, because it reads no numpy arrays (an
 //! array comes out as its raw state tuple, without its dtype) nor protocol 5 buffers,
 //! turns `bytearray` into `bytes`, copies every string, and bounds neither nesting depth
 //! (a pickle of 400 kB nesting lists 200 000 deep overflows its stack and aborts the
 //! process) nor memo expansion. This decoder is hand-written for those reasons; so is the
 //! writer of [`Value`]s (numpy arrays, `bytearray`, dicts in insertion order), and the
-//! serde `Deserializer` over [`Value`] ([`from_value`]), because serde-pickle's refuses
+//! serde `Deserializer` over [`Value`] (`from_value`), because serde-pickle's refuses
 //! integers beyond i64 (a `u64` above `i64::MAX`).
 //!
 //! # numpy specifics
