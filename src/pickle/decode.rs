@@ -38,9 +38,10 @@ pub struct DecodeOptions {
     /// The most values that may be built: the containers and the items put into them
     /// while reading, plus the values of the result. `None` (the default) allows 65 536
     /// plus 8 per byte of the pickle: a pickle spends at most 3 per byte unless memo
-    /// references (one object referred to many times) expand it, and memory stays
-    /// within a few hundred bytes per byte of pickle. Raise it for data that shares
-    /// large objects many times (`[big_list] * 1000`).
+    /// references (one object referred to many times) expand it. A value takes about
+    /// 100 bytes while it is built, so this bounds memory to roughly 1 kB per byte of
+    /// pickle plus 7 MB, whatever the pickle says. Raise it for data that shares large
+    /// objects many times (`[big_list] * 1000`).
     pub max_values: Option<usize>,
 }
 
