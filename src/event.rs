@@ -110,7 +110,6 @@ pub(crate) mod policy {
     /// A [`LogLimit`](super::LogLimit) logs every occurrence up to this many.
     pub const FIRST_LINES: u64 = 16;
     /// A [`LogEvery`](super::LogEvery) of the accept loop logs at most once per this.
-
     pub const ACCEPT_ERRORS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 }
 
