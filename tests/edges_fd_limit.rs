@@ -10,6 +10,7 @@
 //! (counting the reserved one), and connects: once that connection has started, no
 //! descriptor is left, and a second client waits in the listen queue.
 
+mod common;
 mod edges_support;
 
 use std::io::Write;
@@ -19,7 +20,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use edges_support::{count_log_lines, exhaust_descriptors, CpuClock, T};
+use common::logs::count_log_lines;
+use common::T;
+use edges_support::{exhaust_descriptors, CpuClock};
 use serpy::{Server, ServerBuilder};
 
 /// How long the server is watched while it has no descriptors left: the interval the

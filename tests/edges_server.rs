@@ -14,8 +14,9 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{server, wait_event};
-use edges_support::{count_log_lines, holds_socket, server_socket_inode, T};
+use common::logs::count_log_lines;
+use common::{server, wait_event, T};
+use edges_support::{holds_socket, server_socket_inode};
 use serpy::{
     Broadcast, Bytes, Connection, ConnectionBuilder, Error, Event, Mode, Protocol, ServerBuilder,
 };

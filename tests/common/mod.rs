@@ -1,6 +1,7 @@
 //! Helpers shared by the loopback test suites.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod logs;
 pub mod proxy;
 
 use std::time::Duration;
