@@ -65,8 +65,10 @@
 //! ## Threads
 //!
 //! A connection runs two threads (`serpy-rd-N`, `serpy-wr-N`), a server one more
-//! (`serpy-accept-PORT`). [`Connection::close`], [`Server::close_all`] and `Drop` return only
-//! after the threads they started have ended.
+//! (`serpy-accept-PORT`). [`Server::close_all`] closes the connections in parallel, in
+//! short-lived `serpy-close` threads (up to 255, besides the calling thread).
+//! [`Connection::close`], [`Server::close_all`] and `Drop` return only after the threads
+//! they started have ended.
 //!
 //! The codecs in [`protocol`] are pure (bytes in, frames out) and usable on their own.
 #![forbid(unsafe_code)]
