@@ -16,7 +16,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -530,6 +531,9 @@ fn auto_server_under_faults() {
     run(Kind::V2, 6, true);
 }
 
+/// Most messages `repeated_resets_from_outside` sends (one a millisecond).
+const MAX_RESET_SENDS: u64 = 100_000;
+
 /// A link cut from outside while both directions are busy, again and again.
 #[test]
 fn repeated_resets_from_outside() {
@@ -550,23 +554,48 @@ fn repeated_resets_from_outside() {
         } else {
             Kind::V2
         };
-        let mut by_link: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        let mut seq = 0u64;
-        for round in 0..5 {
-            for _ in 0..50 {
-                client
-                    .send_data(message_of(kind, seq), Mode::Base85)
-                    .unwrap();
-                seq += 1;
+        // The client sends all along (paced, as an instrument does), so that each cut
+        // finds the link busy, however the threads are scheduled.
+        let sent = Arc::new(AtomicU64::new(0));
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let sender = thread::spawn({
+            let (client, sent) = (client.clone(), sent.clone());
+            move || {
+                let pace = crossbeam_channel::tick(Duration::from_millis(1));
+                for seq in 0..MAX_RESET_SENDS {
+                    crossbeam_channel::select! {
+                        recv(stop_rx) -> _ => return,
+                        recv(pace) -> _ => {}
+                    }
+                    if client
+                        .send_data(message_of(kind, seq), Mode::Base85)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent.store(seq + 1, Ordering::Release);
+                }
             }
-            // Wait until something of this round arrived, then reset mid-stream.
-            let r = server.recv_any_timeout(T).unwrap();
-            by_link
-                .entry(r.connection.id())
-                .or_default()
-                .push(seq_of(kind, &r.message));
+        });
+        let mut by_link: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for round in 0..5 {
+            // Wait until a message sent after the last cut arrived (the link is back),
+            // then cut mid-stream.
+            let since = sent.load(Ordering::Acquire);
+            loop {
+                let r = server.recv_any_timeout(T).unwrap_or_else(|e| {
+                    panic!("{protocol}: round {round}: nothing sent since message {since} arrived: {e}")
+                });
+                let seq = seq_of(kind, &r.message);
+                by_link.entry(r.connection.id()).or_default().push(seq);
+                if seq >= since {
+                    break;
+                }
+            }
             proxy.cut_all(round % 2 == 0);
         }
+        drop(stop_tx);
+        sender.join().unwrap();
         client.close();
         drop(proxy);
         for c in server.connections() {
