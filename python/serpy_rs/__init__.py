@@ -1,0 +1,80 @@
+"""serpy_rs: easy, fast and dependable TCP/IP messaging on the serpy Rust core.
+
+Two ways to use it:
+
+- Existing scripts change one line: ``import serpy_rs.serpy as sp`` (for ``import serpy
+  as sp``) or ``import serpy_rs.serpy2 as sp`` (for serpy2). The classes, methods,
+  arguments, defaults, return values and exceptions are those of the original modules.
+- New code uses the Pythonic API below::
+
+      import serpy_rs
+
+      with serpy_rs.Server("127.0.0.1", 0, protocol="v2") as server:
+          with serpy_rs.connect("127.0.0.1", server.port, protocol="v2") as conn:
+              peer = server.get_connection(timeout=5)
+              conn.send(b"\\x00" * 1024)
+              data = peer.get_data(timeout=5)
+
+Blocking calls release the GIL; Ctrl-C interrupts a waiting ``get_data``,
+``get_connection``, ``recv_any`` or ``next_event`` within a few tens of milliseconds.
+"""
+
+import enum as _enum
+
+from . import _errors
+from ._errors import *  # noqa: F401,F403  (the exception classes)
+from ._native import (
+    DEFAULT_INCOMING_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_QUEUE_CAPACITY,
+    Connection,
+    Event,
+    Pickled,
+    Server,
+)
+
+__version__ = "0.1.0"
+
+
+class Mode(_enum.IntEnum):
+    """The six v1 (serpy) modes; any int 0 to 5 is accepted where a Mode is."""
+
+    PLAIN = 0
+    """The bytes as they are; returns once queued."""
+    PLAIN_ACK = 1
+    """The bytes, acknowledged: returns once the peer has the message."""
+    BASE85 = 2
+    """Base85 of the bytes (any bytes); returns once queued."""
+    BASE85_ACK = 3
+    """Base85, acknowledged."""
+    PICKLE = 4
+    """A Python pickle (base85 on the wire); returns once queued."""
+    PICKLE_ACK = 5
+    """A Python pickle, acknowledged."""
+
+
+def connect(host, port, **options):
+    """Connects to a serpy server: ``Connection.connect(host, port, **options)``.
+
+    Options (keyword only): ``protocol`` ("v1" or "v2"), ``auto_restart``, ``encoding``
+    ("utf-8", "ascii", "latin-1"), ``allow_unpickle``, ``connect_timeout``,
+    ``reconnect_backoff`` (first, max), ``give_up_after``, ``max_message_size``,
+    ``incoming_capacity``, ``incoming_bytes``, ``outgoing_capacity``, ``nodelay``,
+    ``keepalive``, ``close_timeout``.
+    """
+    return Connection.connect(host, port, **options)
+
+
+__all__ = [
+    "Connection",
+    "Server",
+    "Event",
+    "Pickled",
+    "Mode",
+    "connect",
+    "DEFAULT_INCOMING_BYTES",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_QUEUE_CAPACITY",
+] + list(_errors.__all__)
