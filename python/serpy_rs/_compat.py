@@ -187,8 +187,9 @@ class BaseServer:
     def _wrap(self, native):
         w = self._wrappers.get(native.id)
         if w is None:
+            # setdefault: two threads wrapping the same connection get the same object.
             w = self._CONNECTION._wrap(native, **self._connection_attrs())
-            self._wrappers[native.id] = w
+            w = self._wrappers.setdefault(native.id, w)
         return w
 
     def _connection_attrs(self):
@@ -210,8 +211,8 @@ class BaseServer:
         """A copy of the list of the server's Connections."""
         natives = self._native.connections()
         ids = {c.id for c in natives}
-        for gone in [i for i in self._wrappers if i not in ids]:
-            del self._wrappers[gone]
+        for gone in [i for i in list(self._wrappers) if i not in ids]:
+            self._wrappers.pop(gone, None)
         return [self._wrap(c) for c in natives]
 
     @property

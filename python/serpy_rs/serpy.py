@@ -16,8 +16,10 @@ what the Rust core does (see the README, "From Python"):
 - Text holding ``0x1F``, ``0x04`` (mode 1) or starting with ``0x01`` is sent in base85
   (mode 2 or 3) with a warning, instead of being cut in two.
 - ``force_mode`` never puts bytes on the wire in a mode the peer would misread: bytes
-  forced to mode 4/5 travel as a pickle (its intended use), bytes forced to mode 0/1 still
-  travel as base85 (mode 2/3) and arrive as the same bytes.
+  forced to mode 4/5 travel as a pickle (its intended use); bytes forced to mode 0/1 travel
+  as the text they are when they decode in the connection's encoding and hold no control
+  byte, else as base85 (mode 2/3); either way they arrive as the same bytes (the original
+  sent the base85 text in mode 0, which the peer received as garbage).
 - ``encoding`` may be ``"ascii"`` (the default), ``"utf-8"`` or ``"latin-1"``.
 - ``Connection(sock=...)`` is not supported (a Connection makes its own socket).
 
@@ -149,6 +151,14 @@ class Connection(BaseConnection):
                 # The intended use: bytes that are a pickle, unpickled by the receiver.
                 pickled = data
                 mode = mode_l
+            elif was_bytes and mode_l in (0, 1):
+                # Bytes received as text, forwarded in their mode: they go as that text
+                # where it can travel raw (the core picks base85 where it cannot).
+                try:
+                    data = data.decode(self._encoding)
+                    mode = mode_l
+                except UnicodeDecodeError:
+                    pass
         if pickled is None and mode in (4, 5):
             if type(data) is str:
                 data = data.encode(self.encoding)
