@@ -1,0 +1,74 @@
+"""Ctrl-C interrupts a blocked wait: a child process blocks, the test sends it SIGINT and
+checks that KeyboardInterrupt arrives, within a generous bound (the waits run in 20 ms
+slices; a wait that could not be interrupted would never end)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import WAIT
+
+BOUND = 5.0  # upper bound only: typically a few tens of milliseconds
+
+CHILD = r"""
+import sys, time
+import serpy_rs, serpy_rs.serpy as sp
+what = sys.argv[1]
+server = serpy_rs.Server("127.0.0.1", 0)
+conn = serpy_rs.connect("127.0.0.1", server.port)
+old = sp.Server("127.0.0.1", 0)
+old_conn = sp.Connection().connect("127.0.0.1", old.port)
+calls = {
+    "get_data": lambda: conn.get_data(),
+    "get_data_timeout": lambda: conn.get_data(timeout=600),
+    "get_connection": lambda: (server.get_connection(), server.get_connection()),
+    "recv_any": lambda: server.recv_any(),
+    "next_event": lambda: (conn.next_event(None), conn.next_event(None)),
+    "getData": lambda: old_conn.getData(),
+    "iterate": lambda: [m for m in conn],
+}
+print("ready", flush=True)
+try:
+    calls[what]()
+    print("returned", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", time.monotonic(), flush=True)
+conn.close()
+old_conn.close()
+server.close_all()
+old.closeServer()
+"""
+
+CALLS = ["get_data", "get_data_timeout", "get_connection", "recv_any", "next_event", "getData", "iterate"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("call", CALLS)
+def test_ctrl_c_interrupts_a_blocked_wait(call):
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, call],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        # The child is about to block (or blocks already): either way the signal must
+        # end the call with KeyboardInterrupt.
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        line = child.stdout.readline().split()
+        assert line and line[0] == "interrupted", (line, child.stderr.read())
+        latency = float(line[1]) - sent
+        assert latency < BOUND, latency
+        assert child.wait(timeout=WAIT) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+        child.stderr.close()
