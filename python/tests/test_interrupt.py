@@ -31,8 +31,8 @@ calls = {
     "getData": lambda: old_conn.getData(),
     "iterate": lambda: [m for m in conn],
 }
-print("ready", flush=True)
 try:
+    print("ready", flush=True)
     calls[what]()
     print("returned", flush=True)
 except KeyboardInterrupt:
