@@ -20,19 +20,32 @@ Blocking calls release the GIL; Ctrl-C interrupts a waiting ``get_data``,
 """
 
 import enum as _enum
+from typing import Any as _Any
 
 from . import _errors
-from ._errors import *  # noqa: F401,F403  (the exception classes)
-from ._native import (
-    DEFAULT_INCOMING_BYTES,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_QUEUE_CAPACITY,
-    Connection,
-    Event,
-    Pickled,
-    Server,
-)
+from ._errors import AckUncertain as AckUncertain
+from ._errors import AddressError as AddressError
+from ._errors import Closed as Closed
+from ._errors import ConnectError as ConnectError
+from ._errors import Disconnected as Disconnected
+from ._errors import EmptyMessage as EmptyMessage
+from ._errors import EncodingError as EncodingError
+from ._errors import Error as Error
+from ._errors import InvalidMode as InvalidMode
+from ._errors import IoError as IoError
+from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import NotSent as NotSent
+from ._errors import ProtocolError as ProtocolError
+from ._errors import Timeout as Timeout
+from ._errors import Unsupported as Unsupported
+from ._native import DEFAULT_INCOMING_BYTES as DEFAULT_INCOMING_BYTES
+from ._native import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
+from ._native import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
+from ._native import DEFAULT_QUEUE_CAPACITY as DEFAULT_QUEUE_CAPACITY
+from ._native import Connection as Connection
+from ._native import Event as Event
+from ._native import Pickled as Pickled
+from ._native import Server as Server
 
 __version__ = "0.1.0"
 
@@ -54,7 +67,7 @@ class Mode(_enum.IntEnum):
     """A Python pickle, acknowledged."""
 
 
-def connect(host, port, **options):
+def connect(host: str, port: int, **options: _Any) -> Connection:
     """Connects to a serpy server: ``Connection.connect(host, port, **options)``.
 
     Options (keyword only): ``protocol`` ("v1" or "v2"), ``auto_restart``, ``encoding``

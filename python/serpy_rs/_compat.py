@@ -168,7 +168,7 @@ class BaseServer:
     """The parts of the original Server that serpy and serpy2 share."""
 
     _PROTOCOL = "v1"
-    _CONNECTION = BaseConnection
+    _CONNECTION: type = BaseConnection
 
     def _bind(self, adr, port, nb_conn, **options):
         self.adr = adr

@@ -127,7 +127,7 @@ impl<T> IntoPyResult<T> for Result<T, Error> {
 // ---------------------------------------------------------------------------------------
 
 fn duration(seconds: f64, what: &str) -> PyResult<Duration> {
-    if !(seconds >= 0.0) || !seconds.is_finite() {
+    if !seconds.is_finite() || seconds < 0.0 {
         return Err(PyValueError::new_err(format!(
             "{what} must be a non-negative number of seconds (or None), not {seconds}"
         )));
