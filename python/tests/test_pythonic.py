@@ -117,8 +117,10 @@ def test_more_errors():
         with pytest.raises(serpy_rs.Unsupported):
             c.send("x", Mode.PLAIN_ACK)
         c.close()
-    with pytest.raises(serpy_rs.AddressError):
-        serpy_rs.connect("not an address", 1)
+    with serpy_rs.Server(ADR, 0) as taken:
+        with pytest.raises(serpy_rs.AddressError) as e:
+            serpy_rs.Server(ADR, taken.port)  # the port is in use
+        assert isinstance(e.value, OSError) and e.value.errno
     with pytest.raises(ValueError):
         serpy_rs.connect(ADR, 1, protocol="v3")
     with pytest.raises(ValueError):
