@@ -12,6 +12,7 @@
 //!   (the stable ABI of CPython 3.8 has no buffer protocol for extension types).
 
 use std::ffi::{c_int, c_void};
+use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -526,14 +527,15 @@ fn options(
 /// One TCP link to a serpy peer (see the module documentation and `__init__.pyi`).
 #[pyclass(module = "serpy_rs", name = "Connection", frozen)]
 struct PyConnection {
-    inner: serpy::Connection,
+    /// Taken out in `Drop`, to be dropped with the GIL released (see `release`).
+    inner: ManuallyDrop<serpy::Connection>,
     pickles: AtomicU8,
 }
 
 impl PyConnection {
     fn wrap(inner: serpy::Connection, pickles: Pickles) -> Self {
         PyConnection {
-            inner,
+            inner: ManuallyDrop::new(inner),
             pickles: AtomicU8::new(pickles as u8),
         }
     }
@@ -873,7 +875,7 @@ impl PyConnection {
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         match other.cast::<PyConnection>() {
-            Ok(o) => o.get().inner == self.inner,
+            Ok(o) => *o.get().inner == *self.inner,
             Err(_) => false,
         }
     }
@@ -903,6 +905,27 @@ impl PyConnection {
     }
 }
 
+/// Drops `handle` with the GIL released: dropping the last handle of a connection or a
+/// server closes it and joins its threads (up to the close timeout), which must not stop
+/// every other Python thread meanwhile.
+fn release<T: Send>(handle: T) {
+    Python::attach(|py| py.detach(move || drop(handle)));
+}
+
+impl Drop for PyConnection {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is not used again: this is the end of the object.
+        release(unsafe { ManuallyDrop::take(&mut self.inner) });
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        release(unsafe { ManuallyDrop::take(&mut self.inner) });
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Server
 // ---------------------------------------------------------------------------------------
@@ -910,7 +933,8 @@ impl PyConnection {
 /// Listens for serpy clients and gives a Connection for each.
 #[pyclass(module = "serpy_rs", name = "Server", frozen)]
 struct PyServer {
-    inner: serpy::Server,
+    /// Taken out in `Drop`, to be dropped with the GIL released (see `release`).
+    inner: ManuallyDrop<serpy::Server>,
     pickles: Pickles,
 }
 
@@ -972,7 +996,10 @@ impl PyServer {
             None if allow_unpickle => Pickles::Load,
             None => Pickles::Wrap,
         };
-        Ok(PyServer { inner, pickles })
+        Ok(PyServer {
+            inner: ManuallyDrop::new(inner),
+            pickles,
+        })
     }
 
     /// (host, port) the server listens on, with the real port when bound to port 0.

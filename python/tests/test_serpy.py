@@ -227,7 +227,7 @@ def test_acked_send_times_out_with_false_and_full_queue_raises_queue_full():
     try:
         assert c.sendData("no answer", 1, timeout=0.2) is False
         # A full outgoing queue: a connection with room for one message, nobody reading.
-        native = serpy_rs.connect(ADR, lsock.getsockname()[1], outgoing_capacity=1)
+        native = serpy_rs.connect(ADR, lsock.getsockname()[1], outgoing_capacity=1, close_timeout=0.1)
         small = sp.Connection._wrap(native, _encoding="utf-8", encoding="utf-8",
                                      _allow_unpickle=False, in_mode=0, out_mode=0)
         blob = "x" * (1 << 20)
