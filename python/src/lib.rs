@@ -544,6 +544,15 @@ impl PyConnection {
         Pickles::from_u8(self.pickles.load(Ordering::Relaxed))
     }
 
+    /// Sends `msg`, interruptible by Ctrl-C however long it waits:
+    ///
+    /// - Unacknowledged: in slices. A slice that runs out while the outgoing queue is full
+    ///   has queued nothing (the core says so), so the send is simply tried again after
+    ///   the signal handlers ran.
+    /// - Acknowledged (v1 modes 1, 3, 5): the send runs on a helper thread and the caller
+    ///   waits for its result in slices. On Ctrl-C the caller gets KeyboardInterrupt and
+    ///   the helper goes on until the acknowledgement comes or the link ends, as the core
+    ///   has no way to withdraw a message that may be on the wire.
     fn send_message(
         &self,
         py: Python<'_>,
@@ -551,12 +560,65 @@ impl PyConnection {
         mode: Mode,
         timeout: Option<f64>,
     ) -> PyResult<()> {
-        let conn = &self.inner;
-        match timeout {
-            None => py.detach(|| conn.send_data(msg, mode)).py(py),
-            Some(t) => {
-                let t = duration(t, "timeout")?;
-                py.detach(|| conn.send_data_timeout(msg, mode, t)).py(py)
+        let limit = timeout.map(|t| duration(t, "timeout")).transpose()?;
+        if mode.is_acked() && self.inner.protocol() != Protocol::V2 {
+            return self.send_acked(py, msg, mode, limit);
+        }
+        let conn = &*self.inner;
+        let deadline = limit.and_then(|l| Instant::now().checked_add(l));
+        loop {
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => SLICE.min(d.saturating_duration_since(Instant::now())),
+            };
+            let m = msg.clone(); // shares the payload
+            match py.detach(|| conn.send_data_timeout(m, mode, slice)) {
+                Err(Error::Timeout { operation, .. }) => {
+                    py.check_signals()?;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        let after = limit.unwrap_or_default();
+                        return Err(to_py_err(py, Error::Timeout { operation, after }));
+                    }
+                }
+                other => return other.py(py),
+            }
+        }
+    }
+
+    fn send_acked(
+        &self,
+        py: Python<'_>,
+        msg: Message,
+        mode: Mode,
+        limit: Option<Duration>,
+    ) -> PyResult<()> {
+        let conn = (*self.inner).clone();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name(format!("serpy-py-ack-{}", conn.id()))
+            .spawn(move || {
+                let r = match limit {
+                    None => conn.send_data(msg, mode),
+                    Some(t) => conn.send_data_timeout(msg, mode, t),
+                };
+                let _ = tx.send(r);
+            })
+            .map_err(|e| {
+                to_py_err(
+                    py,
+                    Error::Io {
+                        context: "starting the thread of an acknowledged send",
+                        source: e,
+                    },
+                )
+            })?;
+        loop {
+            match py.detach(|| rx.recv_timeout(SLICE)) {
+                Ok(r) => return r.py(py),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => py.check_signals()?,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(to_py_err(py, Error::NotSent))
+                }
             }
         }
     }

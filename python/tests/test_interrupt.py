@@ -1,4 +1,4 @@
-"""Ctrl-C interrupts a blocked wait: a child process blocks, the test sends it SIGINT and
+"""Ctrl-C interrupts a blocked wait or send: a child process blocks, the test sends it SIGINT and
 checks that KeyboardInterrupt arrives, within a generous bound (the waits run in 20 ms
 slices; a wait that could not be interrupted would never end)."""
 
@@ -15,14 +15,29 @@ from conftest import WAIT
 BOUND = 5.0  # upper bound only: typically a few tens of milliseconds
 
 CHILD = r"""
-import sys, time
+import socket, sys, time
 import serpy_rs, serpy_rs.serpy as sp
 what = sys.argv[1]
 server = serpy_rs.Server("127.0.0.1", 0)
 conn = serpy_rs.connect("127.0.0.1", server.port)
 old = sp.Server("127.0.0.1", 0)
 old_conn = sp.Connection().connect("127.0.0.1", old.port)
+# A peer that accepts and never reads nor answers: acknowledged sends wait for ever, and
+# the queue of a connection with room for one message fills up.
+raw = socket.socket()
+raw.bind(("127.0.0.1", 0))
+raw.listen(8)
+mute = serpy_rs.connect("127.0.0.1", raw.getsockname()[1], close_timeout=0.1)
+full = serpy_rs.connect("127.0.0.1", raw.getsockname()[1], outgoing_capacity=1, close_timeout=0.1)
+old_mute = sp.Connection().connect("127.0.0.1", raw.getsockname()[1])
+def fill():
+    blob = b"x" * (1 << 20)
+    for _ in range(1000):  # bounded: the socket buffers hold a few MiB
+        full.send(blob, 2)
 calls = {
+    "send_acked": lambda: mute.send("x", 1),
+    "sendData_acked": lambda: old_mute.sendData("x", 1),
+    "send_full": fill,
     "get_data": lambda: conn.get_data(),
     "get_data_timeout": lambda: conn.get_data(timeout=600),
     "get_connection": lambda: (server.get_connection(), server.get_connection()),
@@ -39,11 +54,25 @@ except KeyboardInterrupt:
     print("interrupted", time.monotonic(), flush=True)
 conn.close()
 old_conn.close()
+for c in (mute, full, old_mute):
+    c.close()
+raw.close()
 server.close_all()
 old.closeServer()
 """
 
-CALLS = ["get_data", "get_data_timeout", "get_connection", "recv_any", "next_event", "getData", "iterate"]
+CALLS = [
+    "get_data",
+    "get_data_timeout",
+    "get_connection",
+    "recv_any",
+    "next_event",
+    "getData",
+    "iterate",
+    "send_acked",
+    "sendData_acked",
+    "send_full",
+]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
