@@ -3,6 +3,8 @@ buffers, threads."""
 
 import array
 import pickle
+import socket
+import sys
 import threading
 
 import pytest
@@ -160,6 +162,37 @@ def test_buffers(pair2):
         array.array("h", [1, -1]).tobytes(),
         b"shared",
     ]
+
+
+def test_bytes_are_shared_with_the_core_not_copied():
+    """A peer that never reads keeps large messages queued: the core then holds the very
+    bytes object that was sent (one more reference, no copy), and a buffer sent with
+    copy=False stays exported (locked against resizing) until it is written or dropped."""
+    raw = socket.socket()
+    raw.bind((ADR, 0))
+    raw.listen(1)
+    conn = serpy_rs.connect(ADR, raw.getsockname()[1], protocol="v2", close_timeout=0.1)
+    mute, _ = raw.accept()
+    try:
+        blob = bytes(32 << 20)  # more than the socket buffers take
+        before = sys.getrefcount(blob)
+        conn.send(blob)
+        assert sys.getrefcount(blob) == before + 1
+        shared = bytearray(1 << 20)
+        conn.send(shared, copy=False)
+        with pytest.raises(BufferError):
+            shared.extend(b"x")
+        copied = bytearray(1000)
+        conn.send(copied)
+        copied.extend(b"x")  # copied: free to change at once
+        conn.close()  # drops what was never written
+        conn.is_connected()  # the next call into the module releases what the core let go
+        assert sys.getrefcount(blob) == before
+        shared.extend(b"x")
+    finally:
+        conn.close()
+        mute.close()
+        raw.close()
 
 
 def test_numpy_arrays_are_sent_as_bytes(pair2):
