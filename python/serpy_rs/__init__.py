@@ -46,6 +46,7 @@ from ._native import Connection as Connection
 from ._native import Event as Event
 from ._native import Pickled as Pickled
 from ._native import Server as Server
+from ._native import reset_logging as reset_logging
 
 __version__ = "0.1.0"
 
@@ -86,6 +87,7 @@ __all__ = [
     "Pickled",
     "Mode",
     "connect",
+    "reset_logging",
     "DEFAULT_INCOMING_BYTES",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_MESSAGE_SIZE",

@@ -17,6 +17,9 @@ DEFAULT_QUEUE_CAPACITY: int
 DEFAULT_INCOMING_BYTES: int
 DEFAULT_MAX_CONNECTIONS: int
 
+def reset_logging() -> None:
+    """Forgets the cached levels of the loggers "serpy.*" (after changing them)."""
+
 class Connection:
     """One TCP link to a serpy peer. Make one with serpy_rs.connect() or
     Connection.connect(); a Server hands out the others. Closes with close(), at the

@@ -1323,9 +1323,27 @@ impl Pickled {
     }
 }
 
+static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
+
+/// Forgets the cached levels of the Python loggers the core logs to ("serpy.*"): call it
+/// after changing their levels or handlers.
+#[pyfunction]
+fn reset_logging() {
+    if let Some(h) = LOG_RESET.get() {
+        h.reset();
+    }
+}
+
 /// The serpy Rust core as the extension module `serpy_rs._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The core's log lines go to Python's logging, under the loggers "serpy.*". Levels
+    // are cached (call serpy_rs.reset_logging() after changing them). Another logger
+    // already installed in this module's copy of `log` is left in place.
+    if let Ok(handle) = pyo3_log::try_init() {
+        let _ = LOG_RESET.set(handle);
+    }
+    m.add_function(wrap_pyfunction!(reset_logging, m)?)?;
     m.add_class::<PyConnection>()?;
     m.add_class::<PyServer>()?;
     m.add_class::<Event>()?;

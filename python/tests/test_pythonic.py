@@ -2,6 +2,7 @@
 buffers, threads."""
 
 import array
+import logging
 import pickle
 import socket
 import sys
@@ -304,3 +305,13 @@ def test_many_threads_send_acknowledged_messages(pair):
 def test_modes_enum():
     assert [int(m) for m in Mode] == [0, 1, 2, 3, 4, 5]
     assert Mode(5) is Mode.PICKLE_ACK
+
+
+def test_core_warnings_reach_python_logging(pair, caplog):
+    client, peer = pair
+    with caplog.at_level(logging.WARNING):
+        serpy_rs.reset_logging()  # the levels are cached: tell the module they changed
+        client.send("a\x1fb", Mode.PLAIN_ACK)
+    assert peer.get_data(timeout=WAIT) == b"a\x1fb"
+    warned = [r for r in caplog.records if r.name.startswith("serpy") and "0x1F" in r.getMessage()]
+    assert warned and warned[0].levelno == logging.WARNING
