@@ -19,6 +19,7 @@ Blocking calls release the GIL; Ctrl-C interrupts a waiting ``get_data``,
 ``get_connection``, ``recv_any`` or ``next_event`` within a few tens of milliseconds.
 """
 
+import atexit as _atexit
 import enum as _enum
 from typing import Any as _Any
 
@@ -47,6 +48,11 @@ from ._native import Event as Event
 from ._native import Pickled as Pickled
 from ._native import Server as Server
 from ._native import reset_logging as reset_logging
+
+from . import _native
+
+# Once the interpreter shuts down, the core's threads must not take the GIL to log.
+_atexit.register(_native._stop_logging)
 
 __version__ = "0.1.0"
 

@@ -20,6 +20,8 @@ DEFAULT_MAX_CONNECTIONS: int
 def reset_logging() -> None:
     """Forgets the cached levels of the loggers "serpy.*" (after changing them)."""
 
+def _stop_logging() -> None: ...
+
 class Connection:
     """One TCP link to a serpy peer. Make one with serpy_rs.connect() or
     Connection.connect(); a Server hands out the others. Closes with close(), at the

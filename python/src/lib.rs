@@ -8,6 +8,9 @@
 //!   for signals between them, so Ctrl-C interrupts them within about one slice.
 //! - `bytes` and read-only buffers are sent without a copy: the Rust side holds a
 //!   reference to the Python object until the message has been written.
+//! - Core calls that take a lock or may join threads run with the GIL released: the
+//!   core's threads log through Python's logging (pyo3-log), so they may wait for the GIL
+//!   while holding a lock, and a caller holding the GIL must never wait for them.
 //! - Received payloads become Python `bytes` once, with one copy out of the receive buffer
 //!   (the stable ABI of CPython 3.8 has no buffer protocol for extension types).
 
@@ -893,12 +896,16 @@ impl PyConnection {
 
     #[getter]
     fn peer_addr(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        addr_tuple(py, self.inner.peer_addr())
+        let conn = &*self.inner;
+        let a = py.detach(|| conn.peer_addr());
+        addr_tuple(py, a)
     }
 
     #[getter]
     fn local_addr(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        addr_tuple(py, self.inner.local_addr())
+        let conn = &*self.inner;
+        let a = py.detach(|| conn.local_addr());
+        addr_tuple(py, a)
     }
 
     #[getter]
@@ -947,12 +954,11 @@ impl PyConnection {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let peer = self
-            .inner
-            .peer_addr()
+        let conn = &*self.inner;
+        let peer = py
+            .detach(|| conn.peer_addr())
             .map(|a| a.to_string())
             .unwrap_or_else(|| "?".into());
-        let _ = py;
         Ok(format!(
             "<serpy_rs.Connection id={} peer={} protocol={} connected={}>",
             self.inner.id(),
@@ -1093,18 +1099,18 @@ impl PyServer {
     }
 
     /// A snapshot of the server's connections.
-    fn connections(&self) -> Vec<PyConnection> {
-        self.inner
-            .connections()
+    fn connections(&self, py: Python<'_>) -> Vec<PyConnection> {
+        let server = &*self.inner;
+        py.detach(|| server.connections())
             .into_iter()
             .map(|c| self.wrap(c))
             .collect()
     }
 
     /// The connections with received data waiting to be read.
-    fn readable_connections(&self) -> Vec<PyConnection> {
-        self.inner
-            .readable_connections()
+    fn readable_connections(&self, py: Python<'_>) -> Vec<PyConnection> {
+        let server = &*self.inner;
+        py.detach(|| server.readable_connections())
             .into_iter()
             .map(|c| self.wrap(c))
             .collect()
@@ -1118,7 +1124,7 @@ impl PyServer {
         timeout: Option<f64>,
     ) -> PyResult<(PyConnection, Py<PyAny>, Py<PyAny>)> {
         let server = &self.inner;
-        let r = match server.try_recv_any() {
+        let r = match py.detach(|| server.try_recv_any()) {
             Some(r) => r,
             None => wait_sliced(py, timeout, "recv_any", |slice| {
                 server.recv_any_timeout(slice)
@@ -1136,12 +1142,13 @@ impl PyServer {
         py.detach(|| server.broadcast(msg)).py(py)
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.len()
+    fn __len__(&self, py: Python<'_>) -> usize {
+        let server = &*self.inner;
+        py.detach(|| server.len())
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let list = PyList::new(py, self.connections())?;
+        let list = PyList::new(py, self.connections(py))?;
         list.try_iter().map(|i| i.into_any())
     }
 
@@ -1167,11 +1174,11 @@ impl PyServer {
         false
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "<serpy_rs.Server listening on {} connections={}>",
             self.inner.local_addr(),
-            self.inner.len()
+            self.__len__(py)
         )
     }
 }
@@ -1325,6 +1332,13 @@ impl Pickled {
 
 static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
 
+/// Stops handing log lines to Python (registered with `atexit`): once the interpreter
+/// shuts down, a core thread must not try to take the GIL to log.
+#[pyfunction]
+fn _stop_logging() {
+    log::set_max_level(log::LevelFilter::Off);
+}
+
 /// Forgets the cached levels of the Python loggers the core logs to ("serpy.*"): call it
 /// after changing their levels or handlers.
 #[pyfunction]
@@ -1344,6 +1358,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let _ = LOG_RESET.set(handle);
     }
     m.add_function(wrap_pyfunction!(reset_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(_stop_logging, m)?)?;
     m.add_class::<PyConnection>()?;
     m.add_class::<PyServer>()?;
     m.add_class::<Event>()?;
