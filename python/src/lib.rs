@@ -530,13 +530,19 @@ struct PyConnection {
     /// Taken out in `Drop`, to be dropped with the GIL released (see `release`).
     inner: ManuallyDrop<serpy::Connection>,
     pickles: AtomicU8,
+    /// A client connection made by `connect`: this object is its only Python handle, so
+    /// dropping it closes the connection, even while a helper thread still holds a handle
+    /// (an acknowledged send interrupted by Ctrl-C). A server's connections belong to
+    /// the server (several Python objects may stand for one of them).
+    owned: bool,
 }
 
 impl PyConnection {
-    fn wrap(inner: serpy::Connection, pickles: Pickles) -> Self {
+    fn wrap(inner: serpy::Connection, pickles: Pickles, owned: bool) -> Self {
         PyConnection {
             inner: ManuallyDrop::new(inner),
             pickles: AtomicU8::new(pickles as u8),
+            owned,
         }
     }
 
@@ -696,7 +702,7 @@ impl PyConnection {
             None if allow_unpickle => Pickles::Load,
             None => Pickles::Wrap,
         };
-        Ok(PyConnection::wrap(conn, pickles))
+        Ok(PyConnection::wrap(conn, pickles, true))
     }
 
     /// Sends `data` in v1 `mode` (0 to 5; over v2 the value's own type is sent).
@@ -980,7 +986,11 @@ fn release<T: Send>(handle: T) {
 impl Drop for PyConnection {
     fn drop(&mut self) {
         // SAFETY: `inner` is not used again: this is the end of the object.
-        release(unsafe { ManuallyDrop::take(&mut self.inner) });
+        let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        if self.owned {
+            Python::attach(|py| py.detach(|| inner.close()));
+        }
+        release(inner);
     }
 }
 
@@ -1005,7 +1015,7 @@ struct PyServer {
 
 impl PyServer {
     fn wrap(&self, c: serpy::Connection) -> PyConnection {
-        PyConnection::wrap(c, self.pickles)
+        PyConnection::wrap(c, self.pickles, false)
     }
 }
 

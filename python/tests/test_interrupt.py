@@ -36,6 +36,7 @@ def fill():
         full.send(blob, 2)
 calls = {
     "send_acked": lambda: mute.send("x", 1),
+    "send_acked_drop": lambda: mute.send("x", 1),
     "sendData_acked": lambda: old_mute.sendData("x", 1),
     "send_full": fill,
     "get_data": lambda: conn.get_data(),
@@ -52,6 +53,19 @@ try:
     print("returned", flush=True)
 except KeyboardInterrupt:
     print("interrupted", time.monotonic(), flush=True)
+if what == "send_acked_drop":
+    # The interrupted send's helper thread still holds the connection: dropping the last
+    # Python reference must close it all the same (the mute peer then reads to the end).
+    import gc
+    peer_sock, _ = raw.accept()
+    mute = None
+    gc.collect()
+    peer_sock.settimeout(30)
+    while peer_sock.recv(65536):
+        pass
+    print("closed on drop", flush=True)
+    peer_sock.close()
+    mute = full
 conn.close()
 old_conn.close()
 for c in (mute, full, old_mute):
@@ -70,6 +84,7 @@ CALLS = [
     "getData",
     "iterate",
     "send_acked",
+    "send_acked_drop",
     "sendData_acked",
     "send_full",
 ]
@@ -94,6 +109,8 @@ def test_ctrl_c_interrupts_a_blocked_wait(call):
         assert line and line[0] == "interrupted", (line, child.stderr.read())
         latency = float(line[1]) - sent
         assert latency < BOUND, latency
+        if call == "send_acked_drop":
+            assert child.stdout.readline().strip() == "closed on drop"
         assert child.wait(timeout=WAIT) == 0
     finally:
         if child.poll() is None:
