@@ -21,7 +21,7 @@ import queue  # noqa: F401  (scripts use sp.queue.Empty / sp.queue.Full)
 import select  # noqa: F401  (an attribute of the original module)
 import socket  # noqa: F401
 import threading  # noqa: F401
-import warnings  # noqa: F401
+import warnings
 from time import sleep  # noqa: F401
 
 from . import _errors
@@ -50,6 +50,13 @@ class Connection(BaseConnection):
 
     _PROTOCOL = "v2"
     _ITER_TIMEOUT = STIMEOUT
+
+    def connect(self, adr, port):
+        """Connects to a server at (adr, port) and returns self; a connected Connection is
+        closed first, with the original's warning."""
+        if self.isConnected():
+            warnings.warn("Already connected !! -> Closing connection")
+        return super().connect(adr, port)
 
     def getData(self, timeout=None):
         """Returns the received data in its type (int, float, str or bytes).

@@ -42,6 +42,15 @@ def test_values_keep_their_type(link):
     assert math.isnan(p.getData(WAIT))
 
 
+def test_connect_again_warns_and_reconnects(link):
+    s, c, p = link
+    with pytest.warns(UserWarning, match="Already connected"):
+        assert c.connect(ADR, s.port) is c
+    p2 = s.getConnection()
+    c.sendData("again")
+    assert p2.getData(WAIT) == "again"
+
+
 def test_unsupported_types(link):
     s, c, p = link
     for bad in ([1], {"a": 1}, None, True, object()):
