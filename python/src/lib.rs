@@ -17,7 +17,7 @@
 use std::ffi::{c_int, c_void};
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -524,6 +524,114 @@ fn options(
 // Connection
 // ---------------------------------------------------------------------------------------
 
+/// One acknowledged send, done on a helper thread while the caller waits in slices.
+struct AckJob {
+    conn: serpy::Connection,
+    msg: Message,
+    mode: Mode,
+    limit: Option<Duration>,
+    answer: crossbeam_channel::Sender<Result<(), Error>>,
+}
+
+impl AckJob {
+    fn run(self, idle: Option<&AtomicBool>) {
+        let r = match self.limit {
+            None => self.conn.send_data(self.msg, self.mode),
+            Some(t) => self.conn.send_data_timeout(self.msg, self.mode, t),
+        };
+        drop(self.conn);
+        if let Some(idle) = idle {
+            // Free again before the answer goes out, so that the caller's next send finds
+            // this thread available.
+            idle.store(true, Ordering::Release);
+        }
+        let _ = self.answer.send(r);
+    }
+}
+
+/// The helper threads of a connection's acknowledged sends: one that stays (started with
+/// the first acknowledged send; the usual case is one send at a time), and one more per
+/// send made while it is busy, which ends with that send. `close()` and the end of the
+/// object stop the one that stays.
+struct AckHelpers {
+    #[allow(clippy::type_complexity)]
+    jobs: std::sync::Mutex<
+        Option<(
+            crossbeam_channel::Sender<AckJob>,
+            std::thread::JoinHandle<()>,
+        )>,
+    >,
+    idle: std::sync::Arc<AtomicBool>,
+    stopped: AtomicBool,
+}
+
+impl AckHelpers {
+    fn new() -> Self {
+        AckHelpers {
+            jobs: std::sync::Mutex::new(None),
+            idle: std::sync::Arc::new(AtomicBool::new(true)),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn run(&self, job: AckJob) -> std::io::Result<()> {
+        let name = format!("serpy-py-ack-{}", job.conn.id());
+        if !self.stopped.load(Ordering::Acquire) && self.idle.swap(false, Ordering::AcqRel) {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if jobs.is_none() {
+                let (tx, rx) = crossbeam_channel::unbounded::<AckJob>();
+                let idle = self.idle.clone();
+                let started = std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || {
+                        for job in rx {
+                            job.run(Some(&idle));
+                        }
+                    });
+                match started {
+                    Ok(handle) => *jobs = Some((tx, handle)),
+                    Err(e) => {
+                        self.idle.store(true, Ordering::Release);
+                        return Err(e);
+                    }
+                }
+            }
+            let sent = match jobs.as_ref() {
+                Some((tx, _)) => tx.send(job),
+                None => Err(crossbeam_channel::SendError(job)),
+            };
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendError(job)) => {
+                    // The thread is gone; do this one on a thread of its own.
+                    *jobs = None;
+                    self.idle.store(true, Ordering::Release);
+                    return Self::spawn_one(name, job);
+                }
+            }
+        }
+        Self::spawn_one(name, job)
+    }
+
+    fn spawn_one(name: String, job: AckJob) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || job.run(None))
+            .map(drop)
+    }
+
+    /// Ends the thread that stays, after the send it is doing (which a closed connection
+    /// ends at once), and waits for it. Call it without the GIL.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let taken = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((tx, handle)) = taken {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
 /// One TCP link to a serpy peer (see the module documentation and `__init__.pyi`).
 #[pyclass(module = "serpy_rs", name = "Connection", frozen)]
 struct PyConnection {
@@ -535,6 +643,7 @@ struct PyConnection {
     /// (an acknowledged send interrupted by Ctrl-C). A server's connections belong to
     /// the server (several Python objects may stand for one of them).
     owned: bool,
+    acks: AckHelpers,
 }
 
 impl PyConnection {
@@ -543,6 +652,7 @@ impl PyConnection {
             inner: ManuallyDrop::new(inner),
             pickles: AtomicU8::new(pickles as u8),
             owned,
+            acks: AckHelpers::new(),
         }
     }
 
@@ -598,26 +708,23 @@ impl PyConnection {
         mode: Mode,
         limit: Option<Duration>,
     ) -> PyResult<()> {
-        let conn = (*self.inner).clone();
         let (tx, rx) = crossbeam_channel::bounded(1);
-        std::thread::Builder::new()
-            .name(format!("serpy-py-ack-{}", conn.id()))
-            .spawn(move || {
-                let r = match limit {
-                    None => conn.send_data(msg, mode),
-                    Some(t) => conn.send_data_timeout(msg, mode, t),
-                };
-                let _ = tx.send(r);
-            })
-            .map_err(|e| {
-                to_py_err(
-                    py,
-                    Error::Io {
-                        context: "starting the thread of an acknowledged send",
-                        source: e,
-                    },
-                )
-            })?;
+        let job = AckJob {
+            conn: (*self.inner).clone(),
+            msg,
+            mode,
+            limit,
+            answer: tx,
+        };
+        self.acks.run(job).map_err(|e| {
+            to_py_err(
+                py,
+                Error::Io {
+                    context: "starting the thread of an acknowledged send",
+                    source: e,
+                },
+            )
+        })?;
         loop {
             match py.detach(|| rx.recv_timeout(SLICE)) {
                 Ok(r) => return r.py(py),
@@ -846,7 +953,11 @@ impl PyConnection {
     /// returns once its threads have ended. Calling it again does nothing.
     fn close(&self, py: Python<'_>) {
         let conn = &self.inner;
-        py.detach(|| conn.close());
+        let acks = &self.acks;
+        py.detach(|| {
+            conn.close();
+            acks.stop();
+        });
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -987,10 +1098,24 @@ impl Drop for PyConnection {
     fn drop(&mut self) {
         // SAFETY: `inner` is not used again: this is the end of the object.
         let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
-        if self.owned {
-            Python::attach(|py| py.detach(|| inner.close()));
-        }
-        release(inner);
+        let (owned, acks) = (self.owned, &self.acks);
+        Python::attach(|py| {
+            py.detach(|| {
+                if owned {
+                    inner.close();
+                }
+                // Without a close, the thread ends on its own after the send it is doing.
+                acks.stopped.store(true, Ordering::Release);
+                let taken = acks.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if owned {
+                    if let Some((tx, handle)) = taken {
+                        drop(tx);
+                        let _ = handle.join();
+                    }
+                }
+                drop(inner);
+            })
+        });
     }
 }
 

@@ -315,3 +315,31 @@ def test_core_warnings_reach_python_logging(pair, caplog):
     assert peer.get_data(timeout=WAIT) == b"a\x1fb"
     warned = [r for r in caplog.records if r.name.startswith("serpy") and "0x1F" in r.getMessage()]
     assert warned and warned[0].levelno == logging.WARNING
+
+
+def _thread_names():
+    import os
+
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/{}/comm".format(tid)) as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass  # ended meanwhile
+    return names
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
+def test_close_ends_the_threads_it_started(server):
+    """close() returns once the connection's threads have ended, the helper of its
+    acknowledged sends included."""
+    client = serpy_rs.connect(ADR, server.port)
+    peer = server.get_connection(timeout=WAIT)
+    prefix = "serpy-py-ack-{}".format(client.id)[:15]  # names are cut to 15 bytes
+    client.send("x", Mode.PLAIN_ACK)
+    assert peer.get_data(timeout=WAIT) == b"x"
+    assert any(n == prefix for n in _thread_names())
+    ours = {"serpy-rd-{}".format(client.id)[:15], "serpy-wr-{}".format(client.id)[:15], prefix}
+    client.close()
+    assert not ours & set(_thread_names())
