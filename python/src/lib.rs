@@ -5,7 +5,9 @@
 //!
 //! - Every call that can block releases the GIL. Waits (`get_data`, `get_connection`,
 //!   `recv_any`, `next_event`) run in slices of [`SLICE`] with the GIL released and check
-//!   for signals between them, so Ctrl-C interrupts them within about one slice.
+//!   for signals between them, so Ctrl-C interrupts them within about one slice. Sends
+//!   that wait for room in the queue do the same; acknowledged sends run on a helper
+//!   thread ([`AckHelpers`]) while the caller waits for the answer in slices.
 //! - `bytes` and read-only buffers are sent without a copy: the Rust side holds a
 //!   reference to the Python object until the message has been written.
 //! - Core calls that take a lock or may join threads run with the GIL released: the
@@ -1087,8 +1089,8 @@ impl PyConnection {
     }
 }
 
-/// Drops `handle` with the GIL released: dropping the last handle of a connection or a
-/// server closes it and joins its threads (up to the close timeout), which must not stop
+/// Drops `handle` (a server) with the GIL released: dropping the last handle of a server
+/// closes it and joins its threads (up to the close timeout), which must not stop
 /// every other Python thread meanwhile.
 fn release<T: Send>(handle: T) {
     Python::attach(|py| py.detach(move || drop(handle)));
