@@ -28,6 +28,7 @@ from ._errors import AckUncertain as AckUncertain
 from ._errors import AddressError as AddressError
 from ._errors import Closed as Closed
 from ._errors import ConnectError as ConnectError
+from ._errors import CutShort as CutShort
 from ._errors import Disconnected as Disconnected
 from ._errors import EmptyMessage as EmptyMessage
 from ._errors import EncodingError as EncodingError
@@ -36,7 +37,9 @@ from ._errors import InvalidMode as InvalidMode
 from ._errors import IoError as IoError
 from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import NotSent as NotSent
+from ._errors import PickleError as PickleError
 from ._errors import ProtocolError as ProtocolError
+from ._errors import QueueFull as QueueFull
 from ._errors import Timeout as Timeout
 from ._errors import Unsupported as Unsupported
 from ._native import DEFAULT_INCOMING_BYTES as DEFAULT_INCOMING_BYTES

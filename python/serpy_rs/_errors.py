@@ -15,12 +15,15 @@ __all__ = [
     "Closed",
     "AckUncertain",
     "NotSent",
+    "CutShort",
+    "QueueFull",
     "MessageTooLarge",
     "EmptyMessage",
     "EncodingError",
     "Unsupported",
     "InvalidMode",
     "ProtocolError",
+    "PickleError",
 ]
 
 
@@ -68,6 +71,15 @@ class NotSent(Error):
     """The message was queued but never written: the link went down for good."""
 
 
+class CutShort(Error):
+    """The link went down for good while the message was being written: part of it
+    reached the peer, which drops a message cut short; it was not delivered."""
+
+
+class QueueFull(Error):
+    """A connection's outgoing queue was full (``capacity`` messages waiting)."""
+
+
 class MessageTooLarge(Error, ValueError):
     """The message is larger than ``max_message_size`` (``size``, ``max``)."""
 
@@ -91,6 +103,10 @@ class InvalidMode(Error, ValueError):
 
 class ProtocolError(Error):
     """The peer broke the protocol."""
+
+
+class PickleError(Error, ValueError):
+    """A pickle could not be read or written by the core."""
 
 
 for _name in __all__:

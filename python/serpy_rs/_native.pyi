@@ -138,8 +138,9 @@ class Server:
     def readable_connections(self) -> List[Connection]: ...
     def recv_any(self, timeout: Optional[float] = None) -> Tuple[Connection, Value, Optional[int]]:
         """The next message from any connection: (connection, message, mode)."""
-    def broadcast(self, data: Sendable, *, copy: bool = True) -> int:
-        """Sends data to every connection (encoded once); returns how many."""
+    def broadcast(self, data: Sendable, *, timeout: Optional[float] = None, copy: bool = True) -> int:
+        """Sends data to every connection (encoded once); returns how many it was queued
+        for. A full queue misses it unless ``timeout`` gives it time to make room."""
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[Connection]: ...
     def close(self) -> None:

@@ -112,6 +112,12 @@ fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
             set("mode", PyInt::new(py, *m).into_any());
             "InvalidMode"
         }
+        Error::CutShort => "CutShort",
+        Error::QueueFull { capacity } => {
+            set("capacity", PyInt::new(py, *capacity).into_any());
+            "QueueFull"
+        }
+        Error::Pickle(_) => "PickleError",
         Error::Protocol(_) => "ProtocolError",
         _ => "Error",
     };
@@ -1268,12 +1274,29 @@ impl PyServer {
         Ok((self.wrap(r.connection), value, mode_value(py, r.mode)))
     }
 
-    /// Sends `data` to every connection (mode 0 over v1); returns how many it went to.
-    #[pyo3(signature = (data, *, copy=true))]
-    fn broadcast(&self, py: Python<'_>, data: &Bound<'_, PyAny>, copy: bool) -> PyResult<usize> {
+    /// Sends `data` to every connection (mode 0 over v1), encoded once; returns how many
+    /// connections it was queued for. A connection whose queue is full misses it, unless
+    /// `timeout` (seconds, in all) gives the full queues time to make room.
+    #[pyo3(signature = (data, *, timeout=None, copy=true))]
+    fn broadcast(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        copy: bool,
+    ) -> PyResult<usize> {
         let msg = to_message(py, data, copy)?;
-        let server = &self.inner;
-        py.detach(|| server.broadcast(msg)).py(py)
+        let limit = timeout.map(|t| duration(t, "timeout")).transpose()?;
+        let server = &*self.inner;
+        let report = py.detach(|| match limit {
+            None => server.broadcast(msg),
+            Some(t) => server.broadcast_timeout(msg, t),
+        });
+        // The report holds connection handles: let them go without the GIL.
+        let report = report.py(py)?;
+        let sent = report.sent();
+        py.detach(move || drop(report));
+        Ok(sent)
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {

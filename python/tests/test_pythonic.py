@@ -223,6 +223,8 @@ def test_server_methods():
         assert (conn, msg, mode) == (pa, b"from a", 1)
         assert server.broadcast("all") == 2
         assert a.get_data(timeout=WAIT) == b"all" and b.get_data(timeout=WAIT) == b"all"
+        assert server.broadcast(b"\x00\x01", timeout=WAIT) == 2
+        assert a.get_data(timeout=WAIT) == b"\x00\x01" and b.get_data(timeout=WAIT) == b"\x00\x01"
         with pytest.raises(serpy_rs.Timeout):
             server.recv_any(timeout=0.01)
         server.close()  # stops accepting; connections go on
