@@ -9,6 +9,7 @@ from ._native import Server as _NativeServer
 # How get_data hands out received pickles (see Pickles in src/lib.rs).
 PICKLES_LOAD = 1
 PICKLES_RAW = 2
+PICKLES_SAFE = 3
 
 
 def _not_supported_sock():

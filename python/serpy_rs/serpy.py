@@ -25,7 +25,9 @@ what the Rust core does (see the README, "From Python"):
 
 Received pickles (modes 4 and 5) are unpickled with Python's ``pickle`` when
 ``allow_unpickle`` is true (the original's default): only do that with peers you trust,
-since unpickling runs code the peer chooses.
+since unpickling runs code the peer chooses. ``allow_unpickle="safe"`` reads them with
+the core's pickle reader instead, which imports and runs nothing (built-in types and
+numpy arrays; other pickles arrive as :class:`serpy_rs.Pickled`).
 """
 
 import pickle
@@ -38,7 +40,7 @@ from base64 import b85decode, b85encode  # noqa: F401
 from time import sleep  # noqa: F401
 
 from . import _errors
-from ._compat import PICKLES_LOAD, PICKLES_RAW, BaseConnection, BaseServer
+from ._compat import PICKLES_LOAD, PICKLES_RAW, PICKLES_SAFE, BaseConnection, BaseServer
 from ._native import Connection as _NativeConnection  # noqa: F401
 
 __all__ = ["Connection", "Server", "STIMEOUT"]
@@ -66,6 +68,12 @@ def _check_encoding(encoding):
     return "latin-1" if name == "iso8859-1" else name
 
 
+def _pickles_policy(allow_unpickle):
+    if allow_unpickle == "safe":
+        return PICKLES_SAFE
+    return PICKLES_LOAD if allow_unpickle else PICKLES_RAW
+
+
 class Connection(BaseConnection):
     """A TCP link to a serpy (v1) peer.
 
@@ -80,7 +88,7 @@ class Connection(BaseConnection):
         super().__init__(sock, auto_restart)
         self._encoding = _check_encoding(encoding)
         self.encoding = encoding
-        self._allow_unpickle = bool(allow_unpickle)
+        self._allow_unpickle = allow_unpickle if allow_unpickle == "safe" else bool(allow_unpickle)
         self.in_mode = 0
         self.out_mode = 0
 
@@ -88,7 +96,7 @@ class Connection(BaseConnection):
         return {"encoding": self._encoding, "_pickles": self._pickles()}
 
     def _pickles(self):
-        return PICKLES_LOAD if self._allow_unpickle else PICKLES_RAW
+        return _pickles_policy(self._allow_unpickle)
 
     @property
     def allow_unpickle(self):
@@ -96,7 +104,7 @@ class Connection(BaseConnection):
 
     @allow_unpickle.setter
     def allow_unpickle(self, on):
-        self._allow_unpickle = bool(on)
+        self._allow_unpickle = on if on == "safe" else bool(on)
         if self._native is not None:
             self._native._pickles = self._pickles()
 
@@ -200,14 +208,14 @@ class Server(BaseServer):
             port,
             nb_conn,
             encoding=native_encoding,
-            _pickles=PICKLES_LOAD if allow_unpickle else PICKLES_RAW,
+            _pickles=_pickles_policy(allow_unpickle),
         )
 
     def _connection_attrs(self):
         return {
             "encoding": self.encoding,
             "_encoding": _check_encoding(self.encoding),
-            "_allow_unpickle": bool(self.allow_unpickle),
+            "_allow_unpickle": self.allow_unpickle if self.allow_unpickle == "safe" else bool(self.allow_unpickle),
             "in_mode": 0,
             "out_mode": 0,
         }

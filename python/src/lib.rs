@@ -26,7 +26,7 @@ use bytes::Bytes;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{IntoPyDict, PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use serpy::{Error, Event as RustEvent, Message, Mode, Protocol, Text, TextEncoding};
 
@@ -319,6 +319,10 @@ enum Pickles {
     Load = 1,
     /// Hand out the raw pickle bytes (the drop-in `serpy` with `allow_unpickle=False`).
     Raw = 2,
+    /// Decode it with the core's pickle reader, which never imports or runs anything,
+    /// into the Python objects it stands for; a pickle it refuses (objects of other
+    /// classes, ...) is handed out as a `Pickled` (the Pythonic default).
+    Safe = 3,
 }
 
 impl Pickles {
@@ -326,6 +330,7 @@ impl Pickles {
         match v {
             1 => Pickles::Load,
             2 => Pickles::Raw,
+            3 => Pickles::Safe,
             _ => Pickles::Wrap,
         }
     }
@@ -348,6 +353,14 @@ fn to_value(py: Python<'_>, msg: Message, pickles: Pickles) -> PyResult<Py<PyAny
                 .call1((pybytes(py, &b),))?
                 .unbind(),
             Pickles::Raw => pybytes(py, &b).unbind(),
+            Pickles::Safe => match serpy::pickle::decode_bytes(&b) {
+                Ok(v) => match value_to_py(py, &v) {
+                    Ok(Some(obj)) => obj.unbind(),
+                    Ok(None) => wrap_pickle(py, &b)?,
+                    Err(e) => return Err(e),
+                },
+                Err(_) => wrap_pickle(py, &b)?,
+            },
             Pickles::Wrap => Py::new(
                 py,
                 Pickled {
@@ -357,6 +370,94 @@ fn to_value(py: Python<'_>, msg: Message, pickles: Pickles) -> PyResult<Py<PyAny
             .into_any(),
         },
     })
+}
+
+fn wrap_pickle(py: Python<'_>, b: &[u8]) -> PyResult<Py<PyAny>> {
+    Ok(Py::new(
+        py,
+        Pickled {
+            data: PyBytes::new(py, b).unbind(),
+        },
+    )?
+    .into_any())
+}
+
+/// The Python object a decoded pickle stands for, or `None` when it cannot be built
+/// here (a numpy array without numpy installed, a kind of value this code does not know).
+fn value_to_py<'py>(
+    py: Python<'py>,
+    v: &serpy::pickle::Value,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    use serpy::pickle::Value as V;
+    let items = |xs: &[V]| -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
+        let mut out = Vec::with_capacity(xs.len());
+        for x in xs {
+            match value_to_py(py, x)? {
+                Some(o) => out.push(o),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    };
+    let builtins = || py.import("builtins");
+    Ok(Some(match v {
+        V::None => py.None().into_bound(py),
+        V::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        V::Int(i) => PyInt::new(py, *i).into_any(),
+        V::BigInt(b) => py.import("builtins")?.getattr("int")?.call_method(
+            "from_bytes",
+            (PyBytes::new(py, b.to_signed_bytes_le()), "little"),
+            Some(&[("signed", true)].into_py_dict(py)?),
+        )?,
+        V::Float(f) => PyFloat::new(py, *f).into_any(),
+        V::Complex { re, im } => builtins()?.getattr("complex")?.call1((*re, *im))?,
+        V::Str(t) => PyString::new(py, t.as_str()).into_any(),
+        V::Bytes(b) => PyBytes::new(py, b).into_any(),
+        V::ByteArray(b) => pyo3::types::PyByteArray::new(py, b).into_any(),
+        V::List(xs) => match items(xs)? {
+            Some(o) => PyList::new(py, o)?.into_any(),
+            None => return Ok(None),
+        },
+        V::Tuple(xs) => match items(xs)? {
+            Some(o) => PyTuple::new(py, o)?.into_any(),
+            None => return Ok(None),
+        },
+        V::Set(xs) => match items(xs)? {
+            Some(o) => pyo3::types::PySet::new(py, o)?.into_any(),
+            None => return Ok(None),
+        },
+        V::FrozenSet(xs) => match items(xs)? {
+            Some(o) => pyo3::types::PyFrozenSet::new(py, o)?.into_any(),
+            None => return Ok(None),
+        },
+        V::Dict(pairs) => {
+            let d = PyDict::new(py);
+            for (k, val) in pairs {
+                match (value_to_py(py, k)?, value_to_py(py, val)?) {
+                    (Some(k), Some(val)) => d.set_item(k, val)?,
+                    _ => return Ok(None),
+                }
+            }
+            d.into_any()
+        }
+        V::Array(a) => {
+            let Ok(np) = py.import("numpy") else {
+                return Ok(None);
+            };
+            let dtype = a.dtype();
+            let code = format!("{}{}", dtype.order_char(), dtype.code());
+            let shape = PyTuple::new(py, a.shape())?;
+            let order = if a.is_fortran_order() { "F" } else { "C" };
+            let flat = np.call_method1("frombuffer", (PyBytes::new(py, a.data()), code))?;
+            let kwargs = [("order", order)].into_py_dict(py)?;
+            // A writable array of its own, as unpickling gives.
+            let keep = [("order", "A")].into_py_dict(py)?;
+            flat.call_method("reshape", (shape,), Some(&kwargs))?
+                .call_method("copy", (), Some(&keep))?
+        }
+        #[allow(unreachable_patterns)]
+        _ => return Ok(None),
+    }))
 }
 
 fn mode_from(value: &Bound<'_, PyAny>) -> PyResult<Mode> {
@@ -815,7 +916,7 @@ impl PyConnection {
         let pickles = match _pickles {
             Some(p) => Pickles::from_u8(p),
             None if allow_unpickle => Pickles::Load,
-            None => Pickles::Wrap,
+            None => Pickles::Safe,
         };
         Ok(PyConnection::wrap(conn, pickles, true))
     }
@@ -1048,7 +1149,7 @@ impl PyConnection {
     #[setter]
     fn set_allow_unpickle(&self, on: bool) {
         self.pickles.store(
-            if on { Pickles::Load } else { Pickles::Wrap } as u8,
+            if on { Pickles::Load } else { Pickles::Safe } as u8,
             Ordering::Relaxed,
         );
     }
@@ -1202,7 +1303,7 @@ impl PyServer {
         let pickles = match _pickles {
             Some(p) => Pickles::from_u8(p),
             None if allow_unpickle => Pickles::Load,
-            None => Pickles::Wrap,
+            None => Pickles::Safe,
         };
         Ok(PyServer {
             inner: ManuallyDrop::new(inner),

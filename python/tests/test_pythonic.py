@@ -130,20 +130,56 @@ def test_more_errors():
         serpy_rs.Server(ADR, 0, encoding="utf-16")
 
 
-def test_pickles_are_not_unpickled_unless_allowed(pair):
+class Custom:
+    """A class of the test module: its pickle names it, so the safe reader refuses it."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __eq__(self, other):
+        return isinstance(other, Custom) and other.x == self.x
+
+
+def test_pickles_are_read_safely_by_default(pair):
     client, peer = pair
-    client.send_object({"a": 1})
+    values = [
+        {"a": 1, "b": [1.5, "µ", None, True], "c": (1, 2), 3: b"\x00"},
+        2**100,
+        -(2**70),
+        1 + 2j,
+        bytearray(b"ba"),
+        {1, 2},
+        frozenset({"x"}),
+        [],
+    ]
+    for v in values:
+        client.send_object(v)
+    for v in values:
+        got = peer.get_data(timeout=WAIT)
+        assert got == v and type(got) is type(v)
+    # A pickle the core will not read (it names a class) is handed out as it is.
+    client.send_object(Custom(7))
     got = peer.get_data(timeout=WAIT)
     assert isinstance(got, serpy_rs.Pickled)
-    assert got.loads() == {"a": 1} and pickle.loads(got.data) == {"a": 1}
+    assert got.loads() == Custom(7) and pickle.loads(got.data) == Custom(7)
     assert bytes(got) == got.data and len(got) == len(got.data)
-    # A Pickled goes out as the pickle it is.
+    # A Pickled goes out as the pickle it is; allow_unpickle=True unpickles with pickle.
     peer.send(got)
-    peer.allow_unpickle = False
     client.allow_unpickle = True
-    assert client.get_data(timeout=WAIT) == {"a": 1}
+    assert client.get_data(timeout=WAIT) == Custom(7)
     client.send_object([1, 2], acked=True)
-    assert peer.get_data_with_mode(WAIT)[1] == 5
+    assert peer.get_data_with_mode(WAIT) == ([1, 2], 5)
+
+
+def test_numpy_arrays_in_pickles_are_read_safely(pair):
+    np = pytest.importorskip("numpy")
+    client, peer = pair
+    for a in (np.arange(12, dtype="<u2").reshape(3, 4), np.asfortranarray(np.ones((2, 3))),
+              np.array([1 + 2j], dtype=">c16")):
+        client.send_object(a)
+        got = peer.get_data(timeout=WAIT)
+        assert isinstance(got, np.ndarray) and got.dtype == a.dtype and got.shape == a.shape
+        assert (got == a).all() and got.flags.writeable
 
 
 def test_buffers(pair2):

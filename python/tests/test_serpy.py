@@ -142,6 +142,18 @@ def test_allow_unpickle_false_gives_the_pickle_bytes():
     s.closeServer()
 
 
+def test_allow_unpickle_safe_reads_pickles_without_running_them():
+    s = sp.Server(ADR, 0, 5, "ascii", allow_unpickle="safe")
+    c = sp.Connection().connect(ADR, s.port)
+    p = s.getConnection()
+    c.sendData({"k": [1, 2.5]}, 5)
+    assert p.getData(WAIT) == {"k": [1, 2.5]}
+    c.sendData(ValueError("x"), 5)  # names a class: not read, handed out as it is
+    assert isinstance(p.getData(WAIT), serpy_rs.Pickled)
+    c.close()
+    s.closeServer()
+
+
 def test_force_mode_sends_pickle_bytes_as_a_pickle(link):
     c, p = link
     raw = pickle.dumps({"k": 1})
