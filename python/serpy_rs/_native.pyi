@@ -6,8 +6,9 @@ from typing import Any, Iterator, List, Optional, Tuple, Union
 from typing_extensions import Buffer, Literal, Self  # only for type checkers
 
 Value = Union[int, float, str, bytes, "Pickled", Any]
-"""What get_data returns: bytes (v1 modes 0-3), int/float/str/bytes (v2), a Pickled or
-the unpickled object (v1 modes 4-5)."""
+"""What get_data returns: bytes (v1 modes 0-3), int/float/str/bytes (v2); for a pickle
+(v1 modes 4-5) the objects the core's safe reader built, a Pickled it refused, or with
+allow_unpickle=True what Python's pickle made."""
 Sendable = Union[int, float, str, bytes, bytearray, memoryview, "Pickled", Buffer]
 Address = Tuple[str, int]
 
@@ -166,7 +167,8 @@ class Event:
     text: str
 
 class Pickled:
-    """A received pickle that was not unpickled (allow_unpickle is False)."""
+    """A received pickle that the core's safe reader refused (it names a class other than
+    the built-in types and numpy arrays); ``loads()`` unpickles it with Python's pickle."""
 
     def __init__(self, data: bytes) -> None: ...
     @property
