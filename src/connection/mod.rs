@@ -110,11 +110,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 
-use crate::config::Config;
+use crate::config::{Config, FullQueue};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink, Events, LogLimit};
 use crate::message::Message;
 use crate::protocol::{Mode, Protocol};
+use crate::stats::{Counters, Stats};
 use crate::sync::{lock, Deadline};
 
 mod builder;
@@ -131,7 +132,7 @@ pub use builder::ConnectionBuilder;
 pub(crate) use outgoing::Prepared;
 use session::Session;
 pub(crate) use state::Notifier;
-use state::{AckQueue, IncomingBudget, Lifecycle, ReadyList, Replies, Shared};
+use state::{AckQueue, IncomingBudget, Lifecycle, OutgoingBudget, ReadyList, Replies, Shared};
 use writer::Writer;
 
 /// Capacity of the control channel from readers to the writer (wake-ups, link down).
@@ -235,6 +236,13 @@ fn new_shared(
     let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
     let (done_tx, writer_done) = channel::bounded::<()>(0);
     let restart = is_client && cfg.auto_restart;
+    let stats = Arc::new(Counters::new());
+    let out_budget = OutgoingBudget::new(cfg.outgoing_bytes);
+    let full_queue = cfg.full_queue;
+    let write_timeout = match cfg.full_queue {
+        FullQueue::Disconnect(t) => Some(t.max(Duration::from_millis(1))),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         protocol: AtomicU8::new(state::protocol_code(cfg.protocol)),
@@ -253,7 +261,7 @@ fn new_shared(
             waiting: Default::default(),
         }),
         replies: Mutex::new(Replies::default()),
-        link: Mutex::new(link::Link::new()),
+        link: Mutex::new(link::Link::new(stats.clone(), write_timeout)),
         pending: AtomicUsize::new(0),
         ctl_tx,
         stream: Mutex::new(None),
@@ -262,6 +270,13 @@ fn new_shared(
         reader: Mutex::new(None),
         ready: ReadyList::new(notifier),
         stray_acks: LogLimit::new(),
+        stats,
+        out_budget,
+        kept: Mutex::new(state::Kept {
+            rx: matches!(full_queue, FullQueue::KeepLatest(_)).then(|| out_rx.clone()),
+            items: Default::default(),
+        }),
+        drops: state::DropReport::new(),
     });
     let ends = Ends {
         in_tx,
@@ -468,8 +483,9 @@ impl Connection {
 
     /// Queues `prepared` as `send` would, but never blocks: [`Error::QueueFull`] when the
     /// outgoing queue is full, [`Error::Closed`] or [`Error::Disconnected`] when the
-    /// connection is gone. For the server, which must not wait on one slow peer.
-    pub(crate) fn try_send_prepared(&self, prepared: &Prepared) -> Result<()> {
+    /// connection is gone. For the server, which must not wait on one slow peer. Under
+    /// `FullQueue::KeepLatest`, returns how many older messages it dropped.
+    pub(crate) fn try_send_prepared(&self, prepared: &Prepared) -> Result<u64> {
         outgoing::try_enqueue(&self.inner.shared, prepared.0.clone())
     }
 
@@ -765,6 +781,30 @@ impl Connection {
     /// ```
     pub fn id(&self) -> u64 {
         self.inner.shared.id
+    }
+
+    /// The connection's statistics, as of now: messages and bytes in and out, queue
+    /// depths, drops, reconnects, protocol errors, the last receipt, the round trip of
+    /// acknowledged sends (see [`Stats`]). Cheap: a few atomic loads.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.send("hello")?;
+    /// let stats = conn.stats();
+    /// assert_eq!(stats.dropped, 0);
+    /// println!("{stats}");
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let shared = &self.inner.shared;
+        let mut s = shared.stats.snapshot();
+        s.queued_in = shared.in_rx.len();
+        s.queued_in_bytes = shared.budget.queued();
+        s.queued_out = shared.out_tx.len();
+        s.queued_out_bytes = shared.out_budget.queued();
+        s
     }
 }
 
