@@ -46,6 +46,7 @@ mod linux {
       --seconds S       how long to publish (default 10)
       --policy P        keep: FullQueue::KeepLatest (default); block: FullQueue::Block
       --keep N          frames kept for a slow client under keep (default 4)
+  --outgoing-bytes B  the byte budget of each connection's queue (default 64 MiB)
       -h, --help        print this help";
 
     /// The text that tells a client the run is over.
@@ -59,6 +60,7 @@ mod linux {
         seconds: f64,
         policy: String,
         keep: usize,
+        outgoing_bytes: usize,
     }
 
     fn parse() -> Result<Options, String> {
@@ -70,6 +72,7 @@ mod linux {
             seconds: 10.0,
             policy: "keep".into(),
             keep: 4,
+            outgoing_bytes: serpy::DEFAULT_OUTGOING_BYTES,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -82,6 +85,9 @@ mod linux {
                 "--seconds" => o.seconds = value()?.parse().map_err(|e| format!("{e}"))?,
                 "--policy" => o.policy = value()?,
                 "--keep" => o.keep = value()?.parse().map_err(|e| format!("{e}"))?,
+                "--outgoing-bytes" => {
+                    o.outgoing_bytes = value()?.parse().map_err(|e| format!("{e}"))?
+                }
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -190,6 +196,7 @@ mod linux {
         let server = Server::builder()
             .protocol(Protocol::V2)
             .full_queue(policy)
+            .outgoing_bytes(o.outgoing_bytes)
             .bind("127.0.0.1:0")?;
         let addr = server.local_addr().to_string();
         let exe = std::env::current_exe()?;
@@ -217,7 +224,6 @@ mod linux {
                 stopped,
             });
         }
-        let frame = serpy::Bytes::from(vec![0x5au8; o.size]);
         let period = Duration::from_secs_f64(1.0 / o.hz);
         let frames = (o.seconds * o.hz).round() as u64;
         let (mut dropped, mut missed, mut late) = (0u64, 0u64, 0u64);
@@ -232,7 +238,9 @@ mod linux {
             } else if now > next + period {
                 late += 1;
             }
-            let report = server.broadcast(frame.clone())?;
+            // A new frame each time, as an instrument makes them (one buffer, shared by
+            // the connections).
+            let report = server.broadcast(vec![i as u8; o.size])?;
             dropped += report.dropped_total();
             missed += report.failures().count() as u64;
             next += period;
@@ -293,9 +301,9 @@ mod linux {
              outgoing_bytes; for {} clients at most {:.0} MiB",
             (o.keep * o.size) >> 20,
             o.keep,
-            serpy::DEFAULT_OUTGOING_BYTES >> 20,
+            o.outgoing_bytes >> 20,
             o.clients,
-            budget(serpy::DEFAULT_OUTGOING_BYTES as f64),
+            budget(o.outgoing_bytes as f64),
         );
         println!("server stats: {stats}");
         Ok(())
