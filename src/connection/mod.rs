@@ -56,12 +56,23 @@
 //!    (`Lifecycle::refusal`); `outgoing::prepare` encodes (a v1 block without its
 //!    SETMODE, a v2 frame, or the message itself for an auto server before detection).
 //! 2. `outgoing::enqueue`: an acknowledged send on an idle link → `inline::write_now`; a
-//!    plain send on an idle, quiet link → `inline::try_write_now`; otherwise `pending`
-//!    + 1 and into the outgoing queue.
+//!    plain send on an idle, quiet link → `inline::try_write_now`; otherwise one more in
+//!    `pending` and into the outgoing queue (`outgoing::queue`), within its count bound and its
+//!    byte budget (`Shared::out_budget`, counted in, and given back when the writer takes
+//!    a message out). A full queue meets the connection's `FullQueue` policy: `Block` and
+//!    `Disconnect` wait for room (the writer's `took` wakes one waiting caller, which
+//!    passes the wake-up on); `KeepLatest` takes the oldest messages out itself, holding
+//!    `Shared::kept` (plain ones are dropped and reported through `Shared::drops`;
+//!    acknowledged ones wait in `Kept::items` and go before the queue), and under that
+//!    policy the writer takes from the queue only while it holds `kept` too, so the
+//!    order holds. `Disconnect(t)` is the socket's write timeout (`Link::write_timeout`):
+//!    a write the peer takes no byte of for `t` fails and takes the link down.
 //! 3. The writer wakes (`Writer::run`) → `Writer::write_batch` gathers up to 512 messages
 //!    or 1 MiB, `Writer::encode` → `Link::put` (adds SETMODE blocks); acknowledgement
 //!    slots go into `Shared::acks` before the bytes go out; `Link::write_wire`; `pending`
-//!    − n.
+//!    − n. The statistics (`Shared::stats`, `stats.rs`) count bytes in `Link::wrote` and
+//!    messages where they are handed to the socket; the reader counts bytes and the time
+//!    once per socket read, and messages as it queues them.
 //! 4. An acknowledged send waits in `outgoing::await_answer`: `Ok` from
 //!    `Reader::acknowledged` when the ACKEOT comes, `AckUncertain` from
 //!    `session::link_down`, `Closed` or `NotSent` from `Writer::finish`.

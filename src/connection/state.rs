@@ -488,7 +488,17 @@ impl OutgoingBudget {
     /// Counts a message of `size` bytes taken out (or never queued after `add`), and
     /// wakes a waiting caller.
     pub fn took(&self, size: usize) {
-        self.queued.fetch_sub(charge(size), Ordering::SeqCst);
+        self.took_many(size, 1);
+    }
+
+    /// Counts `n` messages of `size` bytes in all taken out (the writer's batch: one
+    /// atomic operation for all), and wakes a waiting caller.
+    pub fn took_many(&self, size: usize, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let charged = size.saturating_add(n.saturating_mul(MESSAGE_OVERHEAD));
+        self.queued.fetch_sub(charged, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             let _ = self.room_tx.try_send(());
         }

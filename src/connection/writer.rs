@@ -290,7 +290,9 @@ impl Writer {
 
     /// Encodes and writes `first` and whatever else is queued, in few large writes.
     fn write_batch(&self, link: &mut Link, first: Option<Outgoing>) -> Next {
-        let first = first.map(|item| self.took(item));
+        if let Some(item) = &first {
+            self.shared.out_budget.took(item.payload_len());
+        }
         if link.stream.is_none() || self.shared.protocol() == Protocol::Auto {
             // Not writable now (a failed write from another thread took it down): later.
             link.retry.extend(first);
@@ -308,16 +310,19 @@ impl Writer {
         if let Some(k) = kept.as_mut() {
             items.extend(k.items.drain(..));
         }
+        let mut taken = 0;
         while items.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
             match self.out_rx.try_recv() {
                 Ok(item) => {
-                    let item = self.took(item);
                     bytes += item.payload_len();
+                    taken += 1;
                     items.push(item)
                 }
                 Err(_) => break,
             }
         }
+        // Out of the queue's byte budget, all at once.
+        self.shared.out_budget.took_many(bytes, taken);
         drop(kept);
         let mut batch = self.encode(link, items);
         let (written, result) = link.write_wire(&self.shared.pending);

@@ -18,6 +18,7 @@ use crate::sync::Deadline;
 /// was queued for it (or written at once); otherwise why not: [`Error::QueueFull`] when
 /// its outgoing queue was full (the peer does not read as fast, its link is
 /// reconnecting, or an auto server does not know its protocol yet),
+/// [`Error::OutgoingBytesFull`] when its queue held its byte budget,
 /// [`Error::Timeout`] from [`Server::broadcast_timeout`] when no room came in time,
 /// [`Error::Closed`] or [`Error::Disconnected`] when it went away meanwhile.
 ///
@@ -192,7 +193,9 @@ impl Server {
     /// Sends `data` to every connection of the server, as [`Connection::send`] would to
     /// each (mode 0 over v1, its typed frame over v2), without ever waiting: a
     /// connection whose outgoing queue is full misses this message, and the returned
-    /// [`Broadcast`] says so ([`Error::QueueFull`]), connection by connection. One peer
+    /// [`Broadcast`] says so ([`Error::QueueFull`], [`Error::OutgoingBytesFull`]),
+    /// connection by connection; under [`FullQueue::KeepLatest`](crate::FullQueue::KeepLatest)
+    /// its oldest queued messages make room instead ([`Broadcast::dropped`]). One peer
     /// that does not read, or a client of an auto server that has not spoken yet, never
     /// holds up the others. To wait for room, within a bound, use
     /// [`broadcast_timeout`](Server::broadcast_timeout).
