@@ -242,35 +242,39 @@ fn keep_latest(shared: &Shared, item: Outgoing, size: usize, n: usize) -> Result
     let cap = n.min(shared.cfg.outgoing_capacity);
     let budget = &shared.out_budget;
     let mut dropped = 0u64;
-    let mut kept = lock(&shared.kept);
-    let kept = &mut *kept;
-    let Some(rx) = kept.rx.as_ref() else {
-        return Err(shared.life.gone_error());
-    };
-    while shared.out_tx.len() >= cap || !budget.fits(size) {
-        let Ok(old) = rx.try_recv() else {
-            break;
+    let sent = {
+        let mut kept = lock(&shared.kept);
+        let kept = &mut *kept;
+        let Some(rx) = kept.rx.as_ref() else {
+            return Err(shared.life.gone_error());
         };
-        budget.took(old.payload_len());
-        if old.ack.is_some() {
-            kept.items.push_back(old);
-        } else {
-            dropped += 1;
-            shared.pending.fetch_sub(1, Ordering::AcqRel);
+        while shared.out_tx.len() >= cap || !budget.fits(size) {
+            let Ok(old) = rx.try_recv() else {
+                break;
+            };
+            budget.took(old.payload_len());
+            if old.ack.is_some() {
+                kept.items.push_back(old);
+            } else {
+                dropped += 1;
+                shared.pending.fetch_sub(1, Ordering::AcqRel);
+            }
         }
-    }
-    budget.add(size);
-    let sent = match shared.out_tx.try_send(item) {
-        Ok(()) => Ok(dropped),
-        // Not reached: only callers holding `kept` fill the queue under this policy.
-        Err(TrySendError::Full(_)) => Err(Error::QueueFull {
-            capacity: shared.cfg.outgoing_capacity,
-        }),
-        Err(TrySendError::Disconnected(_)) => Err(shared.life.gone_error()),
+        budget.add(size);
+        let sent = match shared.out_tx.try_send(item) {
+            Ok(()) => Ok(dropped),
+            // Not reached: only callers holding `kept` fill the queue under this policy.
+            Err(TrySendError::Full(_)) => Err(Error::QueueFull {
+                capacity: shared.cfg.outgoing_capacity,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(shared.life.gone_error()),
+        };
+        if sent.is_err() {
+            budget.took(size);
+        }
+        sent
     };
-    if sent.is_err() {
-        budget.took(size);
-    }
+    // Reported once `kept` is let go: the event is logged, which may take a while.
     if dropped > 0 {
         report_drops(shared, dropped);
     }
