@@ -102,6 +102,41 @@ fn the_outgoing_byte_budget_bounds_what_a_peer_that_does_not_read_pins() {
     drop(raw);
 }
 
+#[test]
+fn senders_waiting_for_the_byte_budget_are_all_woken() {
+    // The server's program reads one frame at a time: its reader waits for it.
+    let server = v2_server(ServerBuilder::new().incoming_bytes(1));
+    let (client, peer) = pair(
+        &server,
+        Connection::builder()
+            .protocol(Protocol::V2)
+            .outgoing_bytes(2 << 20),
+    );
+    // Three threads wait for room in a budget of two frames while the peer is frozen.
+    let senders: Vec<_> = (0..3u64)
+        .map(|t| {
+            let client = client.clone();
+            thread::spawn(move || {
+                for i in 0..20 {
+                    client
+                        .send_data_timeout(frame(t * 100 + i, 1 << 20), Mode::Plain, T)
+                        .expect("woken for room within T");
+                }
+            })
+        })
+        .collect();
+    let mut got = 0;
+    while got < 60 {
+        peer.get_data_timeout(T).expect("every frame arrives");
+        got += 1;
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+    let stats = client.stats();
+    assert_eq!((stats.messages_out, stats.dropped), (60, 0), "{stats}");
+}
+
 // ---- item 2: the full-queue policies --------------------------------------------------
 
 #[test]
@@ -207,6 +242,53 @@ fn disconnect_takes_down_a_peer_that_reads_nothing_for_the_given_time() {
     assert!(err.is_final(), "{err}");
     assert_eq!(peer.stats().policy_disconnects, 1);
     drop(raw);
+}
+
+#[test]
+fn disconnect_makes_a_client_with_auto_restart_reconnect() {
+    // The server's program does not read: its reader stops, the client's writes stall.
+    let server = v2_server(ServerBuilder::new().incoming_bytes(1));
+    let client = Connection::builder()
+        .protocol(Protocol::V2)
+        .auto_restart(true)
+        .full_queue(FullQueue::Disconnect(Duration::from_millis(200)))
+        .connect(server.local_addr())
+        .unwrap();
+    let first = server.get_connection_timeout(T).unwrap();
+    let sender = {
+        let client = client.clone();
+        thread::spawn(move || {
+            // Bounded: stops at the first error, or once the link came back.
+            for seq in 0..64 {
+                if client.stats().reconnects > 0 {
+                    return;
+                }
+                if client
+                    .send_data_timeout(frame(seq, 1 << 20), Mode::Plain, Duration::from_secs(2))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let e = wait_event(&client, "Disconnected", |e| {
+        matches!(e, Event::Disconnected { .. })
+    });
+    assert!(
+        matches!(&e, Event::Disconnected { reason, reconnecting: true } if reason.contains("read nothing")),
+        "{e:?}"
+    );
+    wait_event(&client, "Reconnected", |e| {
+        matches!(e, Event::Reconnected { .. })
+    });
+    sender.join().unwrap();
+    let stats = client.stats();
+    assert!(
+        stats.policy_disconnects >= 1 && stats.reconnects >= 1,
+        "{stats}"
+    );
+    drop(first);
 }
 
 #[test]
