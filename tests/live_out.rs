@@ -137,6 +137,36 @@ fn senders_waiting_for_the_byte_budget_are_all_woken() {
     assert_eq!((stats.messages_out, stats.dropped), (60, 0), "{stats}");
 }
 
+#[test]
+fn a_sender_waiting_for_the_byte_budget_learns_when_the_peer_goes() {
+    let server = v2_server(ServerBuilder::new().outgoing_bytes(2 << 20));
+    let raw = TcpStream::connect(server.local_addr()).unwrap();
+    let peer = server.get_connection_timeout(T).unwrap();
+    // Fill the socket and the budget: a send then times out waiting for room.
+    let mut seq = 0;
+    loop {
+        assert!(seq < 64, "the budget never filled");
+        match peer.send_data_timeout(frame(seq, 1 << 20), Mode::Plain, Duration::from_millis(200)) {
+            Ok(()) => seq += 1,
+            Err(Error::Timeout { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // A send with no timeout waits for room; only the end of the link may end it.
+    let (tx, rx) = mpsc::channel();
+    let sender = {
+        let peer = peer.clone();
+        thread::spawn(move || {
+            let _ = tx.send(peer.send_data(frame(999, 1 << 20), Mode::Plain));
+        })
+    };
+    // The peer goes with unread data (a reset): the waiting sender is woken.
+    drop(raw);
+    let r = rx.recv_timeout(T).expect("the waiting sender is woken");
+    assert!(matches!(&r, Err(e) if e.is_final()), "{r:?}");
+    sender.join().unwrap();
+}
+
 // ---- item 2: the full-queue policies --------------------------------------------------
 
 #[test]
