@@ -25,6 +25,10 @@ pub(crate) struct Config {
     pub keepalive: Option<Duration>,
     pub close_timeout: Duration,
     pub detect_timeout: Duration,
+    /// Budget of bytes waiting in the outgoing queue (see `outgoing_bytes`).
+    pub outgoing_bytes: usize,
+    /// What a send does when the outgoing queue is full (see `full_queue`).
+    pub full_queue: FullQueue,
 }
 
 /// Default maximum message size: 64 MiB.
@@ -34,6 +38,54 @@ pub const DEFAULT_INCOMING_BYTES: usize = 256 * 1024 * 1024;
 /// Default capacity of the outgoing queue, in messages. (The incoming queue has no
 /// bound by count unless one is set: its byte budget bounds it.)
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Default budget of bytes waiting in the outgoing queue, per connection: 64 MiB (a
+/// message larger than that still goes when nothing else waits).
+pub const DEFAULT_OUTGOING_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a send does when the outgoing queue of a connection is full: it holds
+/// [`outgoing_capacity`](crate::ConnectionBuilder::outgoing_capacity) messages or
+/// [`outgoing_bytes`](crate::ConnectionBuilder::outgoing_bytes) bytes, because the peer
+/// reads more slowly than the program sends (or not at all). Set with
+/// [`full_queue`](crate::ConnectionBuilder::full_queue), per connection; a server's
+/// setting applies to every connection it accepts.
+///
+/// Acknowledged sends (v1 modes 1, 3, 5) are never dropped by a policy.
+///
+/// ```
+/// use serpy::{FullQueue, Server};
+/// use std::time::Duration;
+///
+/// # fn main() -> serpy::Result<()> {
+/// // A live view: a slow viewer gets the newest frames, never an old backlog.
+/// let server = Server::builder()
+///     .full_queue(FullQueue::KeepLatest(4))
+///     .bind("127.0.0.1:0")?;
+/// // Or: a peer that reads nothing for 10 s is disconnected.
+/// let strict = Server::builder()
+///     .full_queue(FullQueue::Disconnect(Duration::from_secs(10)))
+///     .bind("127.0.0.1:0")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FullQueue {
+    /// The send waits for room (as long as it takes, or the timeout of
+    /// [`send_data_timeout`](crate::Connection::send_data_timeout)). The default.
+    /// [`Server::broadcast`](crate::Server::broadcast) never waits: the peer misses
+    /// the message ([`Error::QueueFull`](crate::Error::QueueFull)).
+    #[default]
+    Block,
+    /// Keep at most this many messages queued (and within the byte budget): a new
+    /// message drops the oldest plain messages still queued. Dropped messages are
+    /// counted ([`Stats::dropped`](crate::Stats::dropped)) and reported by
+    /// [`Event::Dropped`](crate::Event::Dropped). A send never waits for room.
+    KeepLatest(usize),
+    /// As `Block`, but a peer that takes no byte from the socket for this long is
+    /// disconnected (the write times out): the link goes down with
+    /// [`Event::Disconnected`](crate::Event::Disconnected), and a client with
+    /// auto-restart reconnects. What was queued then goes as for any broken link.
+    Disconnect(Duration),
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -53,6 +105,8 @@ impl Default for Config {
             keepalive: None,
             close_timeout: Duration::from_secs(2),
             detect_timeout: Duration::from_secs(5),
+            outgoing_bytes: DEFAULT_OUTGOING_BYTES,
+            full_queue: FullQueue::Block,
         }
     }
 }
@@ -153,6 +207,37 @@ macro_rules! connection_options {
         /// ```
         pub fn close_timeout(mut self, timeout: std::time::Duration) -> Self {
             self.cfg.close_timeout = timeout;
+            self
+        }
+
+        /// How many bytes of messages may wait in the outgoing queue (default 64 MiB,
+        /// [`DEFAULT_OUTGOING_BYTES`](crate::DEFAULT_OUTGOING_BYTES)). With
+        /// [`outgoing_capacity`](Self::outgoing_capacity) it bounds what a peer that
+        /// reads slowly, or not at all, makes this side hold: when the next message
+        /// would go beyond it, the [`full_queue`](Self::full_queue) policy applies. A
+        /// message larger than the budget still goes when nothing else waits. Each
+        /// message counts 64 bytes more than its encoded length. The writer holds at most
+        /// one batch (about 1 MiB, or one larger message) beyond the queue.
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".outgoing_bytes(8 << 20);")]
+        /// ```
+        pub fn outgoing_bytes(mut self, bytes: usize) -> Self {
+            self.cfg.outgoing_bytes = bytes;
+            self
+        }
+
+        /// What a send does when the outgoing queue is full (default
+        /// [`FullQueue::Block`](crate::FullQueue::Block)); see [`FullQueue`](crate::FullQueue).
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".full_queue(serpy::FullQueue::KeepLatest(2));")]
+        /// ```
+        pub fn full_queue(mut self, policy: $crate::FullQueue) -> Self {
+            self.cfg.full_queue = match policy {
+                $crate::FullQueue::KeepLatest(n) => $crate::FullQueue::KeepLatest(n.max(1)),
+                p => p,
+            };
             self
         }
     };

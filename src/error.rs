@@ -138,6 +138,17 @@ pub enum Error {
     /// [`pickle::Error`](crate::pickle::Error)).
     #[error(transparent)]
     Pickle(#[from] crate::pickle::Error),
+
+    /// A send that must not wait found the bytes already waiting in the connection's
+    /// outgoing queue at its budget (`outgoing_bytes`): the peer does not read as fast
+    /// as messages are sent to it, or its link is reconnecting.
+    #[error("the outgoing queue of this connection holds {queued} bytes, its budget is {limit}: the peer does not read as fast as messages are sent, or the link is reconnecting; send less, raise outgoing_bytes() in the builder, use FullQueue::KeepLatest for a live view, or drop this peer")]
+    OutgoingBytesFull {
+        /// Bytes waiting in the outgoing queue (as counted by the budget).
+        queued: usize,
+        /// The budget, `outgoing_bytes`.
+        limit: usize,
+    },
 }
 
 impl Error {

@@ -64,6 +64,15 @@ pub enum Event {
     /// or the last handle was dropped), and its threads have ended. It is the last
     /// event of the connection.
     Closed,
+    /// The [`FullQueue::KeepLatest`](crate::FullQueue::KeepLatest) policy dropped this many
+    /// older plain messages from the outgoing queue to make room for newer ones (the peer
+    /// reads more slowly than the program sends). Reported at once for the first drop,
+    /// then at most once a second with the count since the last report, and when the
+    /// queue drains; [`Stats::dropped`](crate::Stats::dropped) counts them all.
+    Dropped {
+        /// How many messages since the last `Dropped` event.
+        messages: u64,
+    },
 }
 
 impl std::fmt::Display for Event {
@@ -93,6 +102,10 @@ impl std::fmt::Display for Event {
             Event::ProtocolDetected(p) => write!(f, "peer speaks {p}"),
             Event::ProtocolError(e) => write!(f, "protocol error: {e}"),
             Event::Closed => write!(f, "closed by the program"),
+            Event::Dropped { messages } => write!(
+                f,
+                "{messages} older queued message(s) dropped to keep the latest: the peer reads more slowly than messages are sent"
+            ),
         }
     }
 }
@@ -231,6 +244,8 @@ impl EventSink {
                 }
             }
             Event::ProtocolDetected(_) => log::debug!("serpy {}: {event}", label()),
+            // At most one a second (see `outgoing::DropReport`).
+            Event::Dropped { .. } => log::warn!("serpy {}: {event}", label()),
         }
         if !self.ended() {
             push_drop_oldest(&self.tx, &self.rx, event);

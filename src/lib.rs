@@ -82,16 +82,21 @@ pub mod message;
 pub mod pickle;
 pub mod protocol;
 mod server;
+mod stats;
 mod sync;
 
 pub use bytes::Bytes;
-pub use config::{DEFAULT_INCOMING_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_CAPACITY};
+pub use config::{
+    FullQueue, DEFAULT_INCOMING_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTGOING_BYTES,
+    DEFAULT_QUEUE_CAPACITY,
+};
 pub use connection::{Connection, ConnectionBuilder};
 pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};
 pub use message::{Message, Text, TextEncoding};
 pub use protocol::{Mode, Protocol};
 pub use server::{Broadcast, Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+pub use stats::Stats;
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

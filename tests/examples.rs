@@ -355,13 +355,14 @@ fn v2_server(
 // ---------------------------------------------------------------------------------------
 // Every example
 
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 7] = [
     "simple_broadcast",
     "simple_chat",
     "pingpong_server",
     "pingpong_client",
     "instrument_server",
     "instrument_client",
+    "live_instrument",
 ];
 
 #[test]
@@ -401,7 +402,12 @@ fn every_example_explains_itself_and_refuses_bad_options() {
             bad.transcript()
         );
     }
-    for server in ["simple_broadcast", "pingpong_server", "instrument_server"] {
+    for server in [
+        "simple_broadcast",
+        "pingpong_server",
+        "instrument_server",
+        "live_instrument",
+    ] {
         let help = run(server, &["-h"]);
         assert!(
             help.has_line("0.0.0.0"),
@@ -895,4 +901,70 @@ fn instrument_client_and_server_together() {
     client.assert_success("instrument_client");
     assert!(client.has_line("0 errors"), "{}", client.transcript());
     s.finish().assert_success("instrument_server");
+}
+
+// ---------------------------------------------------------------------------------------
+// live_instrument
+
+#[test]
+fn live_instrument_publishes_to_viewers_and_takes_acknowledged_commands() {
+    let mut s = Running::start(
+        "live_instrument",
+        &["--port", "0", "--size", "4096", "--hz", "200"],
+    );
+    let addr = s.address();
+    let p = port(addr);
+    let view = run(
+        "live_instrument",
+        &["--role", "view", "--port", &p, "--frames", "5"],
+    );
+    view.assert_success("live_instrument --role view");
+    assert!(
+        view.stdout
+            .iter()
+            .filter(|l| l.starts_with("frame "))
+            .count()
+            == 5
+            && view.has_line("view: 5 frames"),
+        "{}",
+        view.transcript()
+    );
+    let cmd = run(
+        "live_instrument",
+        &["--role", "command", "--port", &p, "--set", "exposure=7"],
+    );
+    cmd.assert_success("live_instrument --role command");
+    assert!(
+        cmd.has_line("acknowledged: exposure=7"),
+        "{}",
+        cmd.transcript()
+    );
+    // The acknowledgement came once the instrument had the command: it applies it next.
+    s.wait_for("command: exposure 7");
+    let later = run(
+        "live_instrument",
+        &["--role", "view", "--port", &p, "--frames", "3"],
+    );
+    later.assert_success("live_instrument --role view");
+    assert!(
+        later
+            .stdout
+            .iter()
+            .filter(|l| l.starts_with("frame "))
+            .all(|l| l.contains("exposure 7 ")),
+        "{}",
+        later.transcript()
+    );
+    let stop = run(
+        "live_instrument",
+        &["--role", "command", "--port", &p, "--stop"],
+    );
+    stop.assert_success("live_instrument --role command --stop");
+    let done = s.finish();
+    done.assert_success("live_instrument");
+    assert!(
+        done.has_line("frames published") && done.has_line("stats: "),
+        "{}",
+        done.transcript()
+    );
 }

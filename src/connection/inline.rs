@@ -23,7 +23,7 @@ use bytes::Bytes;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use std::io::IoSlice;
 
-use super::link::{encode_replies, put_back, write_parts, Link};
+use super::link::{encode_replies, put_back, write_failed, write_parts, Link};
 use super::state::Shared;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use super::vocab::Payload;
@@ -41,7 +41,7 @@ pub(crate) const QUIET: Duration = Duration::from_micros(5);
 fn hand_over(link: &mut Link, shared: &Shared, item: Outgoing, e: &io::Error) {
     shared.pending.fetch_add(1, Ordering::AcqRel);
     link.retry.push_back(item);
-    link.broken = Some((link.epoch, format!("write failed: {e}")));
+    link.broken = Some((link.epoch, write_failed(link, e)));
     let _ = shared.ctl_tx.try_send(Control::Wake);
 }
 
@@ -73,9 +73,12 @@ pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) ->
     match sent {
         Ok(n) if n >= total => {
             link.wrote(n, &shared.pending);
+            shared.stats.sent(1);
             None
         }
         Ok(n) if n > 0 => {
+            link.stats.wrote(n);
+            shared.stats.sent(1);
             put_back(&mut link.wire, &parts, n);
             shared.pending.fetch_add(1, Ordering::AcqRel);
             link.partial = Some((item, total - n));
@@ -113,6 +116,9 @@ pub(crate) fn write_now(link: &mut Link, shared: &Shared, mut item: Outgoing) {
         lock(&shared.acks).waiting.push_back(ack.clone());
     }
     let (written, result) = link.write_wire(&shared.pending);
+    if result.is_ok() {
+        shared.stats.sent(1);
+    }
     if let Err(e) = result {
         item.cut = written > before;
         if item.ack.is_some() {

@@ -11,12 +11,14 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::vocab::{Outgoing, Payload};
 use crate::protocol::{v1, Mode, WireBuf};
+use crate::stats::Counters;
 
 /// The write half of the link and what goes with it. The writer thread holds the lock
 /// while it works; other threads only ever `try_lock` it, to write at once, while the link
@@ -50,11 +52,16 @@ pub(crate) struct Link {
     /// next probe, an empty block that a peer ignores and that finds out whether it
     /// still reads (see `Writer::probe`).
     pub peer_done: Option<Duration>,
+    /// The connection's statistics (bytes written are counted here, for every writer).
+    pub stats: Arc<Counters>,
+    /// The socket's write timeout under `FullQueue::Disconnect`: a write that the peer
+    /// takes no byte of for this long fails, which takes the link down.
+    pub write_timeout: Option<Duration>,
 }
 
 impl Link {
     /// A link with no socket yet (epoch 0).
-    pub fn new() -> Self {
+    pub fn new(stats: Arc<Counters>, write_timeout: Option<Duration>) -> Self {
         Link {
             stream: None,
             epoch: 0,
@@ -65,6 +72,8 @@ impl Link {
             partial: None,
             last_write: Instant::now(),
             peer_done: None,
+            stats,
+            write_timeout,
         }
     }
 
@@ -85,6 +94,11 @@ impl Link {
         self.wire.clear();
         self.broken = None;
         self.peer_done = None;
+        if self.write_timeout.is_some() {
+            if let Err(e) = stream.set_write_timeout(self.write_timeout) {
+                log::warn!("serpy: cannot set the write timeout of FullQueue::Disconnect: {e}");
+            }
+        }
         self.stream = Some(stream);
         self.epoch
     }
@@ -129,6 +143,7 @@ impl Link {
     /// partly written send whose last bytes went out stops counting in `pending`.
     pub fn wrote(&mut self, n: usize, pending: &AtomicUsize) {
         self.last_write = Instant::now();
+        self.stats.wrote(n);
         if let Some((_, left)) = &mut self.partial {
             *left = left.saturating_sub(n);
             if *left == 0 {
@@ -190,4 +205,19 @@ pub(crate) fn write_parts(stream: Option<&TcpStream>, parts: &[Bytes]) -> (usize
         }
     }
     (written, Ok(()))
+}
+
+/// Why a write failed, in the words of the `Disconnected` event: a write that timed out
+/// under `FullQueue::Disconnect` means the peer read nothing for that long.
+pub(crate) fn write_failed(link: &Link, e: &io::Error) -> String {
+    match (link.write_timeout, e.kind()) {
+        (Some(t), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            link.stats
+                .rare
+                .policy_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            format!("the peer read nothing for {t:?} (full-queue policy Disconnect): disconnected")
+        }
+        _ => format!("write failed: {e}"),
+    }
 }

@@ -56,12 +56,23 @@
 //!    (`Lifecycle::refusal`); `outgoing::prepare` encodes (a v1 block without its
 //!    SETMODE, a v2 frame, or the message itself for an auto server before detection).
 //! 2. `outgoing::enqueue`: an acknowledged send on an idle link → `inline::write_now`; a
-//!    plain send on an idle, quiet link → `inline::try_write_now`; otherwise `pending`
-//!    + 1 and into the outgoing queue.
+//!    plain send on an idle, quiet link → `inline::try_write_now`; otherwise one more in
+//!    `pending` and into the outgoing queue (`outgoing::queue`), within its count bound and its
+//!    byte budget (`Shared::out_budget`, counted in, and given back when the writer takes
+//!    a message out). A full queue meets the connection's `FullQueue` policy: `Block` and
+//!    `Disconnect` wait for room (the writer's `took` wakes one waiting caller, which
+//!    passes the wake-up on); `KeepLatest` takes the oldest messages out itself, holding
+//!    `Shared::kept` (plain ones are dropped and reported through `Shared::drops`;
+//!    acknowledged ones wait in `Kept::items` and go before the queue), and under that
+//!    policy the writer takes from the queue only while it holds `kept` too, so the
+//!    order holds. `Disconnect(t)` is the socket's write timeout (`Link::write_timeout`):
+//!    a write the peer takes no byte of for `t` fails and takes the link down.
 //! 3. The writer wakes (`Writer::run`) → `Writer::write_batch` gathers up to 512 messages
 //!    or 1 MiB, `Writer::encode` → `Link::put` (adds SETMODE blocks); acknowledgement
 //!    slots go into `Shared::acks` before the bytes go out; `Link::write_wire`; `pending`
-//!    − n.
+//!    − n. The statistics (`Shared::stats`, `stats.rs`) count bytes in `Link::wrote` and
+//!    messages where they are handed to the socket; the reader counts bytes and the time
+//!    once per socket read, and messages as it queues them.
 //! 4. An acknowledged send waits in `outgoing::await_answer`: `Ok` from
 //!    `Reader::acknowledged` when the ACKEOT comes, `AckUncertain` from
 //!    `session::link_down`, `Closed` or `NotSent` from `Writer::finish`.
@@ -110,11 +121,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 
-use crate::config::Config;
+use crate::config::{Config, FullQueue};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink, Events, LogLimit};
 use crate::message::Message;
 use crate::protocol::{Mode, Protocol};
+use crate::stats::{Counters, Stats};
 use crate::sync::{lock, Deadline};
 
 mod builder;
@@ -131,7 +143,7 @@ pub use builder::ConnectionBuilder;
 pub(crate) use outgoing::Prepared;
 use session::Session;
 pub(crate) use state::Notifier;
-use state::{AckQueue, IncomingBudget, Lifecycle, ReadyList, Replies, Shared};
+use state::{AckQueue, IncomingBudget, Lifecycle, OutgoingBudget, ReadyList, Replies, Shared};
 use writer::Writer;
 
 /// Capacity of the control channel from readers to the writer (wake-ups, link down).
@@ -235,6 +247,13 @@ fn new_shared(
     let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
     let (done_tx, writer_done) = channel::bounded::<()>(0);
     let restart = is_client && cfg.auto_restart;
+    let stats = Arc::new(Counters::new());
+    let out_budget = OutgoingBudget::new(cfg.outgoing_bytes);
+    let full_queue = cfg.full_queue;
+    let write_timeout = match cfg.full_queue {
+        FullQueue::Disconnect(t) => Some(t.max(Duration::from_millis(1))),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         protocol: AtomicU8::new(state::protocol_code(cfg.protocol)),
@@ -253,7 +272,7 @@ fn new_shared(
             waiting: Default::default(),
         }),
         replies: Mutex::new(Replies::default()),
-        link: Mutex::new(link::Link::new()),
+        link: Mutex::new(link::Link::new(stats.clone(), write_timeout)),
         pending: AtomicUsize::new(0),
         ctl_tx,
         stream: Mutex::new(None),
@@ -262,6 +281,13 @@ fn new_shared(
         reader: Mutex::new(None),
         ready: ReadyList::new(notifier),
         stray_acks: LogLimit::new(),
+        stats,
+        out_budget,
+        kept: Mutex::new(state::Kept {
+            rx: matches!(full_queue, FullQueue::KeepLatest(_)).then(|| out_rx.clone()),
+            items: Default::default(),
+        }),
+        drops: state::DropReport::new(),
     });
     let ends = Ends {
         in_tx,
@@ -468,8 +494,9 @@ impl Connection {
 
     /// Queues `prepared` as `send` would, but never blocks: [`Error::QueueFull`] when the
     /// outgoing queue is full, [`Error::Closed`] or [`Error::Disconnected`] when the
-    /// connection is gone. For the server, which must not wait on one slow peer.
-    pub(crate) fn try_send_prepared(&self, prepared: &Prepared) -> Result<()> {
+    /// connection is gone. For the server, which must not wait on one slow peer. Under
+    /// `FullQueue::KeepLatest`, returns how many older messages it dropped.
+    pub(crate) fn try_send_prepared(&self, prepared: &Prepared) -> Result<u64> {
         outgoing::try_enqueue(&self.inner.shared, prepared.0.clone())
     }
 
@@ -765,6 +792,30 @@ impl Connection {
     /// ```
     pub fn id(&self) -> u64 {
         self.inner.shared.id
+    }
+
+    /// The connection's statistics, as of now: messages and bytes in and out, queue
+    /// depths, drops, reconnects, protocol errors, the last receipt, the round trip of
+    /// acknowledged sends (see [`Stats`]). Cheap: a few atomic loads.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.send("hello")?;
+    /// let stats = conn.stats();
+    /// assert_eq!(stats.dropped, 0);
+    /// println!("{stats}");
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let shared = &self.inner.shared;
+        let mut s = shared.stats.snapshot();
+        s.queued_in = shared.in_rx.len();
+        s.queued_in_bytes = shared.budget.queued();
+        s.queued_out = shared.out_tx.len();
+        s.queued_out_bytes = shared.out_budget.queued();
+        s
     }
 }
 

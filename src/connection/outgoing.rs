@@ -7,15 +7,17 @@
 use bytes::Bytes;
 use crossbeam_channel::{self as channel, select, Receiver, RecvTimeoutError, TrySendError};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::inline;
-use super::state::Shared;
+use super::state::{Shared, DROP_REPORT_EVERY};
 use super::vocab::{Outgoing, Payload};
-use crate::config::Config;
+use crate::config::{Config, FullQueue};
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::message::Message;
 use crate::protocol::{v1, v2, Mode, Protocol, WireBuf};
-use crate::sync::{try_lock, Deadline};
+use crate::sync::{lock, try_lock, Deadline};
 
 /// Length of a v1 SETMODE block (`01 "SETMODE" d 1F`).
 const SETMODE_LEN: usize = 10;
@@ -101,7 +103,8 @@ pub(crate) fn prepare_send(shared: &Shared, message: &Message, mode: Mode) -> Re
 }
 
 /// Hands `payload` to the writer (or writes it at once, see `inline.rs`), and waits for
-/// its acknowledgement if it asks for one, all within `deadline`.
+/// its acknowledgement if it asks for one, all within `deadline`. A full queue is met by
+/// the connection's `FullQueue` policy.
 pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> Result<()> {
     let acked = payload.is_acked();
     let (ack, answer) = if acked {
@@ -110,6 +113,9 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
     } else {
         (None, None)
     };
+    // The round trip of an acknowledged send, for the statistics (one clock read per
+    // acknowledged send, none for the others).
+    let started = acked.then(Instant::now);
     let item = Outgoing {
         payload,
         ack,
@@ -122,7 +128,7 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
             if link.idle(&shared.pending) && matches!(item.payload, Payload::V1 { .. }) {
                 inline::write_now(&mut link, shared, item);
                 drop(link);
-                return await_answer(shared, answer, deadline);
+                return answered(shared, started, await_answer(shared, answer, deadline));
             }
         }
     }
@@ -131,14 +137,66 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
         Some(item) => item,
         None => return Ok(()),
     };
+    queue(shared, item, Some(deadline))?;
+    answered(shared, started, await_answer(shared, answer, deadline))
+}
+
+/// Counts the round trip of an acknowledged send that was acknowledged.
+fn answered(shared: &Shared, started: Option<Instant>, r: Result<()>) -> Result<()> {
+    if let (Some(t), Ok(())) = (started, &r) {
+        shared.stats.acked(t.elapsed());
+    }
+    r
+}
+
+/// Puts `item` in the outgoing queue (counting it in `pending`), under the connection's
+/// `FullQueue` policy: waiting for room until `deadline` (`Block`, `Disconnect`), or
+/// dropping older plain messages (`KeepLatest`). Without a deadline (`None`: the server's
+/// sends) it never waits: a full queue is an error. Returns how many older messages it
+/// dropped.
+fn queue(shared: &Shared, item: Outgoing, deadline: Option<Deadline>) -> Result<u64> {
     shared.pending.fetch_add(1, Ordering::AcqRel);
+    let size = item.payload_len();
+    let r = match shared.cfg.full_queue {
+        FullQueue::KeepLatest(n) => keep_latest(shared, item, size, n),
+        _ => queue_waiting(shared, item, size, deadline).map(|()| 0),
+    };
+    if r.is_err() {
+        shared.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+    r
+}
+
+/// `FullQueue::Block` and `Disconnect`: waits for room by count and by bytes.
+fn queue_waiting(
+    shared: &Shared,
+    item: Outgoing,
+    size: usize,
+    deadline: Option<Deadline>,
+) -> Result<()> {
+    let budget = &shared.out_budget;
+    if !budget.fits(size) {
+        match deadline {
+            None => {
+                return Err(Error::OutgoingBytesFull {
+                    queued: budget.queued(),
+                    limit: budget.limit,
+                })
+            }
+            Some(d) => wait_for_bytes(shared, size, d)?,
+        }
+    }
+    budget.add(size);
     // Without a wait (the usual case), a plain send: cheaper than a select.
     // A send racing close() or the end of the link finds the queue gone: the lifecycle
     // says which (Closed, or Disconnected).
-    let sent = match shared.out_tx.try_send(item) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Disconnected(_)) => Err(shared.life.gone_error()),
-        Err(TrySendError::Full(item)) => select! {
+    let sent = match (shared.out_tx.try_send(item), deadline) {
+        (Ok(()), _) => Ok(()),
+        (Err(TrySendError::Disconnected(_)), _) => Err(shared.life.gone_error()),
+        (Err(TrySendError::Full(_)), None) => Err(Error::QueueFull {
+            capacity: shared.cfg.outgoing_capacity,
+        }),
+        (Err(TrySendError::Full(item)), Some(deadline)) => select! {
             send(shared.out_tx, item) -> r => r.map_err(|_| shared.life.gone_error()),
             recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
             default(deadline.remaining()) => Err(deadline.timed_out(
@@ -146,11 +204,110 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
             )),
         },
     };
-    if let Err(e) = sent {
-        shared.pending.fetch_sub(1, Ordering::AcqRel);
-        return Err(e);
+    if sent.is_err() {
+        budget.took(size);
     }
-    await_answer(shared, answer, deadline)
+    sent
+}
+
+/// Waits until a message of `size` bytes fits in the outgoing byte budget, woken by the
+/// writer taking messages out.
+fn wait_for_bytes(shared: &Shared, size: usize, deadline: Deadline) -> Result<()> {
+    let budget = &shared.out_budget;
+    budget.wait(true);
+    let r = loop {
+        // Checked after announcing the wait, so a wake-up cannot be missed.
+        if budget.fits(size) {
+            break Ok(());
+        }
+        if let Some(e) = shared.life.refusal() {
+            break Err(e);
+        }
+        select! {
+            recv(budget.room_rx) -> _ => {}
+            recv(shared.shutdown_rx) -> _ => break Err(Error::Closed),
+            default(deadline.remaining()) => break Err(deadline.timed_out(
+                "send_data (waiting for room in the outgoing byte budget)",
+            )),
+        }
+    };
+    budget.wait(false);
+    r
+}
+
+/// `FullQueue::KeepLatest(n)`: takes the oldest messages out of the queue while it holds
+/// `n` or more, or `item` would not fit in the byte budget; plain ones are dropped,
+/// acknowledged ones kept to go first. Never waits. Returns how many were dropped.
+fn keep_latest(shared: &Shared, item: Outgoing, size: usize, n: usize) -> Result<u64> {
+    let cap = n.min(shared.cfg.outgoing_capacity);
+    let budget = &shared.out_budget;
+    let mut dropped = 0u64;
+    let sent = {
+        let mut kept = lock(&shared.kept);
+        let kept = &mut *kept;
+        let Some(rx) = kept.rx.as_ref() else {
+            return Err(shared.life.gone_error());
+        };
+        while shared.out_tx.len() >= cap || !budget.fits(size) {
+            let Ok(old) = rx.try_recv() else {
+                break;
+            };
+            budget.took(old.payload_len());
+            if old.ack.is_some() {
+                kept.items.push_back(old);
+            } else {
+                dropped += 1;
+                shared.pending.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        budget.add(size);
+        let sent = match shared.out_tx.try_send(item) {
+            Ok(()) => Ok(dropped),
+            // Not reached: only callers holding `kept` fill the queue under this policy.
+            Err(TrySendError::Full(_)) => Err(Error::QueueFull {
+                capacity: shared.cfg.outgoing_capacity,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(shared.life.gone_error()),
+        };
+        if sent.is_err() {
+            budget.took(size);
+        }
+        sent
+    };
+    // Reported once `kept` is let go: the event is logged, which may take a while.
+    if dropped > 0 {
+        report_drops(shared, dropped);
+    }
+    sent
+}
+
+/// Counts `n` messages dropped by the keep-latest policy, and reports them by an event
+/// unless one went less than `DROP_REPORT_EVERY` ago (the writer reports the rest).
+fn report_drops(shared: &Shared, n: u64) {
+    shared.stats.rare.dropped.fetch_add(n, Ordering::Relaxed);
+    shared.drops.unreported.fetch_add(n, Ordering::AcqRel);
+    flush_drops(shared, false);
+}
+
+/// Reports the drops not yet reported by an `Event::Dropped`: if `now`, or if the last
+/// report is `DROP_REPORT_EVERY` old. Returns how long until a report is due, if drops
+/// wait to be reported (for the writer's wait).
+pub(crate) fn flush_drops(shared: &Shared, now: bool) -> Option<Duration> {
+    if shared.drops.unreported.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let mut last = lock(&shared.drops.last);
+    let since = last.map_or(DROP_REPORT_EVERY, |t| t.elapsed());
+    if !now && since < DROP_REPORT_EVERY {
+        return Some(DROP_REPORT_EVERY - since);
+    }
+    let messages = shared.drops.unreported.swap(0, Ordering::AcqRel);
+    if messages > 0 {
+        *last = Some(Instant::now());
+        drop(last);
+        shared.event(Event::Dropped { messages });
+    }
+    None
 }
 
 /// A plain send while nothing waits: offered to the socket at once (see
@@ -166,9 +323,11 @@ fn try_write_first(shared: &Shared, item: Outgoing) -> Option<Outgoing> {
     }
 }
 
-/// Queues `prepared` without ever blocking (for the server): [`Error::QueueFull`] when
-/// the outgoing queue is full, the lifecycle's error when the connection is gone.
-pub(crate) fn try_enqueue(shared: &Shared, payload: Payload) -> Result<()> {
+/// Queues `prepared` without ever blocking (for the server): under `Block` and
+/// `Disconnect`, [`Error::QueueFull`] or [`Error::OutgoingBytesFull`] when the outgoing
+/// queue is full; under `KeepLatest`, older messages make room. The lifecycle's error
+/// when the connection is gone. Returns how many older messages were dropped.
+pub(crate) fn try_enqueue(shared: &Shared, payload: Payload) -> Result<u64> {
     if let Some(e) = shared.life.refusal() {
         return Err(e);
     }
@@ -180,21 +339,9 @@ pub(crate) fn try_enqueue(shared: &Shared, payload: Payload) -> Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let item = match try_write_first(shared, item) {
         Some(item) => item,
-        None => return Ok(()),
+        None => return Ok(0),
     };
-    shared.pending.fetch_add(1, Ordering::AcqRel);
-    match shared.out_tx.try_send(item) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            shared.pending.fetch_sub(1, Ordering::AcqRel);
-            Err(match e {
-                TrySendError::Full(_) => Error::QueueFull {
-                    capacity: shared.cfg.outgoing_capacity,
-                },
-                TrySendError::Disconnected(_) => shared.life.gone_error(),
-            })
-        }
-    }
+    queue(shared, item, None)
 }
 
 /// What timed out when the acknowledgement may be in the socket behind messages this

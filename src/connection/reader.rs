@@ -99,7 +99,7 @@ impl Reader {
             };
             match n {
                 Ok(0) => return self.ended(&decoder, Ok(())),
-                Ok(_) => {}
+                Ok(n) => self.shared.stats.read(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.ended(&decoder, Err(ReadEnd::Io(e))),
             }
@@ -155,7 +155,10 @@ impl Reader {
             let _ = self.stream.set_read_timeout(wait);
             match self.stream.read(buf) {
                 Ok(0) => return Ok(None),
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    self.shared.stats.read(n);
+                    seen.extend_from_slice(&buf[..n]);
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -249,6 +252,7 @@ impl Reader {
                 recv(self.shared.shutdown_rx) -> _ => return Err(ReadEnd::Stopped),
             },
         }
+        self.shared.stats.received();
         self.shared.notify();
         Ok(())
     }

@@ -6,9 +6,10 @@
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, EventSink, LogLimit};
 use crate::protocol::Protocol;
+use crate::stats::Counters;
 use crate::sync::lock;
 
 /// Where a connection is in its life. Every thread reads it through [`Lifecycle`];
@@ -190,6 +192,11 @@ impl IncomingBudget {
         self.queued.fetch_add(charge(size), Ordering::SeqCst);
     }
 
+    /// Bytes of received messages waiting to be read, as counted.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// Counts a message of `size` bytes taken out, and wakes the reader if it waits.
     pub fn took(&self, size: usize) {
         self.queued.fetch_sub(charge(size), Ordering::SeqCst);
@@ -336,11 +343,33 @@ pub(crate) struct Shared {
     pub ready: ReadyList,
     /// ACKEOTs the peer sent for nothing, for rate-limiting their log lines.
     pub stray_acks: LogLimit,
+    /// The statistics (`Connection::stats`); the link holds a handle too.
+    pub stats: Arc<Counters>,
+    /// The byte budget of the outgoing queue.
+    pub out_budget: OutgoingBudget,
+    /// Acknowledged messages a keep-latest drop took out of the outgoing queue (they are
+    /// never dropped): they go before what is still queued. Locked by the callers that
+    /// drop (one at a time) and, briefly, by the writer, only under `KeepLatest`.
+    pub kept: Mutex<Kept>,
+    /// Drops not yet reported by an `Event::Dropped`.
+    pub drops: DropReport,
 }
 
 impl Shared {
     /// Logs and queues `event`.
     pub fn event(&self, event: Event) {
+        match &event {
+            Event::Reconnected { .. } => {
+                self.stats.rare.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::ProtocolError(_) => {
+                self.stats
+                    .rare
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         self.events.emit(|| self.label(), event);
     }
 
@@ -408,4 +437,117 @@ pub(crate) fn protocol_code(protocol: Protocol) -> u8 {
         Protocol::V2 => 1,
         Protocol::Auto => 2,
     }
+}
+
+/// The byte budget of the outgoing queue: how many bytes of messages wait in the channel
+/// to the writer, and the wake-up of callers that wait for room (`FullQueue::Block`,
+/// `Disconnect`). Counted when a message goes into the queue, given back when the
+/// writer (or a keep-latest drop) takes it out.
+pub(crate) struct OutgoingBudget {
+    /// The budget (`Config::outgoing_bytes`).
+    pub limit: usize,
+    /// Bytes of messages in the queue.
+    queued: AtomicUsize,
+    /// How many callers wait for room, so that the writer knows to wake one.
+    waiting: AtomicUsize,
+    /// Wakes one waiting caller (a coalesced signal: capacity 1; a woken caller passes
+    /// it on while others wait and room is left).
+    room_tx: Sender<()>,
+    pub room_rx: Receiver<()>,
+}
+
+impl OutgoingBudget {
+    /// A budget of `limit` bytes, none used.
+    pub fn new(limit: usize) -> Self {
+        let (room_tx, room_rx) = crossbeam_channel::bounded(1);
+        OutgoingBudget {
+            limit,
+            queued: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            room_tx,
+            room_rx,
+        }
+    }
+
+    /// Bytes waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// True when a message of `size` bytes fits (always when nothing is queued).
+    pub fn fits(&self, size: usize) -> bool {
+        let queued = self.queued();
+        queued == 0 || queued.saturating_add(charge(size)) <= self.limit
+    }
+
+    /// Counts a message of `size` bytes going into the queue.
+    pub fn add(&self, size: usize) {
+        self.queued.fetch_add(charge(size), Ordering::SeqCst);
+    }
+
+    /// Counts a message of `size` bytes taken out (or never queued after `add`), and
+    /// wakes a waiting caller.
+    pub fn took(&self, size: usize) {
+        self.took_many(size, 1);
+    }
+
+    /// Counts `n` messages of `size` bytes in all taken out (the writer's batch: one
+    /// atomic operation for all), and wakes a waiting caller.
+    pub fn took_many(&self, size: usize, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let charged = size.saturating_add(n.saturating_mul(MESSAGE_OVERHEAD));
+        self.queued.fetch_sub(charged, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _ = self.room_tx.try_send(());
+        }
+    }
+
+    /// A caller begins (`true`) or ends (`false`) waiting for room.
+    pub fn wait(&self, on: bool) {
+        if on {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            // Room may be left for another waiting caller: pass the wake-up on.
+            if self.waiting.load(Ordering::SeqCst) > 0 && self.queued() < self.limit {
+                let _ = self.room_tx.try_send(());
+            }
+        }
+    }
+}
+
+/// How often, at most, `Event::Dropped` reports keep-latest drops while they go on.
+pub(crate) const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Keep-latest drops not yet reported, and when the last report went: the first drop is
+/// reported at once, later ones at most once per [`DROP_REPORT_EVERY`] by the callers
+/// that drop, and the rest by the writer once it has written again (or when it ends).
+pub(crate) struct DropReport {
+    /// Drops since the last `Event::Dropped`.
+    pub unreported: AtomicU64,
+    /// When the last one went (only touched by callers that drop, and by the writer
+    /// when `unreported` is not zero).
+    pub last: Mutex<Option<Instant>>,
+}
+
+impl DropReport {
+    pub fn new() -> Self {
+        DropReport {
+            unreported: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+}
+
+/// What a keep-latest drop works with, behind one lock (`Shared::kept`).
+#[derive(Default)]
+pub(crate) struct Kept {
+    /// A receiving end of the outgoing queue, to take the oldest messages out (only under
+    /// `FullQueue::KeepLatest`); the writer takes it away when it ends, so that the
+    /// queue disconnects as it would without it.
+    pub rx: Option<Receiver<Outgoing>>,
+    /// Acknowledged messages taken out of the queue: they go out before it.
+    pub items: VecDeque<Outgoing>,
 }

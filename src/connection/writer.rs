@@ -10,13 +10,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver, Select, Sender, TryRecvError};
 
-use super::link::{encode_replies, Link};
-use super::outgoing::prepare;
+use super::link::{encode_replies, write_failed, Link};
+use super::outgoing::{flush_drops, prepare};
 use super::session::{self, Next, Session};
 use super::state::{Phase, Shared};
 use super::vocab::{Control, Incoming, Outgoing, Payload};
+use crate::config::FullQueue;
 use crate::error::Error;
 use crate::event::Event;
 use crate::protocol::{v1, Protocol};
@@ -76,6 +77,7 @@ impl Writer {
     /// The thread's body.
     pub fn run(self) {
         let shared = self.shared.clone();
+        let keep_latest = matches!(shared.cfg.full_queue, FullQueue::KeepLatest(_));
         loop {
             // The link is locked while the writer works, not while it waits.
             let (ready, probe) = {
@@ -88,7 +90,9 @@ impl Writer {
                     }
                 }
             };
-            let next = if ready {
+            let next = if ready && keep_latest {
+                self.wait_keeping_latest(probe)
+            } else if ready {
                 select! {
                     recv(self.ctl_rx) -> c => match c {
                         Ok(c) => self.control(&mut lock(&shared.link), c),
@@ -114,6 +118,38 @@ impl Writer {
                 return self.finish();
             }
         }
+    }
+
+    /// The wait of `run` under `FullQueue::KeepLatest`: callers that drop take messages
+    /// out of the queue too, so the writer takes them only while it holds `Shared::kept`
+    /// (in `write_batch`), which keeps the order; here it only waits until the queue has
+    /// something. It also wakes when drops wait to be reported (`flush_drops`).
+    fn wait_keeping_latest(&self, probe: Duration) -> Next {
+        let shared = &self.shared;
+        let report = flush_drops(shared, false).unwrap_or(Duration::MAX);
+        let mut sel = Select::new();
+        let ctl = sel.recv(&self.ctl_rx);
+        let out = sel.recv(&self.out_rx);
+        sel.recv(&shared.shutdown_rx);
+        match sel.ready_timeout(probe.min(report)) {
+            Err(_) => {
+                flush_drops(shared, false);
+                self.probe(&mut lock(&shared.link))
+            }
+            Ok(i) if i == ctl => match self.ctl_rx.try_recv() {
+                Ok(c) => self.control(&mut lock(&shared.link), c),
+                Err(TryRecvError::Empty) => Next::Go,
+                Err(TryRecvError::Disconnected) => Next::Stop,
+            },
+            Ok(i) if i == out => self.write_batch(&mut lock(&shared.link), None),
+            Ok(_) => Next::Stop,
+        }
+    }
+
+    /// Takes `item` out of the queue's byte budget (it has left the queue).
+    fn took(&self, item: Outgoing) -> Outgoing {
+        self.shared.out_budget.took(item.payload_len());
+        item
     }
 
     fn link_down(&self, link: &mut Link, reason: String) -> Next {
@@ -168,7 +204,8 @@ impl Writer {
             encode_replies(modcg, eot, &mut link.wire);
             let (_, result) = link.write_wire(&self.shared.pending);
             if let Err(e) = result {
-                return self.link_down(link, format!("write failed: {e}"));
+                let reason = write_failed(link, &e);
+                return self.link_down(link, reason);
             }
         }
     }
@@ -253,6 +290,9 @@ impl Writer {
 
     /// Encodes and writes `first` and whatever else is queued, in few large writes.
     fn write_batch(&self, link: &mut Link, first: Option<Outgoing>) -> Next {
+        if let Some(item) = &first {
+            self.shared.out_budget.took(item.payload_len());
+        }
         if link.stream.is_none() || self.shared.protocol() == Protocol::Auto {
             // Not writable now (a failed write from another thread took it down): later.
             link.retry.extend(first);
@@ -261,19 +301,34 @@ impl Writer {
         let mut items: Vec<Outgoing> = link.retry.drain(..).collect();
         items.extend(first);
         let mut bytes = 0;
+        // Under KeepLatest, callers take from the queue too: both do so holding `kept`,
+        // whose acknowledged messages are older than what is still queued.
+        let mut kept = match self.shared.cfg.full_queue {
+            FullQueue::KeepLatest(_) => Some(lock(&self.shared.kept)),
+            _ => None,
+        };
+        if let Some(k) = kept.as_mut() {
+            items.extend(k.items.drain(..));
+        }
+        let mut taken = 0;
         while items.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
             match self.out_rx.try_recv() {
                 Ok(item) => {
                     bytes += item.payload_len();
+                    taken += 1;
                     items.push(item)
                 }
                 Err(_) => break,
             }
         }
+        // Out of the queue's byte budget, all at once.
+        self.shared.out_budget.took_many(bytes, taken);
+        drop(kept);
         let mut batch = self.encode(link, items);
         let (written, result) = link.write_wire(&self.shared.pending);
         match result {
             Ok(()) => {
+                self.shared.stats.sent(batch.kept.len() as u64);
                 self.shared
                     .pending
                     .fetch_sub(batch.kept.len() + batch.failed, Ordering::AcqRel);
@@ -283,6 +338,7 @@ impl Writer {
                 // Messages not fully handed to the socket go out again on the next link;
                 // their acknowledgement slots are taken back (they are the newest ones).
                 let done = batch.ends.iter().take_while(|&&end| end <= written).count();
+                self.shared.stats.sent(done as u64);
                 if let Some(first_unwritten) = batch.kept.get_mut(done) {
                     let start = done.checked_sub(1).map_or(batch.start, |i| batch.ends[i]);
                     first_unwritten.cut |= written > start;
@@ -300,7 +356,8 @@ impl Writer {
                 }
                 drop(acks);
                 link.retry.extend(batch.kept.drain(done..));
-                self.link_down(link, format!("write failed: {e}"))
+                let reason = write_failed(link, &e);
+                self.link_down(link, reason)
             }
         }
     }
@@ -374,10 +431,17 @@ impl Writer {
             }
         }
         let partial = link.partial.take().map(|(item, _)| item);
+        let kept = {
+            let mut k = lock(&shared.kept);
+            // Without it, the queue disconnects when the writer ends, as it should.
+            k.rx = None;
+            std::mem::take(&mut k.items)
+        };
         let rest: Vec<Outgoing> = partial
             .into_iter()
             .chain(link.retry.drain(..))
-            .chain(self.out_rx.try_iter())
+            .chain(kept)
+            .chain(self.out_rx.try_iter().map(|i| self.took(i)))
             .collect();
         let mut lost = 0;
         for mut item in rest {
@@ -392,6 +456,7 @@ impl Writer {
                 None => lost += 1,
             }
         }
+        flush_drops(&shared, true);
         if lost > 0 {
             shared.event(Event::Lost { messages: lost });
         }
@@ -409,13 +474,16 @@ impl Writer {
     /// On close: writes what is queued, bounded by the close timeout; acknowledged
     /// sends among it are answered `Closed` (nobody waits for their ACKEOT any more).
     fn flush_on_close(&self, link: &mut Link) {
+        // The close timeout replaces a full-queue policy's write timeout.
+        link.write_timeout = None;
         if let Some(s) = &link.stream {
             let _ = s.set_write_timeout(Some(
                 self.shared.cfg.close_timeout.max(Duration::from_millis(1)),
             ));
         }
         let mut rest: Vec<Outgoing> = link.retry.drain(..).collect();
-        rest.extend(self.out_rx.try_iter());
+        rest.extend(std::mem::take(&mut lock(&self.shared.kept).items));
+        rest.extend(self.out_rx.try_iter().map(|i| self.took(i)));
         for item in &mut rest {
             if let Some(ack) = item.ack.take() {
                 let _ = ack.send(Err(Error::Closed));

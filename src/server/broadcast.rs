@@ -18,6 +18,7 @@ use crate::sync::Deadline;
 /// was queued for it (or written at once); otherwise why not: [`Error::QueueFull`] when
 /// its outgoing queue was full (the peer does not read as fast, its link is
 /// reconnecting, or an auto server does not know its protocol yet),
+/// [`Error::OutgoingBytesFull`] when its queue held its byte budget,
 /// [`Error::Timeout`] from [`Server::broadcast_timeout`] when no room came in time,
 /// [`Error::Closed`] or [`Error::Disconnected`] when it went away meanwhile.
 ///
@@ -40,6 +41,10 @@ use crate::sync::Deadline;
 #[derive(Debug)]
 pub struct Broadcast {
     outcomes: Vec<(Connection, Result<()>)>,
+    /// For each outcome: how many older messages its connection's
+    /// [`FullQueue::KeepLatest`](crate::FullQueue::KeepLatest) policy dropped to queue
+    /// this one.
+    dropped: Vec<u64>,
 }
 
 impl Broadcast {
@@ -120,6 +125,60 @@ impl Broadcast {
     }
 }
 
+impl Broadcast {
+    fn new(outcomes: Vec<(Connection, Result<u64>)>) -> Self {
+        let dropped = outcomes
+            .iter()
+            .map(|(_, r)| *r.as_ref().unwrap_or(&0))
+            .collect();
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(c, r)| (c, r.map(|_| ())))
+            .collect();
+        Broadcast { outcomes, dropped }
+    }
+
+    /// The connections whose [`FullQueue::KeepLatest`](crate::FullQueue::KeepLatest)
+    /// policy dropped older queued messages to make room for this one, with how many
+    /// (they got this message; their peers read more slowly than the server sends).
+    ///
+    /// ```
+    /// use serpy::{Connection, FullQueue, Server};
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = Server::builder().full_queue(FullQueue::KeepLatest(2)).bind("127.0.0.1:0")?;
+    /// let _client = Connection::connect(server.local_addr())?;
+    /// server.get_connection_timeout(Duration::from_secs(5))?;
+    /// let report = server.broadcast("frame")?;
+    /// for (conn, n) in report.dropped() {
+    ///     eprintln!("#{}: {n} older frame(s) dropped", conn.id());
+    /// }
+    /// assert!(report.is_complete());
+    /// # Ok(()) }
+    /// ```
+    pub fn dropped(&self) -> impl Iterator<Item = (&Connection, u64)> + '_ {
+        self.outcomes
+            .iter()
+            .zip(&self.dropped)
+            .filter(|(_, &n)| n > 0)
+            .map(|((c, _), &n)| (c, n))
+    }
+
+    /// How many older messages were dropped in all, over the connections (see
+    /// [`dropped`](Broadcast::dropped)).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// assert_eq!(server.broadcast("x")?.dropped_total(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+}
+
 impl IntoIterator for Broadcast {
     type Item = (Connection, Result<()>);
     type IntoIter = std::vec::IntoIter<(Connection, Result<()>)>;
@@ -134,7 +193,9 @@ impl Server {
     /// Sends `data` to every connection of the server, as [`Connection::send`] would to
     /// each (mode 0 over v1, its typed frame over v2), without ever waiting: a
     /// connection whose outgoing queue is full misses this message, and the returned
-    /// [`Broadcast`] says so ([`Error::QueueFull`]), connection by connection. One peer
+    /// [`Broadcast`] says so ([`Error::QueueFull`], [`Error::OutgoingBytesFull`]),
+    /// connection by connection; under [`FullQueue::KeepLatest`](crate::FullQueue::KeepLatest)
+    /// its oldest queued messages make room instead ([`Broadcast::dropped`]). One peer
     /// that does not read, or a client of an auto server that has not spoken yet, never
     /// holds up the others. To wait for room, within a bound, use
     /// [`broadcast_timeout`](Server::broadcast_timeout).
@@ -166,7 +227,34 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn broadcast(&self, data: impl Into<Message>) -> Result<Broadcast> {
-        let plan = self.plan_broadcast(&data.into())?;
+        self.broadcast_to(self.connections(), data)
+    }
+
+    /// [`broadcast`](Server::broadcast) to the given connections only (of this server or
+    /// not): a subset of the server's, say, the live viewers. Each connection's
+    /// [`FullQueue`](crate::FullQueue) policy applies, and the call never waits on one
+    /// peer. Connections that are gone for good get [`Error::Closed`] or
+    /// [`Error::Disconnected`] in the report.
+    ///
+    /// ```
+    /// use serpy::{Connection, Server};
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = Server::bind("127.0.0.1:0")?;
+    /// let viewer = Connection::connect(server.local_addr())?;
+    /// let _other = Connection::connect(server.local_addr())?;
+    /// let first = server.get_connection_timeout(Duration::from_secs(5))?;
+    /// let report = server.broadcast_to([first], "only for you")?;
+    /// assert_eq!(report.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn broadcast_to(
+        &self,
+        connections: impl IntoIterator<Item = Connection>,
+        data: impl Into<Message>,
+    ) -> Result<Broadcast> {
+        let plan = plan_broadcast(connections.into_iter().collect(), &data.into())?;
         let outcomes = plan
             .targets
             .into_iter()
@@ -175,7 +263,7 @@ impl Server {
                 (c, r)
             })
             .collect();
-        Ok(Broadcast { outcomes })
+        Ok(Broadcast::new(outcomes))
     }
 
     /// [`broadcast`](Server::broadcast) that waits for room in the full queues, for at
@@ -202,8 +290,8 @@ impl Server {
         timeout: Duration,
     ) -> Result<Broadcast> {
         let deadline = Deadline::after(timeout);
-        let plan = self.plan_broadcast(&data.into())?;
-        let first: Vec<Result<()>> = plan
+        let plan = plan_broadcast(self.connections(), &data.into())?;
+        let first: Vec<Result<u64>> = plan
             .targets
             .iter()
             .map(|(c, i)| c.try_send_prepared(&plan.encodings[*i]))
@@ -214,40 +302,40 @@ impl Server {
             .zip(first)
             .map(|((c, i), r)| {
                 let r = match r {
-                    Err(Error::QueueFull { .. }) => c
+                    Err(Error::QueueFull { .. } | Error::OutgoingBytesFull { .. }) => c
                         .send_prepared(&plan.encodings[i], deadline)
+                        .map(|()| 0)
                         .map_err(|e| e.timed_out_after(timeout)),
                     r => r,
                 };
                 (c, r)
             })
             .collect();
-        Ok(Broadcast { outcomes })
+        Ok(Broadcast::new(outcomes))
     }
+}
 
-    /// The connections to send to, and the message encoded once per protocol, all made
-    /// before anything is sent. (A connection of an auto server whose protocol is not
-    /// known yet gets the message as it is; its writer encodes it once the protocol is
-    /// known, as for `send`.)
-    fn plan_broadcast(&self, message: &Message) -> Result<Plan> {
-        let conns = self.connections();
-        let mut protocols: Vec<Protocol> = Vec::new();
-        let mut encodings = Vec::new();
-        let mut targets = Vec::with_capacity(conns.len());
-        for c in conns {
-            let protocol = c.protocol();
-            let i = match protocols.iter().position(|p| *p == protocol) {
-                Some(i) => i,
-                None => {
-                    encodings.push(Prepared::new(protocol, c.config(), message)?);
-                    protocols.push(protocol);
-                    encodings.len() - 1
-                }
-            };
-            targets.push((c, i));
-        }
-        Ok(Plan { encodings, targets })
+/// The connections to send to, and the message encoded once per protocol, all made
+/// before anything is sent. (A connection of an auto server whose protocol is not
+/// known yet gets the message as it is; its writer encodes it once the protocol is
+/// known, as for `send`.)
+fn plan_broadcast(conns: Vec<Connection>, message: &Message) -> Result<Plan> {
+    let mut protocols: Vec<Protocol> = Vec::new();
+    let mut encodings = Vec::new();
+    let mut targets = Vec::with_capacity(conns.len());
+    for c in conns {
+        let protocol = c.protocol();
+        let i = match protocols.iter().position(|p| *p == protocol) {
+            Some(i) => i,
+            None => {
+                encodings.push(Prepared::new(protocol, c.config(), message)?);
+                protocols.push(protocol);
+                encodings.len() - 1
+            }
+        };
+        targets.push((c, i));
     }
+    Ok(Plan { encodings, targets })
 }
 
 /// What a broadcast sends where: each connection with the index of its encoding.

@@ -213,6 +213,26 @@ impl Server {
         self.len() == 0
     }
 
+    /// The statistics of the server's connections (those [`connections`](Server::connections)
+    /// lists), summed: messages and bytes in and out, queue depths, drops, reconnects,
+    /// protocol errors; the latest receipt of all. Per connection: [`Connection::stats`].
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let stats = server.stats();
+    /// assert_eq!(stats.connections, 0);
+    /// println!("{stats}");
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> crate::Stats {
+        let mut total = crate::Stats::default();
+        for c in self.connections() {
+            total.add(&c.stats());
+        }
+        total
+    }
+
     /// The next message from any connection, waiting as long as it takes. Connections
     /// are served in turn, so a busy one cannot starve the others.
     ///
