@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -12,20 +12,77 @@ use crate::error::ProtocolError;
 use crate::protocol::Protocol;
 use crate::sync::{lock, push_drop_oldest};
 
-/// Something that happened to a connection. Every event is also logged (`log` crate):
-/// info for connects and disconnects, warn for protocol errors and lost messages.
+/// Something that happened to a connection or a server, with the connection's id and
+/// the time: what [`Events`] gives. What happened is [`kind`](Event::kind).
+///
+/// Every event is also logged (`log` crate): info for connects and disconnects, warn for
+/// protocol errors and lost messages.
+///
+/// Code written for the enum of earlier versions matches on `event.kind` instead of
+/// `event`, and compares with `event == EventKind::Closed` (an `Event` compares equal
+/// to its kind).
 ///
 /// ```no_run
+/// use serpy::EventKind;
 /// # fn main() -> serpy::Result<()> {
 /// let conn = serpy::Connection::builder().auto_restart(true).connect(("127.0.0.1", 8000))?;
 /// for event in conn.events().iter() {
-///     println!("{event}");
+///     println!("{event}"); // "#1 at 2026-...: connected to 127.0.0.1:8000"
+///     if let EventKind::Reconnected { attempts, .. } = event.kind {
+///         println!("connection {} back after {attempts} attempts", event.id);
+///     }
 /// }
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub enum Event {
+pub struct Event {
+    /// The connection it concerns ([`Connection::id`](crate::Connection::id)); for
+    /// [`EventKind::Refused`], a number given to the refused socket, never reused.
+    pub id: u64,
+    /// When it happened.
+    pub at: SystemTime,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// An event of connection `id`, now.
+    pub(crate) fn now(id: u64, kind: EventKind) -> Self {
+        Event {
+            id,
+            at: SystemTime::now(),
+            kind,
+        }
+    }
+}
+
+impl PartialEq<EventKind> for Event {
+    fn eq(&self, other: &EventKind) -> bool {
+        self.kind == *other
+    }
+}
+
+impl std::fmt::Display for Event {
+    /// `#id at seconds.millis since the Unix epoch: what happened`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        write!(
+            f,
+            "#{} at {}.{:03}: {}",
+            self.id,
+            t.as_secs(),
+            t.subsec_millis(),
+            self.kind
+        )
+    }
+}
+
+/// What happened to a connection (or, for a server's events, to one of its
+/// connections or sockets): the [`kind`](Event::kind) of an [`Event`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
     /// The link is up (the first connect, or an accepted connection).
     Connected {
         /// The peer's address.
@@ -64,13 +121,70 @@ pub enum Event {
     /// or the last handle was dropped), and its threads have ended. It is the last
     /// event of the connection.
     Closed,
+    /// Nothing was received for the idle timeout (see `idle_timeout` on the builders):
+    /// the link is declared dead. A [`Disconnected`](EventKind::Disconnected) follows.
+    IdleTimeout {
+        /// The idle timeout.
+        after: Duration,
+    },
+    /// Servers: the peer did not send a whole first message within the first-message
+    /// timeout ([`ServerBuilder::first_message_timeout`](crate::ServerBuilder::first_message_timeout)),
+    /// or it had not spoken yet and was closed to make room for a newer connection
+    /// ([`ServerBuilder::max_unproven`](crate::ServerBuilder::max_unproven)). A
+    /// [`Disconnected`](EventKind::Disconnected) follows.
+    Unproven {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Servers (in [`Server::events`](crate::Server::events)): a socket was accepted and
+    /// became connection `id`.
+    Accepted {
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+    /// Servers (in [`Server::events`](crate::Server::events)): a socket was accepted and
+    /// closed at once.
+    Refused {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Why.
+        reason: Refusal,
+    },
 }
 
-impl std::fmt::Display for Event {
+/// Why a server refused a connection: see [`EventKind::Refused`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The server has `max_connections` live connections already.
+    TooManyConnections {
+        /// The limit (`ServerBuilder::max_connections`).
+        limit: usize,
+    },
+    /// The connection's threads or socket could not be set up (out of threads or
+    /// descriptors, most of all).
+    StartFailed {
+        /// What failed, in words.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Event::Connected { peer } => write!(f, "connected to {peer}"),
-            Event::Disconnected {
+            Refusal::TooManyConnections { limit } => {
+                write!(f, "the limit of {limit} connections is reached")
+            }
+            Refusal::StartFailed { error } => write!(f, "could not start a connection: {error}"),
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventKind::Connected { peer } => write!(f, "connected to {peer}"),
+            EventKind::Disconnected {
                 reason,
                 reconnecting,
             } => write!(
@@ -78,21 +192,30 @@ impl std::fmt::Display for Event {
                 "disconnected: {reason}{}",
                 if *reconnecting { "; reconnecting" } else { "" }
             ),
-            Event::Reconnected { peer, attempts } => {
+            EventKind::Reconnected { peer, attempts } => {
                 write!(f, "reconnected to {peer} after {attempts} attempt(s)")
             }
-            Event::GaveUp { attempts } => {
+            EventKind::GaveUp { attempts } => {
                 write!(f, "gave up reconnecting after {attempts} attempts")
             }
-            Event::Lost { messages } => {
+            EventKind::Lost { messages } => {
                 write!(
                     f,
                     "{messages} queued message(s) dropped: the link is down for good"
                 )
             }
-            Event::ProtocolDetected(p) => write!(f, "peer speaks {p}"),
-            Event::ProtocolError(e) => write!(f, "protocol error: {e}"),
-            Event::Closed => write!(f, "closed by the program"),
+            EventKind::ProtocolDetected(p) => write!(f, "peer speaks {p}"),
+            EventKind::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            EventKind::Closed => write!(f, "closed by the program"),
+            EventKind::IdleTimeout { after } => write!(
+                f,
+                "nothing received for {after:?} (the idle timeout): the link is taken as dead"
+            ),
+            EventKind::Unproven { reason } => {
+                write!(f, "closed before its first message: {reason}")
+            }
+            EventKind::Accepted { peer } => write!(f, "accepted {peer}"),
+            EventKind::Refused { peer, reason } => write!(f, "refused {peer}: {reason}"),
         }
     }
 }
@@ -172,30 +295,65 @@ impl LogEvery {
     }
 }
 
-/// Where a connection's events go: logged by the policy above, then queued for
-/// [`Events`].
+/// A server's event queue, as its connections see it: what they emit is queued there
+/// too (dropping the oldest when the program does not read them).
+#[derive(Clone, Debug)]
+pub(crate) struct Forward {
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+}
+
+/// Capacity of a server's event queue.
+pub(crate) const SERVER_EVENT_CAPACITY: usize = 4096;
+
+/// Where a connection's (or a server's) events go: logged by the policy above, then
+/// queued for [`Events`], and for a server's connection also in the server's queue.
 #[derive(Debug)]
 pub(crate) struct EventSink {
+    /// The connection's id, which every event it emits carries.
+    id: u64,
     tx: Sender<Event>,
     rx: Receiver<Event>,
     /// Dropped by [`EventSink::end`]: tells every [`Events`] that no event will come
     /// after those queued.
     done_tx: Mutex<Option<Sender<()>>>,
     done_rx: Receiver<()>,
+    /// The server's queue, for a connection a server accepted.
+    forward: Option<Forward>,
     /// Protocol errors seen on this connection, for rate-limiting their log lines.
     protocol_errors: LogLimit,
 }
 
 impl EventSink {
-    pub fn new() -> Self {
-        let (tx, rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
+    /// The events of connection `id` (`forward`: its server's queue).
+    pub fn new(id: u64, forward: Option<Forward>) -> Self {
+        Self::with_capacity(id, forward, EVENT_CAPACITY)
+    }
+
+    /// A server's events (every connection's go there too, see [`EventSink::forward`]).
+    pub fn for_server() -> Self {
+        Self::with_capacity(0, None, SERVER_EVENT_CAPACITY)
+    }
+
+    fn with_capacity(id: u64, forward: Option<Forward>, capacity: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
         let (done_tx, done_rx) = crossbeam_channel::bounded(0);
         EventSink {
+            id,
             tx,
             rx,
             done_tx: Mutex::new(Some(done_tx)),
             done_rx,
+            forward,
             protocol_errors: LogLimit::new(),
+        }
+    }
+
+    /// What a connection needs to queue its events in this (server's) queue as well.
+    pub fn forward(&self) -> Forward {
+        Forward {
+            tx: self.tx.clone(),
+            rx: self.rx.clone(),
         }
     }
 
@@ -210,27 +368,47 @@ impl EventSink {
         drop(lock(&self.done_tx).take());
     }
 
-    /// Logs `event` (with `label`, the connection's name, made only when a line is
-    /// written) and queues it, dropping the oldest one if the program does not read them.
-    pub fn emit(&self, label: impl Fn() -> String, event: Event) {
-        match &event {
-            Event::Connected { .. }
-            | Event::Reconnected { .. }
-            | Event::Disconnected { .. }
-            | Event::Closed => {
-                log::info!("serpy {}: {event}", label())
+    /// Logs `kind` (with `label`, the connection's name, made only when a line is
+    /// written) and queues it as an event of this connection, now, dropping the oldest
+    /// one if the program does not read them.
+    pub fn emit(&self, label: impl Fn() -> String, kind: EventKind) {
+        self.emit_event(label, Event::now(self.id, kind));
+    }
+
+    /// [`emit`](EventSink::emit) for an event made by the caller (a server's, which
+    /// carries the id of the connection it concerns).
+    pub fn emit_event(&self, label: impl Fn() -> String, event: Event) {
+        let kind = &event.kind;
+        match kind {
+            EventKind::Connected { .. }
+            | EventKind::Reconnected { .. }
+            | EventKind::Disconnected { .. }
+            | EventKind::Closed => {
+                log::info!("serpy {}: {kind}", label())
             }
-            Event::GaveUp { .. } | Event::Lost { .. } => log::warn!("serpy {}: {event}", label()),
-            Event::ProtocolError(_) => {
+            EventKind::GaveUp { .. } | EventKind::Lost { .. } | EventKind::IdleTimeout { .. } => {
+                log::warn!("serpy {}: {kind}", label())
+            }
+            EventKind::ProtocolError(_) => {
                 // A hostile peer can cause one every few bytes.
                 if let Some(n) = self.protocol_errors.hit() {
                     log::warn!(
-                        "serpy {}: {event} ({n} protocol errors on this connection so far)",
+                        "serpy {}: {kind} ({n} protocol errors on this connection so far)",
                         label()
                     )
                 }
             }
-            Event::ProtocolDetected(_) => log::debug!("serpy {}: {event}", label()),
+            // A flood of sockets causes these; the accept thread logs refusals itself,
+            // rate-limited.
+            EventKind::ProtocolDetected(_)
+            | EventKind::Unproven { .. }
+            | EventKind::Accepted { .. } => {
+                log::debug!("serpy {}: {kind}", label())
+            }
+            EventKind::Refused { .. } => {}
+        }
+        if let Some(f) = &self.forward {
+            push_drop_oldest(&f.tx, &f.rx, event.clone());
         }
         if !self.ended() {
             push_drop_oldest(&self.tx, &self.rx, event);
@@ -248,9 +426,9 @@ impl EventSink {
 /// Receives a connection's [`Event`]s: see [`Connection::events`](crate::Connection::events).
 ///
 /// The events end when the connection is gone for good. The last one is
-/// [`Closed`](Event::Closed) when the program closed it; when the link went down for
-/// good it is a [`Disconnected`](Event::Disconnected) that does not reconnect or a
-/// [`GaveUp`](Event::GaveUp), followed by a [`Lost`](Event::Lost) if queued messages
+/// [`Closed`](EventKind::Closed) when the program closed it; when the link went down for
+/// good it is a [`Disconnected`](EventKind::Disconnected) that does not reconnect or a
+/// [`GaveUp`](EventKind::GaveUp), followed by a [`Lost`](EventKind::Lost) if queued messages
 /// were dropped. Then [`iter`](Events::iter) ends and
 /// [`recv_timeout`](Events::recv_timeout) returns `None` at once.
 ///
@@ -259,10 +437,10 @@ impl EventSink {
 /// let server = serpy::Server::bind("127.0.0.1:0")?;
 /// let conn = serpy::Connection::connect(server.local_addr())?;
 /// let ev = conn.events().recv_timeout(std::time::Duration::from_secs(5));
-/// assert!(matches!(ev, Some(serpy::Event::Connected { .. })));
+/// assert!(matches!(ev.map(|e| e.kind), Some(serpy::EventKind::Connected { .. })));
 /// conn.close();
 /// let rest: Vec<_> = conn.events().iter().collect(); // ends: the connection is closed
-/// assert_eq!(rest.last(), Some(&serpy::Event::Closed));
+/// assert!(rest.last().is_some_and(|e| *e == serpy::EventKind::Closed));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -281,7 +459,7 @@ impl Events {
     /// # let server = serpy::Server::bind("127.0.0.1:0")?;
     /// let conn = serpy::Connection::connect(server.local_addr())?;
     /// let first = conn.events().recv_timeout(std::time::Duration::from_secs(5));
-    /// assert!(matches!(first, Some(serpy::Event::Connected { .. })));
+    /// assert!(matches!(first.map(|e| e.kind), Some(serpy::EventKind::Connected { .. })));
     /// # Ok(()) }
     /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
@@ -319,7 +497,7 @@ impl Events {
     /// let conn = serpy::Connection::connect(server.local_addr())?;
     /// let events = conn.events();
     /// conn.close();
-    /// assert!(events.iter().any(|e| e == serpy::Event::Closed));
+    /// assert!(events.iter().any(|e| e == serpy::EventKind::Closed));
     /// # Ok(()) }
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {

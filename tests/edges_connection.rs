@@ -19,7 +19,8 @@ use common::{pair, server, wait_event};
 use edges_support::{count_log_lines, T};
 use serpy::protocol::v2;
 use serpy::{
-    Connection, ConnectionBuilder, Error, Event, Mode, Protocol, ProtocolError, ServerBuilder,
+    Connection, ConnectionBuilder, Error, Event, EventKind, Mode, Protocol, ProtocolError,
+    ServerBuilder,
 };
 
 /// Reads from `raw` until what arrived ends with `tail` (or the stream ends, or `T`).
@@ -45,7 +46,7 @@ fn events_until_disconnected(conn: &Connection) -> Vec<Event> {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
             Some(e) => {
-                let end = matches!(e, Event::Disconnected { .. });
+                let end = matches!(&e.kind, EventKind::Disconnected { .. });
                 seen.push(e);
                 if end {
                     break;
@@ -78,7 +79,10 @@ fn item01_dropped_acked_message_keeps_ack_matching() {
         move || client.send_data_timeout(big.as_str(), Mode::PlainAck, T)
     });
     wait_event(&peer, "too large", |e| {
-        matches!(e, Event::ProtocolError(ProtocolError::TooLarge { .. }))
+        matches!(
+            &e.kind,
+            EventKind::ProtocolError(ProtocolError::TooLarge { .. })
+        )
     });
     let big_result = big_send.join().unwrap();
     assert!(
@@ -123,7 +127,10 @@ fn item04_link_that_dies_at_once_counts_as_a_failed_attempt() {
     let deadline = Instant::now() + T;
     let gave_up = loop {
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Some(Event::GaveUp { attempts }) => break Some(attempts),
+            Some(Event {
+                kind: EventKind::GaveUp { attempts },
+                ..
+            }) => break Some(attempts),
             Some(_) => {}
             None => break None,
         }
@@ -161,7 +168,7 @@ fn item06_replies_reach_a_peer_that_half_closed() {
     }
     let got = read_until(&mut raw, format!("reply {}\x1f", REPLIES - 1).as_bytes());
     let lost: Vec<Event> = std::iter::from_fn(|| peer.events().try_recv())
-        .filter(|e| matches!(e, Event::Lost { .. }))
+        .filter(|e| matches!(&e.kind, EventKind::Lost { .. }))
         .collect();
     // Empty blocks (a lone 0x1F) are no message: a receiver skips them.
     let blocks: Vec<&[u8]> = got
@@ -183,9 +190,9 @@ fn item06_replies_reach_a_peer_that_half_closed() {
 /// True if `events` say that a partial message was discarded: an event of its own, or
 /// the reason of the disconnection.
 fn says_partial_message_was_dropped(events: &[Event]) -> bool {
-    events.iter().any(|e| match e {
-        Event::Connected { .. } | Event::ProtocolDetected(_) => false,
-        Event::Disconnected { reason, .. } => ["partial", "incomplete", "middle", "discard"]
+    events.iter().any(|e| match &e.kind {
+        EventKind::Connected { .. } | EventKind::ProtocolDetected(_) => false,
+        EventKind::Disconnected { reason, .. } => ["partial", "incomplete", "middle", "discard"]
             .iter()
             .any(|w| reason.contains(w)),
         _ => true,
@@ -314,7 +321,9 @@ fn item09_v1_server_reports_and_closes_a_v2_client() {
     );
     let events = events_until_disconnected(&peer);
     assert!(
-        events.iter().any(|e| matches!(e, Event::ProtocolError(_))),
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::ProtocolError(_))),
         "no event says the peer speaks v2: {events:?}"
     );
 }
@@ -406,8 +415,8 @@ fn item11_close_does_not_wait_for_a_reconnect_stuck_in_connect() {
     drop(link);
     wait_event(&client, "disconnected", |e| {
         matches!(
-            e,
-            Event::Disconnected {
+            &e.kind,
+            EventKind::Disconnected {
                 reconnecting: true,
                 ..
             }
@@ -453,7 +462,9 @@ fn item13_disconnected_after_giving_up_does_not_say_enable_auto_restart() {
         .connect(s.local_addr())
         .unwrap();
     drop(s);
-    wait_event(&c, "gave up", |e| matches!(e, Event::GaveUp { .. }));
+    wait_event(&c, "gave up", |e| {
+        matches!(&e.kind, EventKind::GaveUp { .. })
+    });
     let e = c.get_data_timeout(T).unwrap_err();
     assert!(matches!(e, Error::Disconnected), "{e}");
     assert!(

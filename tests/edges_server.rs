@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use common::{server, wait_event};
 use edges_support::{count_log_lines, holds_socket, server_socket_inode, T};
 use serpy::{
-    Broadcast, Bytes, Connection, ConnectionBuilder, Error, Event, Mode, Protocol, ServerBuilder,
+    Broadcast, Bytes, Connection, ConnectionBuilder, Error, EventKind, Mode, Protocol,
+    ServerBuilder,
 };
 
 #[test]
@@ -43,7 +44,7 @@ fn item02_dead_connections_are_released_without_get_connection() {
         // let go of the connection.
         edges_support::reset(raw);
         wait_event(&r.connection, "disconnected", |e| {
-            matches!(e, Event::Disconnected { .. })
+            matches!(&e.kind, EventKind::Disconnected { .. })
         });
         drop(r);
     }

@@ -94,11 +94,11 @@
 //! stuck in `connect()` has its socket (`Shared::connecting`) shut down, which ends the
 //! attempt at once on Linux. The writer ends in `Writer::finish`: it writes what is
 //! queued, answers waiting acknowledged sends with `Closed`, reports unsent plain
-//! messages as `Event::Lost`, and shuts the socket down, which ends the reader's read.
+//! messages as `EventKind::Lost`, and shuts the socket down, which ends the reader's read.
 //! `close()` waits for the writer until `close_timeout` has passed (one deadline for the
 //! whole close); then it shuts the sockets down under it, which frees a write blocked
 //! on a peer that does not read. Then it joins the writer, and the newest reader (which
-//! joined the older ones), and emits `Event::Closed`, which ends the events. The whole
+//! joined the older ones), and emits `EventKind::Closed`, which ends the events. The whole
 //! takes about `close_timeout` at most: the time to write what was queued, bounded by it.
 
 use std::cell::RefCell;
@@ -112,7 +112,7 @@ use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::event::{Event, EventSink, Events, LogLimit};
+use crate::event::{EventKind, EventSink, Events, LogLimit};
 use crate::message::Message;
 use crate::protocol::{Mode, Protocol};
 use crate::sync::{lock, Deadline};
@@ -138,6 +138,11 @@ use writer::Writer;
 const CONTROL_CAPACITY: usize = 64;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new connection id (also given to sockets a server refuses, for their event).
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// The owner of a connection's threads; closing happens when the last handle goes.
 struct Inner {
@@ -184,7 +189,7 @@ impl Inner {
             let _ = r.join();
         }
         if !self.shared.events.ended() {
-            self.shared.event(Event::Closed);
+            self.shared.event(EventKind::Closed);
             self.shared.events.end();
         }
     }
@@ -235,8 +240,10 @@ fn new_shared(
     let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
     let (done_tx, writer_done) = channel::bounded::<()>(0);
     let restart = is_client && cfg.auto_restart;
+    let id = next_id();
+    let forward = notifier.as_ref().and_then(|n| n.events.clone());
     let shared = Arc::new(Shared {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        id,
         protocol: AtomicU8::new(state::protocol_code(cfg.protocol)),
         budget: IncomingBudget::new(cfg.incoming_bytes),
         cfg,
@@ -258,7 +265,7 @@ fn new_shared(
         ctl_tx,
         stream: Mutex::new(None),
         connecting: Mutex::new(None),
-        events: EventSink::new(),
+        events: EventSink::new(id, forward),
         reader: Mutex::new(None),
         ready: ReadyList::new(notifier),
         stray_acks: LogLimit::new(),
@@ -342,7 +349,7 @@ impl Connection {
         let peer = stream.peer_addr().ok();
         let (shared, ends) = new_shared(cfg, addrs, is_client, notifier, peer);
         if let Some(p) = peer {
-            shared.event(Event::Connected { peer: p });
+            shared.event(EventKind::Connected { peer: p });
         }
         let writer = Writer {
             shared: shared.clone(),
@@ -677,7 +684,7 @@ impl Connection {
     /// which bounds the whole call), the socket is closed, and every thread of the
     /// connection has ended when this returns. A reconnect attempt under way is cut
     /// short (on Linux; elsewhere it may run to its connect timeout). The connection's
-    /// events end with [`Event::Closed`]. Calling it again does nothing. Messages already received can still be
+    /// events end with [`EventKind::Closed`](crate::EventKind::Closed). Calling it again does nothing. Messages already received can still be
     /// read; after them `get_data` returns [`Error::Closed`].
     ///
     /// ```

@@ -16,7 +16,7 @@ use super::inline;
 use super::state::{Replies, Shared};
 use super::vocab::{Control, Incoming};
 use crate::error::ProtocolError;
-use crate::event::Event;
+use crate::event::EventKind;
 use crate::protocol::{self, Decoder, Detection, Frame, Mode, Protocol};
 use crate::sync::{lock, try_lock};
 
@@ -173,7 +173,7 @@ impl Reader {
     }
 
     fn protocol_error(&self, e: ProtocolError) {
-        self.shared.event(Event::ProtocolError(e));
+        self.shared.event(EventKind::ProtocolError(e));
     }
 
     /// Hands what the decoder found to the program, the ack queue, and the replies.

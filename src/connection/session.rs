@@ -20,7 +20,7 @@ use super::state::{Phase, Replies, Shared};
 use super::vocab::Incoming;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::EventKind;
 use crate::sync::lock;
 
 /// What the writer does after a step.
@@ -238,7 +238,7 @@ pub(crate) fn link_down(
     } else {
         Phase::Down
     });
-    shared.event(Event::Disconnected {
+    shared.event(EventKind::Disconnected {
         reason,
         reconnecting,
     });
@@ -267,7 +267,7 @@ fn reconnect(
         if wait_first {
             if shared.cfg.give_up_after.is_some_and(|n| b.attempts >= n) {
                 shared.life.set(Phase::Down);
-                shared.event(Event::GaveUp {
+                shared.event(EventKind::GaveUp {
                     attempts: b.attempts,
                 });
                 return Next::Stop;
@@ -293,7 +293,7 @@ fn reconnect(
                 match attached {
                     Ok(()) => {
                         session.up_since = Instant::now();
-                        shared.event(Event::Reconnected { peer, attempts });
+                        shared.event(EventKind::Reconnected { peer, attempts });
                         return Next::Go;
                     }
                     Err(e) => log::debug!("serpy {}: reconnect failed: {e}", shared.label()),

@@ -16,7 +16,7 @@ use super::link::Link;
 use super::vocab::{AckSlot, Control, Incoming, Outgoing};
 use crate::config::Config;
 use crate::error::Error;
-use crate::event::{Event, EventSink, LogLimit};
+use crate::event::{EventKind, EventSink, Forward, LogLimit};
 use crate::protocol::Protocol;
 use crate::sync::lock;
 
@@ -204,6 +204,8 @@ impl IncomingBudget {
 pub(crate) struct Notifier {
     /// The server's channel of connection ids with data waiting.
     pub tx: Sender<u64>,
+    /// The server's event queue, where the connection's events go too.
+    pub events: Option<Forward>,
 }
 
 /// A connection's entry in its server's list of connections with data waiting: at most
@@ -339,9 +341,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Logs and queues `event`.
-    pub fn event(&self, event: Event) {
-        self.events.emit(|| self.label(), event);
+    /// Logs and queues an event of this connection, now.
+    pub fn event(&self, kind: EventKind) {
+        self.events.emit(|| self.label(), kind);
     }
 
     /// The connection's name in log lines: `#id peer`.

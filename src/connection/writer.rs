@@ -18,7 +18,7 @@ use super::session::{self, Next, Session};
 use super::state::{Phase, Shared};
 use super::vocab::{Control, Incoming, Outgoing, Payload};
 use crate::error::Error;
-use crate::event::Event;
+use crate::event::EventKind;
 use crate::protocol::{v1, Protocol};
 use crate::sync::lock;
 
@@ -193,7 +193,7 @@ impl Writer {
             Control::Detected(p) => {
                 // The reader already set the protocol; this wakes the writer to send
                 // what waited for it.
-                self.shared.event(Event::ProtocolDetected(p));
+                self.shared.event(EventKind::ProtocolDetected(p));
                 Next::Go
             }
         }
@@ -393,7 +393,7 @@ impl Writer {
             }
         }
         if lost > 0 {
-            shared.event(Event::Lost { messages: lost });
+            shared.event(EventKind::Lost { messages: lost });
         }
         if let Some(s) = link.stream.take() {
             let _ = s.shutdown(Shutdown::Both);

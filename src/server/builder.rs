@@ -14,6 +14,7 @@ use super::Server;
 use crate::config::{connection_options, Config};
 use crate::connection::Notifier;
 use crate::error::{Error, Result};
+use crate::event::EventSink;
 use crate::protocol::Protocol;
 
 /// Default maximum number of simultaneous connections of a server.
@@ -124,6 +125,7 @@ impl ServerBuilder {
             new: NewConnections::new(self.max_connections.clamp(16, 4096)),
             stop: AtomicBool::new(false),
             all_closed: AtomicBool::new(false),
+            events: EventSink::for_server(),
         });
         let (stop_tx, stop_rx) = channel::bounded(0);
         // Only for waking the accept thread when out of descriptors: not worth failing for.
@@ -138,7 +140,10 @@ impl ServerBuilder {
             cfg: self.cfg,
             max_connections: self.max_connections,
             shared: shared.clone(),
-            notifier: Notifier { tx: ready_tx },
+            notifier: Notifier {
+                tx: ready_tx,
+                events: Some(shared.events.forward()),
+            },
         };
         let handle = thread::Builder::new()
             .name(format!("serpy-accept-{}", local.port()))
