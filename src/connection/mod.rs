@@ -269,6 +269,7 @@ fn new_shared(
         reader: Mutex::new(None),
         ready: ReadyList::new(notifier),
         stray_acks: LogLimit::new(),
+        proven: AtomicBool::new(false),
     });
     let ends = Ends {
         in_tx,

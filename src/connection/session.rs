@@ -141,6 +141,12 @@ pub(crate) fn attach(
         ctl_tx: shared.ctl_tx.clone(),
         previous,
         recv_mode: crate::protocol::Mode::Plain,
+        first_by: match shared.cfg.first_message_timeout {
+            Some(t) if !shared.is_client && !shared.proven.load(Ordering::Acquire) => {
+                Instant::now().checked_add(t)
+            }
+            _ => None,
+        },
     };
     let handle = thread::Builder::new()
         .name(format!("serpy-rd-{}", shared.id))
@@ -148,6 +154,33 @@ pub(crate) fn attach(
         .map_err(|e| Error::io("starting the reader thread", e))?;
     *lock(&shared.reader) = Some(handle);
     Ok(())
+}
+
+/// A v1 link with an idle timeout writes a keep-alive (an empty block) when it has
+/// written nothing for this fraction of the timeout: the peer's idle timer, if it has
+/// the same timeout, then sees bytes three times per period.
+pub(crate) const KEEPALIVE_FRACTION: u32 = 3;
+
+/// How long the writer may wait before the next keep-alive is due: `Duration::MAX`
+/// when the link takes none (no idle timeout, not v1, down, or half-closed, where the
+/// writer probes instead), zero when one is due now. One clock read per writer
+/// wake-up, only with an idle timeout.
+///
+/// The keep-alive is a lone `0x1F`, written by the writer thread like the probes of a
+/// half-closed link (`Writer::write_probe`): an empty block, which every v1 receiver
+/// skips. (The original Python `serpy`, `serpy/serpy.py`, `Connection._inThread`,
+/// splits what it receives on `0x1F` and queues only the blocks that are not empty.)
+pub(crate) fn keepalive_due(shared: &Shared, link: &Link) -> Duration {
+    match shared.cfg.idle_timeout {
+        Some(t)
+            if link.stream.is_some()
+                && link.peer_done.is_none()
+                && shared.protocol() == crate::protocol::Protocol::V1 =>
+        {
+            (t / KEEPALIVE_FRACTION).saturating_sub(link.last_write.elapsed())
+        }
+        _ => Duration::MAX,
+    }
 }
 
 /// A link must stay up this long to count as established. One that dies sooner (a full

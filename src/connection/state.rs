@@ -338,6 +338,9 @@ pub(crate) struct Shared {
     pub ready: ReadyList,
     /// ACKEOTs the peer sent for nothing, for rate-limiting their log lines.
     pub stray_acks: LogLimit,
+    /// Set by the reader once the peer has sent a whole message or control block (a
+    /// server's connection is "unproven" until then).
+    pub proven: AtomicBool,
 }
 
 impl Shared {

@@ -81,7 +81,10 @@ impl Writer {
             let (ready, probe) = {
                 let mut link = lock(&shared.link);
                 match self.serve(&mut link) {
-                    Some(ready) => (ready, probe_due(&link)),
+                    Some(ready) => (
+                        ready,
+                        probe_due(&link).min(session::keepalive_due(&shared, &link)),
+                    ),
                     None => {
                         drop(link);
                         return self.finish();
@@ -227,12 +230,20 @@ impl Writer {
     }
 
     /// The probe's wait ran out: unless something was written meanwhile (which probes
-    /// as well), probe, and wait twice as long next time.
+    /// as well), probe, and wait twice as long next time. Or a keep-alive is due (see
+    /// `session::keepalive_due`): the same empty block.
     fn probe(&self, link: &mut Link) -> Next {
         match link.peer_done {
             Some(wait) if link.last_write.elapsed() >= wait => {
                 link.peer_done = Some(wait.saturating_mul(2).min(PROBE_MAX));
                 self.write_probe(link)
+            }
+            None if session::keepalive_due(&self.shared, link).is_zero() => {
+                link.wire.put_u8(v1::SEP);
+                match link.write_wire(&self.shared.pending) {
+                    (_, Ok(())) => Next::Go,
+                    (_, Err(e)) => self.link_down(link, format!("write failed: {e}")),
+                }
             }
             _ => Next::Go,
         }

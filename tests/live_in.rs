@@ -1,0 +1,175 @@
+//! Issue 10, the incoming side: liveness (idle timeout and keep-alive), servers that
+//! protect their slots, the first connect in the background, and events in one place.
+//!
+//! Timings are upper bounds only (`T`), or lower bounds that follow from what is
+//! configured (an idle timeout cannot fire before it has passed).
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{pair, server, wait_event, T};
+use serpy::{ConnectionBuilder, EventKind, Mode, Protocol, ServerBuilder};
+
+/// A short idle timeout: a bound of what is asserted, never a pause.
+const IDLE: Duration = Duration::from_millis(300);
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+// ---------------------------------------------------------------- item 4: liveness
+
+#[test]
+fn a_silent_peer_is_declared_dead_and_a_client_with_auto_restart_reconnects() {
+    // A "hung" peer: it accepts and never sends a byte, as a frozen process would.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = Instant::now();
+    let client = ConnectionBuilder::new()
+        .idle_timeout(Some(IDLE))
+        .auto_restart(true)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .connect(listener.local_addr().unwrap())
+        .unwrap();
+    let (_first, _) = listener.accept().unwrap();
+    let e = wait_event(&client, "IdleTimeout", |e| {
+        matches!(e.kind, EventKind::IdleTimeout { .. })
+    });
+    assert!(
+        started.elapsed() >= IDLE,
+        "declared dead after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+    assert_eq!(e.kind, EventKind::IdleTimeout { after: IDLE });
+    assert_eq!(e.id, client.id());
+    wait_event(&client, "Disconnected", |e| {
+        matches!(
+            &e.kind,
+            EventKind::Disconnected {
+                reconnecting: true,
+                ..
+            }
+        )
+    });
+    let (_second, _) = listener.accept().unwrap();
+    wait_event(&client, "Reconnected", |e| {
+        matches!(e.kind, EventKind::Reconnected { .. })
+    });
+    client.close();
+}
+
+#[test]
+fn without_auto_restart_an_idle_timeout_ends_the_link_for_good() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = ConnectionBuilder::new()
+        .idle_timeout(Some(IDLE))
+        .connect(listener.local_addr().unwrap())
+        .unwrap();
+    let (_raw, _) = listener.accept().unwrap();
+    let r = client.get_data_timeout(T);
+    assert!(matches!(r, Err(serpy::Error::Disconnected)), "{r:?}");
+    assert!(!client.is_connected());
+}
+
+#[test]
+fn a_quiet_v1_link_sends_keep_alives_that_deliver_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = ConnectionBuilder::new()
+        .idle_timeout(Some(IDLE))
+        .connect(listener.local_addr().unwrap())
+        .unwrap();
+    let (mut raw, _) = listener.accept().unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    // The raw peer is silent, so the client ends the link after IDLE; before that, it
+    // has written at least one keep-alive (every IDLE / 3): lone 0x1F bytes only.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(!got.is_empty(), "no keep-alive before the idle timeout");
+    assert!(got.iter().all(|&b| b == 0x1f), "{got:?}");
+    client.close();
+}
+
+#[test]
+fn two_serpy_peers_with_an_idle_timeout_keep_a_quiet_link_alive() {
+    // Long enough that a loaded machine does not miss three keep-alives in a row.
+    let idle = Duration::from_millis(1500);
+    let s = server(ServerBuilder::new().idle_timeout(Some(idle)));
+    let (client, peer) = pair(&s, ConnectionBuilder::new().idle_timeout(Some(idle)));
+    // Three idle timeouts of silence from both programs: the keep-alives carry it.
+    let events = client.events();
+    let deadline = Instant::now() + idle * 3;
+    while let Some(e) = events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        assert!(
+            !matches!(
+                e.kind,
+                EventKind::IdleTimeout { .. } | EventKind::Disconnected { .. }
+            ),
+            "{e}"
+        );
+    }
+    assert!(client.is_connected() && peer.is_connected());
+    // The keep-alives delivered nothing, and the link carries messages as before.
+    assert!(peer.try_get_data().unwrap().is_none());
+    assert!(client.try_get_data().unwrap().is_none());
+    client.send_data("still here", Mode::PlainAck).unwrap();
+    assert_eq!(
+        peer.get_data_timeout(T).unwrap().as_str(),
+        Some("still here")
+    );
+    peer.send("me too").unwrap();
+    assert_eq!(client.get_data_timeout(T).unwrap().as_str(), Some("me too"));
+}
+
+#[test]
+fn v2_sends_no_keep_alive_and_declares_a_silent_peer_dead() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = ConnectionBuilder::new()
+        .protocol(Protocol::V2)
+        .idle_timeout(Some(IDLE))
+        .connect(listener.local_addr().unwrap())
+        .unwrap();
+    let (mut raw, _) = listener.accept().unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    let mut got = Vec::new();
+    let r = raw.read_to_end(&mut got);
+    assert!(
+        r.is_ok() || r.as_ref().is_err_and(|e| !is_timeout(e)),
+        "the link was not ended: {r:?}"
+    );
+    assert!(got.is_empty(), "a v2 link wrote {got:?}");
+    wait_event(&client, "IdleTimeout", |e| {
+        matches!(e.kind, EventKind::IdleTimeout { .. })
+    });
+}
+
+#[test]
+fn a_peer_that_sends_keeps_the_idle_timer_from_firing() {
+    // A Python-like peer that sends a message more often than the idle timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let idle = Duration::from_millis(1500);
+    let client = ConnectionBuilder::new()
+        .idle_timeout(Some(idle))
+        .connect(listener.local_addr().unwrap())
+        .unwrap();
+    let (mut raw, _) = listener.accept().unwrap();
+    for i in 0..6 {
+        raw.write_all(format!("tick {i}\x1f").as_bytes()).unwrap();
+        // The message itself is the pacing: the next goes once this one arrived, and
+        // the idle timer must not fire in between.
+        let m = client.get_data_timeout(T).unwrap();
+        assert_eq!(m.as_str(), Some(format!("tick {i}").as_str()));
+        let _ = client.get_data_timeout(idle / 3);
+    }
+    assert!(client.is_connected());
+    client.close();
+}
