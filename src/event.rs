@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::ProtocolError;
 use crate::protocol::Protocol;
-use crate::sync::{lock, push_drop_oldest};
+use crate::sync::lock;
 
 /// Something that happened to a connection or a server, with the connection's id and
 /// the time: what [`Events`] gives. What happened is [`kind`](Event::kind).
@@ -301,6 +301,19 @@ impl LogEvery {
 pub(crate) struct Forward {
     tx: Sender<Event>,
     rx: Receiver<Event>,
+    capacity: usize,
+}
+
+/// Queues `event` in the unbounded channel `tx`, first taking the oldest out through
+/// `rx` (its receiving side) while `capacity` wait: the newest are kept and the caller
+/// never blocks. (Emitters racing may go a few beyond `capacity`, never without bound.)
+fn push_bounded(tx: &Sender<Event>, rx: &Receiver<Event>, capacity: usize, event: Event) {
+    while rx.len() >= capacity {
+        if rx.try_recv().is_err() {
+            break;
+        }
+    }
+    let _ = tx.send(event);
 }
 
 /// Capacity of a server's event queue.
@@ -320,6 +333,8 @@ pub(crate) struct EventSink {
     done_rx: Receiver<()>,
     /// The server's queue, for a connection a server accepted.
     forward: Option<Forward>,
+    /// At most this many events wait in `rx`; the oldest go first.
+    capacity: usize,
     /// Protocol errors seen on this connection, for rate-limiting their log lines.
     protocol_errors: LogLimit,
 }
@@ -336,7 +351,9 @@ impl EventSink {
     }
 
     fn with_capacity(id: u64, forward: Option<Forward>, capacity: usize) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        // Not a bounded channel, which would allocate every slot up front (about 25 KiB
+        // per connection): the bound is kept by `push_bounded`.
+        let (tx, rx) = crossbeam_channel::unbounded();
         let (done_tx, done_rx) = crossbeam_channel::bounded(0);
         EventSink {
             id,
@@ -345,6 +362,7 @@ impl EventSink {
             done_tx: Mutex::new(Some(done_tx)),
             done_rx,
             forward,
+            capacity,
             protocol_errors: LogLimit::new(),
         }
     }
@@ -354,6 +372,7 @@ impl EventSink {
         Forward {
             tx: self.tx.clone(),
             rx: self.rx.clone(),
+            capacity: self.capacity,
         }
     }
 
@@ -408,10 +427,10 @@ impl EventSink {
             EventKind::Refused { .. } => {}
         }
         if let Some(f) = &self.forward {
-            push_drop_oldest(&f.tx, &f.rx, event.clone());
+            push_bounded(&f.tx, &f.rx, f.capacity, event.clone());
         }
         if !self.ended() {
-            push_drop_oldest(&self.tx, &self.rx, event);
+            push_bounded(&self.tx, &self.rx, self.capacity, event);
         }
     }
 

@@ -17,7 +17,10 @@ use serpy::{ConnectionBuilder, EventKind, Mode, Protocol, ServerBuilder};
 const IDLE: Duration = Duration::from_millis(300);
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 // ---------------------------------------------------------------- item 4: liveness
@@ -172,4 +175,108 @@ fn a_peer_that_sends_keeps_the_idle_timer_from_firing() {
     }
     assert!(client.is_connected());
     client.close();
+}
+
+// ------------------------------------------------- item 5: servers protect their slots
+
+#[test]
+fn a_connection_that_sends_no_whole_first_message_in_time_is_closed() {
+    let first = Duration::from_millis(300);
+    let s = server(ServerBuilder::new().first_message_timeout(Some(first)));
+    let started = Instant::now();
+    let mut raw = std::net::TcpStream::connect(s.local_addr()).unwrap();
+    raw.write_all(b"x").unwrap(); // one byte: never a whole block
+    raw.set_read_timeout(Some(T)).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    let e = wait_event(&peer, "Unproven", |e| {
+        matches!(e.kind, EventKind::Unproven { .. })
+    });
+    assert!(
+        started.elapsed() >= first,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.id, peer.id());
+    let mut rest = Vec::new();
+    let r = raw.read_to_end(&mut rest);
+    assert!(
+        r.is_ok() || r.as_ref().is_err_and(|e| !is_timeout(e)),
+        "the server did not close it: {r:?}"
+    );
+    let r = peer.get_data_timeout(T);
+    assert!(matches!(r, Err(serpy::Error::Disconnected)), "{r:?}");
+}
+
+#[test]
+fn a_connection_that_spoke_in_time_stays() {
+    let first = Duration::from_millis(300);
+    let s = server(ServerBuilder::new().first_message_timeout(Some(first)));
+    let (client, peer) = pair(&s, ConnectionBuilder::new());
+    client.send("hello").unwrap();
+    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("hello"));
+    // Three timeouts later it is still there: the deadline ended with the first message.
+    let events = peer.events();
+    let deadline = Instant::now() + first * 3;
+    while let Some(e) = events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        assert!(
+            !matches!(
+                e.kind,
+                EventKind::Unproven { .. } | EventKind::Disconnected { .. }
+            ),
+            "{e}"
+        );
+    }
+    peer.send("still here").unwrap();
+    assert_eq!(
+        client.get_data_timeout(T).unwrap().as_str(),
+        Some("still here")
+    );
+}
+
+#[test]
+fn sockets_that_never_speak_cannot_crowd_out_the_connections_that_did() {
+    const MAX_UNPROVEN: usize = 3;
+    const FLOOD: usize = 20;
+    let s = server(
+        ServerBuilder::new()
+            .max_connections(8)
+            .max_unproven(MAX_UNPROVEN),
+    );
+    let events = s.events();
+    let a = ConnectionBuilder::new().connect(s.local_addr()).unwrap();
+    let b = ConnectionBuilder::new().connect(s.local_addr()).unwrap();
+    for (i, c) in [&a, &b].into_iter().enumerate() {
+        c.send_data(format!("I am {i}"), Mode::PlainAck).unwrap();
+    }
+    // A flood: each socket sends one byte, never a whole block.
+    let flood: Vec<std::net::TcpStream> = (0..FLOOD)
+        .map(|_| {
+            let mut raw = std::net::TcpStream::connect(s.local_addr()).unwrap();
+            raw.write_all(b"x").unwrap();
+            raw
+        })
+        .collect();
+    // A real client after the flood gets in and is heard.
+    let late = ConnectionBuilder::new().connect(s.local_addr()).unwrap();
+    late.send_data("late but real", Mode::PlainAck).unwrap();
+    // Every flood socket but the newest MAX_UNPROVEN - 1 was closed to make room, and
+    // none was refused (the slots of the connections that spoke were never needed).
+    let mut unproven = 0;
+    let deadline = Instant::now() + T;
+    while unproven < FLOOD + 1 - MAX_UNPROVEN {
+        let e = events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|| panic!("only {unproven} unproven connections closed"));
+        match e.kind {
+            EventKind::Unproven { .. } => unproven += 1,
+            EventKind::Refused { .. } => panic!("{e}"),
+            _ => {}
+        }
+    }
+    // Those that spoke are still served.
+    for c in [&a, &b, &late] {
+        assert!(c.is_connected());
+        c.send_data("again", Mode::PlainAck).unwrap();
+    }
+    drop(flood);
 }

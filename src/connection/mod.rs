@@ -270,6 +270,7 @@ fn new_shared(
         ready: ReadyList::new(notifier),
         stray_acks: LogLimit::new(),
         proven: AtomicBool::new(false),
+        aborted: AtomicBool::new(false),
     });
     let ends = Ends {
         in_tx,
@@ -485,6 +486,36 @@ impl Connection {
     /// a server may forget it once nothing it received is left to read.
     pub(crate) fn is_gone(&self) -> bool {
         self.inner.shared.is_gone()
+    }
+
+    /// True once the peer has sent a whole message or control block.
+    pub(crate) fn is_proven(&self) -> bool {
+        self.inner.shared.proven.load(Ordering::Acquire)
+    }
+
+    /// True once [`abort`](Connection::abort) was called.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.inner.shared.aborted.load(Ordering::Acquire)
+    }
+
+    /// The server takes this unproven connection down, without waiting (the accept
+    /// thread calls it): the event says why, the writer takes the link down, and the
+    /// socket is shut down, which ends the reader.
+    pub(crate) fn abort(&self, reason: String) {
+        let shared = &self.inner.shared;
+        if shared.aborted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        shared.event(EventKind::Unproven {
+            reason: reason.clone(),
+        });
+        let epoch = lock(&shared.acks).epoch;
+        let _ = shared
+            .ctl_tx
+            .try_send(vocab::Control::LinkDown { epoch, reason });
+        if let Some(s) = lock(&shared.stream).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 
     /// The configuration of this connection.

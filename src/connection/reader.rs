@@ -23,6 +23,9 @@ use crate::sync::{lock, try_lock};
 
 /// Size of the reader's buffer for v1.
 const READ_CHUNK: usize = 64 * 1024;
+/// Size of the reader's buffer until a read fills it: a connection that sends little
+/// (one that has not spoken yet, most of all) holds 4 KiB, not 64.
+const FIRST_CHUNK: usize = 4 * 1024;
 
 /// The reader thread of one link.
 pub(crate) struct Reader {
@@ -43,6 +46,9 @@ pub(crate) struct Reader {
     /// Servers with a first-message timeout: when the peer must have sent a whole
     /// first message (or control block) by; `None` once it has, or without one.
     pub first_by: Option<Instant>,
+    /// A server's connection whose peer has not sent a whole message or control block
+    /// yet (see `Shared::proven`).
+    pub unproven: bool,
 }
 
 /// Why a read loop ended without the peer closing.
@@ -79,7 +85,7 @@ impl Reader {
     /// Reads until the peer closes (`Ok`), the socket fails, or the connection stops.
     fn read_loop(&mut self) -> Result<(), ReadEnd> {
         let mut frames = Vec::new();
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = vec![0u8; FIRST_CHUNK];
         let (protocol, first, mut sniffer) = match self.shared.protocol() {
             Protocol::Auto => match self.detect(&mut buf)? {
                 Some((p, first)) => (p, first, Sniffer::done()),
@@ -109,6 +115,7 @@ impl Reader {
             };
             match n {
                 Ok(0) => return self.ended(&decoder, Ok(())),
+                Ok(n) if n == buf.len() && n < READ_CHUNK => buf.resize(READ_CHUNK, 0),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_timeout(&e) && self.timer().is_some() => {
@@ -236,11 +243,13 @@ impl Reader {
 
     /// Hands what the decoder found to the program, the ack queue, and the replies.
     fn deliver(&mut self, frames: &mut Vec<Frame>) -> Result<(), ReadEnd> {
-        if self.first_by.is_some() && frames.iter().any(|f| !matches!(f, Frame::Error(_))) {
+        if self.unproven && frames.iter().any(|f| !matches!(f, Frame::Error(_))) {
             // The first whole message or control block: the peer has spoken.
-            self.first_by = None;
+            self.unproven = false;
             self.shared.proven.store(true, Ordering::Release);
-            self.arm_timer();
+            if self.first_by.take().is_some() {
+                self.arm_timer();
+            }
         }
         for frame in frames.drain(..) {
             match frame {

@@ -147,6 +147,7 @@ pub(crate) fn attach(
             }
             _ => None,
         },
+        unproven: !shared.is_client && !shared.proven.load(Ordering::Acquire),
     };
     let handle = thread::Builder::new()
         .name(format!("serpy-rd-{}", shared.id))

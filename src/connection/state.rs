@@ -341,6 +341,9 @@ pub(crate) struct Shared {
     /// Set by the reader once the peer has sent a whole message or control block (a
     /// server's connection is "unproven" until then).
     pub proven: AtomicBool,
+    /// Set when the server closes this connection to make room (see
+    /// `Connection::abort`); it then counts as gone for the server's limits.
+    pub aborted: AtomicBool,
 }
 
 impl Shared {

@@ -62,9 +62,22 @@ impl ServerShared {
         gone
     }
 
-    /// How many connections are not gone for good (the limit counts these).
-    pub fn live(&self) -> usize {
-        lock(&self.registry).iter().filter(|c| !c.is_gone()).count()
+    /// How many connections are not gone for good (the limit counts these), how many of
+    /// them are unproven (have not spoken yet), and the oldest of those. Connections
+    /// being closed for being unproven count as gone.
+    pub fn census(&self) -> (usize, usize, Option<Connection>) {
+        let registry = lock(&self.registry);
+        let mut live = 0;
+        let mut unproven = 0;
+        let mut oldest = None;
+        for c in registry.iter().filter(|c| !c.is_gone() && !c.is_aborted()) {
+            live += 1;
+            if !c.is_proven() {
+                unproven += 1;
+                oldest.get_or_insert_with(|| c.clone());
+            }
+        }
+        (live, unproven, oldest)
     }
 
     /// The connection with `id`, if the server still has it (for `recv_any`).
@@ -155,6 +168,8 @@ pub(super) struct Acceptor {
     pub cfg: Config,
     /// Beyond this many live connections, a new one is refused.
     pub max_connections: usize,
+    /// At this many unproven connections, a new one makes the oldest of them go.
+    pub max_unproven: usize,
     /// The registry and the new-connection queue, shared with the handle.
     pub shared: Arc<ServerShared>,
     /// Handed to every connection, for `recv_any`.
@@ -207,7 +222,17 @@ impl Acceptor {
     fn admit(&self, stream: std::net::TcpStream, peer: SocketAddr) {
         // Dropped handles are closed here, outside the registry lock.
         drop(self.shared.prune());
-        if self.shared.live() >= self.max_connections {
+        let (mut live, unproven, oldest) = self.shared.census();
+        if unproven >= self.max_unproven {
+            if let Some(old) = oldest {
+                old.abort(format!(
+                    "it had not spoken yet, and a new connection came while {unproven} such connections were open (max_unproven {})",
+                    self.max_unproven
+                ));
+                live -= 1;
+            }
+        }
+        if live >= self.max_connections {
             self.refused(
                 peer,
                 Refusal::TooManyConnections {
