@@ -280,3 +280,104 @@ fn sockets_that_never_speak_cannot_crowd_out_the_connections_that_did() {
     }
     drop(flood);
 }
+
+// ------------------------------------------------ item 6: the first connect, in the background
+
+/// An address where nothing listens (yet): a port the system just gave and took back.
+fn free_addr() -> std::net::SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn a_background_connect_returns_at_once_queues_and_connects_when_the_server_comes_up() {
+    let addr = free_addr();
+    let client = ConnectionBuilder::new()
+        .connect_in_background(true)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .connect(addr)
+        .expect("returns a handle although nothing listens");
+    assert!(!client.is_connected());
+    for i in 0..3 {
+        client.send(format!("queued {i}")).unwrap();
+    }
+    // Nothing came up yet: no Connected before the server exists.
+    let events = client.events();
+    assert!(events.try_recv().is_none());
+    let s = ServerBuilder::new()
+        .bind(addr)
+        .expect("bind the port again");
+    let up = wait_event(&client, "Connected", |e| {
+        matches!(e.kind, EventKind::Connected { .. })
+    });
+    assert_eq!(up.kind, EventKind::Connected { peer: addr });
+    let peer = s.get_connection_timeout(T).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            peer.get_data_timeout(T).unwrap().as_str(),
+            Some(format!("queued {i}").as_str())
+        );
+    }
+    assert!(client.is_connected());
+    client.send_data("acknowledged", Mode::PlainAck).unwrap();
+    assert_eq!(
+        peer.get_data_timeout(T).unwrap().as_str(),
+        Some("acknowledged")
+    );
+    // It is a client with auto-restart from then on.
+    drop(peer);
+    s.close_all();
+    wait_event(&client, "Disconnected", |e| {
+        matches!(
+            &e.kind,
+            EventKind::Disconnected {
+                reconnecting: true,
+                ..
+            }
+        )
+    });
+    client.close();
+}
+
+#[test]
+fn a_background_connect_gives_up_after_its_attempts_and_reports_what_was_lost() {
+    let addr = free_addr();
+    let client = ConnectionBuilder::new()
+        .connect_in_background(true)
+        .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .give_up_after(Some(3))
+        .connect(addr)
+        .unwrap();
+    client.send("never sent").unwrap();
+    let all: Vec<_> = client.events().iter().collect();
+    let kinds: Vec<_> = all.iter().map(|e| e.kind.clone()).collect();
+    assert!(
+        kinds.contains(&EventKind::GaveUp { attempts: 3 }),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&EventKind::Lost { messages: 1 }));
+    assert!(!kinds
+        .iter()
+        .any(|k| matches!(k, EventKind::Connected { .. })));
+    let r = client.send("after");
+    assert!(matches!(r, Err(serpy::Error::Disconnected)), "{r:?}");
+}
+
+#[test]
+fn close_ends_a_background_connect_that_is_still_trying() {
+    let client = ConnectionBuilder::new()
+        .connect_in_background(true)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(5))
+        .connect(free_addr())
+        .unwrap();
+    let events = client.events();
+    client.close();
+    let all: Vec<_> = events.iter().collect();
+    assert!(
+        all.last().is_some_and(|e| *e == EventKind::Closed),
+        "{all:?}"
+    );
+    assert!(matches!(client.send("x"), Err(serpy::Error::Closed)));
+}

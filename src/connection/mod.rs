@@ -383,6 +383,43 @@ impl Connection {
         })
     }
 
+    /// Starts a client whose first connect is made in the background, by the writer
+    /// thread, with the reconnect backoff (`ConnectionBuilder::connect_in_background`).
+    pub(crate) fn start_background(cfg: Config, addrs: Vec<SocketAddr>) -> Result<Connection> {
+        let (shared, ends) = new_shared(cfg, addrs, true, None, None);
+        let writer = Writer {
+            shared: shared.clone(),
+            out_rx: ends.out_rx,
+            ctl_rx: ends.ctl_rx,
+            in_tx: ends.in_tx,
+            session: RefCell::new(Session::new(&shared.cfg)),
+            _done: ends.done_tx,
+        };
+        let handle = thread::Builder::new()
+            .name(format!("serpy-wr-{}", shared.id))
+            .spawn(move || {
+                let next = session::connect_first(
+                    &writer.shared,
+                    &mut lock(&writer.shared.link),
+                    &writer.in_tx,
+                    &mut writer.session.borrow_mut(),
+                );
+                match next {
+                    session::Next::Go => writer.run(),
+                    session::Next::Stop => writer.finish(),
+                }
+            })
+            .map_err(|e| Error::io("starting the writer thread", e))?;
+        Ok(Connection {
+            inner: Arc::new(Inner {
+                shared,
+                shutdown_tx: Mutex::new(Some(ends.shutdown_tx)),
+                writer: Mutex::new(Some(handle)),
+                writer_done: ends.writer_done,
+            }),
+        })
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }

@@ -283,18 +283,33 @@ pub(crate) fn link_down(
     if !young {
         session.backoff.reset();
     }
-    reconnect(shared, link, in_tx, session, young)
+    reconnect(shared, link, in_tx, session, young, false)
+}
+
+/// The first connect of a client built with `connect_in_background`: in the writer
+/// thread, before it serves, with the reconnect backoff. Reports
+/// [`EventKind::Connected`] once the link is up; `Stop` if the connection was closed or
+/// gave up first.
+pub(crate) fn connect_first(
+    shared: &Arc<Shared>,
+    link: &mut Link,
+    in_tx: &Sender<Incoming>,
+    session: &mut Session,
+) -> Next {
+    reconnect(shared, link, in_tx, session, false, true)
 }
 
 /// Auto-restart: connects again and again, with backoff, until a link is attached, the
 /// connection closes, restart is turned off, or the attempts run out. After a link that
-/// died young (`wait_first`), it waits before the first attempt too.
+/// died young (`wait_first`), it waits before the first attempt too. `first_link`: the
+/// first connect, made in the background (`Connected` rather than `Reconnected`).
 fn reconnect(
     shared: &Arc<Shared>,
     link: &mut Link,
     in_tx: &Sender<Incoming>,
     session: &mut Session,
     mut wait_first: bool,
+    first_link: bool,
 ) -> Next {
     let b = &mut session.backoff;
     loop {
@@ -327,7 +342,11 @@ fn reconnect(
                 match attached {
                     Ok(()) => {
                         session.up_since = Instant::now();
-                        shared.event(EventKind::Reconnected { peer, attempts });
+                        shared.event(if first_link {
+                            EventKind::Connected { peer }
+                        } else {
+                            EventKind::Reconnected { peer, attempts }
+                        });
                         return Next::Go;
                     }
                     Err(e) => log::debug!("serpy {}: reconnect failed: {e}", shared.label()),

@@ -366,7 +366,7 @@ impl Writer {
 
     /// The writer ends: on close, write what is queued (bounded by the close timeout);
     /// otherwise the link is down for good and what is queued is reported lost.
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         let shared = self.shared.clone();
         let mut link = lock(&shared.link);
         let closing = shared.life.is_closed();
