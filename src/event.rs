@@ -531,3 +531,222 @@ impl Events {
         })
     }
 }
+
+/// Waits on several sources at once: the messages of connections, the events of
+/// connections and servers, a server's messages (what
+/// [`recv_any`](crate::Server::recv_any) takes), and the program's own channels. One
+/// thread then watches everything, without polling.
+///
+/// Add each source once; each call gives the source's index. [`ready`](Select::ready)
+/// (or [`ready_timeout`](Select::ready_timeout), [`try_ready`](Select::try_ready))
+/// blocks until one of them has something, and gives its index; take it with the
+/// source's own non-blocking call (`try_get_data`, `try_recv`, `try_recv_any`). Like
+/// any readiness, it may be stale when another thread took the item first (or, rarely,
+/// spurious): the `try_` call then finds nothing, and the loop waits again. A source
+/// that has ended (a connection gone for good, events that ended, a closed server, a
+/// channel whose senders are gone) is ready for ever: remove it by building a new
+/// `Select` without it.
+///
+/// The program's own channels are [`crossbeam_channel::Receiver`]s: crossbeam-channel
+/// (0.5) is what this crate's queues are made of, and it is the one way to wait on a
+/// program's channel and the crate's queues together without a thread in between.
+/// A `std::sync::mpsc` channel cannot be waited on with others; use a crossbeam
+/// channel for what is to be watched here. No other crossbeam type appears in this
+/// crate's API.
+///
+/// ```
+/// use serpy::{Connection, EventKind, Select, Server};
+/// use std::time::Duration;
+///
+/// # fn main() -> serpy::Result<()> {
+/// let server = Server::bind("127.0.0.1:0")?;
+/// let a = Connection::connect(server.local_addr())?;
+/// let b = Connection::connect(server.local_addr())?;
+/// let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+/// b.send("from b")?;
+///
+/// let (a_events, server_events) = (a.events(), server.events());
+/// let mut sel = Select::new();
+/// let from_a = sel.messages(&a);
+/// let from_clients = sel.server(&server);
+/// let a_ev = sel.events(&a_events);
+/// let srv_ev = sel.events(&server_events);
+/// let stop = sel.recv(&stop_rx);
+/// let mut got = None;
+/// while got.is_none() {
+///     match sel.ready_timeout(Duration::from_secs(5)) {
+///         Some(i) if i == from_clients => {
+///             got = server.try_recv_any().map(|r| r.message);
+///         }
+///         Some(i) if i == from_a => { let _ = a.try_get_data()?; }
+///         Some(i) if i == a_ev => { let _ = a_events.try_recv(); }
+///         Some(i) if i == srv_ev => {
+///             if let Some(e) = server_events.try_recv() {
+///                 println!("{e}");
+///             }
+///         }
+///         Some(i) if i == stop => break,
+///         Some(_) => unreachable!(),
+///         None => panic!("nothing in 5 s"),
+///     }
+/// }
+/// assert_eq!(got.unwrap().as_str(), Some("from b"));
+/// # drop(stop_tx);
+/// # Ok(()) }
+/// ```
+pub struct Select<'a> {
+    inner: crossbeam_channel::Select<'a>,
+    /// For each operation registered with `inner`, the index of its source.
+    sources: Vec<usize>,
+    /// How many sources were added.
+    count: usize,
+}
+
+impl std::fmt::Debug for Select<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Select")
+            .field("sources", &self.count)
+            .finish()
+    }
+}
+
+impl Default for Select<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> Select<'a> {
+    /// A `Select` with no source.
+    ///
+    /// ```
+    /// let sel = serpy::Select::new();
+    /// ```
+    pub fn new() -> Self {
+        Select {
+            inner: crossbeam_channel::Select::new(),
+            sources: Vec::new(),
+            count: 0,
+        }
+    }
+
+    fn add(&mut self, ops: &[usize]) -> usize {
+        let index = self.count;
+        self.count += 1;
+        for op in ops {
+            debug_assert_eq!(*op, self.sources.len());
+            self.sources.push(index);
+        }
+        index
+    }
+
+    /// The received messages of `conn`: ready when one waits (take it with
+    /// [`try_get_data`](crate::Connection::try_get_data)) or the connection is gone for
+    /// good with nothing left to read.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// let mut sel = serpy::Select::new();
+    /// let i = sel.messages(&conn);
+    /// assert_eq!(sel.try_ready(), None);
+    /// # let _ = i;
+    /// # Ok(()) }
+    /// ```
+    pub fn messages(&mut self, conn: &'a crate::Connection) -> usize {
+        let op = self.inner.recv(&conn.shared().in_rx);
+        self.add(&[op])
+    }
+
+    /// The messages of every connection of `server`: ready when
+    /// [`try_recv_any`](crate::Server::try_recv_any) may have one, or after
+    /// [`close_all`](crate::Server::close_all).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let c = serpy::Connection::connect(server.local_addr())?;
+    /// c.send("hi")?;
+    /// let mut sel = serpy::Select::new();
+    /// let i = sel.server(&server);
+    /// assert_eq!(sel.ready_timeout(std::time::Duration::from_secs(5)), Some(i));
+    /// assert_eq!(server.try_recv_any().unwrap().message.as_str(), Some("hi"));
+    /// # Ok(()) }
+    /// ```
+    pub fn server(&mut self, server: &'a crate::Server) -> usize {
+        let (ready, closed) = server.select_handles();
+        let a = self.inner.recv(ready);
+        let b = self.inner.recv(closed);
+        self.add(&[a, b])
+    }
+
+    /// Events (of a connection, or of a server): ready when one waits (take it with
+    /// [`Events::try_recv`]) or the events have ended.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// let events = conn.events();
+    /// let mut sel = serpy::Select::new();
+    /// let i = sel.events(&events);
+    /// assert_eq!(sel.ready_timeout(std::time::Duration::from_secs(5)), Some(i)); // Connected
+    /// assert!(events.try_recv().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&mut self, events: &'a Events) -> usize {
+        let a = self.inner.recv(&events.rx);
+        let b = self.inner.recv(&events.done);
+        self.add(&[a, b])
+    }
+
+    /// One of the program's own channels: ready when a value waits (take it with
+    /// `try_recv`) or every sender is gone.
+    ///
+    /// ```
+    /// let (tx, rx) = crossbeam_channel::unbounded();
+    /// let mut sel = serpy::Select::new();
+    /// let i = sel.recv(&rx);
+    /// tx.send(7).unwrap();
+    /// assert_eq!(sel.try_ready(), Some(i));
+    /// assert_eq!(rx.try_recv(), Ok(7));
+    /// ```
+    pub fn recv<T>(&mut self, rx: &'a crossbeam_channel::Receiver<T>) -> usize {
+        let op = self.inner.recv(rx);
+        self.add(&[op])
+    }
+
+    /// Waits until a source is ready; gives its index. With no source, it waits for
+    /// ever.
+    pub fn ready(&mut self) -> usize {
+        if self.count == 0 {
+            let (_tx, rx) = crossbeam_channel::bounded::<()>(0);
+            let _ = rx.recv();
+        }
+        self.sources[self.inner.ready()]
+    }
+
+    /// Waits at most `timeout` until a source is ready; gives its index, or `None`.
+    ///
+    /// ```
+    /// let mut sel = serpy::Select::new();
+    /// assert_eq!(sel.ready_timeout(std::time::Duration::from_millis(1)), None);
+    /// ```
+    pub fn ready_timeout(&mut self, timeout: Duration) -> Option<usize> {
+        if self.count == 0 {
+            let (_tx, rx) = crossbeam_channel::bounded::<()>(0);
+            let _ = rx.recv_timeout(timeout);
+            return None;
+        }
+        self.inner
+            .ready_timeout(timeout)
+            .ok()
+            .map(|op| self.sources[op])
+    }
+
+    /// The index of a source that is ready now, if any.
+    pub fn try_ready(&mut self) -> Option<usize> {
+        self.inner.try_ready().ok().map(|op| self.sources[op])
+    }
+}

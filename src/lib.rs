@@ -86,7 +86,7 @@ pub use bytes::Bytes;
 pub use config::{DEFAULT_INCOMING_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_CAPACITY};
 pub use connection::{Connection, ConnectionBuilder};
 pub use error::{Error, ProtocolError, Result};
-pub use event::{Event, EventKind, Events, Refusal};
+pub use event::{Event, EventKind, Events, Refusal, Select};
 pub use message::{Message, Text, TextEncoding};
 pub use protocol::{Mode, Protocol};
 pub use server::{Broadcast, Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};

@@ -381,3 +381,93 @@ fn close_ends_a_background_connect_that_is_still_trying() {
     );
     assert!(matches!(client.send("x"), Err(serpy::Error::Closed)));
 }
+
+// ------------------------------------------------------- item 8: events in one place
+
+#[test]
+fn server_events_show_accepted_refused_and_each_connections_events() {
+    let before = std::time::SystemTime::now();
+    let s = server(ServerBuilder::new().max_connections(1));
+    let events = s.events();
+    let (client, peer) = pair(&s, ConnectionBuilder::new());
+    let accepted = events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Accepted { .. }))
+        .unwrap();
+    assert_eq!(accepted.id, peer.id());
+    assert_eq!(
+        accepted.kind,
+        EventKind::Accepted {
+            peer: client.local_addr().unwrap()
+        }
+    );
+    assert!(accepted.at >= before && accepted.at <= std::time::SystemTime::now());
+    // One more is refused, and the server's events say why.
+    let extra = std::net::TcpStream::connect(s.local_addr()).unwrap();
+    let refused = events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Refused { .. }))
+        .unwrap();
+    assert_eq!(
+        refused.kind,
+        EventKind::Refused {
+            peer: extra.local_addr().unwrap(),
+            reason: serpy::Refusal::TooManyConnections { limit: 1 }
+        }
+    );
+    assert_ne!(refused.id, peer.id());
+    // The connection's own events come here too, with its id.
+    client.close();
+    let down = events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Disconnected { .. }))
+        .unwrap();
+    assert_eq!(down.id, peer.id());
+    // They end after close_all (this iterator ends), and nothing of others came.
+    s.close_all();
+    let rest: Vec<_> = events.iter().collect();
+    assert!(rest.iter().all(|e| e.id == peer.id()), "{rest:?}");
+}
+
+#[test]
+fn one_select_waits_on_messages_events_and_the_programs_own_channel() {
+    let s = server(ServerBuilder::new());
+    let (a, peer_a) = pair(&s, ConnectionBuilder::new());
+    let (b, peer_b) = pair(&s, ConnectionBuilder::new());
+    let (a_events, b_events) = (a.events(), b.events());
+    // The Connected events are there already: take them.
+    for ev in [&a_events, &b_events] {
+        assert!(matches!(
+            ev.recv_timeout(T).map(|e| e.kind),
+            Some(EventKind::Connected { .. })
+        ));
+    }
+    let (tx, rx) = crossbeam_channel::unbounded::<u32>();
+    let mut sel = serpy::Select::new();
+    let (_from_a, from_b) = (sel.messages(&a), sel.messages(&b));
+    let (_ev_a, _ev_b) = (sel.events(&a_events), sel.events(&b_events));
+    let mine = sel.recv(&rx);
+    assert_eq!(sel.try_ready(), None);
+
+    peer_b.send("to b").unwrap();
+    assert_eq!(sel.ready_timeout(T), Some(from_b));
+    assert_eq!(b.try_get_data().unwrap().unwrap().as_str(), Some("to b"));
+
+    let sender = std::thread::spawn(move || tx.send(42).unwrap());
+    assert_eq!(sel.ready_timeout(T), Some(mine));
+    assert_eq!(rx.try_recv(), Ok(42));
+    sender.join().unwrap();
+
+    // a's peer goes: a's events, then a's messages (ended) become ready, not b's.
+    drop(sel);
+    peer_a.close();
+    let mut sel = serpy::Select::new();
+    let (ev_a, ev_b) = (sel.events(&a_events), sel.events(&b_events));
+    assert_eq!(sel.ready_timeout(T), Some(ev_a));
+    assert_ne!(sel.try_ready(), Some(ev_b));
+    let mut sel = serpy::Select::new();
+    let (from_a, _from_b) = (sel.messages(&a), sel.messages(&b));
+    assert_eq!(sel.ready_timeout(T), Some(from_a));
+    assert!(matches!(a.try_get_data(), Err(serpy::Error::Disconnected)));
+    assert!(b.try_get_data().unwrap().is_none());
+}

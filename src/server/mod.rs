@@ -396,6 +396,12 @@ impl Server {
     pub fn events(&self) -> crate::Events {
         self.shared.events.receiver()
     }
+
+    /// What `Select::server` waits on: the channel of connections with data waiting,
+    /// and the one `close_all` disconnects.
+    pub(crate) fn select_handles(&self) -> (&Receiver<u64>, &Receiver<()>) {
+        (&self.ready_rx, &self.closed_rx)
+    }
 }
 
 /// At most this many threads close connections at once in [`Server::close_all`].
