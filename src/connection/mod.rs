@@ -10,8 +10,8 @@
 //! | thread | owns | blocks on |
 //! |---|---|---|
 //! | callers (any thread with a handle) | nothing between calls; a send encodes its message in the caller's thread (`outgoing::prepare`) | room in the outgoing queue (or shutdown); the answer of an acknowledged send; the incoming queue (`get_data`) |
-//! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`) | `select!` on the control channel, the outgoing queue (only while the link is writable) and shutdown; socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
-//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read; room in the incoming queue and byte budget (or shutdown); handing `Control` to the writer (or shutdown) |
+//! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`), and makes the first connect of a client built with `connect_in_background` (`session::connect_first`) | `select!` on the control channel, the outgoing queue (only while the link is writable) and shutdown, with a timeout when a probe or a v1 keep-alive is due (`session::keepalive_due`); socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
+//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read, whose receive timeout is the idle timer (and, for a server's connection, the first-message deadline until the peer has spoken); room in the incoming queue and byte budget (or shutdown); handing `Control` to the writer (or shutdown) |
 //!
 //! The handle (`Inner`) owns the writer's `JoinHandle`; `Shared::reader` holds the newest
 //! reader's, and each reader joins the one before it.
