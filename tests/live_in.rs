@@ -78,15 +78,18 @@ fn without_auto_restart_an_idle_timeout_ends_the_link_for_good() {
 
 #[test]
 fn a_quiet_v1_link_sends_keep_alives_that_deliver_nothing() {
+    // Long enough that a loaded machine writes the first keep-alive (due at a third of
+    // it) well before the link is declared dead.
+    let idle = Duration::from_millis(1500);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = ConnectionBuilder::new()
-        .idle_timeout(Some(IDLE))
+        .idle_timeout(Some(idle))
         .connect(listener.local_addr().unwrap())
         .unwrap();
     let (mut raw, _) = listener.accept().unwrap();
     raw.set_read_timeout(Some(T)).unwrap();
-    // The raw peer is silent, so the client ends the link after IDLE; before that, it
-    // has written at least one keep-alive (every IDLE / 3): lone 0x1F bytes only.
+    // The raw peer is silent, so the client ends the link after `idle`; before that, it
+    // has written at least one keep-alive: lone 0x1F bytes only.
     let mut got = Vec::new();
     let mut buf = [0u8; 64];
     loop {
