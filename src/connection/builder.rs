@@ -145,7 +145,9 @@ impl ConnectionBuilder {
 
     /// Connects to `addr` (anything [`ToSocketAddrs`]: `("127.0.0.1", 8000)`,
     /// `("localhost", 8000)`, `"[::1]:8000"`, a [`SocketAddr`]) and starts the threads.
-    /// Every address a name resolves to is tried in turn.
+    /// Every address a name resolves to is tried in turn. With
+    /// [`connect_in_background`](Self::connect_in_background) it returns at once and
+    /// connects in the background; only an address that does not resolve fails then.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
