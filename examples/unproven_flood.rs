@@ -27,10 +27,11 @@ fn status(field: &str) -> u64 {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: unproven_flood [--sockets N] [--max-unproven M]\n\
+        "usage: unproven_flood [--sockets N] [--max-unproven M] [--outgoing-capacity C]\n\
          opens N sockets to a server on 127.0.0.1 that each send one byte and never a\n\
-         whole message, and prints the threads and memory they cost (defaults 300, 64;\n\
-         --max-unproven 0: no limit)"
+         whole message, and prints the threads and memory they cost (defaults 300, 64,\n\
+         1024; --max-unproven 0: no limit; the outgoing queue's slots are allocated\n\
+         up front, C of them per connection)"
     );
     ExitCode::from(2)
 }
@@ -38,12 +39,14 @@ fn usage() -> ExitCode {
 fn main() -> ExitCode {
     let mut sockets = 300usize;
     let mut max_unproven = 64usize;
+    let mut outgoing = serpy::DEFAULT_QUEUE_CAPACITY;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let value = args.next().and_then(|v| v.parse().ok());
         match (a.as_str(), value) {
             ("--sockets", Some(n)) => sockets = n,
             ("--max-unproven", Some(n)) => max_unproven = n,
+            ("--outgoing-capacity", Some(n)) => outgoing = n,
             ("-h" | "--help", _) => {
                 usage();
                 return ExitCode::SUCCESS;
@@ -51,7 +54,9 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
-    let mut builder = Server::builder().max_connections(sockets + 16);
+    let mut builder = Server::builder()
+        .max_connections(sockets + 16)
+        .outgoing_capacity(outgoing);
     if max_unproven > 0 {
         builder = builder.max_unproven(max_unproven);
     }

@@ -211,6 +211,35 @@ fn a_connection_that_sends_no_whole_first_message_in_time_is_closed() {
 }
 
 #[test]
+fn an_auto_server_closes_a_socket_that_says_nothing_before_detection() {
+    let first = Duration::from_millis(300);
+    let s = server(
+        ServerBuilder::new()
+            .protocol(Protocol::Auto)
+            .first_message_timeout(Some(first)),
+    );
+    let started = Instant::now();
+    let mut raw = std::net::TcpStream::connect(s.local_addr()).unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    wait_event(&peer, "Unproven", |e| {
+        matches!(e.kind, EventKind::Unproven { .. })
+    });
+    assert!(
+        started.elapsed() >= first,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    let r = raw.read_to_end(&mut rest);
+    assert!(
+        r.is_ok() || r.as_ref().is_err_and(|e| !is_timeout(e)),
+        "the server did not close it: {r:?}"
+    );
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
 fn a_connection_that_spoke_in_time_stays() {
     let first = Duration::from_millis(300);
     let s = server(ServerBuilder::new().first_message_timeout(Some(first)));
