@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serpy::pickle::Value;
-use serpy::{Connection, Event, Message, Mode, Protocol, Server};
+use serpy::{Connection, Event, EventKind, Message, Mode, Protocol, Server};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -118,7 +118,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     drop(peer2);
     server2.close_all();
     drop(server2);
-    wait_for(&events, |e| matches!(e, Event::Disconnected { .. }))?;
+    wait_for(&events, |e| {
+        matches!(&e.kind, EventKind::Disconnected { .. })
+    })?;
     println!("server stopped; the client saw the link go down and keeps its queue");
     for i in 0..3 {
         client3.send(format!("queued while down #{i}"))?;
@@ -126,7 +128,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let server3 = Server::builder().protocol(Protocol::V2).bind(addr)?;
     println!("server restarted on {addr}");
     let peer3 = server3.get_connection_timeout(WAIT)?;
-    wait_for(&events, |e| matches!(e, Event::Reconnected { .. }))?;
+    wait_for(&events, |e| {
+        matches!(&e.kind, EventKind::Reconnected { .. })
+    })?;
     for _ in 0..3 {
         println!(
             "after the reconnect the server got {}",

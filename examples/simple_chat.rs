@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serpy::{Connection, Event, Mode, Protocol};
+use serpy::{Connection, Event, EventKind, Mode, Protocol};
 
 const USAGE: &str = "\
 simple_chat: an interactive client for simple_broadcast
@@ -186,7 +186,10 @@ fn stop_server(conn: &Connection) {
     let deadline = Instant::now() + common::STOP_WAIT;
     loop {
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Some(Event::Disconnected { .. }) => {
+            Some(Event {
+                kind: EventKind::Disconnected { .. },
+                ..
+            }) => {
                 println!(
                     "sent {}: the server closed the connection; bye",
                     common::STOP

@@ -29,6 +29,14 @@ pub(crate) struct Config {
     pub outgoing_bytes: usize,
     /// What a send does when the outgoing queue is full (see `full_queue`).
     pub full_queue: FullQueue,
+    /// Nothing received for this long: the link is declared dead (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Servers: a connection that has not sent a whole first message (or control
+    /// block) this long after it was accepted is closed (`None`: never).
+    pub first_message_timeout: Option<Duration>,
+    /// Clients: `connect()` returns at once and the first connect is made in the
+    /// background, with the reconnect backoff.
+    pub background_connect: bool,
 }
 
 /// Default maximum message size: 64 MiB.
@@ -78,11 +86,11 @@ pub enum FullQueue {
     /// Keep at most this many messages queued (and within the byte budget): a new
     /// message drops the oldest plain messages still queued. Dropped messages are
     /// counted ([`Stats::dropped`](crate::Stats::dropped)) and reported by
-    /// [`Event::Dropped`](crate::Event::Dropped). A send never waits for room.
+    /// [`EventKind::Dropped`](crate::EventKind::Dropped). A send never waits for room.
     KeepLatest(usize),
     /// As `Block`, but a peer that takes no byte from the socket for this long is
     /// disconnected (the write times out): the link goes down with
-    /// [`Event::Disconnected`](crate::Event::Disconnected), and a client with
+    /// [`EventKind::Disconnected`](crate::EventKind::Disconnected), and a client with
     /// auto-restart reconnects. What was queued then goes as for any broken link.
     Disconnect(Duration),
 }
@@ -107,6 +115,9 @@ impl Default for Config {
             detect_timeout: Duration::from_secs(5),
             outgoing_bytes: DEFAULT_OUTGOING_BYTES,
             full_queue: FullQueue::Block,
+            idle_timeout: None,
+            first_message_timeout: None,
+            background_connect: false,
         }
     }
 }
@@ -238,6 +249,28 @@ macro_rules! connection_options {
                 $crate::FullQueue::KeepLatest(n) => $crate::FullQueue::KeepLatest(n.max(1)),
                 p => p,
             };
+            self
+        }
+
+        /// Liveness: when nothing at all has been received for `timeout`, the link is
+        /// declared dead (default `None`: never). The connection reports
+        /// [`EventKind::IdleTimeout`](crate::EventKind::IdleTimeout), then the link goes
+        /// down as if it had broken: a client with auto-restart reconnects.
+        ///
+        /// So that two serpy peers keep a quiet link alive, a v1 connection with an idle
+        /// timeout writes a keep-alive (an empty block, a lone `0x1F`, which every v1
+        /// receiver, the original Python `serpy` included, skips without effect) when it
+        /// has written nothing for a third of `timeout`: give both ends the same timeout.
+        /// A Python peer sends no keep-alive, and serpy2 (v2) has none at all: against
+        /// those, or over v2, set an idle timeout only when the peer sends something
+        /// regularly (an instrument that streams), longer than its longest pause.
+        /// The timer is the socket's receive timeout: it costs nothing per message.
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".idle_timeout(Some(std::time::Duration::from_secs(10)));")]
+        /// ```
+        pub fn idle_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+            self.cfg.idle_timeout = timeout.filter(|t| !t.is_zero());
             self
         }
     };

@@ -4,28 +4,85 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::ProtocolError;
 use crate::protocol::Protocol;
-use crate::sync::{lock, push_drop_oldest};
+use crate::sync::lock;
 
-/// Something that happened to a connection. Every event is also logged (`log` crate):
-/// info for connects and disconnects, warn for protocol errors and lost messages.
+/// Something that happened to a connection or a server, with the connection's id and
+/// the time: what [`Events`] gives. What happened is [`kind`](Event::kind).
+///
+/// Every event is also logged (`log` crate): info for connects and disconnects, warn for
+/// protocol errors and lost messages.
+///
+/// Code written for the enum of earlier versions matches on `event.kind` instead of
+/// `event`, and compares with `event == EventKind::Closed` (an `Event` compares equal
+/// to its kind).
 ///
 /// ```no_run
+/// use serpy::EventKind;
 /// # fn main() -> serpy::Result<()> {
 /// let conn = serpy::Connection::builder().auto_restart(true).connect(("127.0.0.1", 8000))?;
 /// for event in conn.events().iter() {
-///     println!("{event}");
+///     println!("{event}"); // "#1 at 2026-...: connected to 127.0.0.1:8000"
+///     if let EventKind::Reconnected { attempts, .. } = event.kind {
+///         println!("connection {} back after {attempts} attempts", event.id);
+///     }
 /// }
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub enum Event {
+pub struct Event {
+    /// The connection it concerns ([`Connection::id`](crate::Connection::id)); for
+    /// [`EventKind::Refused`], a number given to the refused socket, never reused.
+    pub id: u64,
+    /// When it happened.
+    pub at: SystemTime,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// An event of connection `id`, now.
+    pub(crate) fn now(id: u64, kind: EventKind) -> Self {
+        Event {
+            id,
+            at: SystemTime::now(),
+            kind,
+        }
+    }
+}
+
+impl PartialEq<EventKind> for Event {
+    fn eq(&self, other: &EventKind) -> bool {
+        self.kind == *other
+    }
+}
+
+impl std::fmt::Display for Event {
+    /// `#id at seconds.millis since the Unix epoch: what happened`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        write!(
+            f,
+            "#{} at {}.{:03}: {}",
+            self.id,
+            t.as_secs(),
+            t.subsec_millis(),
+            self.kind
+        )
+    }
+}
+
+/// What happened to a connection (or, for a server's events, to one of its
+/// connections or sockets): the [`kind`](Event::kind) of an [`Event`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
     /// The link is up (the first connect, or an accepted connection).
     Connected {
         /// The peer's address.
@@ -73,13 +130,70 @@ pub enum Event {
         /// How many messages since the last `Dropped` event.
         messages: u64,
     },
+    /// Nothing was received for the idle timeout (see `idle_timeout` on the builders):
+    /// the link is declared dead. A [`Disconnected`](EventKind::Disconnected) follows.
+    IdleTimeout {
+        /// The idle timeout.
+        after: Duration,
+    },
+    /// Servers: the peer did not send a whole first message within the first-message
+    /// timeout ([`ServerBuilder::first_message_timeout`](crate::ServerBuilder::first_message_timeout)),
+    /// or it had not spoken yet and was closed to make room for a newer connection
+    /// ([`ServerBuilder::max_unproven`](crate::ServerBuilder::max_unproven)). A
+    /// [`Disconnected`](EventKind::Disconnected) follows.
+    Unproven {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Servers (in [`Server::events`](crate::Server::events)): a socket was accepted and
+    /// became connection `id`.
+    Accepted {
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+    /// Servers (in [`Server::events`](crate::Server::events)): a socket was accepted and
+    /// closed at once.
+    Refused {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Why.
+        reason: Refusal,
+    },
 }
 
-impl std::fmt::Display for Event {
+/// Why a server refused a connection: see [`EventKind::Refused`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The server has `max_connections` live connections already.
+    TooManyConnections {
+        /// The limit (`ServerBuilder::max_connections`).
+        limit: usize,
+    },
+    /// The connection's threads or socket could not be set up (out of threads or
+    /// descriptors, most of all).
+    StartFailed {
+        /// What failed, in words.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Event::Connected { peer } => write!(f, "connected to {peer}"),
-            Event::Disconnected {
+            Refusal::TooManyConnections { limit } => {
+                write!(f, "the limit of {limit} connections is reached")
+            }
+            Refusal::StartFailed { error } => write!(f, "could not start a connection: {error}"),
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventKind::Connected { peer } => write!(f, "connected to {peer}"),
+            EventKind::Disconnected {
                 reason,
                 reconnecting,
             } => write!(
@@ -87,22 +201,31 @@ impl std::fmt::Display for Event {
                 "disconnected: {reason}{}",
                 if *reconnecting { "; reconnecting" } else { "" }
             ),
-            Event::Reconnected { peer, attempts } => {
+            EventKind::Reconnected { peer, attempts } => {
                 write!(f, "reconnected to {peer} after {attempts} attempt(s)")
             }
-            Event::GaveUp { attempts } => {
+            EventKind::GaveUp { attempts } => {
                 write!(f, "gave up reconnecting after {attempts} attempts")
             }
-            Event::Lost { messages } => {
+            EventKind::Lost { messages } => {
                 write!(
                     f,
                     "{messages} queued message(s) dropped: the link is down for good"
                 )
             }
-            Event::ProtocolDetected(p) => write!(f, "peer speaks {p}"),
-            Event::ProtocolError(e) => write!(f, "protocol error: {e}"),
-            Event::Closed => write!(f, "closed by the program"),
-            Event::Dropped { messages } => write!(
+            EventKind::ProtocolDetected(p) => write!(f, "peer speaks {p}"),
+            EventKind::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            EventKind::Closed => write!(f, "closed by the program"),
+            EventKind::IdleTimeout { after } => write!(
+                f,
+                "nothing received for {after:?} (the idle timeout): the link is taken as dead"
+            ),
+            EventKind::Unproven { reason } => {
+                write!(f, "closed before its first message: {reason}")
+            }
+            EventKind::Accepted { peer } => write!(f, "accepted {peer}"),
+            EventKind::Refused { peer, reason } => write!(f, "refused {peer}: {reason}"),
+            EventKind::Dropped { messages } => write!(
                 f,
                 "{messages} older queued message(s) dropped to keep the latest: the peer reads more slowly than messages are sent"
             ),
@@ -185,30 +308,84 @@ impl LogEvery {
     }
 }
 
-/// Where a connection's events go: logged by the policy above, then queued for
-/// [`Events`].
+/// A server's event queue, as its connections see it: what they emit is queued there
+/// too (dropping the oldest when the program does not read them).
+#[derive(Clone, Debug)]
+pub(crate) struct Forward {
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    capacity: usize,
+}
+
+/// Queues `event` in the unbounded channel `tx`, first taking the oldest out through
+/// `rx` (its receiving side) while `capacity` wait: the newest are kept and the caller
+/// never blocks. (Emitters racing may go a few beyond `capacity`, never without bound.)
+fn push_bounded(tx: &Sender<Event>, rx: &Receiver<Event>, capacity: usize, event: Event) {
+    while rx.len() >= capacity {
+        if rx.try_recv().is_err() {
+            break;
+        }
+    }
+    let _ = tx.send(event);
+}
+
+/// Capacity of a server's event queue.
+pub(crate) const SERVER_EVENT_CAPACITY: usize = 4096;
+
+/// Where a connection's (or a server's) events go: logged by the policy above, then
+/// queued for [`Events`], and for a server's connection also in the server's queue.
 #[derive(Debug)]
 pub(crate) struct EventSink {
+    /// The connection's id, which every event it emits carries.
+    id: u64,
     tx: Sender<Event>,
     rx: Receiver<Event>,
     /// Dropped by [`EventSink::end`]: tells every [`Events`] that no event will come
     /// after those queued.
     done_tx: Mutex<Option<Sender<()>>>,
     done_rx: Receiver<()>,
+    /// The server's queue, for a connection a server accepted.
+    forward: Option<Forward>,
+    /// At most this many events wait in `rx`; the oldest go first.
+    capacity: usize,
     /// Protocol errors seen on this connection, for rate-limiting their log lines.
     protocol_errors: LogLimit,
 }
 
 impl EventSink {
-    pub fn new() -> Self {
-        let (tx, rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
+    /// The events of connection `id` (`forward`: its server's queue).
+    pub fn new(id: u64, forward: Option<Forward>) -> Self {
+        Self::with_capacity(id, forward, EVENT_CAPACITY)
+    }
+
+    /// A server's events (every connection's go there too, see [`EventSink::forward`]).
+    pub fn for_server() -> Self {
+        Self::with_capacity(0, None, SERVER_EVENT_CAPACITY)
+    }
+
+    fn with_capacity(id: u64, forward: Option<Forward>, capacity: usize) -> Self {
+        // Not a bounded channel, which would allocate every slot up front (about 25 KiB
+        // per connection): the bound is kept by `push_bounded`.
+        let (tx, rx) = crossbeam_channel::unbounded();
         let (done_tx, done_rx) = crossbeam_channel::bounded(0);
         EventSink {
+            id,
             tx,
             rx,
             done_tx: Mutex::new(Some(done_tx)),
             done_rx,
+            forward,
+            capacity,
             protocol_errors: LogLimit::new(),
+        }
+    }
+
+    /// What a connection needs to queue its events in this (server's) queue as well.
+    pub fn forward(&self) -> Forward {
+        Forward {
+            tx: self.tx.clone(),
+            rx: self.rx.clone(),
+            capacity: self.capacity,
         }
     }
 
@@ -223,32 +400,52 @@ impl EventSink {
         drop(lock(&self.done_tx).take());
     }
 
-    /// Logs `event` (with `label`, the connection's name, made only when a line is
-    /// written) and queues it, dropping the oldest one if the program does not read them.
-    pub fn emit(&self, label: impl Fn() -> String, event: Event) {
-        match &event {
-            Event::Connected { .. }
-            | Event::Reconnected { .. }
-            | Event::Disconnected { .. }
-            | Event::Closed => {
-                log::info!("serpy {}: {event}", label())
+    /// Logs `kind` (with `label`, the connection's name, made only when a line is
+    /// written) and queues it as an event of this connection, now, dropping the oldest
+    /// one if the program does not read them.
+    pub fn emit(&self, label: impl Fn() -> String, kind: EventKind) {
+        self.emit_event(label, Event::now(self.id, kind));
+    }
+
+    /// [`emit`](EventSink::emit) for an event made by the caller (a server's, which
+    /// carries the id of the connection it concerns).
+    pub fn emit_event(&self, label: impl Fn() -> String, event: Event) {
+        let kind = &event.kind;
+        match kind {
+            EventKind::Connected { .. }
+            | EventKind::Reconnected { .. }
+            | EventKind::Disconnected { .. }
+            | EventKind::Closed => {
+                log::info!("serpy {}: {kind}", label())
             }
-            Event::GaveUp { .. } | Event::Lost { .. } => log::warn!("serpy {}: {event}", label()),
-            Event::ProtocolError(_) => {
+            EventKind::GaveUp { .. } | EventKind::Lost { .. } | EventKind::IdleTimeout { .. } => {
+                log::warn!("serpy {}: {kind}", label())
+            }
+            EventKind::ProtocolError(_) => {
                 // A hostile peer can cause one every few bytes.
                 if let Some(n) = self.protocol_errors.hit() {
                     log::warn!(
-                        "serpy {}: {event} ({n} protocol errors on this connection so far)",
+                        "serpy {}: {kind} ({n} protocol errors on this connection so far)",
                         label()
                     )
                 }
             }
-            Event::ProtocolDetected(_) => log::debug!("serpy {}: {event}", label()),
+            // A flood of sockets causes these; the accept thread logs refusals itself,
+            // rate-limited.
+            EventKind::ProtocolDetected(_)
+            | EventKind::Unproven { .. }
+            | EventKind::Accepted { .. } => {
+                log::debug!("serpy {}: {kind}", label())
+            }
+            EventKind::Refused { .. } => {}
             // At most one a second (see `outgoing::DropReport`).
-            Event::Dropped { .. } => log::warn!("serpy {}: {event}", label()),
+            EventKind::Dropped { .. } => log::warn!("serpy {}: {kind}", label()),
+        }
+        if let Some(f) = &self.forward {
+            push_bounded(&f.tx, &f.rx, f.capacity, event.clone());
         }
         if !self.ended() {
-            push_drop_oldest(&self.tx, &self.rx, event);
+            push_bounded(&self.tx, &self.rx, self.capacity, event);
         }
     }
 
@@ -263,9 +460,9 @@ impl EventSink {
 /// Receives a connection's [`Event`]s: see [`Connection::events`](crate::Connection::events).
 ///
 /// The events end when the connection is gone for good. The last one is
-/// [`Closed`](Event::Closed) when the program closed it; when the link went down for
-/// good it is a [`Disconnected`](Event::Disconnected) that does not reconnect or a
-/// [`GaveUp`](Event::GaveUp), followed by a [`Lost`](Event::Lost) if queued messages
+/// [`Closed`](EventKind::Closed) when the program closed it; when the link went down for
+/// good it is a [`Disconnected`](EventKind::Disconnected) that does not reconnect or a
+/// [`GaveUp`](EventKind::GaveUp), followed by a [`Lost`](EventKind::Lost) if queued messages
 /// were dropped. Then [`iter`](Events::iter) ends and
 /// [`recv_timeout`](Events::recv_timeout) returns `None` at once.
 ///
@@ -274,10 +471,10 @@ impl EventSink {
 /// let server = serpy::Server::bind("127.0.0.1:0")?;
 /// let conn = serpy::Connection::connect(server.local_addr())?;
 /// let ev = conn.events().recv_timeout(std::time::Duration::from_secs(5));
-/// assert!(matches!(ev, Some(serpy::Event::Connected { .. })));
+/// assert!(matches!(ev.map(|e| e.kind), Some(serpy::EventKind::Connected { .. })));
 /// conn.close();
 /// let rest: Vec<_> = conn.events().iter().collect(); // ends: the connection is closed
-/// assert_eq!(rest.last(), Some(&serpy::Event::Closed));
+/// assert!(rest.last().is_some_and(|e| *e == serpy::EventKind::Closed));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -296,7 +493,7 @@ impl Events {
     /// # let server = serpy::Server::bind("127.0.0.1:0")?;
     /// let conn = serpy::Connection::connect(server.local_addr())?;
     /// let first = conn.events().recv_timeout(std::time::Duration::from_secs(5));
-    /// assert!(matches!(first, Some(serpy::Event::Connected { .. })));
+    /// assert!(matches!(first.map(|e| e.kind), Some(serpy::EventKind::Connected { .. })));
     /// # Ok(()) }
     /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
@@ -334,7 +531,7 @@ impl Events {
     /// let conn = serpy::Connection::connect(server.local_addr())?;
     /// let events = conn.events();
     /// conn.close();
-    /// assert!(events.iter().any(|e| e == serpy::Event::Closed));
+    /// assert!(events.iter().any(|e| e == serpy::EventKind::Closed));
     /// # Ok(()) }
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
@@ -347,5 +544,224 @@ impl Events {
                 recv(self.done) -> _ => self.rx.try_recv().ok(),
             }
         })
+    }
+}
+
+/// Waits on several sources at once: the messages of connections, the events of
+/// connections and servers, a server's messages (what
+/// [`recv_any`](crate::Server::recv_any) takes), and the program's own channels. One
+/// thread then watches everything, without polling.
+///
+/// Add each source once; each call gives the source's index. [`ready`](Select::ready)
+/// (or [`ready_timeout`](Select::ready_timeout), [`try_ready`](Select::try_ready))
+/// blocks until one of them has something, and gives its index; take it with the
+/// source's own non-blocking call (`try_get_data`, `try_recv`, `try_recv_any`). Like
+/// any readiness, it may be stale when another thread took the item first (or, rarely,
+/// spurious): the `try_` call then finds nothing, and the loop waits again. A source
+/// that has ended (a connection gone for good, events that ended, a closed server, a
+/// channel whose senders are gone) is ready for ever: remove it by building a new
+/// `Select` without it.
+///
+/// The program's own channels are [`crossbeam_channel::Receiver`]s: crossbeam-channel
+/// (0.5) is what this crate's queues are made of, and it is the one way to wait on a
+/// program's channel and the crate's queues together without a thread in between.
+/// A `std::sync::mpsc` channel cannot be waited on with others; use a crossbeam
+/// channel for what is to be watched here. No other crossbeam type appears in this
+/// crate's API.
+///
+/// ```
+/// use serpy::{Connection, EventKind, Select, Server};
+/// use std::time::Duration;
+///
+/// # fn main() -> serpy::Result<()> {
+/// let server = Server::bind("127.0.0.1:0")?;
+/// let a = Connection::connect(server.local_addr())?;
+/// let b = Connection::connect(server.local_addr())?;
+/// let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+/// b.send("from b")?;
+///
+/// let (a_events, server_events) = (a.events(), server.events());
+/// let mut sel = Select::new();
+/// let from_a = sel.messages(&a);
+/// let from_clients = sel.server(&server);
+/// let a_ev = sel.events(&a_events);
+/// let srv_ev = sel.events(&server_events);
+/// let stop = sel.recv(&stop_rx);
+/// let mut got = None;
+/// while got.is_none() {
+///     match sel.ready_timeout(Duration::from_secs(5)) {
+///         Some(i) if i == from_clients => {
+///             got = server.try_recv_any().map(|r| r.message);
+///         }
+///         Some(i) if i == from_a => { let _ = a.try_get_data()?; }
+///         Some(i) if i == a_ev => { let _ = a_events.try_recv(); }
+///         Some(i) if i == srv_ev => {
+///             if let Some(e) = server_events.try_recv() {
+///                 println!("{e}");
+///             }
+///         }
+///         Some(i) if i == stop => break,
+///         Some(_) => unreachable!(),
+///         None => panic!("nothing in 5 s"),
+///     }
+/// }
+/// assert_eq!(got.unwrap().as_str(), Some("from b"));
+/// # drop(stop_tx);
+/// # Ok(()) }
+/// ```
+pub struct Select<'a> {
+    inner: crossbeam_channel::Select<'a>,
+    /// For each operation registered with `inner`, the index of its source.
+    sources: Vec<usize>,
+    /// How many sources were added.
+    count: usize,
+}
+
+impl std::fmt::Debug for Select<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Select")
+            .field("sources", &self.count)
+            .finish()
+    }
+}
+
+impl Default for Select<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> Select<'a> {
+    /// A `Select` with no source.
+    ///
+    /// ```
+    /// let sel = serpy::Select::new();
+    /// ```
+    pub fn new() -> Self {
+        Select {
+            inner: crossbeam_channel::Select::new(),
+            sources: Vec::new(),
+            count: 0,
+        }
+    }
+
+    fn add(&mut self, ops: &[usize]) -> usize {
+        let index = self.count;
+        self.count += 1;
+        for op in ops {
+            debug_assert_eq!(*op, self.sources.len());
+            self.sources.push(index);
+        }
+        index
+    }
+
+    /// The received messages of `conn`: ready when one waits (take it with
+    /// [`try_get_data`](crate::Connection::try_get_data)) or the connection is gone for
+    /// good with nothing left to read.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// let mut sel = serpy::Select::new();
+    /// let i = sel.messages(&conn);
+    /// assert_eq!(sel.try_ready(), None);
+    /// # let _ = i;
+    /// # Ok(()) }
+    /// ```
+    pub fn messages(&mut self, conn: &'a crate::Connection) -> usize {
+        let op = self.inner.recv(&conn.shared().in_rx);
+        self.add(&[op])
+    }
+
+    /// The messages of every connection of `server`: ready when
+    /// [`try_recv_any`](crate::Server::try_recv_any) may have one, or after
+    /// [`close_all`](crate::Server::close_all).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let c = serpy::Connection::connect(server.local_addr())?;
+    /// c.send("hi")?;
+    /// let mut sel = serpy::Select::new();
+    /// let i = sel.server(&server);
+    /// assert_eq!(sel.ready_timeout(std::time::Duration::from_secs(5)), Some(i));
+    /// assert_eq!(server.try_recv_any().unwrap().message.as_str(), Some("hi"));
+    /// # Ok(()) }
+    /// ```
+    pub fn server(&mut self, server: &'a crate::Server) -> usize {
+        let (ready, closed) = server.select_handles();
+        let a = self.inner.recv(ready);
+        let b = self.inner.recv(closed);
+        self.add(&[a, b])
+    }
+
+    /// Events (of a connection, or of a server): ready when one waits (take it with
+    /// [`Events::try_recv`]) or the events have ended.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// let events = conn.events();
+    /// let mut sel = serpy::Select::new();
+    /// let i = sel.events(&events);
+    /// assert_eq!(sel.ready_timeout(std::time::Duration::from_secs(5)), Some(i)); // Connected
+    /// assert!(events.try_recv().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&mut self, events: &'a Events) -> usize {
+        let a = self.inner.recv(&events.rx);
+        let b = self.inner.recv(&events.done);
+        self.add(&[a, b])
+    }
+
+    /// One of the program's own channels: ready when a value waits (take it with
+    /// `try_recv`) or every sender is gone.
+    ///
+    /// ```
+    /// let (tx, rx) = crossbeam_channel::unbounded();
+    /// let mut sel = serpy::Select::new();
+    /// let i = sel.recv(&rx);
+    /// tx.send(7).unwrap();
+    /// assert_eq!(sel.try_ready(), Some(i));
+    /// assert_eq!(rx.try_recv(), Ok(7));
+    /// ```
+    pub fn recv<T>(&mut self, rx: &'a crossbeam_channel::Receiver<T>) -> usize {
+        let op = self.inner.recv(rx);
+        self.add(&[op])
+    }
+
+    /// Waits until a source is ready; gives its index. With no source, it waits for
+    /// ever.
+    pub fn ready(&mut self) -> usize {
+        if self.count == 0 {
+            let (_tx, rx) = crossbeam_channel::bounded::<()>(0);
+            let _ = rx.recv();
+        }
+        self.sources[self.inner.ready()]
+    }
+
+    /// Waits at most `timeout` until a source is ready; gives its index, or `None`.
+    ///
+    /// ```
+    /// let mut sel = serpy::Select::new();
+    /// assert_eq!(sel.ready_timeout(std::time::Duration::from_millis(1)), None);
+    /// ```
+    pub fn ready_timeout(&mut self, timeout: Duration) -> Option<usize> {
+        if self.count == 0 {
+            let (_tx, rx) = crossbeam_channel::bounded::<()>(0);
+            let _ = rx.recv_timeout(timeout);
+            return None;
+        }
+        self.inner
+            .ready_timeout(timeout)
+            .ok()
+            .map(|op| self.sources[op])
+    }
+
+    /// The index of a source that is ready now, if any.
+    pub fn try_ready(&mut self) -> Option<usize> {
+        self.inner.try_ready().ok().map(|op| self.sources[op])
     }
 }

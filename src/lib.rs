@@ -58,9 +58,14 @@
 //!   once everything that arrived has been read: nothing blocks forever.
 //! - Queues are bounded, the decoders never hold more than the maximum message size, and
 //!   no byte sequence a peer sends can make the crate panic.
+//! - Liveness and slots: an idle timeout finds a hung peer (v1 keeps a quiet link alive
+//!   with keep-alives), and a server can bound the connections that have not spoken
+//!   yet; a client can make its first connect in the background.
 //! - [`Connection::events`] shows the link's life; the same is logged with the `log`
 //!   crate: info for connect, disconnect and reconnect; warn for protocol errors and lost
-//!   messages; debug for detail. Payloads are never logged.
+//!   messages; debug for detail. Payloads are never logged. Every [`Event`] carries its
+//!   connection's id and its time; [`Server::events`] gathers a server's, and [`Select`]
+//!   waits on messages, events and the program's own channels together.
 //!
 //! ## Threads
 //!
@@ -92,7 +97,7 @@ pub use config::{
 };
 pub use connection::{Connection, ConnectionBuilder};
 pub use error::{Error, ProtocolError, Result};
-pub use event::{Event, Events};
+pub use event::{Event, EventKind, Events, Refusal, Select};
 pub use message::{Message, Text, TextEncoding};
 pub use protocol::{Mode, Protocol};
 pub use server::{Broadcast, Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};

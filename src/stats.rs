@@ -163,7 +163,7 @@ pub struct Stats {
     pub dropped: u64,
     /// Links taken down by [`FullQueue::Disconnect`](crate::FullQueue::Disconnect).
     pub policy_disconnects: u64,
-    /// Protocol errors of the peer ([`Event::ProtocolError`](crate::Event::ProtocolError)).
+    /// Protocol errors of the peer ([`EventKind::ProtocolError`](crate::EventKind::ProtocolError)).
     pub protocol_errors: u64,
     /// Received messages waiting to be read.
     pub queued_in: usize,

@@ -88,8 +88,8 @@ fn message_above_the_receivers_limit_is_reported_and_skipped() {
     assert_eq!(p.get_data_timeout(T).unwrap().as_str(), Some("after"));
     common::wait_event(&p, "protocol error", |e| {
         matches!(
-            e,
-            serpy::Event::ProtocolError(serpy::ProtocolError::TooLarge {
+            &e.kind,
+            serpy::EventKind::ProtocolError(serpy::ProtocolError::TooLarge {
                 size: 5000,
                 max: 1000
             })

@@ -18,7 +18,8 @@ use common::logs::count_log_lines;
 use common::{server, wait_event, T};
 use edges_support::{holds_socket, server_socket_inode};
 use serpy::{
-    Broadcast, Bytes, Connection, ConnectionBuilder, Error, Event, Mode, Protocol, ServerBuilder,
+    Broadcast, Bytes, Connection, ConnectionBuilder, Error, EventKind, Mode, Protocol,
+    ServerBuilder,
 };
 
 #[test]
@@ -44,7 +45,7 @@ fn item02_dead_connections_are_released_without_get_connection() {
         // let go of the connection.
         edges_support::reset(raw);
         wait_event(&r.connection, "disconnected", |e| {
-            matches!(e, Event::Disconnected { .. })
+            matches!(&e.kind, EventKind::Disconnected { .. })
         });
         drop(r);
     }

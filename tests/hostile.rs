@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{wait_event, T};
 use serpy::protocol::{v1, v2, Decoder, Frame};
 use serpy::{
-    Bytes, Connection, ConnectionBuilder, Error, Event, Mode, Protocol, ProtocolError, Server,
+    Bytes, Connection, ConnectionBuilder, Error, EventKind, Mode, Protocol, ProtocolError, Server,
     ServerBuilder,
 };
 
@@ -86,7 +86,7 @@ fn protocol_error(conn: &Connection, what: &str, pred: impl Fn(&ProtocolError) -
     wait_event(
         conn,
         what,
-        |e| matches!(e, Event::ProtocolError(p) if pred(p)),
+        |e| matches!(&e.kind, EventKind::ProtocolError(p) if pred(p)),
     );
 }
 

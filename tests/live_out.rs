@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{pair, server, wait_event, T};
 use serpy::{
-    Bytes, Connection, ConnectionBuilder, Error, Event, FullQueue, Message, Mode, Protocol,
+    Bytes, Connection, ConnectionBuilder, Error, Event, EventKind, FullQueue, Message, Mode, Protocol,
     ServerBuilder,
 };
 
@@ -44,7 +44,7 @@ fn v2_server(b: ServerBuilder) -> serpy::Server {
     server(b.protocol(Protocol::V2))
 }
 
-/// Sum of the `Event::Dropped` counts of `conn` until it reaches `want` (bounded by `T`).
+/// Sum of the `EventKind::Dropped` counts of `conn` until it reaches `want` (bounded by `T`).
 fn wait_dropped_events(conn: &Connection, want: u64) {
     let events = conn.events();
     let deadline = std::time::Instant::now() + T;
@@ -52,7 +52,7 @@ fn wait_dropped_events(conn: &Connection, want: u64) {
     while sum < want {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match events.recv_timeout(left) {
-            Some(Event::Dropped { messages }) => sum += messages,
+            Some(Event { kind: EventKind::Dropped { messages }, .. }) => sum += messages,
             Some(_) => {}
             None => panic!("Dropped events add up to {sum} of {want} within {T:?}"),
         }
@@ -259,9 +259,9 @@ fn disconnect_takes_down_a_peer_that_reads_nothing_for_the_given_time() {
         })
     };
     let event = wait_event(&peer, "Disconnected", |e| {
-        matches!(e, Event::Disconnected { .. })
+        matches!(&e.kind, EventKind::Disconnected { .. })
     });
-    let Event::Disconnected { reason, .. } = event else {
+    let EventKind::Disconnected { reason, .. } = event.kind else {
         unreachable!()
     };
     assert!(reason.contains("read nothing"), "{reason}");
@@ -303,14 +303,14 @@ fn disconnect_makes_a_client_with_auto_restart_reconnect() {
         })
     };
     let e = wait_event(&client, "Disconnected", |e| {
-        matches!(e, Event::Disconnected { .. })
+        matches!(&e.kind, EventKind::Disconnected { .. })
     });
     assert!(
-        matches!(&e, Event::Disconnected { reason, reconnecting: true } if reason.contains("read nothing")),
+        matches!(&e.kind, EventKind::Disconnected { reason, reconnecting: true } if reason.contains("read nothing")),
         "{e:?}"
     );
     wait_event(&client, "Reconnected", |e| {
-        matches!(e, Event::Reconnected { .. })
+        matches!(&e.kind, EventKind::Reconnected { .. })
     });
     sender.join().unwrap();
     let stats = client.stats();
@@ -476,7 +476,7 @@ fn statistics_count_reconnects_and_protocol_errors() {
     let (client, peer) = pair(&server, Connection::builder().auto_restart(true));
     peer.close();
     wait_event(&client, "Reconnected", |e| {
-        matches!(e, Event::Reconnected { .. })
+        matches!(&e.kind, EventKind::Reconnected { .. })
     });
     assert_eq!(client.stats().reconnects, 1);
 
@@ -491,7 +491,7 @@ fn statistics_count_reconnects_and_protocol_errors() {
     };
     raw.write_all(b"\x01\xff\xfe\x00garbage\x1f").unwrap();
     wait_event(&hostile, "ProtocolError", |e| {
-        matches!(e, Event::ProtocolError(_))
+        matches!(&e.kind, EventKind::ProtocolError(_))
     });
     assert!(hostile.stats().protocol_errors >= 1);
     assert!(server.stats().protocol_errors >= 1);

@@ -108,9 +108,46 @@ impl ConnectionBuilder {
 
     connection_options!("serpy::Connection::builder()");
 
+    /// Auto-restart covers the first connect too (default off): [`connect`](Self::connect)
+    /// returns a handle at once (it fails only if the address does not resolve), and the
+    /// connection connects in the background, trying at once and then with the
+    /// [`reconnect_backoff`](Self::reconnect_backoff), for as many attempts as
+    /// [`give_up_after`](Self::give_up_after) allows. What is sent meanwhile is queued
+    /// (up to [`outgoing_capacity`](Self::outgoing_capacity); a send waits for room
+    /// beyond it) and goes out, in order, once the link is up. The connection reports
+    /// [`EventKind::Connected`](crate::EventKind::Connected) when the peer comes up
+    /// ([`GaveUp`](crate::EventKind::GaveUp) if it never does), and
+    /// [`is_connected`](Connection::is_connected) is false until then. Turns
+    /// [`auto_restart`](Self::auto_restart) on: a workstation started before its
+    /// instrument waits for it, and reconnects when it restarts.
+    ///
+    /// ```
+    /// use serpy::{Connection, EventKind, Server};
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = Server::bind("127.0.0.1:0")?;
+    /// let conn = Connection::builder()
+    ///     .connect_in_background(true)
+    ///     .connect(server.local_addr())?;      // does not wait for the server
+    /// conn.send("queued until the link is up")?;
+    /// let up = conn.events().recv_timeout(Duration::from_secs(5)).unwrap();
+    /// assert!(matches!(up.kind, EventKind::Connected { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_in_background(mut self, on: bool) -> Self {
+        self.cfg.background_connect = on;
+        if on {
+            self.cfg.auto_restart = true;
+        }
+        self
+    }
+
     /// Connects to `addr` (anything [`ToSocketAddrs`]: `("127.0.0.1", 8000)`,
     /// `("localhost", 8000)`, `"[::1]:8000"`, a [`SocketAddr`]) and starts the threads.
-    /// Every address a name resolves to is tried in turn.
+    /// Every address a name resolves to is tried in turn. With
+    /// [`connect_in_background`](Self::connect_in_background) it returns at once and
+    /// connects in the background; only an address that does not resolve fails then.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
@@ -131,6 +168,9 @@ impl ConnectionBuilder {
                 addr: format!("{addr:?}"),
                 source: io::Error::new(io::ErrorKind::InvalidInput, "it resolved to no address"),
             });
+        }
+        if self.cfg.background_connect {
+            return Connection::start_background(self.cfg, addrs);
         }
         let (stream, _) = connect_any(&addrs, self.cfg.connect_timeout)?;
         Connection::start(stream, self.cfg, addrs, true, None)

@@ -10,8 +10,8 @@
 //! | thread | owns | blocks on |
 //! |---|---|---|
 //! | callers (any thread with a handle) | nothing between calls; a send encodes its message in the caller's thread (`outgoing::prepare`) | room in the outgoing queue (or shutdown); the answer of an acknowledged send; the incoming queue (`get_data`) |
-//! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`) | `select!` on the control channel, the outgoing queue (only while the link is writable) and shutdown; socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
-//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read; room in the incoming queue and byte budget (or shutdown); handing `Control` to the writer (or shutdown) |
+//! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`), and makes the first connect of a client built with `connect_in_background` (`session::connect_first`) | `select!` on the control channel, the outgoing queue (only while the link is writable) and shutdown, with a timeout when a probe or a v1 keep-alive is due (`session::keepalive_due`); socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
+//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read, whose receive timeout is the idle timer (and, for a server's connection, the first-message deadline until the peer has spoken); room in the incoming queue and byte budget (or shutdown); handing `Control` to the writer (or shutdown) |
 //!
 //! The handle (`Inner`) owns the writer's `JoinHandle`; `Shared::reader` holds the newest
 //! reader's, and each reader joins the one before it.
@@ -105,11 +105,11 @@
 //! stuck in `connect()` has its socket (`Shared::connecting`) shut down, which ends the
 //! attempt at once on Linux. The writer ends in `Writer::finish`: it writes what is
 //! queued, answers waiting acknowledged sends with `Closed`, reports unsent plain
-//! messages as `Event::Lost`, and shuts the socket down, which ends the reader's read.
+//! messages as `EventKind::Lost`, and shuts the socket down, which ends the reader's read.
 //! `close()` waits for the writer until `close_timeout` has passed (one deadline for the
 //! whole close); then it shuts the sockets down under it, which frees a write blocked
 //! on a peer that does not read. Then it joins the writer, and the newest reader (which
-//! joined the older ones), and emits `Event::Closed`, which ends the events. The whole
+//! joined the older ones), and emits `EventKind::Closed`, which ends the events. The whole
 //! takes about `close_timeout` at most: the time to write what was queued, bounded by it.
 
 use std::cell::RefCell;
@@ -123,7 +123,7 @@ use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 
 use crate::config::{Config, FullQueue};
 use crate::error::{Error, Result};
-use crate::event::{Event, EventSink, Events, LogLimit};
+use crate::event::{EventKind, EventSink, Events, LogLimit};
 use crate::message::Message;
 use crate::protocol::{Mode, Protocol};
 use crate::stats::{Counters, Stats};
@@ -150,6 +150,11 @@ use writer::Writer;
 const CONTROL_CAPACITY: usize = 64;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new connection id (also given to sockets a server refuses, for their event).
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// The owner of a connection's threads; closing happens when the last handle goes.
 struct Inner {
@@ -196,7 +201,7 @@ impl Inner {
             let _ = r.join();
         }
         if !self.shared.events.ended() {
-            self.shared.event(Event::Closed);
+            self.shared.event(EventKind::Closed);
             self.shared.events.end();
         }
     }
@@ -254,8 +259,10 @@ fn new_shared(
         FullQueue::Disconnect(t) => Some(t.max(Duration::from_millis(1))),
         _ => None,
     };
+    let id = next_id();
+    let forward = notifier.as_ref().and_then(|n| n.events.clone());
     let shared = Arc::new(Shared {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        id,
         protocol: AtomicU8::new(state::protocol_code(cfg.protocol)),
         budget: IncomingBudget::new(cfg.incoming_bytes),
         cfg,
@@ -277,7 +284,7 @@ fn new_shared(
         ctl_tx,
         stream: Mutex::new(None),
         connecting: Mutex::new(None),
-        events: EventSink::new(),
+        events: EventSink::new(id, forward),
         reader: Mutex::new(None),
         ready: ReadyList::new(notifier),
         stray_acks: LogLimit::new(),
@@ -288,6 +295,8 @@ fn new_shared(
             items: Default::default(),
         }),
         drops: state::DropReport::new(),
+        proven: AtomicBool::new(false),
+        aborted: AtomicBool::new(false),
     });
     let ends = Ends {
         in_tx,
@@ -368,7 +377,7 @@ impl Connection {
         let peer = stream.peer_addr().ok();
         let (shared, ends) = new_shared(cfg, addrs, is_client, notifier, peer);
         if let Some(p) = peer {
-            shared.event(Event::Connected { peer: p });
+            shared.event(EventKind::Connected { peer: p });
         }
         let writer = Writer {
             shared: shared.clone(),
@@ -390,6 +399,43 @@ impl Connection {
                 return Err(Error::io("starting the writer thread", e));
             }
         };
+        Ok(Connection {
+            inner: Arc::new(Inner {
+                shared,
+                shutdown_tx: Mutex::new(Some(ends.shutdown_tx)),
+                writer: Mutex::new(Some(handle)),
+                writer_done: ends.writer_done,
+            }),
+        })
+    }
+
+    /// Starts a client whose first connect is made in the background, by the writer
+    /// thread, with the reconnect backoff (`ConnectionBuilder::connect_in_background`).
+    pub(crate) fn start_background(cfg: Config, addrs: Vec<SocketAddr>) -> Result<Connection> {
+        let (shared, ends) = new_shared(cfg, addrs, true, None, None);
+        let writer = Writer {
+            shared: shared.clone(),
+            out_rx: ends.out_rx,
+            ctl_rx: ends.ctl_rx,
+            in_tx: ends.in_tx,
+            session: RefCell::new(Session::new(&shared.cfg)),
+            _done: ends.done_tx,
+        };
+        let handle = thread::Builder::new()
+            .name(format!("serpy-wr-{}", shared.id))
+            .spawn(move || {
+                let next = session::connect_first(
+                    &writer.shared,
+                    &mut lock(&writer.shared.link),
+                    &writer.in_tx,
+                    &mut writer.session.borrow_mut(),
+                );
+                match next {
+                    session::Next::Go => writer.run(),
+                    session::Next::Stop => writer.finish(),
+                }
+            })
+            .map_err(|e| Error::io("starting the writer thread", e))?;
         Ok(Connection {
             inner: Arc::new(Inner {
                 shared,
@@ -504,6 +550,36 @@ impl Connection {
     /// a server may forget it once nothing it received is left to read.
     pub(crate) fn is_gone(&self) -> bool {
         self.inner.shared.is_gone()
+    }
+
+    /// True once the peer has sent a whole message or control block.
+    pub(crate) fn is_proven(&self) -> bool {
+        self.inner.shared.proven.load(Ordering::Acquire)
+    }
+
+    /// True once [`abort`](Connection::abort) was called.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.inner.shared.aborted.load(Ordering::Acquire)
+    }
+
+    /// The server takes this unproven connection down, without waiting (the accept
+    /// thread calls it): the event says why, the writer takes the link down, and the
+    /// socket is shut down, which ends the reader.
+    pub(crate) fn abort(&self, reason: String) {
+        let shared = &self.inner.shared;
+        if shared.aborted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        shared.event(EventKind::Unproven {
+            reason: reason.clone(),
+        });
+        let epoch = lock(&shared.acks).epoch;
+        let _ = shared
+            .ctl_tx
+            .try_send(vocab::Control::LinkDown { epoch, reason });
+        if let Some(s) = lock(&shared.stream).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 
     /// The configuration of this connection.
@@ -704,7 +780,7 @@ impl Connection {
     /// which bounds the whole call), the socket is closed, and every thread of the
     /// connection has ended when this returns. A reconnect attempt under way is cut
     /// short (on Linux; elsewhere it may run to its connect timeout). The connection's
-    /// events end with [`Event::Closed`]. Calling it again does nothing. Messages already received can still be
+    /// events end with [`EventKind::Closed`](crate::EventKind::Closed). Calling it again does nothing. Messages already received can still be
     /// read; after them `get_data` returns [`Error::Closed`].
     ///
     /// ```

@@ -14,7 +14,7 @@ use super::state::{Shared, DROP_REPORT_EVERY};
 use super::vocab::{Outgoing, Payload};
 use crate::config::{Config, FullQueue};
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::EventKind;
 use crate::message::Message;
 use crate::protocol::{v1, v2, Mode, Protocol, WireBuf};
 use crate::sync::{lock, try_lock, Deadline};
@@ -289,7 +289,7 @@ fn report_drops(shared: &Shared, n: u64) {
     flush_drops(shared, false);
 }
 
-/// Reports the drops not yet reported by an `Event::Dropped`: if `now`, or if the last
+/// Reports the drops not yet reported by an `EventKind::Dropped`: if `now`, or if the last
 /// report is `DROP_REPORT_EVERY` old. Returns how long until a report is due, if drops
 /// wait to be reported (for the writer's wait).
 pub(crate) fn flush_drops(shared: &Shared, now: bool) -> Option<Duration> {
@@ -305,7 +305,7 @@ pub(crate) fn flush_drops(shared: &Shared, now: bool) -> Option<Duration> {
     if messages > 0 {
         *last = Some(Instant::now());
         drop(last);
-        shared.event(Event::Dropped { messages });
+        shared.event(EventKind::Dropped { messages });
     }
     None
 }

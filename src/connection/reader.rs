@@ -6,9 +6,10 @@
 
 use std::io::{self, Read};
 use std::net::TcpStream;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Sender, TrySendError};
 
@@ -16,12 +17,15 @@ use super::inline;
 use super::state::{Replies, Shared};
 use super::vocab::{Control, Incoming};
 use crate::error::ProtocolError;
-use crate::event::Event;
+use crate::event::EventKind;
 use crate::protocol::{self, Decoder, Detection, Frame, Mode, Protocol};
 use crate::sync::{lock, try_lock};
 
 /// Size of the reader's buffer for v1.
 const READ_CHUNK: usize = 64 * 1024;
+/// Size of the reader's buffer until a read fills it: a connection that sends little
+/// (one that has not spoken yet, most of all) holds 4 KiB, not 64.
+const FIRST_CHUNK: usize = 4 * 1024;
 
 /// The reader thread of one link.
 pub(crate) struct Reader {
@@ -39,6 +43,12 @@ pub(crate) struct Reader {
     pub previous: Option<JoinHandle<()>>,
     /// The v1 mode the peer sends in on this link (every link starts in mode 0).
     pub recv_mode: Mode,
+    /// Servers with a first-message timeout: when the peer must have sent a whole
+    /// first message (or control block) by; `None` once it has, or without one.
+    pub first_by: Option<Instant>,
+    /// A server's connection whose peer has not sent a whole message or control block
+    /// yet (see `Shared::proven`).
+    pub unproven: bool,
 }
 
 /// Why a read loop ended without the peer closing.
@@ -75,7 +85,7 @@ impl Reader {
     /// Reads until the peer closes (`Ok`), the socket fails, or the connection stops.
     fn read_loop(&mut self) -> Result<(), ReadEnd> {
         let mut frames = Vec::new();
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = vec![0u8; FIRST_CHUNK];
         let (protocol, first, mut sniffer) = match self.shared.protocol() {
             Protocol::Auto => match self.detect(&mut buf)? {
                 Some((p, first)) => (p, first, Sniffer::done()),
@@ -86,7 +96,13 @@ impl Reader {
         let mut decoder = Decoder::new(protocol, self.shared.cfg.max_message_size);
         decoder.decode(&first, &mut frames);
         self.deliver(&mut frames)?;
+        self.arm_timer();
         loop {
+            if self.first_by.is_some() {
+                // Until the first message, the receive timeout also runs out at its
+                // deadline (one clock read per read, for these reads only).
+                self.arm_timer();
+            }
             let n = match &mut decoder {
                 // Once the first bytes are checked, v2 reads straight into the decoder's
                 // buffer: large payloads are handed to the program without a copy.
@@ -99,8 +115,16 @@ impl Reader {
             };
             match n {
                 Ok(0) => return self.ended(&decoder, Ok(())),
-                Ok(n) => self.shared.stats.read(n),
+                Ok(n) => {
+                    self.shared.stats.read(n);
+                    if n == buf.len() && n < READ_CHUNK {
+                        buf.resize(READ_CHUNK, 0);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) && self.timer().is_some() => {
+                    return self.ended(&decoder, Err(self.silent()))
+                }
                 Err(e) => return self.ended(&decoder, Err(ReadEnd::Io(e))),
             }
             if let Some(found) = sniffer.wrong() {
@@ -108,6 +132,48 @@ impl Reader {
             }
             self.deliver(&mut frames)?;
         }
+    }
+
+    /// How long the next read may wait for bytes: the idle timeout, or less, until the
+    /// first-message deadline; `None`: as long as it takes.
+    fn timer(&self) -> Option<Duration> {
+        let idle = self.shared.cfg.idle_timeout;
+        let first = self.first_by.map(|at| {
+            at.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        match (idle, first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sets the socket's receive timeout to [`timer`](Self::timer): the idle timer is
+    /// the socket's, so that it costs nothing per message.
+    fn arm_timer(&self) {
+        let _ = self.stream.set_read_timeout(self.timer());
+    }
+
+    /// A read waited its whole timer and nothing came: the first-message deadline
+    /// passed, or the idle timeout did. Reports it; the link ends.
+    fn silent(&self) -> ReadEnd {
+        if let Some(at) = self.first_by {
+            if Instant::now() >= at {
+                let after = self.shared.cfg.first_message_timeout.unwrap_or_default();
+                let reason = format!(
+                    "the peer sent no whole message within the first-message timeout ({after:?})"
+                );
+                self.shared.event(EventKind::Unproven {
+                    reason: reason.clone(),
+                });
+                return ReadEnd::Broken(reason);
+            }
+        }
+        let after = self.shared.cfg.idle_timeout.unwrap_or_default();
+        self.shared.event(EventKind::IdleTimeout { after });
+        ReadEnd::Broken(format!(
+            "nothing was received for {after:?}, the idle timeout: the peer is taken as dead"
+        ))
     }
 
     /// The link ended (`end`): a message cut short in the decoder is reported.
@@ -140,9 +206,10 @@ impl Reader {
                 Detection::NeedMore => {}
             }
             // Only a proper prefix of the magic makes us wait with a bound; before the
-            // first byte, the peer may be silent for as long as it likes.
+            // first byte, the peer may be silent for as long as the idle and
+            // first-message timeouts let it (without them, for as long as it likes).
             let wait = if seen.is_empty() {
-                None
+                self.timer()
             } else {
                 match timeout.checked_sub(started.elapsed()) {
                     Some(left) if !left.is_zero() => Some(left),
@@ -159,6 +226,9 @@ impl Reader {
                     self.shared.stats.read(n);
                     seen.extend_from_slice(&buf[..n]);
                 }
+                Err(e) if seen.is_empty() && is_timeout(&e) && wait.is_some() => {
+                    return Err(self.silent())
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -169,18 +239,25 @@ impl Reader {
                 Err(e) => return Err(ReadEnd::Io(e)),
             }
         };
-        let _ = self.stream.set_read_timeout(None);
         self.shared.set_protocol(protocol);
         self.ctl(Control::Detected(protocol))?;
         Ok(Some((protocol, seen)))
     }
 
     fn protocol_error(&self, e: ProtocolError) {
-        self.shared.event(Event::ProtocolError(e));
+        self.shared.event(EventKind::ProtocolError(e));
     }
 
     /// Hands what the decoder found to the program, the ack queue, and the replies.
     fn deliver(&mut self, frames: &mut Vec<Frame>) -> Result<(), ReadEnd> {
+        if self.unproven && frames.iter().any(|f| !matches!(f, Frame::Error(_))) {
+            // The first whole message or control block: the peer has spoken.
+            self.unproven = false;
+            self.shared.proven.store(true, Ordering::Release);
+            if self.first_by.take().is_some() {
+                self.arm_timer();
+            }
+        }
         for frame in frames.drain(..) {
             match frame {
                 Frame::Data { message, mode } => {
@@ -305,6 +382,14 @@ impl Reader {
             recv(self.shared.shutdown_rx) -> _ => Err(ReadEnd::Stopped),
         }
     }
+}
+
+/// True for the error of a read whose receive timeout ran out.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Looks at the first bytes of a link for the other protocol: a v2 magic at the start of

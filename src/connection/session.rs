@@ -20,7 +20,7 @@ use super::state::{Phase, Replies, Shared};
 use super::vocab::Incoming;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::EventKind;
 use crate::sync::lock;
 
 /// What the writer does after a step.
@@ -141,6 +141,13 @@ pub(crate) fn attach(
         ctl_tx: shared.ctl_tx.clone(),
         previous,
         recv_mode: crate::protocol::Mode::Plain,
+        first_by: match shared.cfg.first_message_timeout {
+            Some(t) if !shared.is_client && !shared.proven.load(Ordering::Acquire) => {
+                Instant::now().checked_add(t)
+            }
+            _ => None,
+        },
+        unproven: !shared.is_client && !shared.proven.load(Ordering::Acquire),
     };
     let handle = thread::Builder::new()
         .name(format!("serpy-rd-{}", shared.id))
@@ -148,6 +155,33 @@ pub(crate) fn attach(
         .map_err(|e| Error::io("starting the reader thread", e))?;
     *lock(&shared.reader) = Some(handle);
     Ok(())
+}
+
+/// A v1 link with an idle timeout writes a keep-alive (an empty block) when it has
+/// written nothing for this fraction of the timeout: the peer's idle timer, if it has
+/// the same timeout, then sees bytes three times per period.
+pub(crate) const KEEPALIVE_FRACTION: u32 = 3;
+
+/// How long the writer may wait before the next keep-alive is due: `Duration::MAX`
+/// when the link takes none (no idle timeout, not v1, down, or half-closed, where the
+/// writer probes instead), zero when one is due now. One clock read per writer
+/// wake-up, only with an idle timeout.
+///
+/// The keep-alive is a lone `0x1F`, written by the writer thread like the probes of a
+/// half-closed link (`Writer::write_probe`): an empty block, which every v1 receiver
+/// skips. (The original Python `serpy`, `serpy/serpy.py`, `Connection._inThread`,
+/// splits what it receives on `0x1F` and queues only the blocks that are not empty.)
+pub(crate) fn keepalive_due(shared: &Shared, link: &Link) -> Duration {
+    match shared.cfg.idle_timeout {
+        Some(t)
+            if link.stream.is_some()
+                && link.peer_done.is_none()
+                && shared.protocol() == crate::protocol::Protocol::V1 =>
+        {
+            (t / KEEPALIVE_FRACTION).saturating_sub(link.last_write.elapsed())
+        }
+        _ => Duration::MAX,
+    }
 }
 
 /// A link must stay up this long to count as established. One that dies sooner (a full
@@ -238,7 +272,7 @@ pub(crate) fn link_down(
     } else {
         Phase::Down
     });
-    shared.event(Event::Disconnected {
+    shared.event(EventKind::Disconnected {
         reason,
         reconnecting,
     });
@@ -249,25 +283,40 @@ pub(crate) fn link_down(
     if !young {
         session.backoff.reset();
     }
-    reconnect(shared, link, in_tx, session, young)
+    reconnect(shared, link, in_tx, session, young, false)
+}
+
+/// The first connect of a client built with `connect_in_background`: in the writer
+/// thread, before it serves, with the reconnect backoff. Reports
+/// [`EventKind::Connected`] once the link is up; `Stop` if the connection was closed or
+/// gave up first.
+pub(crate) fn connect_first(
+    shared: &Arc<Shared>,
+    link: &mut Link,
+    in_tx: &Sender<Incoming>,
+    session: &mut Session,
+) -> Next {
+    reconnect(shared, link, in_tx, session, false, true)
 }
 
 /// Auto-restart: connects again and again, with backoff, until a link is attached, the
 /// connection closes, restart is turned off, or the attempts run out. After a link that
-/// died young (`wait_first`), it waits before the first attempt too.
+/// died young (`wait_first`), it waits before the first attempt too. `first_link`: the
+/// first connect, made in the background (`Connected` rather than `Reconnected`).
 fn reconnect(
     shared: &Arc<Shared>,
     link: &mut Link,
     in_tx: &Sender<Incoming>,
     session: &mut Session,
     mut wait_first: bool,
+    first_link: bool,
 ) -> Next {
     let b = &mut session.backoff;
     loop {
         if wait_first {
             if shared.cfg.give_up_after.is_some_and(|n| b.attempts >= n) {
                 shared.life.set(Phase::Down);
-                shared.event(Event::GaveUp {
+                shared.event(EventKind::GaveUp {
                     attempts: b.attempts,
                 });
                 return Next::Stop;
@@ -293,7 +342,11 @@ fn reconnect(
                 match attached {
                     Ok(()) => {
                         session.up_since = Instant::now();
-                        shared.event(Event::Reconnected { peer, attempts });
+                        shared.event(if first_link {
+                            EventKind::Connected { peer }
+                        } else {
+                            EventKind::Reconnected { peer, attempts }
+                        });
                         return Next::Go;
                     }
                     Err(e) => log::debug!("serpy {}: reconnect failed: {e}", shared.label()),

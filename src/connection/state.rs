@@ -17,7 +17,7 @@ use super::link::Link;
 use super::vocab::{AckSlot, Control, Incoming, Outgoing};
 use crate::config::Config;
 use crate::error::Error;
-use crate::event::{Event, EventSink, LogLimit};
+use crate::event::{EventKind, EventSink, Forward, LogLimit};
 use crate::protocol::Protocol;
 use crate::stats::Counters;
 use crate::sync::lock;
@@ -211,6 +211,8 @@ impl IncomingBudget {
 pub(crate) struct Notifier {
     /// The server's channel of connection ids with data waiting.
     pub tx: Sender<u64>,
+    /// The server's event queue, where the connection's events go too.
+    pub events: Option<Forward>,
 }
 
 /// A connection's entry in its server's list of connections with data waiting: at most
@@ -351,18 +353,24 @@ pub(crate) struct Shared {
     /// never dropped): they go before what is still queued. Locked by the callers that
     /// drop (one at a time) and, briefly, by the writer, only under `KeepLatest`.
     pub kept: Mutex<Kept>,
-    /// Drops not yet reported by an `Event::Dropped`.
+    /// Drops not yet reported by an `EventKind::Dropped`.
     pub drops: DropReport,
+    /// Set by the reader once the peer has sent a whole message or control block (a
+    /// server's connection is "unproven" until then).
+    pub proven: AtomicBool,
+    /// Set when the server closes this connection to make room (see
+    /// `Connection::abort`); it then counts as gone for the server's limits.
+    pub aborted: AtomicBool,
 }
 
 impl Shared {
-    /// Logs and queues `event`.
-    pub fn event(&self, event: Event) {
-        match &event {
-            Event::Reconnected { .. } => {
+    /// Logs and queues an event of this connection, now.
+    pub fn event(&self, kind: EventKind) {
+        match &kind {
+            EventKind::Reconnected { .. } => {
                 self.stats.rare.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-            Event::ProtocolError(_) => {
+            EventKind::ProtocolError(_) => {
                 self.stats
                     .rare
                     .protocol_errors
@@ -370,7 +378,7 @@ impl Shared {
             }
             _ => {}
         }
-        self.events.emit(|| self.label(), event);
+        self.events.emit(|| self.label(), kind);
     }
 
     /// The connection's name in log lines: `#id peer`.
@@ -518,14 +526,14 @@ impl OutgoingBudget {
     }
 }
 
-/// How often, at most, `Event::Dropped` reports keep-latest drops while they go on.
+/// How often, at most, `EventKind::Dropped` reports keep-latest drops while they go on.
 pub(crate) const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Keep-latest drops not yet reported, and when the last report went: the first drop is
 /// reported at once, later ones at most once per [`DROP_REPORT_EVERY`] by the callers
 /// that drop, and the rest by the writer once it has written again (or when it ends).
 pub(crate) struct DropReport {
-    /// Drops since the last `Event::Dropped`.
+    /// Drops since the last `EventKind::Dropped`.
     pub unreported: AtomicU64,
     /// When the last one went (only touched by callers that drop, and by the writer
     /// when `unreported` is not zero).

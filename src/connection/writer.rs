@@ -19,7 +19,7 @@ use super::state::{Phase, Shared};
 use super::vocab::{Control, Incoming, Outgoing, Payload};
 use crate::config::FullQueue;
 use crate::error::Error;
-use crate::event::Event;
+use crate::event::EventKind;
 use crate::protocol::{v1, Protocol};
 use crate::sync::lock;
 
@@ -83,7 +83,10 @@ impl Writer {
             let (ready, probe) = {
                 let mut link = lock(&shared.link);
                 match self.serve(&mut link) {
-                    Some(ready) => (ready, probe_due(&link)),
+                    Some(ready) => (
+                        ready,
+                        probe_due(&link).min(session::keepalive_due(&shared, &link)),
+                    ),
                     None => {
                         drop(link);
                         return self.finish();
@@ -230,7 +233,7 @@ impl Writer {
             Control::Detected(p) => {
                 // The reader already set the protocol; this wakes the writer to send
                 // what waited for it.
-                self.shared.event(Event::ProtocolDetected(p));
+                self.shared.event(EventKind::ProtocolDetected(p));
                 Next::Go
             }
         }
@@ -264,12 +267,20 @@ impl Writer {
     }
 
     /// The probe's wait ran out: unless something was written meanwhile (which probes
-    /// as well), probe, and wait twice as long next time.
+    /// as well), probe, and wait twice as long next time. Or a keep-alive is due (see
+    /// `session::keepalive_due`): the same empty block.
     fn probe(&self, link: &mut Link) -> Next {
         match link.peer_done {
             Some(wait) if link.last_write.elapsed() >= wait => {
                 link.peer_done = Some(wait.saturating_mul(2).min(PROBE_MAX));
                 self.write_probe(link)
+            }
+            None if session::keepalive_due(&self.shared, link).is_zero() => {
+                link.wire.put_u8(v1::SEP);
+                match link.write_wire(&self.shared.pending) {
+                    (_, Ok(())) => Next::Go,
+                    (_, Err(e)) => self.link_down(link, format!("write failed: {e}")),
+                }
             }
             _ => Next::Go,
         }
@@ -412,7 +423,7 @@ impl Writer {
 
     /// The writer ends: on close, write what is queued (bounded by the close timeout);
     /// otherwise the link is down for good and what is queued is reported lost.
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         let shared = self.shared.clone();
         let mut link = lock(&shared.link);
         let closing = shared.life.is_closed();
@@ -458,7 +469,7 @@ impl Writer {
         }
         flush_drops(&shared, true);
         if lost > 0 {
-            shared.event(Event::Lost { messages: lost });
+            shared.event(EventKind::Lost { messages: lost });
         }
         if let Some(s) = link.stream.take() {
             let _ = s.shutdown(Shutdown::Both);

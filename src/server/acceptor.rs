@@ -12,8 +12,8 @@ use std::time::Duration;
 use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 
 use crate::config::Config;
-use crate::connection::{Connection, Notifier};
-use crate::event::{policy, LogEvery};
+use crate::connection::{next_id, Connection, Notifier};
+use crate::event::{policy, Event, EventKind, EventSink, LogEvery, Refusal};
 use crate::sync::{lock, push_drop_oldest};
 
 /// After an accept that failed for want of resources (descriptors, memory), the accept
@@ -35,6 +35,8 @@ pub(super) struct ServerShared {
     pub stop: AtomicBool,
     /// Set by `close_all()`: `recv_any` returns `Closed`.
     pub all_closed: AtomicBool,
+    /// The server's events: its own (accepted, refused) and its connections'.
+    pub events: EventSink,
 }
 
 /// True for a connection the server may forget: gone for good, nothing left to read.
@@ -60,9 +62,22 @@ impl ServerShared {
         gone
     }
 
-    /// How many connections are not gone for good (the limit counts these).
-    pub fn live(&self) -> usize {
-        lock(&self.registry).iter().filter(|c| !c.is_gone()).count()
+    /// How many connections are not gone for good (the limit counts these), how many of
+    /// them are unproven (have not spoken yet), and the oldest of those. Connections
+    /// being closed for being unproven count as gone.
+    pub fn census(&self) -> (usize, usize, Option<Connection>) {
+        let registry = lock(&self.registry);
+        let mut live = 0;
+        let mut unproven = 0;
+        let mut oldest = None;
+        for c in registry.iter().filter(|c| !c.is_gone() && !c.is_aborted()) {
+            live += 1;
+            if !c.is_proven() {
+                unproven += 1;
+                oldest.get_or_insert_with(|| c.clone());
+            }
+        }
+        (live, unproven, oldest)
     }
 
     /// The connection with `id`, if the server still has it (for `recv_any`).
@@ -153,6 +168,8 @@ pub(super) struct Acceptor {
     pub cfg: Config,
     /// Beyond this many live connections, a new one is refused.
     pub max_connections: usize,
+    /// At this many unproven connections, a new one makes the oldest of them go.
+    pub max_unproven: usize,
     /// The registry and the new-connection queue, shared with the handle.
     pub shared: Arc<ServerShared>,
     /// Handed to every connection, for `recv_any`.
@@ -205,7 +222,23 @@ impl Acceptor {
     fn admit(&self, stream: std::net::TcpStream, peer: SocketAddr) {
         // Dropped handles are closed here, outside the registry lock.
         drop(self.shared.prune());
-        if self.shared.live() >= self.max_connections {
+        let (mut live, unproven, oldest) = self.shared.census();
+        if unproven >= self.max_unproven {
+            if let Some(old) = oldest {
+                old.abort(format!(
+                    "it had not spoken yet, and a new connection came while {unproven} such connections were open (max_unproven {})",
+                    self.max_unproven
+                ));
+                live -= 1;
+            }
+        }
+        if live >= self.max_connections {
+            self.refused(
+                peer,
+                Refusal::TooManyConnections {
+                    limit: self.max_connections,
+                },
+            );
             if let Some(left_out) = self.refusals.hit() {
                 log::warn!(
                     "serpy server on {}: refused {peer}: the limit of {} connections is reached (raise it with max_connections()){}",
@@ -229,9 +262,19 @@ impl Acceptor {
             Ok(conn) => {
                 registry.push(conn.clone());
                 drop(registry);
+                self.shared.events.emit_event(
+                    || self.label(),
+                    Event::now(conn.id(), EventKind::Accepted { peer }),
+                );
                 self.shared.new.push(conn);
             }
             Err(e) => {
+                self.refused(
+                    peer,
+                    Refusal::StartFailed {
+                        error: e.to_string(),
+                    },
+                );
                 if let Some(left_out) = self.start_errors.hit() {
                     log::warn!(
                         "serpy server on {}: could not start a connection for {peer}: {e}{}",
@@ -245,6 +288,18 @@ impl Acceptor {
 }
 
 impl Acceptor {
+    /// Reports a socket refused for `reason` in the server's events (the caller logs it,
+    /// rate-limited).
+    fn refused(&self, peer: SocketAddr, reason: Refusal) {
+        let event = Event::now(next_id(), EventKind::Refused { peer, reason });
+        self.shared.events.emit_event(|| self.label(), event);
+    }
+
+    /// The server's name in log lines.
+    fn label(&self) -> String {
+        format!("server on {}", self.local)
+    }
+
     /// Logs a failed accept, at most once per [`policy::ACCEPT_ERRORS_EVERY`].
     fn log_accept_error(&self, e: &io::Error, delay: Duration) {
         if let Some(left_out) = self.accept_errors.hit() {

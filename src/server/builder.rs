@@ -14,6 +14,7 @@ use super::Server;
 use crate::config::{connection_options, Config};
 use crate::connection::Notifier;
 use crate::error::{Error, Result};
+use crate::event::EventSink;
 use crate::protocol::Protocol;
 
 /// Default maximum number of simultaneous connections of a server.
@@ -42,6 +43,7 @@ const LISTEN_BACKLOG: i32 = 1024;
 pub struct ServerBuilder {
     pub(crate) cfg: Config,
     max_connections: usize,
+    max_unproven: Option<usize>,
 }
 
 impl Default for ServerBuilder {
@@ -49,6 +51,7 @@ impl Default for ServerBuilder {
         ServerBuilder {
             cfg: Config::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unproven: None,
         }
     }
 }
@@ -99,6 +102,39 @@ impl ServerBuilder {
 
     connection_options!("serpy::Server::builder()");
 
+    /// A connection that has not sent a whole first message (or v1 control block)
+    /// within `timeout` of being accepted is closed (default `None`: a client may stay
+    /// silent for as long as it likes, as with the original). Its events say so
+    /// ([`EventKind::Unproven`](crate::EventKind::Unproven), then `Disconnected`). Set it
+    /// when every client speaks first (a command client does; a live-view client that
+    /// only listens does not), so that sockets that connect and say nothing (a port
+    /// scanner, a stuck script) do not hold server slots for ever.
+    ///
+    /// ```
+    /// let b = serpy::Server::builder().first_message_timeout(Some(std::time::Duration::from_secs(10)));
+    /// ```
+    pub fn first_message_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.cfg.first_message_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// At most `n` live connections that have not spoken yet ("unproven": no whole
+    /// message or control block received), within `max_connections` (default: no
+    /// separate limit). When one more arrives, the oldest unproven connection is
+    /// closed to make room ([`EventKind::Unproven`](crate::EventKind::Unproven) in its
+    /// events): a flood of sockets that never speak can hold at most `n` slots, so it
+    /// never crowds out the connections that did speak, and a new real client still
+    /// gets in (it has until `n` newer silent ones arrived to speak). Clients that only
+    /// listen count as unproven for their whole life: leave room for them in `n`.
+    ///
+    /// ```
+    /// let b = serpy::Server::builder().max_connections(64).max_unproven(16);
+    /// ```
+    pub fn max_unproven(mut self, n: usize) -> Self {
+        self.max_unproven = Some(n.max(1));
+        self
+    }
+
     /// Binds to `addr` and starts accepting. Use port 0 for any free port and read it
     /// back with [`Server::local_addr`]. Up to 1024 clients that connect at once wait
     /// for the accept thread in the system's queue (std's listeners keep 128; the system
@@ -124,6 +160,7 @@ impl ServerBuilder {
             new: NewConnections::new(self.max_connections.clamp(16, 4096)),
             stop: AtomicBool::new(false),
             all_closed: AtomicBool::new(false),
+            events: EventSink::for_server(),
         });
         let (stop_tx, stop_rx) = channel::bounded(0);
         // Only for waking the accept thread when out of descriptors: not worth failing for.
@@ -137,8 +174,12 @@ impl ServerBuilder {
             start_errors: accept_log_limit(),
             cfg: self.cfg,
             max_connections: self.max_connections,
+            max_unproven: self.max_unproven.unwrap_or(usize::MAX),
             shared: shared.clone(),
-            notifier: Notifier { tx: ready_tx },
+            notifier: Notifier {
+                tx: ready_tx,
+                events: Some(shared.events.forward()),
+            },
         };
         let handle = thread::Builder::new()
             .name(format!("serpy-accept-{}", local.port()))

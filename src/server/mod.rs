@@ -386,6 +386,41 @@ impl Server {
         // These handles are not the last ones (`conns` holds each): no close here.
         self.shared.new.clear();
         close_in_parallel(&conns);
+        drop(conns);
+        self.shared.events.end();
+    }
+
+    /// The server's events, in one place: its own
+    /// ([`Accepted`](crate::EventKind::Accepted), [`Refused`](crate::EventKind::Refused)
+    /// with the reason) and every event of every connection it accepted (connected,
+    /// disconnected with the reason, closed, protocol errors...), each with the
+    /// connection's id ([`Event::id`](crate::Event::id)) and its time. Every clone of the
+    /// returned receiver takes from the same queue, which keeps the newest 4096 events
+    /// when the program does not read them. They end after
+    /// [`close_all`](Server::close_all) (and `Drop`), once every connection's last event
+    /// is in.
+    ///
+    /// ```
+    /// use serpy::{EventKind, Server};
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> serpy::Result<()> {
+    /// let server = Server::bind("127.0.0.1:0")?;
+    /// let client = serpy::Connection::connect(server.local_addr())?;
+    /// let peer = server.get_connection_timeout(Duration::from_secs(5))?;
+    /// let first = server.events().recv_timeout(Duration::from_secs(5)).unwrap();
+    /// assert_eq!(first.id, peer.id());
+    /// assert!(matches!(first.kind, EventKind::Connected { .. } | EventKind::Accepted { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self) -> crate::Events {
+        self.shared.events.receiver()
+    }
+
+    /// What `Select::server` waits on: the channel of connections with data waiting,
+    /// and the one `close_all` disconnects.
+    pub(crate) fn select_handles(&self) -> (&Receiver<u64>, &Receiver<()>) {
+        (&self.ready_rx, &self.closed_rx)
     }
 }
 
