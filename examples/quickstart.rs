@@ -8,6 +8,10 @@
 //!
 //! It takes no arguments, prints what happens, and exits with 0 when all went as shown.
 
+mod common;
+// println! that ends quietly when stdout is closed (`--help | head -1`).
+use common::println;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,37 @@
 //! Helpers shared by the examples (not an example itself): command-line parsing with
 //! nothing but `std::env::args`, the end-of-run reporting, the stop word of the servers,
 //! and the test image of the instrument pair.
-#![allow(dead_code)] // each example uses a different part of this module
+#![allow(dead_code, unused_imports)] // each example uses a different part of this module
+
+/// `println!` for the examples: the same, except that a closed stdout (`... | head -1`)
+/// ends the program quietly, with exit code 0, as it ends `cat` or `grep`, where
+/// `std::println!` would panic. An example opts in with `use common::println;`.
+macro_rules! println {
+    () => {
+        $crate::common::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::common::print_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use println;
+
+/// Writes `args` and a newline on stdout, for [`println!`]. A closed stdout ends the
+/// program with 0 (whoever read the output has all they wanted); any other write error
+/// ends it with 1 and says so on stderr.
+pub fn print_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 use std::error::Error;
 use std::process::ExitCode;
