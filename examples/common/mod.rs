@@ -184,6 +184,8 @@ pub fn describe(message: &Message) -> String {
             _ => format!("{} bytes", b.len()),
         },
         Message::Pickle(b) => format!("a pickle of {} bytes", b.len()),
+        // `Message` is #[non_exhaustive]: a kind added later is described by its name.
+        other => format!("a {} message", other.kind()),
     }
 }
 
