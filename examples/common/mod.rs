@@ -208,7 +208,9 @@ pub fn linspace(stop: f64, n: usize) -> Vec<f64> {
 /// The instrument pair's test image for request `p`: `side` × `side` float32 pixels,
 /// little endian, row after row, pixel (row i, column j) = `cos(x[j]) * sin(y[i])`
 /// computed in f64 and rounded to f32, with `x` and `y` both `linspace(0, p·π, side)`.
-/// These are the bytes of the original Python utilities' image for the same `p`.
+/// These are the bytes of the original Python utilities' image for the same `p` where
+/// `sin` and `cos` are glibc's; other C libraries (Windows, macOS) differ from it in the
+/// last bit of a few values near 0.
 pub fn image(p: i64, side: usize) -> Vec<u8> {
     let axis = linspace(p as f64 * std::f64::consts::PI, side);
     let cos: Vec<f64> = axis.iter().map(|x| x.cos()).collect();
