@@ -89,6 +89,22 @@ mod windows {
         fn CloseHandle(handle: Handle) -> i32;
         fn GetCurrentProcess() -> Handle;
         fn GetProcessHandleCount(process: Handle, count: *mut u32) -> i32;
+        fn CancelIoEx(handle: Handle, overlapped: *mut c_void) -> i32;
+    }
+
+    /// Ends the reads and writes other threads are blocked in on `socket` (they fail
+    /// with "operation aborted"). On Windows, unlike Linux and macOS, `shutdown` does not
+    /// wake them.
+    pub fn cancel_blocked_io(socket: &std::net::TcpStream) {
+        use std::os::windows::io::AsRawSocket;
+        // SAFETY: the handle is the open socket `socket` owns; a null OVERLAPPED asks
+        // for every pending operation on it to be cancelled.
+        unsafe {
+            CancelIoEx(
+                socket.as_raw_socket() as usize as Handle,
+                std::ptr::null_mut(),
+            );
+        }
     }
 
     pub fn thread_count() -> usize {
