@@ -4,8 +4,8 @@
 #![allow(dead_code, unused_imports)] // each example uses a different part of this module
 
 /// `println!` for the examples: the same, except that a closed stdout (`... | head -1`)
-/// ends the program quietly, with exit code 0, as it ends `cat` or `grep`, where
-/// `std::println!` would panic. An example opts in with `use common::println;`.
+/// ends the program quietly, with exit code 0, as it ends most command-line programs,
+/// where `std::println!` would panic. An example opts in with `use common::println;`.
 macro_rules! println {
     () => {
         $crate::common::print_line(format_args!(""))
