@@ -7,8 +7,8 @@
 #   scripts/windows-tests.sh              # everything
 #   scripts/windows-tests.sh hostile      # only the test files (or `lib`) named
 #
-# Needs: rustup, and the Debian packages mingw-w64 and wine (as root: `apt-get install
-# mingw-w64 wine`; about 350 MB to download, 1.9 GB installed). Environment:
+# Needs: rustup, and the Debian packages mingw-w64, wine and jq (as root: `apt-get
+# install mingw-w64 wine jq`; about 350 MB to download, 1.9 GB installed). Environment:
 # SERPY_WINE_LIMIT seconds per test (default 120), SERPY_WINE_JOBS tests at a time
 # (default 2). Wine's files live in target/windows-tests/, which this script creates.
 # Doctests are not run (they are the same code on every platform).
@@ -23,9 +23,9 @@ WORK=$PWD/target/windows-tests
 # Debian's `wine` wrapper looks for the 32-bit Wine first; the tests are 64-bit.
 WINE=$(command -v wine64 || true)
 if [ -z "$WINE" ] && [ -x /usr/lib/wine/wine64 ]; then WINE=/usr/lib/wine/wine64; fi
-for tool in x86_64-w64-mingw32-gcc "$WINE"; do
+for tool in x86_64-w64-mingw32-gcc "$WINE" jq; do
     if [ -z "$tool" ] || ! command -v "$tool" >/dev/null; then
-        echo "windows-tests: mingw-w64 and wine are needed: apt-get install mingw-w64 wine" >&2
+        echo "windows-tests: mingw-w64, wine and jq are needed: apt-get install mingw-w64 wine jq" >&2
         exit 2
     fi
 done
