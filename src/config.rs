@@ -12,7 +12,8 @@ pub(crate) struct Config {
     pub protocol: Protocol,
     pub encoding: TextEncoding,
     pub auto_restart: bool,
-    pub incoming_capacity: usize,
+    /// `None`: no bound by count (the byte budget bounds the incoming queue).
+    pub incoming_capacity: Option<usize>,
     pub incoming_bytes: usize,
     pub outgoing_capacity: usize,
     pub max_message_size: usize,
@@ -30,7 +31,8 @@ pub(crate) struct Config {
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// Default budget of received bytes waiting to be read, per connection: 256 MiB.
 pub const DEFAULT_INCOMING_BYTES: usize = 256 * 1024 * 1024;
-/// Default capacity of the incoming and outgoing queues, in messages.
+/// Default capacity of the outgoing queue, in messages. (The incoming queue has no
+/// bound by count unless one is set: its byte budget bounds it.)
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
 impl Default for Config {
@@ -39,7 +41,7 @@ impl Default for Config {
             protocol: Protocol::V1,
             encoding: TextEncoding::Utf8,
             auto_restart: false,
-            incoming_capacity: DEFAULT_QUEUE_CAPACITY,
+            incoming_capacity: None,
             incoming_bytes: DEFAULT_INCOMING_BYTES,
             outgoing_capacity: DEFAULT_QUEUE_CAPACITY,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -69,23 +71,28 @@ macro_rules! connection_options {
             self
         }
 
-        /// Capacity of the queue of received messages (default 1024). When it is full, the
+        /// A bound on the number of received messages waiting to be read (default: none;
+        /// [`incoming_bytes`](Self::incoming_bytes) bounds them). When it is reached, the
         /// connection stops reading from the socket until the program reads, so a slow
-        /// reader slows the sender down instead of growing memory.
+        /// reader slows the sender down instead of growing memory. Note that what the
+        /// peer sent after those messages waits too, acknowledgements included: an
+        /// acknowledged send of this side then times out, with an error that says so.
         ///
         /// ```
         #[doc = concat!("let b = ", $builder, ".incoming_capacity(64);")]
         /// ```
         pub fn incoming_capacity(mut self, messages: usize) -> Self {
-            self.cfg.incoming_capacity = messages.max(1);
+            self.cfg.incoming_capacity = Some(messages.max(1));
             self
         }
 
         /// How many bytes of received messages may wait to be read (default 256 MiB). When
         /// the next message would go beyond it, the connection stops reading from the
         /// socket until the program reads; a message larger than the budget is still
-        /// delivered when nothing else waits. With [`incoming_capacity`](Self::incoming_capacity)
-        /// it bounds the memory a peer can make a connection hold.
+        /// delivered when nothing else waits. Each message counts 64 bytes more than its
+        /// length (what holding it costs), so the budget bounds the memory a peer can make
+        /// a connection hold however small its messages. Acknowledgements the peer sends
+        /// behind unread messages are read as long as those fit in the budget.
         ///
         /// ```
         #[doc = concat!("let b = ", $builder, ".incoming_bytes(16 << 20);")]
@@ -138,7 +145,8 @@ macro_rules! connection_options {
             self
         }
 
-        /// How long `close()` waits for queued messages to be written (default 2 s).
+        /// How long `close()` waits for queued messages to be written (default 2 s); it
+        /// bounds the whole `close()` (and `Drop`): what is not written by then is cut.
         ///
         /// ```
         #[doc = concat!("let b = ", $builder, ".close_timeout(std::time::Duration::from_millis(500));")]

@@ -4,7 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::message::TextEncoding;
-use crate::protocol::Mode;
+use crate::protocol::{Mode, Protocol};
 
 /// A convenient alias: every fallible call of this crate returns `Result<T, serpy::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -34,7 +34,7 @@ pub enum Error {
     },
 
     /// The address could not be resolved or bound.
-    #[error("bad address {addr}: {source}; give an IP address and a port, such as (\"127.0.0.1\", 8000) or \"[::1]:8000\"")]
+    #[error("cannot use the address {addr}: {source}; {}", address_hint(.source))]
     Address {
         /// The address as given.
         addr: String,
@@ -54,7 +54,7 @@ pub enum Error {
     },
 
     /// The operation did not complete within the time it was given.
-    #[error("{operation} timed out after {after:?}; try again, allow more time, or check that the peer reads its data")]
+    #[error("{operation} timed out after {after:?}; {}", timeout_hint(.operation))]
     Timeout {
         /// What timed out ("get_data", "send_data (queue full)", "send_data (waiting for the acknowledgement)", ...).
         operation: &'static str,
@@ -63,7 +63,7 @@ pub enum Error {
     },
 
     /// The link is down for good and everything that had arrived has been read.
-    #[error("the connection to the peer is down and everything it delivered has been read; connect again, or enable auto-restart on the client")]
+    #[error("the link to the peer is down for good (it broke, and auto-restart was off or gave up) and everything it delivered has been read; open a new connection once the peer is back (a client with auto_restart(true) reconnects by itself, for as many attempts as give_up_after() allows)")]
     Disconnected,
 
     /// The handle was closed by [`Connection::close`](crate::Connection::close) or
@@ -79,6 +79,11 @@ pub enum Error {
     /// The message was queued but never written, because the link went down for good.
     #[error("the message was not sent: the link went down before it could be written and will not come back; nothing of it reached the peer")]
     NotSent,
+
+    /// The link went down for good while the message was being written: part of it
+    /// reached the peer, which drops a message cut short, so it was not delivered.
+    #[error("the link went down while the message was being written and will not come back: part of it reached the peer, which drops a message cut short, so it was not delivered; send it again on a new connection")]
+    CutShort,
 
     /// A message is larger than the configured maximum.
     #[error("message of {size} bytes is larger than the maximum of {max} bytes; raise it with the builder's max_message_size(), or split the message")]
@@ -112,6 +117,15 @@ pub enum Error {
         what: String,
     },
 
+    /// A send that must not wait found the connection's outgoing queue full: the peer
+    /// does not read as fast as messages are sent to it, or its link is down and
+    /// reconnecting.
+    #[error("the outgoing queue of this connection is full ({capacity} messages waiting): the peer does not read as fast as messages are sent, or the link is reconnecting; send more slowly, raise outgoing_capacity() in the builder, or drop this peer")]
+    QueueFull {
+        /// The capacity of the outgoing queue, in messages.
+        capacity: usize,
+    },
+
     /// A number that is not a v1 mode (0..=5).
     #[error("{0} is not a serpy mode; modes are 0 to 5")]
     InvalidMode(u8),
@@ -119,6 +133,11 @@ pub enum Error {
     /// The peer broke the protocol.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+
+    /// A pickle could not be read or written, or a value not converted (see
+    /// [`pickle::Error`](crate::pickle::Error)).
+    #[error(transparent)]
+    Pickle(#[from] crate::pickle::Error),
 }
 
 impl Error {
@@ -144,6 +163,32 @@ impl Error {
     /// ```
     pub fn is_final(&self) -> bool {
         matches!(self, Error::Disconnected | Error::Closed)
+    }
+}
+
+/// What to do about an address that cannot be used, by what the system said.
+fn address_hint(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::AddrInUse => "another program (or another server) listens on that port already; choose another port, port 0 for any free one, or stop the other program",
+        io::ErrorKind::AddrNotAvailable => "that IP address is not one of this machine's; give one of its addresses, such as 127.0.0.1",
+        io::ErrorKind::PermissionDenied => "this program may not listen on that port (ports below 1024 need privileges); choose a port from 1024 up",
+        _ => "give an IP address and a port, such as (\"127.0.0.1\", 8000) or \"[::1]:8000\"",
+    }
+}
+
+/// What to do about a timeout, by what timed out: waiting to receive points at the
+/// sender, waiting to send at the receiver.
+fn timeout_hint(operation: &str) -> &'static str {
+    if operation.contains("room in the outgoing queue") {
+        "the peer does not read as fast as messages are sent to it, or the link is reconnecting; allow more time, send less, or check that the peer reads its data"
+    } else if operation.contains("this side has not read") {
+        "read the messages waiting on this connection (get_data), or raise incoming_capacity() (or incoming_bytes()) in the builder; the acknowledgement comes once the reader can go on"
+    } else if operation.contains("acknowledgement") {
+        "the message may still arrive and be acknowledged later; allow more time, and check that the peer's program takes its messages (a receiver acknowledges a message once it has room for it)"
+    } else if operation.starts_with("get_connection") {
+        "no client connected in that time; try again or allow more time"
+    } else {
+        "nothing arrived in that time; try again, allow more time, or check that the peer sends"
     }
 }
 
@@ -229,13 +274,67 @@ pub enum ProtocolError {
         /// Length of the valid prefix.
         valid_up_to: usize,
     },
+    /// The first bytes of the link are the other protocol's: a v2 frame on a v1 link, or
+    /// a v1 block on a v2 link. The link cannot work; it was closed.
+    #[error("the peer speaks {found}, but this connection speaks {expected}; the link was closed. Use Protocol::{} on this side, or Protocol::Auto on a server", protocol_name(*.found))]
+    WrongProtocol {
+        /// The protocol of this connection.
+        expected: Protocol,
+        /// The protocol the peer's first bytes are in.
+        found: Protocol,
+    },
+    /// The link ended in the middle of a message (the peer closed, or the link broke):
+    /// the part received was dropped.
+    #[error(
+        "the link ended in the middle of a message: the {bytes} bytes received of it were dropped"
+    )]
+    CutShort {
+        /// How many bytes of it had arrived.
+        bytes: usize,
+    },
     /// Auto-detection: the first bytes matched neither protocol in time.
     #[error("the peer sent only a prefix of the v2 magic and then nothing within the detection timeout; the connection was taken as v1")]
     DetectionTimeout,
+}
+
+/// The name of the `Protocol` variant, for hints.
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::V1 => "V1",
+        Protocol::V2 => "V2",
+        Protocol::Auto => "Auto",
+    }
 }
 
 /// Cuts `bytes` to at most 64 bytes and decodes them lossily, for error messages.
 pub(crate) fn lossy_excerpt(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(64)];
     String::from_utf8_lossy(cut).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_point_the_right_way() {
+        let timeout = |operation| Error::Timeout {
+            operation,
+            after: Duration::from_secs(1),
+        };
+        let recv = timeout("get_data").to_string();
+        assert!(!recv.contains("reads its data"), "{recv}");
+        assert!(recv.contains("the peer sends"), "{recv}");
+        let send = timeout("send_data (waiting for room in the outgoing queue)").to_string();
+        assert!(send.contains("reads its data"), "{send}");
+        let gone = Error::Disconnected.to_string();
+        assert!(!gone.contains("enable auto-restart"), "{gone}");
+        let busy = Error::Address {
+            addr: "127.0.0.1:80".into(),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        }
+        .to_string();
+        assert!(!busy.contains("give an IP address"), "{busy}");
+        assert!(busy.contains("another port"), "{busy}");
+    }
 }

@@ -15,6 +15,10 @@
 //!   acknowledgement and base85.
 //! - **v2** (serpy2): typed frames (int, float, text, bytes) with a 14-byte header, for
 //!   large binary objects such as images.
+//! - **pickles** (v1 modes 4 and 5): [`Message::to_value`] reads what a Python peer
+//!   pickled (dicts, lists, numpy arrays, ...) into a [`pickle::Value`] without executing
+//!   anything; [`Message::pickle`] and `Message::from_serialize` (feature `serde`, on by
+//!   default) send values that Python unpickles into its native objects.
 //!
 //! ```
 //! use serpy::{Connection, Mode, Protocol, Server};
@@ -73,8 +77,10 @@ mod connection;
 pub mod error;
 mod event;
 pub mod message;
+pub mod pickle;
 pub mod protocol;
 mod server;
+mod sync;
 
 pub use bytes::Bytes;
 pub use config::{DEFAULT_INCOMING_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_CAPACITY};
@@ -83,7 +89,7 @@ pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};
 pub use message::{Message, Text, TextEncoding};
 pub use protocol::{Mode, Protocol};
-pub use server::{Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+pub use server::{Broadcast, Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
 
 /// The README's examples, compiled as doctests so that they cannot rot, and without a
 /// warning: what a user copies from it compiles cleanly.

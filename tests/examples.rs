@@ -4,14 +4,17 @@
 //! pipe. Every wait is bounded by `T` and waits on an output line or a channel; a child
 //! that overruns is killed and the test fails.
 //!
-//! `cargo test` builds the examples before it runs this file; the binaries are found
-//! next to the test binary (`target/<profile>/examples/`).
+//! The example binaries are built by this file itself, once, before the first one runs:
+//! `cargo build --examples` with the cargo, target directory, target and profile of the
+//! test binary, so that `cargo test`, `cargo test --all-targets` (which builds the
+//! examples as test harnesses, not as programs) and a test binary run by hand all find
+//! them, fresh, in `target/[<triple>/]<profile>/examples/`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -24,20 +27,73 @@ const STOP: &str = "/KTHXBYE";
 
 /// The path of the built example `name`.
 fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let path = dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let dir = built_examples();
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
-        "the example binary {} is missing: run `cargo test`, which builds the examples before the integration tests (or `cargo build --examples` first)",
+        "the example binary {} is missing after `cargo build --examples`",
         path.display()
     );
     path
+}
+
+/// Builds the examples once per test binary (the other tests wait for the first) and
+/// returns the directory that holds them.
+///
+/// Cargo holds its build lock only while it compiles, not while it runs tests, so this
+/// nested build does not wait for the `cargo test` that started the tests.
+fn built_examples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/[<triple>/]<profile>/deps/<test binary>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/[<triple>/]<profile>/deps");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a profile directory");
+        let above = profile_dir.parent().expect("a target directory");
+        // The target directory holds CACHEDIR.TAG; a <triple> directory inside it does not.
+        let (target_dir, triple) = if above.join("CACHEDIR.TAG").is_file() {
+            (above, None)
+        } else {
+            let triple = above.file_name().and_then(|n| n.to_str());
+            (above.parent().expect("a target directory"), triple)
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--examples", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        if let Some(triple) = triple {
+            build.args(["--target", triple]);
+        }
+        let out = build
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {build:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{build:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile_dir.join("examples")
+    })
 }
 
 /// A running example: its stdout arrives line by line through a channel (`None` once

@@ -398,8 +398,8 @@ fn broadcast_reaches_every_connection_in_its_protocol() {
     gone_peer.close();
 
     let blob = vec![0x1fu8; 100_000];
-    assert_eq!(s.broadcast(blob.clone()).unwrap(), 2);
-    assert_eq!(s.broadcast(42).unwrap(), 2);
+    assert_eq!(s.broadcast(blob.clone()).unwrap().sent(), 2);
+    assert_eq!(s.broadcast(42).unwrap().sent(), 2);
     // v1 carries bytes as base85 and numbers as text; v2 keeps the types.
     assert_eq!(v1.get_data_timeout(T).unwrap().as_bytes(), Some(&blob[..]));
     assert_eq!(v1.get_data_timeout(T).unwrap().as_str(), Some("42"));

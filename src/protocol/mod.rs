@@ -76,7 +76,8 @@ pub enum Detection {
     NeedMore,
 }
 
-/// Tells v1 from v2 by the first bytes of a stream (PROTOCOL.md, "Telling the two apart").
+/// Tells v1 from v2 by the first bytes of a stream (`docs/PROTOCOL.md` in the repository,
+/// "Telling v1 from v2").
 ///
 /// A v2 stream starts with the magic `DE CA FE CA FE`, which cannot start UTF-8 or ASCII
 /// text; anything else is v1. Empty input, or a proper prefix of the magic, needs more.

@@ -2,7 +2,7 @@
 //!
 //! Every message is one frame: the magic `DE CA FE CA FE`, a type code, the checksum
 //! (sum of the payload bytes modulo 2^32, little endian), the payload length (u32, little
-//! endian), then the payload. See `PROTOCOL.md`, section "v2".
+//! endian), then the payload. See `docs/PROTOCOL.md` in the repository, section "v2".
 //!
 //! | code | [`Message`] | payload |
 //! |---|---|---|

@@ -1,0 +1,165 @@
+//! The writes made outside the writer thread, side by side. Each saves waking the writer
+//! thread for something that can go out at once while the link is idle:
+//!
+//! - [`try_write_now`]: a plain send after a quiet spell, from its caller, never blocking
+//!   (Linux and Android, where a single send can be made non-blocking);
+//! - [`write_now`]: an acknowledged v1 send, from its caller (who waits anyway);
+//! - [`write_replies_now`]: the control replies owed, from the reader, never blocking.
+//!
+//! All three are called with the link lock held (taken with `try_lock`, so they never
+//! wait for the writer), write whole blocks, and hand whatever they could not finish to
+//! the writer thread through the link (`wire`, `partial`, `retry`, `broken`) and a
+//! [`Control::Wake`].
+//!
+//! Threads: callers, reader.
+
+use std::io;
+use std::sync::atomic::Ordering;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use std::time::{Duration, Instant};
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use bytes::Bytes;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use std::io::IoSlice;
+
+use super::link::{encode_replies, put_back, write_parts, Link};
+use super::state::Shared;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use super::vocab::Payload;
+use super::vocab::{Control, Outgoing};
+use crate::sync::lock;
+
+/// A plain send is written by its caller only after the link has been quiet this long,
+/// so that a stream of sends still goes through the queue and the writer's batches.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const QUIET: Duration = Duration::from_micros(5);
+
+/// A write outside the writer thread failed: the message becomes the writer's, as if it
+/// had been queued (it goes out again on the next link, or fails with the link), and
+/// the writer is woken to take the link down.
+fn hand_over(link: &mut Link, shared: &Shared, item: Outgoing, e: &io::Error) {
+    shared.pending.fetch_add(1, Ordering::AcqRel);
+    link.retry.push_back(item);
+    link.broken = Some((link.epoch, format!("write failed: {e}")));
+    let _ = shared.ctl_tx.try_send(Control::Wake);
+}
+
+/// Writes a plain message from the caller's thread if the socket takes it without
+/// blocking, when the link is idle and has been quiet (see [`QUIET`]). Gives the message
+/// back if nothing was written (it is then queued as usual); what the socket did not
+/// take, the writer thread finishes.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) -> Option<Outgoing> {
+    if !link.idle(&shared.pending)
+        || !link.wire.is_empty()
+        || link.partial.is_some()
+        || item.ack.is_some()
+        || matches!(item.payload, Payload::Deferred { .. })
+        || link.last_write.elapsed() < QUIET
+    {
+        return Some(item);
+    }
+    let mode_before = link.send_mode;
+    link.put(&item.payload);
+    let parts = link.wire.take_parts();
+    let Some(stream) = link.stream.as_ref() else {
+        return Some(item); // not reached: an idle link has a socket
+    };
+    let total: usize = parts.iter().map(Bytes::len).sum();
+    let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let sent = socket2::SockRef::from(stream)
+        .send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+    match sent {
+        Ok(n) if n >= total => {
+            link.wrote(n, &shared.pending);
+            None
+        }
+        Ok(n) if n > 0 => {
+            put_back(&mut link.wire, &parts, n);
+            shared.pending.fetch_add(1, Ordering::AcqRel);
+            link.partial = Some((item, total - n));
+            link.last_write = Instant::now();
+            let _ = shared.ctl_tx.try_send(Control::Wake);
+            None
+        }
+        Ok(_) => {
+            link.send_mode = mode_before;
+            Some(item)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            link.send_mode = mode_before;
+            Some(item)
+        }
+        Err(e) => {
+            hand_over(link, shared, item, &e);
+            None
+        }
+    }
+}
+
+/// Writes an acknowledged v1 message from the caller's thread (the link is idle). On a
+/// write error the message becomes the writer thread's, as if it had been queued.
+pub(crate) fn write_now(link: &mut Link, shared: &Shared, mut item: Outgoing) {
+    let before = link.wire.len();
+    link.put(&item.payload);
+    if let Some(ack) = &item.ack {
+        // Registered before the bytes go out, so the ACKEOT cannot come first.
+        lock(&shared.acks).waiting.push_back(ack.clone());
+    }
+    let (written, result) = link.write_wire(&shared.pending);
+    if let Err(e) = result {
+        item.cut = written > before;
+        if item.ack.is_some() {
+            lock(&shared.acks).waiting.pop_back();
+        }
+        hand_over(link, shared, item, &e);
+    }
+}
+
+/// Writes the control replies owed on the link of `epoch` without blocking. Returns
+/// false when the writer thread has something left to do.
+///
+/// Only the reader of that link may call this: non-blocking mode belongs to the
+/// socket, which that thread alone reads.
+pub(crate) fn write_replies_now(link: &mut Link, shared: &Shared, epoch: u64) -> bool {
+    let Some(stream) = link.stream.as_ref() else {
+        return false;
+    };
+    if link.epoch != epoch || link.broken.is_some() {
+        return false;
+    }
+    let (modcg, eot, more) = {
+        let mut r = lock(&shared.replies);
+        let (m, e) = r.take_batch();
+        (m, e, r.any())
+    };
+    encode_replies(modcg, eot, &mut link.wire);
+    let parts = link.wire.take_parts();
+    // Nobody else uses the socket meanwhile: its reader is this thread, and whoever
+    // writes holds the link.
+    if stream.set_nonblocking(true).is_err() {
+        put_back(&mut link.wire, &parts, 0);
+        return false;
+    }
+    let (written, result) = write_parts(Some(stream), &parts);
+    let restored = stream.set_nonblocking(false);
+    link.wrote(written, &shared.pending);
+    match (result, restored) {
+        (Ok(()), Ok(())) => !more,
+        (Err(e), Ok(())) if e.kind() == io::ErrorKind::WouldBlock => {
+            // The rest goes out first, from the writer thread.
+            put_back(&mut link.wire, &parts, written);
+            false
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            link.broken = Some((link.epoch, format!("write failed: {e}")));
+            false
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The write side of the current TCP link, and its invariants, written once.
+//!
+//! A [`Link`] lives behind `Shared::link`. Whoever holds that lock may write the socket,
+//! and only whole blocks (a v1 block up to its `0x1F`, a whole v2 frame), so writes from
+//! different threads never interleave. Bytes left in [`Link::wire`] between two writes
+//! are the tail of something already begun (a control reply, a partly written plain
+//! send): they go out first, before anything new. This file takes what it needs as
+//! arguments; it knows nothing of the threads.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::vocab::{Outgoing, Payload};
+use crate::protocol::{v1, Mode, WireBuf};
+
+/// The write half of the link and what goes with it. The writer thread holds the lock
+/// while it works; other threads only ever `try_lock` it, to write at once, while the link
+/// is idle, what would otherwise wait for the writer thread to wake up: an acknowledged
+/// send (its caller waits anyway), a plain send after a quiet spell (without blocking), or
+/// a control reply (without blocking).
+pub(crate) struct Link {
+    /// The socket of the current link; `None` while the link is down.
+    pub stream: Option<TcpStream>,
+    /// Counts the links of this connection (1 for the first); what is owed or awaited on
+    /// a link carries its epoch, so that nothing of an old link is applied to a new one.
+    pub epoch: u64,
+    /// The v1 mode of what we send on this link (every link starts in mode 0).
+    pub send_mode: Mode,
+    /// Messages taken from the queue but not fully written on a link that broke; they
+    /// count as pending and go out first on the next link.
+    pub retry: VecDeque<Outgoing>,
+    /// Bytes about to be written. Between writes it holds only what a write that must
+    /// not block could not finish (control replies, the rest of `partial`): it goes first.
+    pub wire: WireBuf,
+    /// A write made outside the writer thread failed on the link of this epoch: the
+    /// writer takes the link down when it next runs.
+    pub broken: Option<(u64, String)>,
+    /// A plain send written from its caller's thread that the socket took only part of,
+    /// and how many of its bytes, at the front of `wire`, are still to go. It counts as
+    /// pending until they are written; if the link breaks first, it is sent again.
+    pub partial: Option<(Outgoing, usize)>,
+    /// When the last write on this link ended.
+    pub last_write: Instant,
+    /// Set once the peer has finished sending on this link (v1): the wait before the
+    /// next probe, an empty block that a peer ignores and that finds out whether it
+    /// still reads (see `Writer::probe`).
+    pub peer_done: Option<Duration>,
+}
+
+impl Link {
+    /// A link with no socket yet (epoch 0).
+    pub fn new() -> Self {
+        Link {
+            stream: None,
+            epoch: 0,
+            send_mode: Mode::Plain,
+            retry: VecDeque::new(),
+            wire: WireBuf::new(),
+            broken: None,
+            partial: None,
+            last_write: Instant::now(),
+            peer_done: None,
+        }
+    }
+
+    /// True when a thread other than the writer may write now: the link is up, and no
+    /// message accepted earlier is still waiting to be written (`pending` counts those).
+    pub fn idle(&self, pending: &AtomicUsize) -> bool {
+        self.stream.is_some()
+            && self.broken.is_none()
+            && self.retry.is_empty()
+            && pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Starts a new link over `stream`: a new epoch, mode 0, nothing left of the old one
+    /// but `retry` and `partial`. Returns the new epoch.
+    pub fn start(&mut self, stream: TcpStream) -> u64 {
+        self.epoch += 1;
+        self.send_mode = Mode::Plain;
+        self.wire.clear();
+        self.broken = None;
+        self.peer_done = None;
+        self.stream = Some(stream);
+        self.epoch
+    }
+
+    /// Ends the current link: the socket is shut down, what was half written is
+    /// forgotten (the peer drops a cut block), and a partly written plain send goes out
+    /// again on the next link (it is older than anything in `retry`).
+    pub fn take_down(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.wire.clear();
+        self.broken = None;
+        if let Some((mut item, _)) = self.partial.take() {
+            item.cut = true;
+            self.retry.push_front(item);
+        }
+    }
+
+    /// Appends `payload` to `wire`, after a SETMODE if its v1 mode is not the link's
+    /// send mode. A deferred payload (not encoded yet) appends nothing.
+    pub fn put(&mut self, payload: &Payload) {
+        match payload {
+            Payload::V1 { mode, parts } => {
+                if *mode != self.send_mode {
+                    v1::encode_control(v1::Control::SetMode(*mode), &mut self.wire);
+                    self.send_mode = *mode;
+                }
+                for p in parts {
+                    self.wire.put_bytes(p.clone());
+                }
+            }
+            Payload::V2 { header, body } => {
+                self.wire.put_slice(header);
+                self.wire.put_bytes(body.clone());
+            }
+            Payload::Deferred { .. } => {}
+        }
+    }
+
+    /// Accounts for `n` bytes written from the front of `wire` (and what followed): a
+    /// partly written send whose last bytes went out stops counting in `pending`.
+    pub fn wrote(&mut self, n: usize, pending: &AtomicUsize) {
+        self.last_write = Instant::now();
+        if let Some((_, left)) = &mut self.partial {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.partial = None;
+                pending.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Writes all of `wire`, blocking; returns how many bytes the socket took and the
+    /// outcome.
+    pub fn write_wire(&mut self, pending: &AtomicUsize) -> (usize, io::Result<()>) {
+        let parts = self.wire.take_parts();
+        let (written, result) = write_parts(self.stream.as_ref(), &parts);
+        self.wrote(written, pending);
+        (written, result)
+    }
+}
+
+/// Encodes `modcg` ACKMODCG and `eot` ACKEOT replies.
+pub(crate) fn encode_replies(modcg: u64, eot: u64, wire: &mut WireBuf) {
+    for _ in 0..modcg {
+        v1::encode_control(v1::Control::AckModeChange, wire);
+    }
+    for _ in 0..eot {
+        v1::encode_control(v1::Control::AckEot, wire);
+    }
+}
+
+/// Puts what follows the first `written` bytes of `parts` back into `wire`.
+pub(crate) fn put_back(wire: &mut WireBuf, parts: &[Bytes], mut written: usize) {
+    for p in parts {
+        if written >= p.len() {
+            written -= p.len();
+            continue;
+        }
+        wire.put_bytes(p.slice(written..));
+        written = 0;
+    }
+}
+
+/// Writes all `parts`; returns how many bytes the socket took and the outcome.
+pub(crate) fn write_parts(stream: Option<&TcpStream>, parts: &[Bytes]) -> (usize, io::Result<()>) {
+    let Some(mut stream) = stream else {
+        return (0, Err(io::Error::from(io::ErrorKind::NotConnected)));
+    };
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut slices = &mut slices[..];
+    let mut written = 0;
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return (written, Err(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
+}

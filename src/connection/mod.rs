@@ -1,0 +1,919 @@
+//! [`Connection`]: one TCP link with a reader and a writer thread behind blocking calls.
+//!
+//! The files of this module are layered, each using only those below it:
+//! `vocab` (plain data) ← `link` (the write side of one TCP link) ← `state` (what the
+//! threads share) ← `inline`, `reader`, `session`, `outgoing`, `writer` ← `mod` (this
+//! file: the public handle, starting and closing) ← `builder`.
+//!
+//! # 1. Threads
+//!
+//! | thread | owns | blocks on |
+//! |---|---|---|
+//! | callers (any thread with a handle) | nothing between calls; a send encodes its message in the caller's thread (`outgoing::prepare`) | room in the outgoing queue (or shutdown); the answer of an acknowledged send; the incoming queue (`get_data`) |
+//! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`) | `select!` on the control channel, the outgoing queue (only while the link is writable) and shutdown; socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
+//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read; room in the incoming queue and byte budget (or shutdown); handing `Control` to the writer (or shutdown) |
+//!
+//! The handle (`Inner`) owns the writer's `JoinHandle`; `Shared::reader` holds the newest
+//! reader's, and each reader joins the one before it.
+//!
+//! # 2. The socket rule
+//!
+//! Only a thread that holds the `Shared::link` lock writes to the socket, and it writes
+//! whole blocks (a v1 block up to its `0x1F`, a whole v2 frame), so writes never
+//! interleave. The writer thread takes the lock and may block in a write while it holds
+//! it. Callers and the reader only ever `try_lock` it (`inline.rs`): a caller writes an
+//! acknowledged v1 send (`inline::write_now`) or, without blocking, a plain send after a
+//! quiet spell (`inline::try_write_now`); the reader writes the replies it owes, without
+//! blocking (`inline::write_replies_now`). What goes first: bytes left in `Link::wire`
+//! (the tail of a reply or a partial send), then owed control replies, then
+//! `Link::retry`, then the queue. A v1 SETMODE goes right before the first block of a new
+//! mode, on the same link (`Link::put`).
+//!
+//! # 3. What `pending` counts
+//!
+//! `Shared::pending` counts the messages a send accepted and that are not yet written
+//! whole or failed: those in the outgoing queue, in `Link::retry`, and `Link::partial`.
+//! A caller adds one before it queues (or when an inline write hands its message over);
+//! the writer takes them off once written. The fast paths (`inline.rs`) write only while
+//! it is zero: otherwise a message written from the caller would overtake one accepted
+//! earlier and still queued, and the order of messages on a connection is a promise.
+//!
+//! # 4. Epochs
+//!
+//! Every TCP link of a connection gets a new epoch (`Link::start`, from `session::attach`).
+//! The queue of waiting acknowledgements (`Shared::acks`) and the owed replies
+//! (`Shared::replies`) carry the epoch of their link: an ACKEOT read from an old link
+//! never answers a send written on a new one, and replies owed to an old link are never
+//! written to a new one. They live outside the link lock because the reader must reach
+//! them without waiting: the writer may hold the link while it is blocked in a write to a
+//! peer that does not read, and what the reader handles (an ACKEOT, a SETMODE to answer)
+//! is what lets things move again.
+//!
+//! # 5. One message out, one message in
+//!
+//! Out:
+//! 1. `Connection::send_data` → `outgoing::prepare_send`: the lifecycle may refuse
+//!    (`Lifecycle::refusal`); `outgoing::prepare` encodes (a v1 block without its
+//!    SETMODE, a v2 frame, or the message itself for an auto server before detection).
+//! 2. `outgoing::enqueue`: an acknowledged send on an idle link → `inline::write_now`; a
+//!    plain send on an idle, quiet link → `inline::try_write_now`; otherwise `pending`
+//!    + 1 and into the outgoing queue.
+//! 3. The writer wakes (`Writer::run`) → `Writer::write_batch` gathers up to 512 messages
+//!    or 1 MiB, `Writer::encode` → `Link::put` (adds SETMODE blocks); acknowledgement
+//!    slots go into `Shared::acks` before the bytes go out; `Link::write_wire`; `pending`
+//!    − n.
+//! 4. An acknowledged send waits in `outgoing::await_answer`: `Ok` from
+//!    `Reader::acknowledged` when the ACKEOT comes, `AckUncertain` from
+//!    `session::link_down`, `Closed` or `NotSent` from `Writer::finish`.
+//!
+//! In:
+//! 1. `Reader::read_loop` reads (v2 straight into the decoder's buffer, v1 in 64 KiB
+//!    chunks) and feeds the pure decoder, which gives `Frame`s. The first bytes of a
+//!    link pass a `Sniffer` first: the other protocol's start ends the link.
+//! 2. `Reader::deliver`: data → `Reader::queue` (waits for room in the byte budget,
+//!    `IncomingBudget::wait_for_room`, then the incoming queue; `Shared::notify` tells a
+//!    server's `recv_any`); an acknowledged message, or a SETMODE → `Reader::reply` owes
+//!    an ACKEOT or ACKMODCG; an ACKEOT → `Reader::acknowledged`; an error → an event.
+//! 3. `Reader::reply` writes the owed replies at once if the link is free
+//!    (`inline::write_replies_now`), else wakes the writer (`Control::Wake` →
+//!    `Writer::write_replies`).
+//! 4. The program takes the message (`get_data` and friends); `Shared::took` gives its
+//!    bytes back to the budget and wakes a waiting reader.
+//! 5. The link ends: a read error, or a message in an acknowledged mode that must be
+//!    dropped (`Reader::unackable`), sends `Control::LinkDown` → `session::link_down`.
+//!    The end of the peer's data sends `Control::PeerDone` → `Writer::peer_done`: a v1
+//!    link stays up for writing, probed by empty blocks (`Writer::probe`) until a write
+//!    fails; a v2 link writes what is queued and ends.
+//!
+//! # 6. Closing
+//!
+//! `close()` (or the last handle dropped) runs `Inner::close`: it moves the lifecycle to
+//! `Closed` (new sends get `Error::Closed`) and drops the shutdown sender, which wakes
+//! every `select!` on `Shared::shutdown_rx` (the writer, a reader waiting for room or to
+//! hand over a control message, callers waiting for room, the backoff wait). A reconnect
+//! stuck in `connect()` has its socket (`Shared::connecting`) shut down, which ends the
+//! attempt at once on Linux. The writer ends in `Writer::finish`: it writes what is
+//! queued, answers waiting acknowledged sends with `Closed`, reports unsent plain
+//! messages as `Event::Lost`, and shuts the socket down, which ends the reader's read.
+//! `close()` waits for the writer until `close_timeout` has passed (one deadline for the
+//! whole close); then it shuts the sockets down under it, which frees a write blocked
+//! on a peer that does not read. Then it joins the writer, and the newest reader (which
+//! joined the older ones), and emits `Event::Closed`, which ends the events. The whole
+//! takes about `close_timeout` at most: the time to write what was queued, bounded by it.
+
+use std::cell::RefCell;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::event::{Event, EventSink, Events, LogLimit};
+use crate::message::Message;
+use crate::protocol::{Mode, Protocol};
+use crate::sync::{lock, Deadline};
+
+mod builder;
+mod inline;
+mod link;
+mod outgoing;
+mod reader;
+mod session;
+mod state;
+mod vocab;
+mod writer;
+
+pub use builder::ConnectionBuilder;
+pub(crate) use outgoing::Prepared;
+use session::Session;
+pub(crate) use state::Notifier;
+use state::{AckQueue, IncomingBudget, Lifecycle, ReadyList, Replies, Shared};
+use writer::Writer;
+
+/// Capacity of the control channel from readers to the writer (wake-ups, link down).
+const CONTROL_CAPACITY: usize = 64;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The owner of a connection's threads; closing happens when the last handle goes.
+struct Inner {
+    shared: Arc<Shared>,
+    /// Dropped by `close()`: wakes everything that waits on `Shared::shutdown_rx`.
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    /// The writer thread; taken by the first `close()`, whose lock makes a concurrent
+    /// second `close()` wait for the first.
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnects when the writer thread ends.
+    writer_done: Receiver<()>,
+}
+
+impl Inner {
+    /// Closes: see "Closing" in the module doc. Returns within about `close_timeout`.
+    fn close(&self) {
+        let writer = {
+            // Holding this lock makes a second, concurrent close() wait for the first.
+            let mut w = lock(&self.writer);
+            self.shared.life.set(state::Phase::Closed);
+            drop(lock(&self.shutdown_tx).take());
+            w.take().map(|h| (h, w))
+        };
+        let Some((handle, _guard)) = writer else {
+            return;
+        };
+        // A reconnect stuck in connect() ends now, not at its connect timeout.
+        if let Some(s) = lock(&self.shared.connecting).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        // The writer writes what is queued until the close deadline; if it is still at
+        // it then (a peer that does not read), shutting the socket down frees it.
+        let deadline = Deadline::after(self.shared.cfg.close_timeout);
+        if let Some(at) = deadline.at {
+            if let Err(RecvTimeoutError::Timeout) = self.writer_done.recv_deadline(at) {
+                self.shut_down_sockets();
+            }
+        }
+        let _ = handle.join();
+        if let Some(s) = lock(&self.shared.stream).take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(r) = lock(&self.shared.reader).take() {
+            let _ = r.join();
+        }
+        if !self.shared.events.ended() {
+            self.shared.event(Event::Closed);
+            self.shared.events.end();
+        }
+    }
+
+    /// Shuts down the link's socket and a socket being connected, which frees a thread
+    /// blocked on either.
+    fn shut_down_sockets(&self) {
+        if let Some(s) = lock(&self.shared.stream).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(s) = lock(&self.shared.connecting).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The ends of a new connection's channels that are not in [`Shared`]: the writer's
+/// and the handle's.
+struct Ends {
+    in_tx: Sender<vocab::Incoming>,
+    out_rx: Receiver<vocab::Outgoing>,
+    ctl_rx: Receiver<vocab::Control>,
+    shutdown_tx: Sender<()>,
+    done_tx: Sender<()>,
+    writer_done: Receiver<()>,
+}
+
+/// The shared state of a new connection, with no link attached yet.
+fn new_shared(
+    cfg: Config,
+    addrs: Vec<SocketAddr>,
+    is_client: bool,
+    notifier: Option<Notifier>,
+    peer: Option<SocketAddr>,
+) -> (Arc<Shared>, Ends) {
+    let (in_tx, in_rx) = match cfg.incoming_capacity {
+        Some(n) => channel::bounded(n),
+        None => channel::unbounded(),
+    };
+    let (out_tx, out_rx) = channel::bounded(cfg.outgoing_capacity);
+    let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
+    let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
+    let (done_tx, writer_done) = channel::bounded::<()>(0);
+    let restart = is_client && cfg.auto_restart;
+    let shared = Arc::new(Shared {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        protocol: AtomicU8::new(state::protocol_code(cfg.protocol)),
+        budget: IncomingBudget::new(cfg.incoming_bytes),
+        cfg,
+        addrs,
+        is_client,
+        peer: Mutex::new(peer),
+        life: Lifecycle::new(),
+        restart: AtomicBool::new(restart),
+        in_rx,
+        out_tx,
+        shutdown_rx,
+        acks: Mutex::new(AckQueue {
+            epoch: 0,
+            waiting: Default::default(),
+        }),
+        replies: Mutex::new(Replies::default()),
+        link: Mutex::new(link::Link::new()),
+        pending: AtomicUsize::new(0),
+        ctl_tx,
+        stream: Mutex::new(None),
+        connecting: Mutex::new(None),
+        events: EventSink::new(),
+        reader: Mutex::new(None),
+        ready: ReadyList::new(notifier),
+        stray_acks: LogLimit::new(),
+    });
+    let ends = Ends {
+        in_tx,
+        out_rx,
+        ctl_rx,
+        shutdown_tx,
+        done_tx,
+        writer_done,
+    };
+    (shared, ends)
+}
+
+/// The writer could not be started, but the reader runs already: end it (the socket
+/// shut down, the shutdown signal given) and join it, rather than leave it detached.
+fn abandon(shared: &Shared, shutdown_tx: Sender<()>) {
+    shared.life.set(state::Phase::Closed);
+    drop(shutdown_tx);
+    if let Some(s) = lock(&shared.stream).take() {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    if let Some(r) = lock(&shared.reader).take() {
+        let _ = r.join();
+    }
+}
+
+/// One TCP link to a serpy peer: send and receive messages with blocking calls while a
+/// reader and a writer thread do the socket work.
+///
+/// A client connects with [`Connection::connect`] or [`Connection::builder`]; a
+/// [`Server`](crate::Server) hands out the connections it accepts. Handles are cheap to
+/// clone and can be used from many threads at once. The connection closes when
+/// [`close`](Connection::close) is called or the last handle is dropped; both return only
+/// after every thread of the connection has ended.
+///
+/// ```
+/// use serpy::{Connection, Mode, Server};
+/// use std::time::Duration;
+///
+/// # fn main() -> serpy::Result<()> {
+/// let server = Server::bind("127.0.0.1:0")?;
+/// let client = Connection::connect(server.local_addr())?;
+/// let peer = server.get_connection_timeout(Duration::from_secs(5))?;
+///
+/// client.send_data("hello", Mode::Plain)?;          // returns once queued
+/// assert_eq!(peer.get_data()?.as_str(), Some("hello"));
+///
+/// client.send_data("sure?", Mode::PlainAck)?;       // returns once the peer has it
+/// assert_eq!(peer.get_data_timeout(Duration::from_secs(5))?.as_str(), Some("sure?"));
+/// client.close();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.shared.id)
+            .field("peer", &*lock(&self.inner.shared.peer))
+            .field("protocol", &self.inner.shared.protocol())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Starts the threads of a connection over `stream` (client or accepted socket).
+    pub(crate) fn start(
+        stream: TcpStream,
+        cfg: Config,
+        addrs: Vec<SocketAddr>,
+        is_client: bool,
+        notifier: Option<Notifier>,
+    ) -> Result<Connection> {
+        session::configure(&stream, &cfg).map_err(|e| Error::io("configuring the socket", e))?;
+        let peer = stream.peer_addr().ok();
+        let (shared, ends) = new_shared(cfg, addrs, is_client, notifier, peer);
+        if let Some(p) = peer {
+            shared.event(Event::Connected { peer: p });
+        }
+        let writer = Writer {
+            shared: shared.clone(),
+            out_rx: ends.out_rx,
+            ctl_rx: ends.ctl_rx,
+            in_tx: ends.in_tx,
+            session: RefCell::new(Session::new(&shared.cfg)),
+            _done: ends.done_tx,
+        };
+        session::attach(&shared, &mut lock(&shared.link), stream, &writer.in_tx)?;
+        let name = format!("serpy-wr-{}", shared.id);
+        let handle = match thread::Builder::new()
+            .name(name)
+            .spawn(move || writer.run())
+        {
+            Ok(h) => h,
+            Err(e) => {
+                abandon(&shared, ends.shutdown_tx);
+                return Err(Error::io("starting the writer thread", e));
+            }
+        };
+        Ok(Connection {
+            inner: Arc::new(Inner {
+                shared,
+                shutdown_tx: Mutex::new(Some(ends.shutdown_tx)),
+                writer: Mutex::new(Some(handle)),
+                writer_done: ends.writer_done,
+            }),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Sends `data` in `mode` (v1; see [`Mode`]).
+    ///
+    /// - Modes 0, 2, 4 (and every send over v2) return once the message is queued; they
+    ///   block while the outgoing queue is full. (When the link has been idle, the message
+    ///   is handed to the socket at once instead, if that needs no waiting, which saves
+    ///   waking the writer thread.)
+    /// - Modes 1, 3, 5 return once the peer has acknowledged this very message. Several
+    ///   threads may send acknowledged messages at once: each gets its own answer.
+    ///
+    /// v1 switches to base85 by itself where the bytes could not travel as they are
+    /// (bytes, or text holding `0x1F`, `0x04` or a leading `0x01`). v2 frames are typed and
+    /// have no acknowledgement: modes 1, 3, 5 are refused there.
+    ///
+    /// Errors: [`Error::Closed`], [`Error::Disconnected`], [`Error::AckUncertain`] (the
+    /// link broke while waiting for the acknowledgement, or the peer had to drop the
+    /// message: it then closes the link, see below), [`Error::NotSent`],
+    /// [`Error::CutShort`] (the link went down for good while the message was being
+    /// written), [`Error::EmptyMessage`], [`Error::MessageTooLarge`],
+    /// [`Error::Encoding`], [`Error::Unsupported`].
+    ///
+    /// An acknowledged send returns `Ok` only for a message the peer's program can take.
+    /// v1 acknowledgements carry no id, so a receiver that must drop an acknowledged
+    /// message (larger than its `max_message_size`, say) closes the link rather than
+    /// leave later acknowledgements matched to the wrong messages; with auto-restart
+    /// the link comes back in step.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// use serpy::Mode;
+    /// conn.send_data(42, Mode::Plain)?;
+    /// conn.send_data(vec![0u8, 0x1f, 0xff], Mode::Base85)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send_data(&self, data: impl Into<Message>, mode: Mode) -> Result<()> {
+        self.send_impl(data.into(), mode, Deadline::never())
+    }
+
+    /// [`send_data`](Connection::send_data) that gives up after `timeout` in total (waiting
+    /// for room in the queue and for the acknowledgement) with [`Error::Timeout`].
+    /// After a timeout an acknowledged message may still be delivered later.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.send_data_timeout("hi", serpy::Mode::Plain, std::time::Duration::from_secs(1))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send_data_timeout(
+        &self,
+        data: impl Into<Message>,
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.send_impl(data.into(), mode, Deadline::after(timeout))
+    }
+
+    /// Sends `data` in mode 0 (v1) or as its typed frame (v2): `send_data(data, Mode::Plain)`.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.send("hello")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send(&self, data: impl Into<Message>) -> Result<()> {
+        self.send_impl(data.into(), Mode::Plain, Deadline::never())
+    }
+
+    fn send_impl(&self, message: Message, mode: Mode, deadline: Deadline) -> Result<()> {
+        let shared = &self.inner.shared;
+        let payload = outgoing::prepare_send(shared, &message, mode)?;
+        outgoing::enqueue(shared, payload, deadline)
+    }
+
+    /// Queues `prepared` as `send` would, waiting for room in the queue until `deadline`
+    /// (see `Server::broadcast_timeout`).
+    pub(crate) fn send_prepared(&self, prepared: &Prepared, deadline: Deadline) -> Result<()> {
+        let shared = &self.inner.shared;
+        if let Some(e) = shared.life.refusal() {
+            return Err(e);
+        }
+        outgoing::enqueue(shared, prepared.0.clone(), deadline)
+    }
+
+    /// Queues `prepared` as `send` would, but never blocks: [`Error::QueueFull`] when the
+    /// outgoing queue is full, [`Error::Closed`] or [`Error::Disconnected`] when the
+    /// connection is gone. For the server, which must not wait on one slow peer.
+    pub(crate) fn try_send_prepared(&self, prepared: &Prepared) -> Result<()> {
+        outgoing::try_enqueue(&self.inner.shared, prepared.0.clone())
+    }
+
+    /// True once the connection is gone for good (down without coming back, or closed):
+    /// a server may forget it once nothing it received is left to read.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.inner.shared.is_gone()
+    }
+
+    /// The configuration of this connection.
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.shared.cfg
+    }
+
+    /// The next message, waiting as long as it takes. Returns [`Error::Disconnected`]
+    /// once the link is down for good and everything it delivered has been read, and
+    /// [`Error::Closed`] after [`close`](Connection::close). (A v1 peer that shut down
+    /// only its sending side keeps the link up for what this side sends: this waits
+    /// until it closes.)
+    ///
+    /// v1 delivers bytes (read text with [`Message::as_str`]); v2 delivers typed values.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// # let peer = server.get_connection()?;
+    /// peer.send("ping")?;
+    /// let msg = conn.get_data()?;
+    /// assert_eq!(msg.as_str(), Some("ping"));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_data(&self) -> Result<Message> {
+        self.get_data_with_mode(None).map(|(m, _)| m)
+    }
+
+    /// The next message, waiting at most `timeout` ([`Error::Timeout`] otherwise).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// use std::time::Duration;
+    /// let r = conn.get_data_timeout(Duration::from_millis(10));
+    /// assert!(matches!(r, Err(serpy::Error::Timeout { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_data_timeout(&self, timeout: Duration) -> Result<Message> {
+        self.get_data_with_mode(Some(timeout)).map(|(m, _)| m)
+    }
+
+    /// The next message if one is waiting, `Ok(None)` if not.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(conn.try_get_data()?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn try_get_data(&self) -> Result<Option<Message>> {
+        let shared = &self.inner.shared;
+        match shared.in_rx.try_recv().map(|item| shared.took(item)) {
+            Ok((m, _)) => Ok(Some(m)),
+            Err(channel::TryRecvError::Empty) => Ok(None),
+            Err(channel::TryRecvError::Disconnected) => Err(self.gone()),
+        }
+    }
+
+    /// The next message with the v1 mode it came in (`None` over v2), waiting at most
+    /// `timeout` (forever if `None`). Useful to forward a message in its own mode.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// # let peer = server.get_connection()?;
+    /// use serpy::Mode;
+    /// conn.send_data("x", Mode::Base85)?;
+    /// let (msg, mode) = peer.get_data_with_mode(Some(std::time::Duration::from_secs(5)))?;
+    /// assert_eq!(mode, Some(Mode::Base85));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_data_with_mode(&self, timeout: Option<Duration>) -> Result<(Message, Option<Mode>)> {
+        let shared = &self.inner.shared;
+        match timeout {
+            None => shared
+                .in_rx
+                .recv()
+                .map(|item| shared.took(item))
+                .map_err(|_| self.gone()),
+            Some(t) => shared
+                .in_rx
+                .recv_timeout(t)
+                .map(|item| shared.took(item))
+                .map_err(|e| match e {
+                    RecvTimeoutError::Timeout => Error::Timeout {
+                        operation: "get_data",
+                        after: t,
+                    },
+                    RecvTimeoutError::Disconnected => self.gone(),
+                }),
+        }
+    }
+
+    fn gone(&self) -> Error {
+        self.inner.shared.life.gone_error()
+    }
+
+    /// True when a received message is waiting to be read.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(!conn.is_data_available());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_data_available(&self) -> bool {
+        self.inner.shared.has_data()
+    }
+
+    /// A blocking iterator over received messages; it ends when the connection is down
+    /// for good (or closed) and everything has been read.
+    ///
+    /// ```no_run
+    /// # fn main() -> serpy::Result<()> {
+    /// # let conn = serpy::Connection::connect(("127.0.0.1", 8000))?;
+    /// for msg in conn.iter() {
+    ///     println!("{msg}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = Message> + '_ {
+        let shared = &self.inner.shared;
+        shared.in_rx.iter().map(|item| shared.took(item).0)
+    }
+
+    /// An iterator over the messages already received; it does not wait.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// # let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert_eq!(conn.try_iter().count(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn try_iter(&self) -> impl Iterator<Item = Message> + '_ {
+        let shared = &self.inner.shared;
+        shared.in_rx.try_iter().map(|item| shared.took(item).0)
+    }
+
+    /// True while the TCP link is up.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(conn.is_connected());
+    /// conn.close();
+    /// assert!(!conn.is_connected());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_connected(&self) -> bool {
+        self.inner.shared.life.is_up()
+    }
+
+    /// Reconnect by itself when the link breaks (clients only; a server cannot call its
+    /// peer back). Has no effect once the link is down for good.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.enable_restart();
+    /// conn.disable_restart();
+    /// # Ok(()) }
+    /// ```
+    pub fn enable_restart(&self) {
+        let s = &self.inner.shared;
+        if s.is_client {
+            s.restart.store(true, Ordering::Release);
+        } else {
+            log::warn!(
+                "serpy {}: enable_restart() has no effect on a connection accepted by a server",
+                s.label()
+            );
+        }
+    }
+
+    /// Stop reconnecting when the link breaks.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::builder().auto_restart(true).connect(server.local_addr())?;
+    /// conn.disable_restart();
+    /// # Ok(()) }
+    /// ```
+    pub fn disable_restart(&self) {
+        self.inner.shared.restart.store(false, Ordering::Release);
+    }
+
+    /// Closes the connection: what is queued is written (for at most the close timeout,
+    /// which bounds the whole call), the socket is closed, and every thread of the
+    /// connection has ended when this returns. A reconnect attempt under way is cut
+    /// short (on Linux; elsewhere it may run to its connect timeout). The connection's
+    /// events end with [`Event::Closed`]. Calling it again does nothing. Messages already received can still be
+    /// read; after them `get_data` returns [`Error::Closed`].
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// conn.close();
+    /// conn.close();
+    /// assert!(matches!(conn.send("x"), Err(serpy::Error::Closed)));
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// The peer's address (the current one, for a client that reconnected).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert_eq!(conn.peer_addr(), Some(server.local_addr()));
+    /// # Ok(()) }
+    /// ```
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.inner.shared.peer)
+    }
+
+    /// This side's address of the link.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert!(conn.local_addr().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        lock(&self.inner.shared.stream)
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+    }
+
+    /// The protocol this connection speaks (`Auto` until an auto server has seen the
+    /// peer's first bytes).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// assert_eq!(conn.protocol(), serpy::Protocol::V1);
+    /// # Ok(()) }
+    /// ```
+    pub fn protocol(&self) -> Protocol {
+        self.inner.shared.protocol()
+    }
+
+    /// The link's events (connected, disconnected, reconnected, protocol errors...).
+    /// Every clone of the returned receiver takes from the same queue. They end when the
+    /// connection is gone for good, with a last event that says why (see [`Events`]):
+    /// a loop over `events().iter()` ends.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// while let Some(event) = conn.events().try_recv() {
+    ///     println!("{event}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self) -> Events {
+        self.inner.shared.events.receiver()
+    }
+
+    /// A number that identifies this connection within the process.
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let a = serpy::Connection::connect(server.local_addr())?;
+    /// let b = serpy::Connection::connect(server.local_addr())?;
+    /// assert_ne!(a.id(), b.id());
+    /// # Ok(()) }
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.inner.shared.id
+    }
+}
+
+impl PartialEq for Connection {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for Connection {}
+
+#[cfg(test)]
+mod tests {
+    use super::vocab::Payload;
+    use super::*;
+    use bytes::Bytes;
+    use std::io::{self, Read, Write};
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    /// A connection over a socket whose other end is a plain stream the test controls.
+    fn raw_peer_with(cfg: Config) -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let raw = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let conn = Connection::start(accepted, cfg, Vec::new(), false, None).unwrap();
+        (conn, raw)
+    }
+
+    fn raw_peer() -> (Connection, TcpStream) {
+        raw_peer_with(Config::default())
+    }
+
+    /// Fills the connection's side of the socket, holding the link as a writer would;
+    /// returns how many bytes of `b'x'` it wrote.
+    fn fill(conn: &Connection) -> usize {
+        let link = lock(&conn.shared().link);
+        let s = link.stream.as_ref().unwrap();
+        // A write timeout, not non-blocking mode: the reader is reading this socket.
+        s.set_write_timeout(Some(Duration::from_millis(5))).unwrap();
+        let chunk = [b'x'; 4096];
+        let mut filler = 0;
+        // Until the socket stays full (loopback keeps moving bytes to the peer for a while).
+        let mut full_since = Instant::now();
+        while full_since.elapsed() < Duration::from_millis(50) {
+            match (&*s).write(&chunk) {
+                Ok(n) => {
+                    filler += n;
+                    full_since = Instant::now();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        s.set_write_timeout(None).unwrap();
+        filler
+    }
+
+    /// The caller's own non-blocking write exists on Linux and Android only.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_plain_send_the_socket_takes_in_part_is_finished_by_the_writer() {
+        use crate::protocol::{v2, WireBuf};
+        let cfg = Config {
+            protocol: Protocol::V2,
+            ..Config::default()
+        };
+        let (conn, mut raw) = raw_peer_with(cfg);
+        let filler = fill(&conn);
+        // Make room, less than the message: the send writes part of it at once.
+        let mut got = vec![0u8; filler / 2];
+        raw.read_exact(&mut got).unwrap();
+        // The link counts as quiet once QUIET has passed since its last write: set that
+        // time in the past instead of waiting.
+        let past = Instant::now()
+            .checked_sub(inline::QUIET * 4)
+            .expect("a clock past boot");
+        lock(&conn.shared().link).last_write = past;
+        let big = Bytes::from((0..filler as u32 * 2).map(|i| i as u8).collect::<Vec<u8>>());
+        conn.send(big.clone()).unwrap();
+        conn.send("after").unwrap();
+        let mut rest = vec![0u8; filler - got.len()];
+        raw.read_exact(&mut rest).unwrap();
+        assert!(rest.iter().all(|&b| b == b'x'));
+        let mut wire = WireBuf::new();
+        v2::encode(&Message::Bytes(big), &mut wire).unwrap();
+        v2::encode(&Message::from("after"), &mut wire).unwrap();
+        let want = wire.to_vec();
+        let mut frames = vec![0u8; want.len()];
+        raw.read_exact(&mut frames).unwrap();
+        assert!(frames == want, "the frames arrive whole and in order");
+        // Once the writer thread has ended, nothing may still count as pending.
+        conn.close();
+        assert_eq!(
+            conn.shared().pending.load(Ordering::Acquire),
+            0,
+            "a message stayed pending"
+        );
+    }
+
+    #[test]
+    fn a_message_prepared_once_shares_its_payload() {
+        let blob = Bytes::from(vec![1u8; 1 << 20]);
+        let message = Message::Bytes(blob.clone());
+        let cfg = Config::default();
+        for protocol in [Protocol::V1, Protocol::V2] {
+            let prepared = Prepared::new(protocol, &cfg, &message).unwrap();
+            let payload_ptr = |p: &Prepared| match &p.0 {
+                Payload::V2 { body, .. } => body.as_ptr(),
+                // v1 sends bytes as base85: encoded once, shared by every copy.
+                Payload::V1 { parts, .. } => parts.iter().max_by_key(|b| b.len()).unwrap().as_ptr(),
+                Payload::Deferred { .. } => panic!("deferred"),
+            };
+            let first = payload_ptr(&prepared);
+            if protocol == Protocol::V2 {
+                assert_eq!(first, blob.as_ptr());
+            }
+            for copy in (0..10).map(|_| prepared.clone()) {
+                assert_eq!(payload_ptr(&copy), first);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reply_that_would_block_is_finished_by_the_writer() {
+        let (conn, mut raw) = raw_peer();
+        let filler = fill(&conn);
+        // The peer switches modes: the connection owes an ACKMODCG, which cannot go out
+        // without blocking, so the writer thread must finish it.
+        raw.write_all(b"\x01SETMODE2\x1fVPaz\x1f").unwrap();
+        assert_eq!(
+            conn.get_data_timeout(Duration::from_secs(20))
+                .unwrap()
+                .as_str(),
+            Some("abc")
+        );
+        let mut got = vec![0u8; filler + 10];
+        raw.read_exact(&mut got).unwrap();
+        assert!(got[..filler].iter().all(|&b| b == b'x'));
+        assert_eq!(&got[filler..], b"\x01ACKMODCG\x1f");
+        // The link is sound afterwards: data and replies keep their framing.
+        conn.send_data("after", Mode::Plain).unwrap();
+        let mut after = [0u8; 6];
+        raw.read_exact(&mut after).unwrap();
+        assert_eq!(&after, b"after\x1f");
+    }
+}

@@ -1,0 +1,78 @@
+//! The plain data the parts of a connection hand each other: what a caller queues for
+//! the writer ([`Outgoing`], [`Payload`]), what the reader queues for the program
+//! ([`Incoming`]), the answer slot of an acknowledged send ([`AckSlot`]), and what
+//! readers tell the writer ([`Control`]). It imports only the protocol and the message
+//! types, so every other file of the connection can build on it.
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+
+use crate::error::Result;
+use crate::message::Message;
+use crate::protocol::{v2, Mode, Protocol};
+
+/// A message as received, with the v1 mode it came in (`None` for v2).
+pub(crate) type Incoming = (Message, Option<Mode>);
+
+/// The answer an acknowledged send waits for: `Ok` once the peer's ACKEOT for it came.
+pub(crate) type AckSlot = Sender<Result<()>>;
+
+/// A message ready for the writer.
+pub(crate) struct Outgoing {
+    /// Its encoding (or the message itself, for an auto server before detection).
+    pub payload: Payload,
+    /// Where its acknowledgement goes, for modes 1, 3 and 5.
+    pub ack: Option<AckSlot>,
+    /// Part of it was written on a link that then broke (the peer dropped that part).
+    /// It goes out whole on the next link; if none comes, its sender learns that bytes
+    /// of it went out (`Error::CutShort`), not that nothing did.
+    pub cut: bool,
+}
+
+/// A message encoded for the wire, as far as that does not depend on the link's state.
+#[derive(Clone)]
+pub(crate) enum Payload {
+    /// A v1 data block (no SETMODE) and the mode it is in.
+    V1 { mode: Mode, parts: Vec<Bytes> },
+    /// A whole v2 frame: its header, and its payload (the message's own bytes).
+    V2 {
+        header: [u8; v2::HEADER_LEN],
+        body: Bytes,
+    },
+    /// Server in auto mode before the peer's protocol is known: encoded later.
+    Deferred { message: Message, mode: Mode },
+}
+
+impl Payload {
+    /// True when the peer is to acknowledge it (v1 modes 1, 3, 5).
+    pub fn is_acked(&self) -> bool {
+        match self {
+            Payload::V1 { mode, .. } | Payload::Deferred { mode, .. } => mode.is_acked(),
+            Payload::V2 { .. } => false,
+        }
+    }
+}
+
+impl Outgoing {
+    /// About how many bytes it puts on the wire (for the writer's batch bound).
+    pub fn payload_len(&self) -> usize {
+        match &self.payload {
+            Payload::V1 { parts, .. } => parts.iter().map(Bytes::len).sum(),
+            Payload::V2 { body, .. } => v2::HEADER_LEN + body.len(),
+            Payload::Deferred { message, .. } => message.len(),
+        }
+    }
+}
+
+/// What readers (and callers that wrote to the socket themselves) tell the writer.
+pub(crate) enum Control {
+    /// Control replies are waiting, or a write made outside the writer left work for it.
+    Wake,
+    /// The link of `epoch` broke.
+    LinkDown { epoch: u64, reason: String },
+    /// The peer of the link of `epoch` will send no more (it shut down its sending
+    /// side, or closed); it may still read.
+    PeerDone { epoch: u64 },
+    /// The peer's protocol was detected (auto servers).
+    Detected(Protocol),
+}

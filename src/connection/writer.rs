@@ -1,0 +1,433 @@
+//! The writer thread: serves control first (replies never wait behind data), writes what
+//! is queued in few large batches, takes broken links down (and, through the session,
+//! brings them back), and on its way out writes what is left or reports it lost.
+//!
+//! Threads: writer.
+
+use std::cell::RefCell;
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use super::link::{encode_replies, Link};
+use super::outgoing::prepare;
+use super::session::{self, Next, Session};
+use super::state::{Phase, Shared};
+use super::vocab::{Control, Incoming, Outgoing, Payload};
+use crate::error::Error;
+use crate::event::Event;
+use crate::protocol::{v1, Protocol};
+use crate::sync::lock;
+
+/// The writer gathers at most this many bytes into one batch of writes.
+const BATCH_BYTES: usize = 1 << 20;
+/// The writer gathers at most this many messages into one batch.
+const BATCH_MESSAGES: usize = 512;
+/// After the peer's end of sending (v1), the first wait between two probes; it doubles
+/// up to [`PROBE_MAX`]. A peer that closed answers the first probe with a reset, so the
+/// second finds it gone.
+const PROBE_FIRST: Duration = Duration::from_millis(5);
+/// The longest wait between two probes of a half-closed link (one byte per wait).
+const PROBE_MAX: Duration = Duration::from_secs(1);
+
+/// How long the writer may wait before the next probe of a half-closed link: the probe
+/// wait since the last write (`Duration::MAX` when the link needs no probe).
+fn probe_due(link: &Link) -> Duration {
+    match link.peer_done {
+        Some(wait) => wait.saturating_sub(link.last_write.elapsed()),
+        None => Duration::MAX,
+    }
+}
+
+/// The writer thread: writes what is queued (with [`Link`]), and reconnects.
+pub(crate) struct Writer {
+    /// What the connection's threads share.
+    pub shared: Arc<Shared>,
+    /// The writer's end of the outgoing queue.
+    pub out_rx: Receiver<Outgoing>,
+    /// What readers and callers tell the writer.
+    pub ctl_rx: Receiver<Control>,
+    /// Handed to each reader; dropped when the writer ends, so `get_data` sees the end.
+    pub in_tx: Sender<Incoming>,
+    /// What survives a reconnect (the backoff); the writer alone uses it.
+    pub session: RefCell<Session>,
+    /// Dropped with the writer: tells `close()` that the writer has ended.
+    pub _done: Sender<()>,
+}
+
+/// A batch encoded into the link's `wire`, not yet written.
+struct Batch {
+    /// The messages in it, in order.
+    kept: Vec<Outgoing>,
+    /// Where each message ends in the wire bytes.
+    ends: Vec<usize>,
+    /// Acknowledgement slots registered for it (the newest in the ack queue).
+    pushed_acks: usize,
+    /// Deferred messages that could not be encoded (their senders were told).
+    failed: usize,
+    /// Where the first message begins in the wire bytes (after what was left in it).
+    start: usize,
+}
+
+impl Writer {
+    /// The thread's body.
+    pub fn run(self) {
+        let shared = self.shared.clone();
+        loop {
+            // The link is locked while the writer works, not while it waits.
+            let (ready, probe) = {
+                let mut link = lock(&shared.link);
+                match self.serve(&mut link) {
+                    Some(ready) => (ready, probe_due(&link)),
+                    None => {
+                        drop(link);
+                        return self.finish();
+                    }
+                }
+            };
+            let next = if ready {
+                select! {
+                    recv(self.ctl_rx) -> c => match c {
+                        Ok(c) => self.control(&mut lock(&shared.link), c),
+                        Err(_) => Next::Stop,
+                    },
+                    recv(self.out_rx) -> item => match item {
+                        Ok(item) => self.write_batch(&mut lock(&shared.link), Some(item)),
+                        Err(_) => Next::Stop,
+                    },
+                    recv(self.shared.shutdown_rx) -> _ => Next::Stop,
+                    default(probe) => self.probe(&mut lock(&shared.link)),
+                }
+            } else {
+                select! {
+                    recv(self.ctl_rx) -> c => match c {
+                        Ok(c) => self.control(&mut lock(&shared.link), c),
+                        Err(_) => Next::Stop,
+                    },
+                    recv(self.shared.shutdown_rx) -> _ => Next::Stop,
+                }
+            };
+            if let Next::Stop = next {
+                return self.finish();
+            }
+        }
+    }
+
+    fn link_down(&self, link: &mut Link, reason: String) -> Next {
+        let mut session = self.session.borrow_mut();
+        session::link_down(&self.shared, link, reason, &self.in_tx, &mut session)
+    }
+
+    /// Does what needs no waiting: a write that failed in another thread, control, replies,
+    /// messages to write again. Returns whether queued messages can be written now, or
+    /// `None` when the writer stops.
+    fn serve(&self, link: &mut Link) -> Option<bool> {
+        loop {
+            if let Some((epoch, reason)) = link.broken.take() {
+                if epoch == link.epoch && link.stream.is_some() {
+                    if let Next::Stop = self.link_down(link, reason) {
+                        return None;
+                    }
+                }
+            }
+            // Control first: replies must never wait behind data.
+            while let Ok(c) = self.ctl_rx.try_recv() {
+                if let Next::Stop = self.control(link, c) {
+                    return None;
+                }
+            }
+            if let Next::Stop = self.write_replies(link) {
+                return None;
+            }
+            let ready = self.shared.protocol() != Protocol::Auto && link.stream.is_some();
+            if !ready || link.retry.is_empty() {
+                return Some(ready);
+            }
+            if let Next::Stop = self.write_batch(link, None) {
+                return None;
+            }
+        }
+    }
+
+    /// Writes the control replies the reader asked for, after what a reader left over.
+    fn write_replies(&self, link: &mut Link) -> Next {
+        loop {
+            let (modcg, eot) = {
+                let mut r = lock(&self.shared.replies);
+                if r.epoch != link.epoch || link.stream.is_none() {
+                    return Next::Go;
+                }
+                r.take_batch()
+            };
+            if modcg == 0 && eot == 0 && link.wire.is_empty() {
+                return Next::Go;
+            }
+            encode_replies(modcg, eot, &mut link.wire);
+            let (_, result) = link.write_wire(&self.shared.pending);
+            if let Err(e) = result {
+                return self.link_down(link, format!("write failed: {e}"));
+            }
+        }
+    }
+
+    fn control(&self, link: &mut Link, c: Control) -> Next {
+        match c {
+            Control::Wake => self.write_replies(link),
+            Control::LinkDown { epoch, reason } => {
+                if epoch == link.epoch && link.stream.is_some() {
+                    self.link_down(link, reason)
+                } else {
+                    Next::Go
+                }
+            }
+            Control::PeerDone { epoch } => {
+                if epoch == link.epoch && link.stream.is_some() {
+                    self.peer_done(link)
+                } else {
+                    Next::Go
+                }
+            }
+            Control::Detected(p) => {
+                // The reader already set the protocol; this wakes the writer to send
+                // what waited for it.
+                self.shared.event(Event::ProtocolDetected(p));
+                Next::Go
+            }
+        }
+    }
+
+    /// The peer will send no more on this link. A v1 peer may still read (it shut down
+    /// its sending side only): the link stays up for writing, and when it is quiet,
+    /// empty blocks, which a v1 receiver ignores, find out whether the peer really
+    /// closed (its system then answers with a reset, and the next write fails). v2 has no message a receiver
+    /// ignores, so a v2 link cannot tell a half close from a close: it writes what is
+    /// queued, then ends, as the original does.
+    fn peer_done(&self, link: &mut Link) -> Next {
+        if self.shared.protocol() == Protocol::V1 {
+            log::debug!(
+                "serpy {}: the peer sends no more; writing on until it closes",
+                self.shared.label()
+            );
+            // The first probe once the link has been quiet for PROBE_FIRST.
+            link.peer_done = Some(PROBE_FIRST);
+            return Next::Go;
+        }
+        while self.shared.protocol() == Protocol::V2 && !self.out_rx.is_empty() {
+            if let Next::Stop = self.write_batch(link, None) {
+                return Next::Stop;
+            }
+            if link.stream.is_none() {
+                return Next::Go;
+            }
+        }
+        self.link_down(link, "the peer closed the connection".to_string())
+    }
+
+    /// The probe's wait ran out: unless something was written meanwhile (which probes
+    /// as well), probe, and wait twice as long next time.
+    fn probe(&self, link: &mut Link) -> Next {
+        match link.peer_done {
+            Some(wait) if link.last_write.elapsed() >= wait => {
+                link.peer_done = Some(wait.saturating_mul(2).min(PROBE_MAX));
+                self.write_probe(link)
+            }
+            _ => Next::Go,
+        }
+    }
+
+    /// Writes one empty v1 block (after what a write left in `wire`, so between whole
+    /// blocks); a write that fails takes the link down.
+    fn write_probe(&self, link: &mut Link) -> Next {
+        link.wire.put_u8(v1::SEP);
+        match link.write_wire(&self.shared.pending) {
+            (_, Ok(())) => Next::Go,
+            (_, Err(e)) => self.link_down(
+                link,
+                format!("the peer closed the connection (a write after its end failed: {e})"),
+            ),
+        }
+    }
+
+    /// Encodes and writes `first` and whatever else is queued, in few large writes.
+    fn write_batch(&self, link: &mut Link, first: Option<Outgoing>) -> Next {
+        if link.stream.is_none() || self.shared.protocol() == Protocol::Auto {
+            // Not writable now (a failed write from another thread took it down): later.
+            link.retry.extend(first);
+            return Next::Go;
+        }
+        let mut items: Vec<Outgoing> = link.retry.drain(..).collect();
+        items.extend(first);
+        let mut bytes = 0;
+        while items.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+            match self.out_rx.try_recv() {
+                Ok(item) => {
+                    bytes += item.payload_len();
+                    items.push(item)
+                }
+                Err(_) => break,
+            }
+        }
+        let mut batch = self.encode(link, items);
+        let (written, result) = link.write_wire(&self.shared.pending);
+        match result {
+            Ok(()) => {
+                self.shared
+                    .pending
+                    .fetch_sub(batch.kept.len() + batch.failed, Ordering::AcqRel);
+                Next::Go
+            }
+            Err(e) => {
+                // Messages not fully handed to the socket go out again on the next link;
+                // their acknowledgement slots are taken back (they are the newest ones).
+                let done = batch.ends.iter().take_while(|&&end| end <= written).count();
+                if let Some(first_unwritten) = batch.kept.get_mut(done) {
+                    let start = done.checked_sub(1).map_or(batch.start, |i| batch.ends[i]);
+                    first_unwritten.cut |= written > start;
+                }
+                self.shared
+                    .pending
+                    .fetch_sub(done + batch.failed, Ordering::AcqRel);
+                let mut acks = lock(&self.shared.acks);
+                let unwritten = batch.kept[done..]
+                    .iter()
+                    .filter(|i| i.ack.is_some())
+                    .count();
+                for _ in 0..unwritten.min(batch.pushed_acks) {
+                    acks.waiting.pop_back();
+                }
+                drop(acks);
+                link.retry.extend(batch.kept.drain(done..));
+                self.link_down(link, format!("write failed: {e}"))
+            }
+        }
+    }
+
+    /// Encodes `items` into the link's wire (the SETMODE blocks depend on the link's
+    /// current send mode), registering their acknowledgement slots.
+    fn encode(&self, link: &mut Link, items: Vec<Outgoing>) -> Batch {
+        let mut batch = Batch {
+            ends: Vec::with_capacity(items.len()),
+            kept: Vec::with_capacity(items.len()),
+            pushed_acks: 0,
+            failed: 0,
+            start: link.wire.len(),
+        };
+        let protocol = self.shared.protocol();
+        for mut item in items {
+            if let Payload::Deferred { message, mode } = &item.payload {
+                let encoded = if protocol == Protocol::V2 && mode.is_acked() {
+                    Err(Error::Unsupported {
+                        what: format!(
+                            "the message in mode {mode} was queued before the peer's protocol \
+                             was known, and the peer speaks v2, which has no acknowledgement; \
+                             it was not sent. Send with Mode::Plain to v2 peers"
+                        ),
+                    })
+                } else {
+                    prepare(protocol, &self.shared.cfg, message, *mode)
+                };
+                match encoded {
+                    Ok(p) => item.payload = p,
+                    Err(e) => {
+                        log::warn!("serpy {}: a message queued before the protocol was known cannot be sent: {e}", self.shared.label());
+                        if let Some(ack) = item.ack.take() {
+                            let _ = ack.send(Err(e));
+                        }
+                        batch.failed += 1;
+                        continue;
+                    }
+                }
+            }
+            link.put(&item.payload);
+            if let Some(ack) = &item.ack {
+                // Registered before the bytes go out, so the ACKEOT cannot come first.
+                lock(&self.shared.acks).waiting.push_back(ack.clone());
+                batch.pushed_acks += 1;
+            }
+            batch.ends.push(link.wire.len());
+            batch.kept.push(item);
+        }
+        batch
+    }
+
+    /// The writer ends: on close, write what is queued (bounded by the close timeout);
+    /// otherwise the link is down for good and what is queued is reported lost.
+    fn finish(self) {
+        let shared = self.shared.clone();
+        let mut link = lock(&shared.link);
+        let closing = shared.life.is_closed();
+        if closing && link.stream.is_some() && shared.protocol() != Protocol::Auto {
+            self.flush_on_close(&mut link);
+        }
+        shared.life.set(Phase::Down);
+        {
+            let mut acks = lock(&shared.acks);
+            for slot in acks.waiting.drain(..) {
+                let _ = slot.send(Err(if closing {
+                    Error::Closed
+                } else {
+                    Error::AckUncertain
+                }));
+            }
+        }
+        let partial = link.partial.take().map(|(item, _)| item);
+        let rest: Vec<Outgoing> = partial
+            .into_iter()
+            .chain(link.retry.drain(..))
+            .chain(self.out_rx.try_iter())
+            .collect();
+        let mut lost = 0;
+        for mut item in rest {
+            match item.ack.take() {
+                Some(ack) => {
+                    let _ = ack.send(Err(match (closing, item.cut) {
+                        (true, _) => Error::Closed,
+                        (false, true) => Error::CutShort,
+                        (false, false) => Error::NotSent,
+                    }));
+                }
+                None => lost += 1,
+            }
+        }
+        if lost > 0 {
+            shared.event(Event::Lost { messages: lost });
+        }
+        if let Some(s) = link.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if !closing {
+            // Down for good: nothing more will happen (close() ends them otherwise,
+            // after its own event).
+            shared.events.end();
+        }
+        // Dropping out_rx, in_tx (readers keep theirs until they end) ends the queues.
+    }
+
+    /// On close: writes what is queued, bounded by the close timeout; acknowledged
+    /// sends among it are answered `Closed` (nobody waits for their ACKEOT any more).
+    fn flush_on_close(&self, link: &mut Link) {
+        if let Some(s) = &link.stream {
+            let _ = s.set_write_timeout(Some(
+                self.shared.cfg.close_timeout.max(Duration::from_millis(1)),
+            ));
+        }
+        let mut rest: Vec<Outgoing> = link.retry.drain(..).collect();
+        rest.extend(self.out_rx.try_iter());
+        for item in &mut rest {
+            if let Some(ack) = item.ack.take() {
+                let _ = ack.send(Err(Error::Closed));
+            }
+        }
+        if !rest.is_empty() || !link.wire.is_empty() {
+            link.retry.extend(rest);
+            let _ = self.write_batch(link, None);
+            link.retry.clear();
+        }
+        if let Some(s) = &link.stream {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
