@@ -92,7 +92,10 @@ run_one() { # EXE NAME: prints "ok", "FAILED" or "TIMEOUT" and the name; keeps t
     echo "$status $(basename "$exe" .exe | sed 's/-[0-9a-f]*$//')::$name $log"
 }
 export -f run_one
-export WORK LIMIT WINE
+# tests/examples.rs runs `$CARGO build --examples` (cargo sets CARGO for the tests it
+# runs; this script runs them itself): Wine starts the Linux cargo as it is.
+CARGO=$(rustup which cargo)
+export WORK LIMIT WINE CARGO
 rm -rf "$WORK/logs" && mkdir -p "$WORK/logs"
 start=$(date +%s)
 xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"' <"$WORK/tests" >"$WORK/results"
