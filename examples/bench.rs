@@ -28,6 +28,10 @@
 //! Every load loop stops after a number of messages or a time, whichever comes first;
 //! every wait has a timeout. Only 127.0.0.1 with port 0 is used.
 
+mod common;
+// println! that ends quietly when stdout is closed (`--help | head -1`).
+use common::println;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -11,6 +11,8 @@
 //! It checks the original Python `test_serpy2_2_instrumentServer` as well.
 
 mod common;
+// println! that ends quietly when stdout is closed (`--help | head -1`).
+use common::println;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -166,7 +168,8 @@ fn run(o: Options) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// Compares a received image with the expected one, pixel by pixel, bit for bit.
+/// Compares a received image with the expected one, pixel by pixel: bit for bit, but for
+/// the last bit of a C library's sin or cos in the pixels near 0.
 fn check(got: &[u8], p: i64, side: usize) -> Result<(), String> {
     let expected = common::image(p, side);
     if got.len() != expected.len() {
@@ -176,25 +179,28 @@ fn check(got: &[u8], p: i64, side: usize) -> Result<(), String> {
             expected.len()
         ));
     }
+    let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    // Equal, or as good as: C libraries round some sin and cos results differently in the
+    // last bit, which shows in the pixels near 0 (made on Windows, 512 of the 262,144
+    // pixels for p = 3 differ from Linux's, by at most 1.3e-20). That must not count as
+    // a transmission error; one wrong bit in any other pixel does.
+    let same = |g: &[u8], e: &[u8]| g == e || (value(g) - value(e)).abs() <= 1e-12;
     let pixels = got.chunks_exact(4).zip(expected.chunks_exact(4));
     let wrong: Vec<usize> = pixels
         .enumerate()
-        .filter(|(_, (g, e))| g != e)
+        .filter(|(_, (g, e))| !same(g, e))
         .map(|(k, _)| k)
         .collect();
     match wrong.first() {
         None => Ok(()),
-        Some(&k) => {
-            let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            Err(format!(
-                "{} pixel(s) differ; the first at row {}, column {}: {} instead of {}",
-                wrong.len(),
-                k / side,
-                k % side,
-                value(&got[4 * k..]),
-                value(&expected[4 * k..])
-            ))
-        }
+        Some(&k) => Err(format!(
+            "{} pixel(s) differ; the first at row {}, column {}: {} instead of {}",
+            wrong.len(),
+            k / side,
+            k % side,
+            value(&got[4 * k..]),
+            value(&expected[4 * k..])
+        )),
     }
 }
 

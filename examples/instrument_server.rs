@@ -11,6 +11,8 @@
 //! are the same, bit for bit.
 
 mod common;
+// println! that ends quietly when stdout is closed (`--help | head -1`).
+use common::println;
 
 use std::error::Error;
 use std::process::ExitCode;

@@ -11,6 +11,8 @@
 //! It checks the original Python `test_serpy2_1_pingpongServer` as well.
 
 mod common;
+// println! that ends quietly when stdout is closed (`--help | head -1`).
+use common::println;
 
 use std::error::Error;
 use std::process::ExitCode;

@@ -9,6 +9,8 @@
 //! It answers the original Python `test_serpy2_1_pingpongClient` as well.
 
 mod common;
+// println! that ends quietly when stdout is closed (`--help | head -1`).
+use common::println;
 
 use std::error::Error;
 use std::process::ExitCode;

@@ -8,6 +8,10 @@
 //!
 //! It takes no arguments, prints what happens, and exits with 0 when all went as shown.
 
+mod common;
+// println! that ends quietly when stdout is closed (`--help | head -1`).
+use common::println;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -157,6 +161,8 @@ fn describe(m: &Message) -> String {
         Message::Text(t) => format!("text {:?}", t.as_str()),
         Message::Int(i) => format!("int {i}"),
         Message::Float(f) => format!("float {f}"),
+        // `Message` is #[non_exhaustive]: a kind added later is described by its name.
+        other => format!("a {} message", other.kind()),
     }
 }
 

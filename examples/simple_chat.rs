@@ -11,6 +11,8 @@
 //! back. It speaks to the original Python `simpleBroadcast`/`simpleChat` peers as well.
 
 mod common;
+// println! that ends quietly when stdout is closed (`--help | head -1`).
+use common::println;
 
 use std::error::Error;
 use std::io::{self, BufRead};

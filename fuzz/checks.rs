@@ -69,6 +69,7 @@ pub fn bound(decoder: &Decoder, max: usize) -> usize {
     match decoder {
         Decoder::V1(d) => d.limit(),
         Decoder::V2(_) => max.max(v2::HEADER_LEN),
+        other => panic!("no memory bound known for {other:?}"),
     }
 }
 
@@ -342,6 +343,7 @@ pub fn check_detect(data: &[u8]) {
                 Detection::V1 => protocol = Some(Protocol::V1),
                 Detection::V2 => protocol = Some(Protocol::V2),
                 Detection::NeedMore => {}
+                other => panic!("detect answered {other:?}, which these checks do not know"),
             },
         }
     }

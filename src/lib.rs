@@ -103,7 +103,9 @@ pub use protocol::{Mode, Protocol};
 pub use server::{Broadcast, Received, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
 pub use stats::Stats;
 
-/// The README's examples, compiled as doctests so that they cannot rot.
+/// The README's examples, compiled as doctests so that they cannot rot, and without a
+/// warning: what a user copies from it compiles cleanly.
 #[cfg(doctest)]
+#[doc(test(attr(deny(warnings))))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

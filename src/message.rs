@@ -35,6 +35,7 @@ use crate::pickle::{self, ByteOrder, Element, Value};
 /// assert_eq!(Message::Bytes("42".into()).as_int(), Some(42));
 /// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Message {
     /// A 64-bit signed integer (v2 type `0x01`).
     Int(i64),

@@ -744,25 +744,47 @@ const RECORDED: [(i64, usize, u64); 5] = [
     (0, 5, 0x1fc0_5eb3_3785_8375),
 ];
 
+/// Where `sin` and `cos` are glibc's, as on the machine the original's images were
+/// recorded on, the images are the original's to the bit. Other C libraries (Windows,
+/// macOS, musl) round some results differently in the last bit: under Wine, 512 of the
+/// 262,144 pixels for p = 3 differ, by at most 1.3e-20, all of them values near 0.
+const SAME_LIBM_AS_RECORDED: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
+
 #[test]
 fn the_test_image_is_the_original_one() {
     for (p, side, hash) in RECORDED {
-        assert_eq!(
-            fnv1a(&expected_image(p, side)),
-            hash,
-            "p = {p}, side = {side}"
-        );
+        if SAME_LIBM_AS_RECORDED {
+            assert_eq!(
+                fnv1a(&expected_image(p, side)),
+                hash,
+                "p = {p}, side = {side}"
+            );
+        }
     }
     let img = expected_image(3, 512);
     let pixel = |i: usize, j: usize| {
         let k = 4 * (i * 512 + j);
         u32::from_le_bytes(img[k..k + 4].try_into().unwrap())
     };
-    // Recorded pixels of the original image for p = 3.
-    assert_eq!(pixel(1, 1), 0x3c97_0eaa);
-    assert_eq!(pixel(100, 200), 0xbf52_7e68);
-    assert_eq!(pixel(511, 511), 0xa5d3_c9ca);
-    assert_eq!(pixel(256, 3), 0xbf7f_98ec);
+    // Recorded pixels of the original image for p = 3: the same bits, or elsewhere the
+    // same value but for the last bit of a C library's sin or cos.
+    for ((i, j), recorded) in [
+        ((1, 1), 0x3c97_0eaa),
+        ((100, 200), 0xbf52_7e68),
+        ((511, 511), 0xa5d3_c9ca),
+        ((256, 3), 0xbf7f_98ec),
+    ] {
+        let got = pixel(i, j);
+        if SAME_LIBM_AS_RECORDED {
+            assert_eq!(got, recorded, "pixel ({i}, {j})");
+        } else {
+            let (got, recorded) = (f32::from_bits(got), f32::from_bits(recorded));
+            assert!(
+                (got - recorded).abs() <= 1e-12,
+                "pixel ({i}, {j}): {got} instead of {recorded}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -787,7 +809,7 @@ fn instrument_server_sends_the_expected_images_and_ignores_the_rest() {
         };
         assert_eq!(image.len(), 512 * 512 * 4);
         assert!(image[..] == expected_image(p, 512)[..], "image for p = {p}");
-        if p == 3 {
+        if p == 3 && SAME_LIBM_AS_RECORDED {
             assert_eq!(fnv1a(&image), RECORDED[0].2);
         }
     }
@@ -801,7 +823,11 @@ fn instrument_server_sends_the_expected_images_and_ignores_the_rest() {
     let c = v2_client(small.address());
     c.send(-7).expect("send a request");
     let image = c.get_data_timeout(T).expect("an image");
-    assert_eq!(fnv1a(image.as_bytes().expect("bytes")), RECORDED[1].2);
+    let image = image.as_bytes().expect("bytes");
+    assert!(image == expected_image(-7, 33), "image for p = -7, side 33");
+    if SAME_LIBM_AS_RECORDED {
+        assert_eq!(fnv1a(image), RECORDED[1].2);
+    }
     c.send(STOP).expect("send the stop word");
     small.finish().assert_success("instrument_server --size 33");
 }

@@ -156,7 +156,7 @@ fn seq_of(kind: Kind, got: &Message) -> u64 {
             );
             return seq;
         }
-        Message::Float(x) => panic!("{kind:?}: unexpected float {x}"),
+        other => panic!("{kind:?}: unexpected {other:?}"),
     };
     let seq = seq_in(&bytes);
     let want: Bytes = match message_of(kind, seq) {

@@ -53,6 +53,7 @@ fn expected(message: &Message, asked: Mode) -> Option<(Mode, Message)> {
             Message::Int(i) => i.to_string().into_bytes(),
             Message::Float(x) => python_float_repr(*x).into_bytes(),
             Message::Bytes(b) | Message::Pickle(b) => b.to_vec(),
+            other => unreachable!("the strategies make no {other:?}"),
         }
     };
     let leading_ctrl = payload.first() == Some(&v1::CTRL);

@@ -138,7 +138,7 @@ fn auto_server_serves_v1_and_v2_clients_at_once() {
                 assert_eq!(r.message, serpy::Message::Float(2.5));
                 r.connection.send(7).unwrap();
             }
-            Protocol::Auto => panic!("protocol not detected"),
+            other => panic!("protocol not detected: {other:?}"),
         }
         got += 1;
     }

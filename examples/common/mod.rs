@@ -1,7 +1,37 @@
 //! Helpers shared by the examples (not an example itself): command-line parsing with
 //! nothing but `std::env::args`, the end-of-run reporting, the stop word of the servers,
 //! and the test image of the instrument pair.
-#![allow(dead_code)] // each example uses a different part of this module
+#![allow(dead_code, unused_imports)] // each example uses a different part of this module
+
+/// `println!` for the examples: the same, except that a closed stdout (`... | head -1`)
+/// ends the program quietly, with exit code 0, as it ends most command-line programs,
+/// where `std::println!` would panic. An example opts in with `use common::println;`.
+macro_rules! println {
+    () => {
+        $crate::common::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::common::print_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use println;
+
+/// Writes `args` and a newline on stdout, for [`println!`]. A closed stdout ends the
+/// program with 0 (whoever read the output has all they wanted); any other write error
+/// ends it with 1 and says so on stderr.
+pub fn print_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -154,6 +184,8 @@ pub fn describe(message: &Message) -> String {
             _ => format!("{} bytes", b.len()),
         },
         Message::Pickle(b) => format!("a pickle of {} bytes", b.len()),
+        // `Message` is #[non_exhaustive]: a kind added later is described by its name.
+        other => format!("a {} message", other.kind()),
     }
 }
 
@@ -176,7 +208,9 @@ pub fn linspace(stop: f64, n: usize) -> Vec<f64> {
 /// The instrument pair's test image for request `p`: `side` × `side` float32 pixels,
 /// little endian, row after row, pixel (row i, column j) = `cos(x[j]) * sin(y[i])`
 /// computed in f64 and rounded to f32, with `x` and `y` both `linspace(0, p·π, side)`.
-/// These are the bytes of the original Python utilities' image for the same `p`.
+/// These are the bytes of the original Python utilities' image for the same `p` where
+/// `sin` and `cos` are glibc's; other C libraries (Windows, macOS) differ from it in the
+/// last bit of a few values near 0.
 pub fn image(p: i64, side: usize) -> Vec<u8> {
     let axis = linspace(p as f64 * std::f64::consts::PI, side);
     let cos: Vec<f64> = axis.iter().map(|x| x.cos()).collect();

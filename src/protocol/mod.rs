@@ -41,6 +41,7 @@ pub mod v2;
 /// assert_eq!(Protocol::default(), Protocol::V1);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Protocol {
     /// serpy: `0x1F`-separated blocks, modes 0 to 5 with acknowledgements (the default,
     /// as in the original examples).
@@ -65,6 +66,7 @@ impl fmt::Display for Protocol {
 
 /// The answer of [`detect`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Detection {
     /// The stream is v1.
     V1,
@@ -189,6 +191,7 @@ impl fmt::Display for Mode {
 
 /// What a decoder found in the stream.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Frame {
     /// A whole message. `mode` is the v1 mode it arrived in (`None` for v2). For modes 1,
     /// 3 and 5 the receiver must answer with an ACKEOT (see [`v1::Control::AckEot`]).
@@ -210,6 +213,7 @@ pub enum Frame {
 
 /// Either decoder, for code that handles both protocols alike.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Decoder {
     /// A v1 decoder.
     V1(v1::Decoder),

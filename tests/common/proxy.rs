@@ -157,6 +157,8 @@ impl Link {
             } else {
                 let _ = s.shutdown(Shutdown::Both);
             }
+            #[cfg(windows)]
+            super::windows::cancel_blocked_io(s);
         }
     }
 
@@ -165,6 +167,10 @@ impl Link {
         self.dead.store(true, Ordering::Release);
         let _ = self.client.shutdown(Shutdown::Both);
         let _ = self.server.shutdown(Shutdown::Both);
+        #[cfg(windows)]
+        for s in [&self.client, &self.server] {
+            super::windows::cancel_blocked_io(s);
+        }
     }
 }
 
