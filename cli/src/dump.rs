@@ -1,0 +1,519 @@
+//! `serpy dump`: a transparent proxy that prints what each side sends, decoded.
+//!
+//! Each accepted client gets a connection to the target and two threads, one per
+//! direction. A thread reads from one socket, writes exactly those bytes to the other,
+//! and feeds the same bytes to the library's pure decoder of that direction
+//! ([`serpy::protocol::v1::Decoder`] or [`serpy::protocol::v2::Decoder`]); printing
+//! never changes what is forwarded.
+//!
+//! Copies: a v1 direction reads into one buffer, forwards it and decodes it in place
+//! (the decoder keeps only a block that spans reads, and the base85 it decodes). A v2
+//! direction reads with [`serpy::protocol::v2::Decoder::read_from`] through a reader
+//! that forwards what it reads, so the bytes of a large frame go from the socket into
+//! the frame's own buffer, from which they are forwarded and checked: no copy at all.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use clap::Args;
+use serpy::protocol::{detect, v1, v2, Detection, Frame};
+use serpy::{Message, Mode, Protocol, ProtocolError};
+
+use crate::out::{style, CmdResult, Failure};
+use crate::render;
+use crate::{noteln, outln, parse_addr, parse_size, ProtocolArg};
+
+/// A transparent proxy that prints what each side sends, decoded.
+///
+/// v1 blocks and control blocks, base85 decoded, v2 frames with type, length and checksum
+/// verdict, garbage and resynchronisation; the bytes are forwarded unchanged.
+#[derive(Args, Debug)]
+#[command(after_help = concat!(
+    "Point the client at LISTEN instead of at the target: every byte is forwarded unchanged
+in both directions, and each side's traffic is printed as it is decoded, one line per
+item, `#N` being the connection and `c>s` / `s>c` the direction:
+
+  #1 open 127.0.0.1:40312 -> 127.0.0.1:8000
+  #1 c>s v1 SETMODE1
+  #1 s>c v1 ACKMODCG
+  #1 c>s v1 data mode 1, 5 B: \"hello\"
+  #1 s>c v1 ACKEOT!!
+  #1 c>s v1 data mode 2 (base85), 3 B: 00 1f ff |...|
+  #1 c>s v2 frame bytes (0x81), 1.0 MiB, checksum ok: 00 01 02 03 |....| …
+  #1 c>s v2 garbage: 4 bytes that are not a frame were skipped
+  #1 c>s v2 resynchronised: frame int (0x01), 8 B, checksum ok: 42
+  #1 c>s v2 bad checksum: header says 0x00000210, payload sums to 0x00000214; the receiver drops the frame
+  #1 c>s end of stream after 1048640 bytes
+  #1 closed
+
+With --protocol auto, the first bytes of a connection tell v1 from v2 (as a serpy server
+does). Messages above --max-size are reported and not decoded, but still forwarded.
+
+Examples:
+  serpy dump 9000 127.0.0.1:8000            # then point the client at 127.0.0.1:9000
+  serpy dump 0 192.168.1.20:8000 --once     # any free port (first line), one connection
+  serpy dump 9000 8000 --protocol v2 --preview 64
+
+", crate::exit_codes_help!()))]
+pub struct DumpArgs {
+    /// Where to listen for the client: HOST:PORT, or PORT for 127.0.0.1:PORT (0: any free port).
+    #[arg(value_parser = parse_addr)]
+    pub listen: SocketAddr,
+    /// Where to forward to: the real server.
+    #[arg(value_parser = parse_addr)]
+    pub target: SocketAddr,
+    /// The protocol to decode; auto tells v1 and v2 apart by the first bytes.
+    #[arg(short, long, value_enum, default_value_t = ProtocolArg::Auto)]
+    pub protocol: ProtocolArg,
+    /// Characters of text and bytes of binary payloads shown per line.
+    #[arg(long, value_name = "N", default_value_t = render::DEFAULT_PREVIEW)]
+    pub preview: usize,
+    /// Largest message decoded (larger ones are reported and forwarded undecoded).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    pub max_size: usize,
+    /// Seconds to wait for the target to accept a connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Serve one connection, then exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Opts {
+    target: SocketAddr,
+    protocol: Protocol,
+    preview: usize,
+    max_size: usize,
+    connect_timeout: Duration,
+}
+
+/// Runs `serpy dump`.
+pub fn run(a: DumpArgs) -> CmdResult {
+    let listener = TcpListener::bind(a.listen).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            Failure::connect(format!(
+                "cannot listen on {}: the port is already in use; choose another port (port 0 picks a free one) or stop the program that holds it",
+                a.listen
+            ))
+        } else {
+            Failure::connect(format!("cannot listen on {}: {e}", a.listen))
+        }
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::connect(format!("cannot read the bound address: {e}")))?;
+    let opts = Opts {
+        target: a.target,
+        protocol: a.protocol.into(),
+        preview: a.preview,
+        max_size: a.max_size,
+        connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+    };
+    outln!(
+        "dump: listening on {local}, forwarding to {} ({})",
+        a.target,
+        opts.protocol
+    );
+    let mut n = 0u64;
+    for client in listener.incoming() {
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                noteln!("dump: accepting a connection failed: {e}");
+                continue;
+            }
+        };
+        n += 1;
+        if a.once {
+            return session(n, client, opts);
+        }
+        let spawned = thread::Builder::new()
+            .name(format!("dump-{n}"))
+            .spawn(move || {
+                let _ = session(n, client, opts);
+            });
+        if let Err(e) = spawned {
+            noteln!("dump: cannot start a thread for connection #{n}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Proxies one client until both directions have ended.
+fn session(n: u64, client: TcpStream, opts: Opts) -> CmdResult {
+    let peer = client
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |p| p.to_string());
+    let server = match TcpStream::connect_timeout(&opts.target, opts.connect_timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = client.shutdown(Shutdown::Both);
+            let f = Failure::connect(format!(
+                "#{n}: cannot connect to the target {}: {e}; the client {peer} was disconnected. Check that a server listens there",
+                opts.target
+            ));
+            outln!(
+                "{}#{n}{:#} {}cannot connect to the target {}: {e}{:#}",
+                style::PEER,
+                style::PEER,
+                style::BAD,
+                opts.target,
+                style::BAD
+            );
+            noteln!("error: {f}");
+            return Err(f);
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    outln!(
+        "{}#{n}{:#} open {peer} -> {}",
+        style::PEER,
+        style::PEER,
+        opts.target
+    );
+
+    let decided = Arc::new(OnceLock::new());
+    if opts.protocol != Protocol::Auto {
+        let _ = decided.set(opts.protocol);
+    }
+    let clones = (client.try_clone(), server.try_clone());
+    let (Ok(client2), Ok(server2)) = clones else {
+        return Err(Failure::connect(format!(
+            "#{n}: cannot share the sockets between threads"
+        )));
+    };
+    let up = Direction {
+        n,
+        label: "c>s",
+        src: client,
+        dst: server,
+        decided: decided.clone(),
+        opts,
+    };
+    let down = Direction {
+        n,
+        label: "s>c",
+        src: server2,
+        dst: client2,
+        decided,
+        opts,
+    };
+    let handle = thread::Builder::new()
+        .name(format!("dump-{n}-s>c"))
+        .spawn(move || down.run());
+    up.run();
+    if let Ok(h) = handle {
+        let _ = h.join();
+    }
+    outln!("{}#{n}{:#} closed", style::PEER, style::PEER);
+    Ok(())
+}
+
+/// One direction of a proxied connection.
+struct Direction {
+    n: u64,
+    label: &'static str,
+    src: TcpStream,
+    dst: TcpStream,
+    /// The protocol of the connection, once the first direction to see bytes has told.
+    decided: Arc<OnceLock<Protocol>>,
+    opts: Opts,
+}
+
+enum Dec {
+    V1(v1::Decoder),
+    V2(v2::Decoder),
+}
+
+/// Reads from `src` and writes what it read to `dst` before handing it on.
+struct Tee<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    write_failed: bool,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&*self.src).read(buf)?;
+        if let Err(e) = (&*self.dst).write_all(&buf[..n]) {
+            self.write_failed = true;
+            return Err(e);
+        }
+        Ok(n)
+    }
+}
+
+/// What a direction's printer remembers between frames.
+struct Printer {
+    n: u64,
+    label: &'static str,
+    preview: usize,
+    /// Garbage was skipped since the last good frame.
+    after_garbage: bool,
+}
+
+impl Printer {
+    fn line(&self, protocol: &str, text: std::fmt::Arguments<'_>) {
+        outln!(
+            "{}#{} {}{:#} {}{protocol}{:#} {text}",
+            style::PEER,
+            self.n,
+            self.label,
+            style::PEER,
+            style::KIND,
+            style::KIND
+        );
+    }
+
+    fn frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Data {
+                message,
+                mode: Some(mode),
+            } => self.v1_data(&message, mode),
+            Frame::Data {
+                message,
+                mode: None,
+            } => self.v2_data(&message),
+            Frame::SetMode(m) => self.line(
+                "v1",
+                format_args!("{}SETMODE{m}{:#}", style::CONTROL, style::CONTROL),
+            ),
+            Frame::AckModeChange => self.line(
+                "v1",
+                format_args!("{}ACKMODCG{:#}", style::CONTROL, style::CONTROL),
+            ),
+            Frame::AckEot => self.line(
+                "v1",
+                format_args!("{}ACKEOT!!{:#}", style::CONTROL, style::CONTROL),
+            ),
+            Frame::Error(e) => self.error(&e),
+        }
+    }
+
+    fn v1_data(&mut self, message: &Message, mode: Mode) {
+        let how = match u8::from(mode) {
+            0 | 1 => "",
+            2 | 3 => " (base85)",
+            _ => " (base85 pickle)",
+        };
+        let value = format!(
+            "{}: {}",
+            render::size(message.len()),
+            render::human(message, self.preview)
+        );
+        self.line("v1", format_args!("data mode {mode}{how}, {value}"));
+    }
+
+    fn v2_data(&mut self, message: &Message) {
+        // The decoder gives the message; the header's type code and length follow from it.
+        let (code, len) = match message {
+            Message::Int(_) => (v2::TYPE_INT, 8),
+            Message::Float(x) => (v2::TYPE_FLOAT, v2::float_hex(*x).len()),
+            Message::Text(t) => (v2::TYPE_TEXT, t.len()),
+            Message::Bytes(b) | Message::Pickle(b) => (v2::TYPE_BYTES, b.len()),
+        };
+        let resync = if std::mem::take(&mut self.after_garbage) {
+            "resynchronised: "
+        } else {
+            ""
+        };
+        self.line(
+            "v2",
+            format_args!(
+                "{resync}frame {} ({code:#04x}), {}, {}checksum ok{:#}: {}",
+                message.kind(),
+                render::size(len),
+                style::GOOD,
+                style::GOOD,
+                render::human(message, self.preview)
+            ),
+        );
+    }
+
+    fn error(&mut self, e: &ProtocolError) {
+        let (protocol, text) = match e {
+            ProtocolError::BadMagic { skipped } => {
+                self.after_garbage = true;
+                ("v2", format!("garbage: {skipped} bytes that are not a frame were skipped"))
+            }
+            ProtocolError::BadChecksum { expected, computed } => (
+                "v2",
+                format!("bad checksum: header says {expected:#010x}, payload sums to {computed:#010x}; the receiver drops the frame"),
+            ),
+            ProtocolError::UnknownType { code } => (
+                "v2",
+                format!("frame of unknown type {code:#04x}; the receiver drops it"),
+            ),
+            ProtocolError::BadInt { len } => (
+                "v2",
+                format!("int frame of {len} bytes instead of 8; the receiver drops it"),
+            ),
+            ProtocolError::BadFloat { text } => (
+                "v2",
+                format!("float frame holding {text:?}, not a hexadecimal float; the receiver drops it"),
+            ),
+            ProtocolError::InvalidUtf8 { valid_up_to } => (
+                "v2",
+                format!("text frame that is not UTF-8 (from byte {valid_up_to}); the receiver drops it"),
+            ),
+            ProtocolError::TooLarge { size, max } => (
+                "",
+                format!("message of {size} bytes or more, above --max-size {max}: not decoded (forwarded all the same)"),
+            ),
+            ProtocolError::UnknownControl { block } => (
+                "v1",
+                format!("unknown control block {block:?}; the receiver ignores it"),
+            ),
+            ProtocolError::BadSetMode { arg } => (
+                "v1",
+                format!("SETMODE with {arg:?}, not a mode 0 to 5; the receiver ignores it"),
+            ),
+            ProtocolError::BadBase85 { mode, detail } => (
+                "v1",
+                format!("block in mode {mode} that is not base85 ({detail}); the receiver drops it"),
+            ),
+            other => ("", other.to_string()),
+        };
+        let protocol = if protocol.is_empty() { "--" } else { protocol };
+        self.line(
+            protocol,
+            format_args!("{}{text}{:#}", style::BAD, style::BAD),
+        );
+    }
+}
+
+impl Direction {
+    fn decoder(&self, protocol: Protocol) -> Dec {
+        match protocol {
+            Protocol::V2 => Dec::V2(v2::Decoder::new(self.opts.max_size)),
+            _ => Dec::V1(v1::Decoder::new(self.opts.max_size)),
+        }
+    }
+
+    /// Forwards and prints until the source ends or either socket fails.
+    fn run(self) {
+        let mut printer = Printer {
+            n: self.n,
+            label: self.label,
+            preview: self.opts.preview,
+            after_garbage: false,
+        };
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut decoder: Option<Dec> = None;
+        let mut frames = Vec::new();
+        let mut total: u64 = 0;
+        let ended = loop {
+            if decoder.is_none() {
+                if let Some(&p) = self.decided.get() {
+                    let mut d = self.decoder(p);
+                    feed(&mut d, &pending, &mut frames);
+                    pending = Vec::new();
+                    decoder = Some(d);
+                }
+            }
+            let step = match &mut decoder {
+                Some(Dec::V2(d)) => {
+                    let mut tee = Tee {
+                        src: &self.src,
+                        dst: &self.dst,
+                        write_failed: false,
+                    };
+                    d.read_from(&mut tee, &mut frames)
+                        .map_err(|e| (tee.write_failed, e))
+                }
+                other => match (&self.src).read(&mut buf) {
+                    Err(e) => Err((false, e)),
+                    Ok(n) => match (&self.dst).write_all(&buf[..n]) {
+                        Err(e) => Err((true, e)),
+                        Ok(()) => {
+                            let chunk = &buf[..n];
+                            match other {
+                                Some(d) => feed(d, chunk, &mut frames),
+                                None if n > 0 => {
+                                    pending.extend_from_slice(chunk);
+                                    let found = match detect(&pending) {
+                                        Detection::V1 => Some(Protocol::V1),
+                                        Detection::V2 => Some(Protocol::V2),
+                                        Detection::NeedMore => None,
+                                    };
+                                    if let Some(p) = found {
+                                        let p = *self.decided.get_or_init(|| p);
+                                        let mut d = self.decoder(p);
+                                        feed(&mut d, &pending, &mut frames);
+                                        pending = Vec::new();
+                                        *other = Some(d);
+                                    }
+                                }
+                                None => {}
+                            }
+                            Ok(n)
+                        }
+                    },
+                },
+            };
+            for f in frames.drain(..) {
+                printer.frame(f);
+            }
+            match step {
+                Ok(0) => break None,
+                Ok(n) => total += n as u64,
+                Err((true, e)) => break Some(format!("writing to the other side failed: {e}")),
+                Err((false, e)) => break Some(format!("reading failed: {e}")),
+            }
+        };
+        let held = match &decoder {
+            Some(Dec::V1(d)) => d.buffered(),
+            Some(Dec::V2(d)) => d.buffered(),
+            None => pending.len(),
+        };
+        if held > 0 {
+            printer.line(
+                "--",
+                format_args!(
+                    "{}{held} bytes of an unfinished message at the end of the stream{:#}",
+                    style::BAD,
+                    style::BAD
+                ),
+            );
+        }
+        match ended {
+            None => {
+                outln!(
+                    "{}#{} {}{:#} end of stream after {total} bytes",
+                    style::PEER,
+                    self.n,
+                    self.label,
+                    style::PEER
+                );
+                let _ = self.dst.shutdown(Shutdown::Write);
+            }
+            Some(why) => {
+                outln!(
+                    "{}#{} {}{:#} {}{why} after {total} bytes; closing both sides{:#}",
+                    style::PEER,
+                    self.n,
+                    self.label,
+                    style::PEER,
+                    style::BAD,
+                    style::BAD
+                );
+                let _ = self.src.shutdown(Shutdown::Both);
+                let _ = self.dst.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn feed(d: &mut Dec, bytes: &[u8], frames: &mut Vec<Frame>) {
+    match d {
+        Dec::V1(d) => d.decode(bytes, frames),
+        Dec::V2(d) => d.decode(bytes, frames),
+    }
+}

@@ -1,0 +1,213 @@
+//! How messages are shown: a short human rendering and the JSON fields of `--json`.
+//!
+//! Text as text, numbers as numbers, bytes as a short hex/ASCII preview, pickles through
+//! [`render_pickle`], the one place where mode 4/5 payloads are turned into something to
+//! read.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+use serpy::protocol::python_float_repr;
+use serpy::Message;
+
+/// How many characters of text, and bytes of binary payloads, a human line shows.
+pub const DEFAULT_PREVIEW: usize = 32;
+
+/// `00 1f ff 41 |...A|` of the first `max` bytes, with `…` when there are more.
+pub fn hex_preview(bytes: &[u8], max: usize) -> String {
+    let shown = &bytes[..bytes.len().min(max)];
+    let mut s = String::with_capacity(shown.len() * 4 + 8);
+    for (i, b) in shown.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        let _ = write!(s, "{b:02x}");
+    }
+    s.push_str(" |");
+    s.extend(shown.iter().map(|&b| {
+        if b.is_ascii_graphic() || b == b' ' {
+            char::from(b)
+        } else {
+            '.'
+        }
+    }));
+    s.push('|');
+    if bytes.len() > shown.len() {
+        s.push_str(" …");
+    }
+    s
+}
+
+/// The text quoted and escaped as Rust would (`"a\tb"`), cut to `max` characters.
+pub fn quoted(text: &str, max: usize) -> String {
+    let mut s = String::from("\"");
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max) {
+        s.extend(c.escape_debug());
+    }
+    s.push('"');
+    if chars.next().is_some() {
+        s.push_str(" …");
+    }
+    s
+}
+
+/// `5 B`, `64.0 KiB`, `1.0 MiB`.
+pub fn size(n: usize) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut x = n as f64 / 1024.0;
+    let mut unit = 0;
+    while x >= 1024.0 && unit + 1 < UNITS.len() {
+        x /= 1024.0;
+        unit += 1;
+    }
+    format!("{x:.1} {}", UNITS[unit])
+}
+
+/// The human rendering of a message's value (without kind and size).
+pub fn human(message: &Message, preview: usize) -> String {
+    match message {
+        Message::Int(i) => i.to_string(),
+        Message::Float(x) => python_float_repr(*x),
+        Message::Text(t) => quoted(t.as_str(), preview),
+        Message::Bytes(b) => match std::str::from_utf8(b) {
+            // v1 delivers text as bytes: show it as text when it is.
+            Ok(text) => quoted(text, preview),
+            Err(_) => hex_preview(b, preview),
+        },
+        Message::Pickle(p) => render_pickle(p, preview).human,
+    }
+}
+
+/// A pickle as the tool shows it.
+pub struct PickleView {
+    /// One line for humans.
+    pub human: String,
+    /// The decoded value, `None` while it cannot be decoded.
+    pub decoded: Option<Value>,
+    /// Why it was not decoded.
+    pub error: Option<String>,
+}
+
+/// The one place where mode 4/5 payloads (Python pickles) are rendered.
+///
+/// This build of the library has no pickle reader, so the value is not decoded: the view
+/// shows a hex preview (the callers show the size), and `decoded` stays `None` (the JSON field `value`
+/// is reserved for the decoded object and is `null` until then).
+pub fn render_pickle(pickle: &[u8], preview: usize) -> PickleView {
+    PickleView {
+        human: hex_preview(pickle, preview),
+        decoded: None,
+        error: Some("this build of serpy does not decode pickles".into()),
+    }
+}
+
+/// A float as JSON: a number, or the strings `"inf"`, `"-inf"`, `"nan"`, which JSON
+/// numbers cannot hold.
+pub fn float_json(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        Value::String(python_float_repr(x))
+    }
+}
+
+/// Lower-case hex of all of `bytes`, or of the first `limit` when `limit` is not 0.
+fn hex_all(bytes: &[u8], limit: usize) -> (String, bool) {
+    let n = if limit == 0 {
+        bytes.len()
+    } else {
+        bytes.len().min(limit)
+    };
+    let mut s = String::with_capacity(n * 2);
+    for b in &bytes[..n] {
+        let _ = write!(s, "{b:02x}");
+    }
+    (s, n < bytes.len())
+}
+
+/// Adds the message fields of the JSON schema (`kind`, `size`, `value`, `hex`,
+/// `truncated`, and `pickle_error` for an undecoded pickle) to `obj`.
+pub fn json_fields(message: &Message, hex_limit: usize, obj: &mut Map<String, Value>) {
+    obj.insert("kind".into(), json!(message.kind()));
+    obj.insert("size".into(), json!(message.len()));
+    let (value, payload): (Value, Option<&[u8]>) = match message {
+        Message::Int(i) => (json!(i), None),
+        Message::Float(x) => (float_json(*x), None),
+        Message::Text(t) => (json!(t.as_str()), Some(t.as_bytes())),
+        Message::Bytes(b) => (
+            std::str::from_utf8(b).map_or(Value::Null, |s| json!(s)),
+            Some(b),
+        ),
+        Message::Pickle(p) => {
+            let view = render_pickle(p, 0);
+            if let Some(e) = view.error {
+                obj.insert("pickle_error".into(), json!(e));
+            }
+            (view.decoded.unwrap_or(Value::Null), Some(p))
+        }
+    };
+    obj.insert("value".into(), value);
+    match payload {
+        Some(p) => {
+            let (hex, truncated) = hex_all(p, hex_limit);
+            obj.insert("hex".into(), json!(hex));
+            obj.insert("truncated".into(), json!(truncated));
+        }
+        None => {
+            obj.insert("hex".into(), Value::Null);
+            obj.insert("truncated".into(), json!(false));
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, with microseconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| (d.as_micros() as f64) / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews() {
+        assert_eq!(hex_preview(b"\x00A ", 8), "00 41 20 |.A |");
+        assert_eq!(hex_preview(b"abcdef", 2), "61 62 |ab| …");
+        assert_eq!(quoted("a\tb", 10), "\"a\\tb\"");
+        assert_eq!(quoted("abcdef", 3), "\"abc\" …");
+        assert_eq!(size(5), "5 B");
+        assert_eq!(size(1 << 20), "1.0 MiB");
+        assert_eq!(human(&Message::from(1.5), 8), "1.5");
+        assert_eq!(human(&Message::from(&b"\xff\x00"[..]), 8), "ff 00 |..|");
+    }
+
+    #[test]
+    fn json_of_each_kind() {
+        let fields = |m: &Message, limit| {
+            let mut o = Map::new();
+            json_fields(m, limit, &mut o);
+            Value::Object(o)
+        };
+        let v = fields(&Message::from(-3), 0);
+        assert_eq!(v["kind"], "int");
+        assert_eq!(v["value"], -3);
+        assert_eq!(v["hex"], Value::Null);
+        assert_eq!(fields(&Message::from(f64::NAN), 0)["value"], "nan");
+        let v = fields(&Message::from(&b"\xffab"[..]), 2);
+        assert_eq!(v["value"], Value::Null);
+        assert_eq!(v["hex"], "ff61");
+        assert_eq!(v["truncated"], true);
+        let v = fields(
+            &Message::Pickle(serpy::Bytes::from_static(b"\x80\x03K\x05.")),
+            0,
+        );
+        assert_eq!(v["kind"], "pickle");
+        assert_eq!(v["hex"], "80034b052e");
+    }
+}
