@@ -89,6 +89,7 @@ struct Opts {
     preview: usize,
     max_size: usize,
     connect_timeout: Duration,
+    once: bool,
 }
 
 /// Runs `serpy dump`.
@@ -112,6 +113,7 @@ pub fn run(a: DumpArgs) -> CmdResult {
         preview: a.preview,
         max_size: a.max_size,
         connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+        once: a.once,
     };
     outln!(
         "dump: listening on {local}, forwarding to {} ({})",
@@ -164,7 +166,10 @@ fn session(n: u64, client: TcpStream, opts: Opts) -> CmdResult {
                 opts.target,
                 style::BAD
             );
-            noteln!("error: {f}");
+            // With --once the error ends the program, which prints it; otherwise say it here.
+            if !opts.once {
+                noteln!("error: {f}");
+            }
             return Err(f);
         }
     };
@@ -230,10 +235,12 @@ enum Dec {
     V2(v2::Decoder),
 }
 
-/// Reads from `src` and writes what it read to `dst` before handing it on.
+/// Reads from `src` and writes what it read to `dst` (and shows it to `headers`)
+/// before handing it on.
 struct Tee<'a> {
     src: &'a TcpStream,
     dst: &'a TcpStream,
+    headers: &'a mut Headers,
     write_failed: bool,
 }
 
@@ -244,7 +251,73 @@ impl Read for Tee<'_> {
             self.write_failed = true;
             return Err(e);
         }
+        self.headers.feed(&buf[..n]);
         Ok(n)
+    }
+}
+
+/// The header fields of one v2 frame.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    code: u8,
+    len: u32,
+}
+
+/// Follows the v2 framing of the bytes as they pass, without keeping any payload, to
+/// tell the type code and length of every frame: the decoder's [`Frame`]s carry the
+/// message, not its header, and its errors (a bad checksum, an unknown type) name no
+/// frame. It skips garbage up to the next magic and skips each header's length, as the
+/// decoder does, so the n-th header it finds is the n-th frame (or frame error) that the
+/// decoder reports.
+#[derive(Default)]
+struct Headers {
+    /// The magic (or the part of it seen so far) and the header bytes after it.
+    held: Vec<u8>,
+    /// Payload bytes still to skip.
+    skip: u64,
+    found: std::collections::VecDeque<Header>,
+}
+
+impl Headers {
+    fn feed(&mut self, mut input: &[u8]) {
+        while !input.is_empty() {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip).map_or(input.len(), |s| s.min(input.len()));
+                self.skip -= n as u64;
+                input = &input[n..];
+                continue;
+            }
+            let b = input[0];
+            input = &input[1..];
+            let at = self.held.len();
+            if at < v2::MAGIC.len() && b != v2::MAGIC[at] {
+                // No suffix of a partial magic starts a magic again, but this byte may.
+                self.held.clear();
+                if b == v2::MAGIC[0] {
+                    self.held.push(b);
+                }
+                continue;
+            }
+            self.held.push(b);
+            if self.held.len() == v2::HEADER_LEN {
+                let h = &self.held;
+                let len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]);
+                self.found.push_back(Header { code: h[5], len });
+                self.skip = u64::from(len);
+                self.held.clear();
+            }
+        }
+    }
+}
+
+/// The name of a v2 type code.
+fn type_name(code: u8) -> &'static str {
+    match code {
+        v2::TYPE_INT => "int",
+        v2::TYPE_FLOAT => "float",
+        v2::TYPE_TEXT => "text",
+        v2::TYPE_BYTES => "bytes",
+        _ => "of unknown type",
     }
 }
 
@@ -255,6 +328,8 @@ struct Printer {
     preview: usize,
     /// Garbage was skipped since the last good frame.
     after_garbage: bool,
+    /// The headers of the v2 frames seen and not reported yet.
+    headers: Headers,
 }
 
 impl Printer {
@@ -270,7 +345,7 @@ impl Printer {
         );
     }
 
-    fn frame(&mut self, frame: Frame) {
+    fn frame(&mut self, frame: Frame, v2: bool) {
         match frame {
             Frame::Data {
                 message,
@@ -292,7 +367,7 @@ impl Printer {
                 "v1",
                 format_args!("{}ACKEOT!!{:#}", style::CONTROL, style::CONTROL),
             ),
-            Frame::Error(e) => self.error(&e),
+            Frame::Error(e) => self.error(&e, v2),
         }
     }
 
@@ -310,25 +385,34 @@ impl Printer {
         self.line("v1", format_args!("data mode {mode}{how}, {value}"));
     }
 
-    fn v2_data(&mut self, message: &Message) {
-        // The decoder gives the message; the header's type code and length follow from it.
-        let (code, len) = match message {
-            Message::Int(_) => (v2::TYPE_INT, 8),
-            Message::Float(x) => (v2::TYPE_FLOAT, v2::float_hex(*x).len()),
-            Message::Text(t) => (v2::TYPE_TEXT, t.len()),
-            Message::Bytes(b) | Message::Pickle(b) => (v2::TYPE_BYTES, b.len()),
-        };
-        let resync = if std::mem::take(&mut self.after_garbage) {
+    /// The header of the frame the decoder reports now, as "TYPE (0xCODE), LEN".
+    fn next_header(&mut self) -> String {
+        match self.headers.found.pop_front() {
+            Some(h) => format!(
+                "{} ({:#04x}), {}",
+                type_name(h.code),
+                h.code,
+                render::size(h.len as usize)
+            ),
+            None => "(header not seen)".to_string(),
+        }
+    }
+
+    fn resync(&mut self) -> &'static str {
+        if std::mem::take(&mut self.after_garbage) {
             "resynchronised: "
         } else {
             ""
-        };
+        }
+    }
+
+    fn v2_data(&mut self, message: &Message) {
+        let header = self.next_header();
+        let resync = self.resync();
         self.line(
             "v2",
             format_args!(
-                "{resync}frame {} ({code:#04x}), {}, {}checksum ok{:#}: {}",
-                message.kind(),
-                render::size(len),
+                "{resync}frame {header}, {}checksum ok{:#}: {}",
                 style::GOOD,
                 style::GOOD,
                 render::human(message, self.preview)
@@ -336,7 +420,14 @@ impl Printer {
         );
     }
 
-    fn error(&mut self, e: &ProtocolError) {
+    fn error(&mut self, e: &ProtocolError, v2: bool) {
+        // Every v2 error but garbage is about the frame whose header comes next.
+        let frame = if v2 && !matches!(e, ProtocolError::BadMagic { .. }) {
+            let header = self.next_header();
+            format!("{}frame {header}: ", self.resync())
+        } else {
+            String::new()
+        };
         let (protocol, text) = match e {
             ProtocolError::BadMagic { skipped } => {
                 self.after_garbage = true;
@@ -344,27 +435,27 @@ impl Printer {
             }
             ProtocolError::BadChecksum { expected, computed } => (
                 "v2",
-                format!("bad checksum: header says {expected:#010x}, payload sums to {computed:#010x}; the receiver drops the frame"),
+                format!("{frame}bad checksum: header says {expected:#010x}, payload sums to {computed:#010x}; the receiver drops the frame"),
             ),
             ProtocolError::UnknownType { code } => (
                 "v2",
-                format!("frame of unknown type {code:#04x}; the receiver drops it"),
+                format!("{frame}unknown type {code:#04x}; the receiver drops the frame"),
             ),
             ProtocolError::BadInt { len } => (
                 "v2",
-                format!("int frame of {len} bytes instead of 8; the receiver drops it"),
+                format!("{frame}{len} bytes instead of 8 for an int; the receiver drops the frame"),
             ),
             ProtocolError::BadFloat { text } => (
                 "v2",
-                format!("float frame holding {text:?}, not a hexadecimal float; the receiver drops it"),
+                format!("{frame}{text:?} is not a hexadecimal float; the receiver drops the frame"),
             ),
             ProtocolError::InvalidUtf8 { valid_up_to } => (
                 "v2",
-                format!("text frame that is not UTF-8 (from byte {valid_up_to}); the receiver drops it"),
+                format!("{frame}not UTF-8 (from byte {valid_up_to}); the receiver drops the frame"),
             ),
             ProtocolError::TooLarge { size, max } => (
-                "",
-                format!("message of {size} bytes or more, above --max-size {max}: not decoded (forwarded all the same)"),
+                if v2 { "v2" } else { "v1" },
+                format!("{frame}a message of {size} bytes or more, above --max-size {max}: not decoded (forwarded all the same)"),
             ),
             ProtocolError::UnknownControl { block } => (
                 "v1",
@@ -378,9 +469,8 @@ impl Printer {
                 "v1",
                 format!("block in mode {mode} that is not base85 ({detail}); the receiver drops it"),
             ),
-            other => ("", other.to_string()),
+            other => ("--", other.to_string()),
         };
-        let protocol = if protocol.is_empty() { "--" } else { protocol };
         self.line(
             protocol,
             format_args!("{}{text}{:#}", style::BAD, style::BAD),
@@ -403,6 +493,7 @@ impl Direction {
             label: self.label,
             preview: self.opts.preview,
             after_garbage: false,
+            headers: Headers::default(),
         };
         let mut buf = vec![0u8; 256 * 1024];
         let mut pending: Vec<u8> = Vec::new();
@@ -413,7 +504,7 @@ impl Direction {
             if decoder.is_none() {
                 if let Some(&p) = self.decided.get() {
                     let mut d = self.decoder(p);
-                    feed(&mut d, &pending, &mut frames);
+                    feed(&mut d, &mut printer.headers, &pending, &mut frames);
                     pending = Vec::new();
                     decoder = Some(d);
                 }
@@ -423,6 +514,7 @@ impl Direction {
                     let mut tee = Tee {
                         src: &self.src,
                         dst: &self.dst,
+                        headers: &mut printer.headers,
                         write_failed: false,
                     };
                     d.read_from(&mut tee, &mut frames)
@@ -435,7 +527,7 @@ impl Direction {
                         Ok(()) => {
                             let chunk = &buf[..n];
                             match other {
-                                Some(d) => feed(d, chunk, &mut frames),
+                                Some(d) => feed(d, &mut printer.headers, chunk, &mut frames),
                                 None if n > 0 => {
                                     pending.extend_from_slice(chunk);
                                     let found = match detect(&pending) {
@@ -446,7 +538,7 @@ impl Direction {
                                     if let Some(p) = found {
                                         let p = *self.decided.get_or_init(|| p);
                                         let mut d = self.decoder(p);
-                                        feed(&mut d, &pending, &mut frames);
+                                        feed(&mut d, &mut printer.headers, &pending, &mut frames);
                                         pending = Vec::new();
                                         *other = Some(d);
                                     }
@@ -458,8 +550,9 @@ impl Direction {
                     },
                 },
             };
+            let v2 = matches!(decoder, Some(Dec::V2(_)));
             for f in frames.drain(..) {
-                printer.frame(f);
+                printer.frame(f, v2);
             }
             match step {
                 Ok(0) => break None,
@@ -511,9 +604,13 @@ impl Direction {
     }
 }
 
-fn feed(d: &mut Dec, bytes: &[u8], frames: &mut Vec<Frame>) {
+/// Decodes `bytes` (which were forwarded already) with `d`.
+fn feed(d: &mut Dec, headers: &mut Headers, bytes: &[u8], frames: &mut Vec<Frame>) {
     match d {
         Dec::V1(d) => d.decode(bytes, frames),
-        Dec::V2(d) => d.decode(bytes, frames),
+        Dec::V2(d) => {
+            headers.feed(bytes);
+            d.decode(bytes, frames);
+        }
     }
 }

@@ -287,7 +287,10 @@ mod tests {
     fn the_readme_shows_the_json_schema_of_the_help() {
         let readme = include_str!("../README.md");
         for line in json_schema!().lines() {
-            assert!(readme.contains(line), "cli/README.md lacks the schema line {line:?}");
+            assert!(
+                readme.contains(line),
+                "cli/README.md lacks the schema line {line:?}"
+            );
         }
     }
 }

@@ -74,9 +74,15 @@ pub fn human(message: &Message, preview: usize) -> String {
         Message::Float(x) => python_float_repr(*x),
         Message::Text(t) => quoted(t.as_str(), preview),
         Message::Bytes(b) => match std::str::from_utf8(b) {
-            // v1 delivers text as bytes: show it as text when it is.
-            Ok(text) => quoted(text, preview),
-            Err(_) => hex_preview(b, preview),
+            // v1 delivers text as bytes: show it as text when it reads as text.
+            Ok(text)
+                if !text
+                    .chars()
+                    .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
+            {
+                quoted(text, preview)
+            }
+            _ => hex_preview(b, preview),
         },
         Message::Pickle(p) => render_pickle(p, preview).human,
     }
