@@ -13,7 +13,7 @@ use crate::out::{style, CmdResult, Failure};
 use crate::render::{self, now};
 use crate::{outln, parse_addr, parse_size, ProtocolArg};
 
-/// The `--json` schema as a literal, for `--help` (and [`JSON_SCHEMA`]).
+/// The `--json` schema as a literal, for `--help` (cli/README.md shows the same text).
 macro_rules! json_schema {
     () => {
         "JSON output (--json): one object per line, keys in alphabetical order. Every object has

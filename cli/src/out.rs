@@ -1,7 +1,7 @@
 //! Output: lines on stdout (styled only when stdout is a terminal), one-line errors on
 //! stderr, and the exit codes.
 //!
-//! Every line goes through [`line`], which takes the lock of stdout for the whole line,
+//! Every line goes through [`line()`], which takes the lock of stdout for the whole line,
 //! so that the threads of `listen` and `dump` never interleave inside a line, and which
 //! ends the program quietly when stdout is a closed pipe (`serpy listen | head`).
 
@@ -113,7 +113,7 @@ pub fn line(args: fmt::Arguments<'_>) {
     }
 }
 
-/// `println!` through [`line`].
+/// `println!` through [`line()`].
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {
@@ -127,7 +127,7 @@ pub fn note(args: fmt::Arguments<'_>) {
     let _ = err.write_fmt(format_args!("serpy: {args}\n"));
 }
 
-/// `eprintln!` through [`note`].
+/// `eprintln!` through [`note()`].
 #[macro_export]
 macro_rules! noteln {
     ($($arg:tt)*) => {

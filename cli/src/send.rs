@@ -282,6 +282,12 @@ pub fn run(a: SendArgs, matches: &ArgMatches) -> CmdResult {
     // Closing writes what is queued (for at most --timeout).
     sender.conn.close();
     let elapsed = started.elapsed();
+    if let Err(mut f) = result {
+        if sender.sent > 0 {
+            f.message = format!("{} message(s) sent, then: {}", sender.sent, f.message);
+        }
+        return Err(f);
+    }
     let over = format!("{} over {protocol}", a.addr);
     let acked = if sender.acked > 0 {
         format!(", {} acknowledged", sender.acked)
@@ -302,7 +308,7 @@ pub fn run(a: SendArgs, matches: &ArgMatches) -> CmdResult {
         let s = if sender.sent == 1 { "" } else { "s" };
         outln!("sent {} message{s} to {over}{acked}", sender.sent);
     }
-    result
+    Ok(())
 }
 
 /// Sends `messages` `count` times over, with a progress bar on stderr (when it is a terminal).
