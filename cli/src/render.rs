@@ -73,19 +73,46 @@ pub fn human(message: &Message, preview: usize) -> String {
         Message::Int(i) => i.to_string(),
         Message::Float(x) => python_float_repr(*x),
         Message::Text(t) => quoted(t.as_str(), preview),
-        Message::Bytes(b) => match std::str::from_utf8(b) {
+        Message::Bytes(b) => match text_prefix(b, preview) {
             // v1 delivers text as bytes: show it as text when it reads as text.
-            Ok(text)
-                if !text
-                    .chars()
-                    .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
-            {
-                quoted(text, preview)
-            }
-            _ => hex_preview(b, preview),
+            Some(text) => quoted_prefix(text, preview, b.len()),
+            None => hex_preview(b, preview),
         },
         Message::Pickle(p) => render_pickle(p, preview).human,
     }
+}
+
+/// The first `chars` characters of `bytes` when they read as text (UTF-8 without control
+/// characters but tab and line ends); only that prefix is looked at, so a large payload
+/// costs nothing more than a small one.
+fn text_prefix(bytes: &[u8], chars: usize) -> Option<&str> {
+    let prefix = &bytes[..bytes.len().min(chars.saturating_mul(4))];
+    let text = match std::str::from_utf8(prefix) {
+        Ok(t) => t,
+        // A character cut at the end of the prefix is not an error.
+        Err(e) if e.error_len().is_none() && prefix.len() < bytes.len() => {
+            std::str::from_utf8(&prefix[..e.valid_up_to()]).ok()?
+        }
+        Err(_) => return None,
+    };
+    let end = text
+        .char_indices()
+        .nth(chars)
+        .map_or(text.len(), |(i, _)| i);
+    let text = &text[..end];
+    let readable = !text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'));
+    readable.then_some(text)
+}
+
+/// [`quoted`] of a prefix of a payload of `total` bytes, with `…` when there is more.
+fn quoted_prefix(text: &str, max: usize, total: usize) -> String {
+    let mut s = quoted(text, max);
+    if text.len() < total && !s.ends_with('…') {
+        s.push_str(" …");
+    }
+    s
 }
 
 /// A pickle as the tool shows it.
@@ -191,6 +218,15 @@ mod tests {
         assert_eq!(size(1 << 20), "1.0 MiB");
         assert_eq!(human(&Message::from(1.5), 8), "1.5");
         assert_eq!(human(&Message::from(&b"\xff\x00"[..]), 8), "ff 00 |..|");
+        assert_eq!(
+            human(&Message::from(&b"abc\x01"[..]), 8),
+            "61 62 63 01 |abc.|"
+        );
+        assert_eq!(human(&Message::from(&b"abcdef"[..]), 3), "\"abc\" …");
+        // A character cut by the prefix, then bytes that are not UTF-8 further on.
+        let mut big = "é".repeat(10).into_bytes();
+        big.push(0xff);
+        assert_eq!(human(&Message::from(big), 2), "\"éé\" …");
     }
 
     #[test]
