@@ -614,3 +614,60 @@ fn feed(d: &mut Dec, headers: &mut Headers, bytes: &[u8], frames: &mut Vec<Frame
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(code: u8, payload: &[u8], checksum: Option<u32>) -> Vec<u8> {
+        let mut h = v2::header(code, payload).to_vec();
+        if let Some(c) = checksum {
+            h[6..10].copy_from_slice(&c.to_le_bytes());
+        }
+        h.extend_from_slice(payload);
+        h
+    }
+
+    /// The tracker finds one header per frame or frame error of the decoder, in order,
+    /// whatever the chunking, through garbage and partial magics.
+    #[test]
+    fn headers_follow_the_decoder() {
+        let mut wire = b"\xde\xca\xde\xca\xfe\xca".to_vec(); // garbage with partial magics
+        wire.extend(frame(v2::TYPE_TEXT, b"hello", None));
+        wire.extend_from_slice(b"\xde\xca\xfe junk \xde");
+        wire.extend(frame(v2::TYPE_BYTES, &[0xde; 40_000], None)); // above the maximum below
+        wire.extend(frame(v2::TYPE_INT, &7i64.to_le_bytes(), Some(1)));
+        wire.extend(frame(0x42, b"?", None));
+        wire.extend(frame(v2::TYPE_FLOAT, b"0x1p+0", None));
+        wire.extend(frame(v2::TYPE_BYTES, &[1; 100], None));
+        wire.extend(frame(v2::TYPE_INT, &(-1i64).to_le_bytes(), None));
+        for chunk in [1, 3, 13, 14, 4096, wire.len()] {
+            let mut headers = Headers::default();
+            let mut decoder = v2::Decoder::new(1000);
+            let mut frames = Vec::new();
+            for c in wire.chunks(chunk) {
+                headers.feed(c);
+                decoder.decode(c, &mut frames);
+            }
+            let framed: Vec<&Frame> = frames
+                .iter()
+                .filter(|f| !matches!(f, Frame::Error(ProtocolError::BadMagic { .. })))
+                .collect();
+            let found: Vec<(u8, u32)> = headers.found.iter().map(|h| (h.code, h.len)).collect();
+            assert_eq!(
+                found,
+                [
+                    (0x21, 5),
+                    (0x81, 40_000),
+                    (0x01, 8),
+                    (0x42, 1),
+                    (0x11, 6),
+                    (0x81, 100),
+                    (0x01, 8)
+                ],
+                "chunks of {chunk}"
+            );
+            assert_eq!(framed.len(), found.len(), "chunks of {chunk}: {frames:?}");
+        }
+    }
+}

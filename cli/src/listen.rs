@@ -216,7 +216,7 @@ fn serve(conn: Connection, view: View) {
         }
     }
     // The event that says why comes on the other thread, about when the data ends.
-    let reason = reason_rx.recv_timeout(Duration::from_secs(2)).ok();
+    let reason = reason_rx.recv_timeout(Duration::from_secs(10)).ok();
     let human = match &reason {
         Some(r) => format!("disconnected: {r}"),
         None => "disconnected".to_string(),

@@ -288,3 +288,40 @@ fn listen_into_a_closed_pipe_ends_quietly() {
     assert!(out.status.success(), "{:?} {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn listen_reports_what_a_peer_breaks() {
+    use std::io::Read;
+    let mut listen = Running::start(&["listen", "127.0.0.1:0", "--json", "--protocol", "v2"]);
+    let first: Value = serde_json::from_str(&listen.line()).unwrap();
+    let addr: std::net::SocketAddr = first["addr"].as_str().unwrap().parse().unwrap();
+    let mut raw = std::net::TcpStream::connect(addr).unwrap();
+    // Garbage, then a frame whose checksum is wrong, then a good int frame.
+    let mut bytes = b"junk".to_vec();
+    bytes.extend_from_slice(b"\xde\xca\xfe\xca\xfe\x81\x05\x00\x00\x00\x03\x00\x00\x00abc");
+    bytes.extend_from_slice(
+        b"\xde\xca\xfe\xca\xfe\x01\x07\x00\x00\x00\x08\x00\x00\x00\x07\0\0\0\0\0\0\0",
+    );
+    raw.write_all(&bytes).unwrap();
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut events = Vec::new();
+    loop {
+        let v: Value = serde_json::from_str(&listen.line()).unwrap();
+        let done = v["event"] == "disconnected";
+        events.push(v);
+        if done {
+            break;
+        }
+    }
+    let errors: Vec<&str> = events
+        .iter()
+        .filter(|v| v["event"] == "error")
+        .map(|v| v["error"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 2, "{events:#?}");
+    assert!(errors[0].contains("4 bytes"), "{errors:?}");
+    assert!(errors[1].contains("checksum"), "{errors:?}");
+    let message = events.iter().find(|v| v["event"] == "message").unwrap();
+    assert_eq!(message["value"], 7);
+    let _ = raw.read_to_end(&mut Vec::new());
+}
