@@ -14,6 +14,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
@@ -80,6 +81,9 @@ pub struct DumpArgs {
     /// Serve one connection, then exit.
     #[arg(long)]
     pub once: bool,
+    /// Most connections proxied at once; more are closed at once, with a line that says so.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_connections: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -121,24 +125,50 @@ pub fn run(a: DumpArgs) -> CmdResult {
         opts.protocol
     );
     let mut n = 0u64;
+    let active = Arc::new(AtomicU32::new(0));
+    let mut last_error = String::new();
     for client in listener.incoming() {
         let client = match client {
             Ok(c) => c,
             Err(e) => {
-                noteln!("dump: accepting a connection failed: {e}");
+                // Out of file descriptors, say: the same error again and again is said once,
+                // and the loop waits a little instead of spinning on it.
+                let text = e.to_string();
+                if text != last_error {
+                    noteln!("dump: accepting a connection failed: {text}");
+                    last_error = text;
+                }
+                thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
+        last_error.clear();
         n += 1;
         if a.once {
             return session(n, client, opts);
         }
+        if active.load(Ordering::Acquire) >= a.max_connections {
+            outln!(
+                "{}#{n}{:#} {}refused: {} connections are proxied already (--max-connections){:#}",
+                style::PEER,
+                style::PEER,
+                style::BAD,
+                a.max_connections,
+                style::BAD
+            );
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        let done = active.clone();
         let spawned = thread::Builder::new()
             .name(format!("dump-{n}"))
             .spawn(move || {
                 let _ = session(n, client, opts);
+                done.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::AcqRel);
             noteln!("dump: cannot start a thread for connection #{n}: {e}");
         }
     }

@@ -288,3 +288,28 @@ fn dump_to_an_unreachable_target_says_so() {
     assert_eq!(status.code(), Some(3), "{stderr}");
     common::one_error_line(&stderr);
 }
+
+#[test]
+fn dump_bounds_the_connections_it_proxies() {
+    let server = Server::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().to_string();
+    let mut d = Running::start(&["dump", "127.0.0.1:0", &target, "--max-connections", "1"]);
+    let addr = d.bound_addr();
+    let first = Connection::connect(addr).unwrap();
+    first.send_data("through", Mode::PlainAck).unwrap(); // acknowledged: the session is up
+    d.until("#1 open");
+    let mut second = TcpStream::connect(addr).unwrap();
+    let mut rest = Vec::new();
+    second.read_to_end(&mut rest).unwrap(); // closed by the dump
+    assert!(d.until("#2 refused")[..]
+        .last()
+        .unwrap()
+        .contains("--max-connections"));
+    first.send_data("still", Mode::PlainAck).unwrap();
+    let peer = server.get_connection_timeout(WAIT).unwrap();
+    assert_eq!(
+        peer.get_data_timeout(WAIT).unwrap().as_str(),
+        Some("through")
+    );
+    assert_eq!(peer.get_data_timeout(WAIT).unwrap().as_str(), Some("still"));
+}
