@@ -46,7 +46,8 @@ item, `#N` being the connection and `c>s` / `s>c` the direction:
   #1 c>s v2 frame bytes (0x81), 1.0 MiB, checksum ok: 00 01 02 03 |....| …
   #1 c>s v2 garbage: 4 bytes that are not a frame were skipped
   #1 c>s v2 resynchronised: frame int (0x01), 8 B, checksum ok: 42
-  #1 c>s v2 bad checksum: header says 0x00000210, payload sums to 0x00000214; the receiver drops the frame
+  #1 c>s v2 frame text (0x21), 5 B: bad checksum: header says 0x00000210, payload sums
+         to 0x00000214; the receiver drops the frame
   #1 c>s end of stream after 1048640 bytes
   #1 closed
 
