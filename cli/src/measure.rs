@@ -113,9 +113,21 @@ fn quantile(v: &[Duration], q: f64) -> Duration {
     v[rank - 1]
 }
 
+/// Refuses sizes above what one message can be (before allocating anything).
+fn check_size(size: usize) -> CmdResult {
+    if size > serpy::protocol::v2::MAX_PAYLOAD {
+        return Err(Failure::input(format!(
+            "a size of {size} bytes is above {}, the largest message this tool sends; give a smaller size",
+            serpy::protocol::v2::MAX_PAYLOAD
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `serpy ping`.
 pub fn ping(a: PingArgs) -> CmdResult {
     let protocol: Protocol = a.client.protocol.into();
+    check_size(a.size)?;
     let conn = a.client.connect(a.addr)?;
     let timeout = a.client.timeout();
     let mut rtts = Vec::with_capacity(a.count as usize);
@@ -174,6 +186,7 @@ pub fn bench(a: BenchArgs) -> CmdResult {
         return Err(Failure::input("--seconds must be above 0 and below 3600"));
     }
     let protocol: Protocol = a.client.protocol.into();
+    a.sizes.iter().try_for_each(|&s| check_size(s))?;
     let budget = Duration::from_secs_f64(a.seconds);
     let timeout = a.client.timeout();
     let mut rows = Vec::new();

@@ -249,6 +249,12 @@ pub fn run(a: SendArgs, matches: &ArgMatches) -> CmdResult {
         messages.push((plan.check(message, &what)?, what));
     }
     if let Some(size) = a.size {
+        if size > serpy::protocol::v2::MAX_PAYLOAD {
+            return Err(Failure::input(format!(
+                "--size {size} is above {}, the largest message this tool sends; give a smaller size",
+                serpy::protocol::v2::MAX_PAYLOAD
+            )));
+        }
         let message = synthetic(size, plan);
         messages.push((
             plan.check(message, "the synthetic message")?,

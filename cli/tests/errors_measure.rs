@@ -65,6 +65,7 @@ fn bad_values_are_refused_before_connecting() {
             "cannot read /nonexistent/serpy-test-file",
         ),
         (&[], "nothing to send"),
+        (&["--count", "1", "--size", "5G"], "the largest message"),
     ];
     for (extra, why) in cases {
         let mut args = vec!["send", &addr];
