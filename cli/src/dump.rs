@@ -701,4 +701,81 @@ mod tests {
             assert_eq!(framed.len(), found.len(), "chunks of {chunk}: {frames:?}");
         }
     }
+
+    #[derive(Debug, Clone)]
+    enum Piece {
+        Frame {
+            code: u8,
+            payload: Vec<u8>,
+            good: bool,
+        },
+        Garbage(Vec<u8>),
+    }
+
+    fn piece() -> impl proptest::strategy::Strategy<Value = Piece> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (
+                prop_oneof![Just(v2::TYPE_INT), Just(v2::TYPE_FLOAT), Just(v2::TYPE_TEXT), Just(v2::TYPE_BYTES), any::<u8>()],
+                proptest::collection::vec(any::<u8>(), 0..80),
+                any::<bool>(),
+            )
+                .prop_map(|(code, payload, good)| Piece::Frame { code, payload, good }),
+            1 => proptest::collection::vec(
+                prop_oneof![Just(0xDEu8), Just(0xCA), Just(0xFE), any::<u8>()],
+                1..20
+            )
+            .prop_map(Piece::Garbage),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the stream and its chunking, the n-th header the tracker finds is the
+        /// one of the n-th frame (or frame error) the decoder reports.
+        #[test]
+        fn headers_match_the_decoder_on_any_stream(
+            pieces in proptest::collection::vec(piece(), 0..30),
+            chunk in 1usize..64,
+            max in 0usize..100,
+        ) {
+            let mut wire = Vec::new();
+            for p in &pieces {
+                match p {
+                    Piece::Frame { code, payload, good } => {
+                        let bad = (!good).then(|| v2::checksum(payload).wrapping_add(1));
+                        wire.extend(frame(*code, payload, bad));
+                    }
+                    Piece::Garbage(g) => wire.extend_from_slice(g),
+                }
+            }
+            let mut headers = Headers::default();
+            let mut decoder = v2::Decoder::new(max);
+            let mut frames = Vec::new();
+            for c in wire.chunks(chunk) {
+                headers.feed(c);
+                decoder.decode(c, &mut frames);
+            }
+            let reported: Vec<&Frame> = frames
+                .iter()
+                .filter(|f| !matches!(f, Frame::Error(ProtocolError::BadMagic { .. })))
+                .collect();
+            let found: Vec<Header> = headers.found.iter().copied().collect();
+            // A frame cut by the end of the stream has a header and no report yet.
+            proptest::prop_assert!(found.len() == reported.len() || found.len() == reported.len() + 1);
+            for (h, f) in found.iter().zip(&reported) {
+                if let Frame::Data { message, .. } = f {
+                    let (code, len) = match message {
+                        Message::Int(_) => (v2::TYPE_INT, Some(8)),
+                        Message::Float(_) => (v2::TYPE_FLOAT, None),
+                        Message::Text(t) => (v2::TYPE_TEXT, Some(t.len())),
+                        other => (v2::TYPE_BYTES, Some(other.len())),
+                    };
+                    proptest::prop_assert_eq!(h.code, code);
+                    if let Some(len) = len {
+                        proptest::prop_assert_eq!(h.len as usize, len);
+                    }
+                }
+            }
+        }
+    }
 }
