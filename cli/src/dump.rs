@@ -20,12 +20,41 @@ use std::thread;
 use std::time::Duration;
 
 use clap::Args;
+use serde_json::{json, Map, Value};
 use serpy::protocol::{detect, v1, v2, Detection, Frame};
 use serpy::{Message, Mode, Protocol, ProtocolError};
 
 use crate::out::{style, CmdResult, Failure};
 use crate::render;
 use crate::{noteln, outln, parse_addr, parse_size, ProtocolArg};
+
+/// The `--json` schema of dump as a literal, for `--help` (cli/README.md shows the same text).
+macro_rules! dump_json_schema {
+    () => {
+        "JSON output (--json): one object per line, keys in alphabetical order. Every object has
+\"event\", \"time\" (seconds since 1970-01-01 UTC) and, except \"listening\", \"conn\" (the
+connection's number). The items of one direction (all but listening, open,
+target_unreachable, refused and closed) have \"dir\" (\"c>s\" or \"s>c\"), and all of them
+but end have \"protocol\" (\"v1\", \"v2\", or \"--\" while it is not known).
+  listening          \"addr\" (the bound address, always the first line), \"target\", \"protocol\"
+  open               \"client\", \"target\"
+  target_unreachable \"client\", \"target\", \"error\"
+  refused            \"reason\" (too many connections)
+  message            the fields of `serpy listen --json` (\"mode\", \"kind\", \"size\", \"value\",
+                     \"hex\", \"truncated\"); v2 also \"type_code\", \"frame_len\" (as in the
+                     header), \"checksum\": \"ok\", \"resynchronised\" (garbage came before it)
+  control            v1: \"control\": \"SETMODE\"|\"ACKMODCG\"|\"ACKEOT!!\", \"mode\" (SETMODE) or null
+  garbage            v2: \"skipped\": bytes that are not a frame, skipped up to the next magic
+  error              \"error\": \"bad_checksum\" (with \"expected\", \"computed\"), \"unknown_type\",
+                     \"bad_int\", \"bad_float\", \"invalid_utf8\", \"too_large\", \"unknown_control\",
+                     \"bad_setmode\", \"bad_base85\" or \"other\"; \"detail\" in words; v2 frame
+                     errors also \"type_code\", \"frame_len\", \"resynchronised\"
+  unfinished         \"bytes\" held of a message cut by the end of the stream
+  end                \"bytes\" that went this way, \"error\": why it ended, or null (end of stream)
+  closed             both directions ended (the connection's last line)
+New fields may be added; existing ones keep their name, type and meaning."
+    };
+}
 
 /// A transparent proxy that prints what each side sends, decoded.
 ///
@@ -58,6 +87,9 @@ Examples:
   serpy dump 9000 127.0.0.1:8000            # then point the client at 127.0.0.1:9000
   serpy dump 0 192.168.1.20:8000 --once     # any free port (first line), one connection
   serpy dump 9000 8000 --protocol v2 --preview 64
+  serpy dump 9000 8000 --json | jq -c 'select(.event == \"error\")'
+
+", dump_json_schema!(), "
 
 ", crate::exit_codes_help!()))]
 pub struct DumpArgs {
@@ -82,6 +114,12 @@ pub struct DumpArgs {
     /// Serve one connection, then exit.
     #[arg(long)]
     pub once: bool,
+    /// One JSON object per line (schema in `--help`).
+    #[arg(long)]
+    pub json: bool,
+    /// Bytes of payload given in the JSON field "hex" (0: all).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub hex_limit: usize,
     /// Most connections proxied at once; more are closed at once, with a line that says so.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_connections: u32,
@@ -95,6 +133,8 @@ struct Opts {
     max_size: usize,
     connect_timeout: Duration,
     once: bool,
+    json: bool,
+    hex_limit: usize,
 }
 
 /// Runs `serpy dump`.
@@ -119,12 +159,22 @@ pub fn run(a: DumpArgs) -> CmdResult {
         max_size: a.max_size,
         connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
         once: a.once,
+        json: a.json,
+        hex_limit: a.hex_limit,
     };
-    outln!(
-        "dump: listening on {local}, forwarding to {} ({})",
-        a.target,
-        opts.protocol
-    );
+    if opts.json {
+        outln!(
+            "{}",
+            json!({"event": "listening", "time": render::now(), "addr": local.to_string(),
+                   "target": a.target.to_string(), "protocol": opts.protocol.to_string()})
+        );
+    } else {
+        outln!(
+            "dump: listening on {local}, forwarding to {} ({})",
+            a.target,
+            opts.protocol
+        );
+    }
     let mut n = 0u64;
     let active = Arc::new(AtomicU32::new(0));
     let mut last_error = String::new();
@@ -149,13 +199,20 @@ pub fn run(a: DumpArgs) -> CmdResult {
             return session(n, client, opts);
         }
         if active.load(Ordering::Acquire) >= a.max_connections {
-            outln!(
-                "{}#{n}{:#} {}refused: {} connections are proxied already (--max-connections){:#}",
-                style::PEER,
-                style::PEER,
-                style::BAD,
-                a.max_connections,
-                style::BAD
+            let max = a.max_connections;
+            emit(
+                opts.json,
+                n,
+                None,
+                "refused",
+                json!({"reason": format!("{max} connections are proxied already (--max-connections)")}),
+                || {
+                    format!(
+                        "{}refused: {max} connections are proxied already (--max-connections){:#}",
+                        style::BAD,
+                        style::BAD
+                    )
+                },
             );
             let _ = client.shutdown(Shutdown::Both);
             continue;
@@ -189,13 +246,20 @@ fn session(n: u64, client: TcpStream, opts: Opts) -> CmdResult {
                 "#{n}: cannot connect to the target {}: {e}; the client {peer} was disconnected. Check that a server listens there",
                 opts.target
             ));
-            outln!(
-                "{}#{n}{:#} {}cannot connect to the target {}: {e}{:#}",
-                style::PEER,
-                style::PEER,
-                style::BAD,
-                opts.target,
-                style::BAD
+            emit(
+                opts.json,
+                n,
+                None,
+                "target_unreachable",
+                json!({"client": peer, "target": opts.target.to_string(), "error": e.to_string()}),
+                || {
+                    format!(
+                        "{}cannot connect to the target {}: {e}{:#}",
+                        style::BAD,
+                        opts.target,
+                        style::BAD
+                    )
+                },
             );
             // With --once the error ends the program, which prints it; otherwise say it here.
             if !opts.once {
@@ -206,11 +270,13 @@ fn session(n: u64, client: TcpStream, opts: Opts) -> CmdResult {
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    outln!(
-        "{}#{n}{:#} open {peer} -> {}",
-        style::PEER,
-        style::PEER,
-        opts.target
+    emit(
+        opts.json,
+        n,
+        None,
+        "open",
+        json!({"client": peer, "target": opts.target.to_string()}),
+        || format!("open {peer} -> {}", opts.target),
     );
 
     let decided = Arc::new(OnceLock::new());
@@ -246,7 +312,7 @@ fn session(n: u64, client: TcpStream, opts: Opts) -> CmdResult {
     if let Ok(h) = handle {
         let _ = h.join();
     }
-    outln!("{}#{n}{:#} closed", style::PEER, style::PEER);
+    emit(opts.json, n, None, "closed", json!({}), || "closed".into());
     Ok(())
 }
 
@@ -352,11 +418,44 @@ fn type_name(code: u8) -> &'static str {
     }
 }
 
+/// Prints one item of the dump: as a line `#N [DIR] TEXT` (`human` gives TEXT), or with
+/// `--json` as one object: `fields` with `event`, `time`, `conn` and `dir` (where there
+/// is one) added.
+fn emit(
+    json: bool,
+    conn: u64,
+    dir: Option<&str>,
+    event: &str,
+    fields: Value,
+    human: impl FnOnce() -> String,
+) {
+    if json {
+        let mut obj = match fields {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        obj.insert("event".into(), json!(event));
+        obj.insert("time".into(), json!(render::now()));
+        obj.insert("conn".into(), json!(conn));
+        if let Some(dir) = dir {
+            obj.insert("dir".into(), json!(dir));
+        }
+        outln!("{}", Value::Object(obj));
+    } else {
+        match dir {
+            Some(dir) => outln!("{}#{conn} {dir}{:#} {}", style::PEER, style::PEER, human()),
+            None => outln!("{}#{conn}{:#} {}", style::PEER, style::PEER, human()),
+        }
+    }
+}
+
 /// What a direction's printer remembers between frames.
 struct Printer {
     n: u64,
     label: &'static str,
     preview: usize,
+    hex_limit: usize,
+    json: bool,
     /// Garbage was skipped since the last good frame.
     after_garbage: bool,
     /// The headers of the v2 frames seen and not reported yet.
@@ -364,19 +463,32 @@ struct Printer {
 }
 
 impl Printer {
-    fn line(&self, protocol: &str, text: std::fmt::Arguments<'_>) {
-        outln!(
-            "{}#{} {}{:#} {}{protocol}{:#} {text}",
-            style::PEER,
+    /// Prints an item of this direction: `protocol` and `text` on a line, or `fields`.
+    fn item(
+        &self,
+        protocol: &str,
+        event: &str,
+        mut fields: Map<String, Value>,
+        text: impl FnOnce() -> String,
+    ) {
+        fields.insert("protocol".into(), json!(protocol));
+        emit(
+            self.json,
             self.n,
-            self.label,
-            style::PEER,
-            style::KIND,
-            style::KIND
+            Some(self.label),
+            event,
+            Value::Object(fields),
+            || format!("{}{protocol}{:#} {}", style::KIND, style::KIND, text()),
         );
     }
 
     fn frame(&mut self, frame: Frame, v2: bool) {
+        let control = |name: &str, mode: Option<Mode>| {
+            let mut f = Map::new();
+            f.insert("control".into(), json!(name));
+            f.insert("mode".into(), json!(mode.map(u8::from)));
+            f
+        };
         match frame {
             Frame::Data {
                 message,
@@ -386,20 +498,26 @@ impl Printer {
                 message,
                 mode: None,
             } => self.v2_data(&message),
-            Frame::SetMode(m) => self.line(
-                "v1",
-                format_args!("{}SETMODE{m}{:#}", style::CONTROL, style::CONTROL),
-            ),
-            Frame::AckModeChange => self.line(
-                "v1",
-                format_args!("{}ACKMODCG{:#}", style::CONTROL, style::CONTROL),
-            ),
-            Frame::AckEot => self.line(
-                "v1",
-                format_args!("{}ACKEOT!!{:#}", style::CONTROL, style::CONTROL),
-            ),
+            Frame::SetMode(m) => self.item("v1", "control", control("SETMODE", Some(m)), || {
+                format!("{}SETMODE{m}{:#}", style::CONTROL, style::CONTROL)
+            }),
+            Frame::AckModeChange => self.item("v1", "control", control("ACKMODCG", None), || {
+                format!("{}ACKMODCG{:#}", style::CONTROL, style::CONTROL)
+            }),
+            Frame::AckEot => self.item("v1", "control", control("ACKEOT!!", None), || {
+                format!("{}ACKEOT!!{:#}", style::CONTROL, style::CONTROL)
+            }),
             Frame::Error(e) => self.error(&e, v2),
         }
+    }
+
+    fn message_fields(&self, message: &Message, mode: Option<Mode>) -> Map<String, Value> {
+        let mut f = Map::new();
+        if self.json {
+            f.insert("mode".into(), json!(mode.map(u8::from)));
+            render::json_fields(message, self.hex_limit, &mut f);
+        }
+        f
     }
 
     fn v1_data(&mut self, message: &Message, mode: Mode) {
@@ -408,104 +526,126 @@ impl Printer {
             2 | 3 => " (base85)",
             _ => " (base85 pickle)",
         };
-        let value = format!(
-            "{}: {}",
-            render::size(message.len()),
-            render::human(message, self.preview)
-        );
-        self.line("v1", format_args!("data mode {mode}{how}, {value}"));
+        let fields = self.message_fields(message, Some(mode));
+        self.item("v1", "message", fields, || {
+            format!(
+                "data mode {mode}{how}, {}: {}",
+                render::size(message.len()),
+                render::human(message, self.preview)
+            )
+        });
     }
 
-    /// The header of the frame the decoder reports now, as "TYPE (0xCODE), LEN".
-    fn next_header(&mut self) -> String {
-        match self.headers.found.pop_front() {
-            Some(h) => format!(
-                "{} ({:#04x}), {}",
-                type_name(h.code),
-                h.code,
-                render::size(h.len as usize)
-            ),
+    /// The header of the frame the decoder reports now: its fields for JSON, and
+    /// "TYPE (0xCODE), LEN" for a line.
+    fn next_header(&mut self) -> (Map<String, Value>, String) {
+        let resync = std::mem::take(&mut self.after_garbage);
+        let mut f = Map::new();
+        f.insert("resynchronised".into(), json!(resync));
+        let text = match self.headers.found.pop_front() {
+            Some(h) => {
+                f.insert("type_code".into(), json!(h.code));
+                f.insert("frame_len".into(), json!(h.len));
+                format!(
+                    "{} ({:#04x}), {}",
+                    type_name(h.code),
+                    h.code,
+                    render::size(h.len as usize)
+                )
+            }
             None => "(header not seen)".to_string(),
-        }
-    }
-
-    fn resync(&mut self) -> &'static str {
-        if std::mem::take(&mut self.after_garbage) {
-            "resynchronised: "
-        } else {
-            ""
-        }
+        };
+        let resync = if resync { "resynchronised: " } else { "" };
+        (f, format!("{resync}frame {text}"))
     }
 
     fn v2_data(&mut self, message: &Message) {
-        let header = self.next_header();
-        let resync = self.resync();
-        self.line(
-            "v2",
-            format_args!(
-                "{resync}frame {header}, {}checksum ok{:#}: {}",
+        let (mut fields, header) = self.next_header();
+        fields.insert("checksum".into(), json!("ok"));
+        fields.extend(self.message_fields(message, None));
+        self.item("v2", "message", fields, || {
+            format!(
+                "{header}, {}checksum ok{:#}: {}",
                 style::GOOD,
                 style::GOOD,
                 render::human(message, self.preview)
-            ),
-        );
+            )
+        });
     }
 
     fn error(&mut self, e: &ProtocolError, v2: bool) {
-        // Every v2 error but garbage is about the frame whose header comes next.
-        let frame = if v2 && !matches!(e, ProtocolError::BadMagic { .. }) {
-            let header = self.next_header();
-            format!("{}frame {header}: ", self.resync())
+        if let ProtocolError::BadMagic { skipped } = e {
+            self.after_garbage = true;
+            let mut f = Map::new();
+            f.insert("skipped".into(), json!(skipped));
+            return self.item("v2", "garbage", f, || {
+                format!(
+                    "{}garbage: {skipped} bytes that are not a frame were skipped{:#}",
+                    style::BAD,
+                    style::BAD
+                )
+            });
+        }
+        // Every other v2 error is about the frame whose header comes next.
+        let (mut fields, frame) = if v2 {
+            let (f, text) = self.next_header();
+            (f, format!("{text}: "))
         } else {
-            String::new()
+            (Map::new(), String::new())
         };
-        let (protocol, text) = match e {
-            ProtocolError::BadMagic { skipped } => {
-                self.after_garbage = true;
-                ("v2", format!("garbage: {skipped} bytes that are not a frame were skipped"))
+        let (protocol, kind, text) = match e {
+            ProtocolError::BadChecksum { expected, computed } => {
+                fields.insert("expected".into(), json!(expected));
+                fields.insert("computed".into(), json!(computed));
+                ("v2", "bad_checksum", format!("bad checksum: header says {expected:#010x}, payload sums to {computed:#010x}; the receiver drops the frame"))
             }
-            ProtocolError::BadChecksum { expected, computed } => (
-                "v2",
-                format!("{frame}bad checksum: header says {expected:#010x}, payload sums to {computed:#010x}; the receiver drops the frame"),
-            ),
             ProtocolError::UnknownType { code } => (
                 "v2",
-                format!("{frame}unknown type {code:#04x}; the receiver drops the frame"),
+                "unknown_type",
+                format!("unknown type {code:#04x}; the receiver drops the frame"),
             ),
             ProtocolError::BadInt { len } => (
                 "v2",
-                format!("{frame}{len} bytes instead of 8 for an int; the receiver drops the frame"),
+                "bad_int",
+                format!("{len} bytes instead of 8 for an int; the receiver drops the frame"),
             ),
             ProtocolError::BadFloat { text } => (
                 "v2",
-                format!("{frame}{text:?} is not a hexadecimal float; the receiver drops the frame"),
+                "bad_float",
+                format!("{text:?} is not a hexadecimal float; the receiver drops the frame"),
             ),
             ProtocolError::InvalidUtf8 { valid_up_to } => (
                 "v2",
-                format!("{frame}not UTF-8 (from byte {valid_up_to}); the receiver drops the frame"),
+                "invalid_utf8",
+                format!("not UTF-8 (from byte {valid_up_to}); the receiver drops the frame"),
             ),
             ProtocolError::TooLarge { size, max } => (
                 if v2 { "v2" } else { "v1" },
-                format!("{frame}a message of {size} bytes or more, above --max-size {max}: not decoded (forwarded all the same)"),
+                "too_large",
+                format!("a message of {size} bytes or more, above --max-size {max}: not decoded (forwarded all the same)"),
             ),
             ProtocolError::UnknownControl { block } => (
                 "v1",
+                "unknown_control",
                 format!("unknown control block {block:?}; the receiver ignores it"),
             ),
             ProtocolError::BadSetMode { arg } => (
                 "v1",
+                "bad_setmode",
                 format!("SETMODE with {arg:?}, not a mode 0 to 5; the receiver ignores it"),
             ),
             ProtocolError::BadBase85 { mode, detail } => (
                 "v1",
+                "bad_base85",
                 format!("block in mode {mode} that is not base85 ({detail}); the receiver drops it"),
             ),
-            other => ("--", other.to_string()),
+            other => ("--", "other", other.to_string()),
         };
-        self.line(
-            protocol,
-            format_args!("{}{text}{:#}", style::BAD, style::BAD),
-        );
+        fields.insert("error".into(), json!(kind));
+        fields.insert("detail".into(), json!(text));
+        self.item(protocol, "error", fields, || {
+            format!("{}{frame}{text}{:#}", style::BAD, style::BAD)
+        });
     }
 }
 
@@ -523,6 +663,8 @@ impl Direction {
             n: self.n,
             label: self.label,
             preview: self.opts.preview,
+            hex_limit: self.opts.hex_limit,
+            json: self.opts.json,
             after_garbage: false,
             headers: Headers::default(),
         };
@@ -598,36 +740,38 @@ impl Direction {
             None => pending.len(),
         };
         if held > 0 {
-            printer.line(
-                "--",
-                format_args!(
+            let protocol = match &decoder {
+                Some(Dec::V1(_)) => "v1",
+                Some(Dec::V2(_)) => "v2",
+                None => "--",
+            };
+            let mut f = Map::new();
+            f.insert("bytes".into(), json!(held));
+            printer.item(protocol, "unfinished", f, || {
+                format!(
                     "{}{held} bytes of an unfinished message at the end of the stream{:#}",
                     style::BAD,
                     style::BAD
-                ),
-            );
+                )
+            });
         }
+        let fields = json!({"bytes": total, "error": ended});
+        let json = self.opts.json;
         match ended {
             None => {
-                outln!(
-                    "{}#{} {}{:#} end of stream after {total} bytes",
-                    style::PEER,
-                    self.n,
-                    self.label,
-                    style::PEER
-                );
+                emit(json, self.n, Some(self.label), "end", fields, || {
+                    format!("end of stream after {total} bytes")
+                });
                 let _ = self.dst.shutdown(Shutdown::Write);
             }
             Some(why) => {
-                outln!(
-                    "{}#{} {}{:#} {}{why} after {total} bytes; closing both sides{:#}",
-                    style::PEER,
-                    self.n,
-                    self.label,
-                    style::PEER,
-                    style::BAD,
-                    style::BAD
-                );
+                emit(json, self.n, Some(self.label), "end", fields, || {
+                    format!(
+                        "{}{why} after {total} bytes; closing both sides{:#}",
+                        style::BAD,
+                        style::BAD
+                    )
+                });
                 let _ = self.src.shutdown(Shutdown::Both);
                 let _ = self.dst.shutdown(Shutdown::Both);
             }
@@ -649,6 +793,18 @@ fn feed(d: &mut Dec, headers: &mut Headers, bytes: &[u8], frames: &mut Vec<Frame
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The schema in `--help` and in cli/README.md are the same text.
+    #[test]
+    fn the_readme_shows_the_json_schema_of_the_help() {
+        let readme = include_str!("../README.md");
+        for line in dump_json_schema!().lines() {
+            assert!(
+                readme.contains(line),
+                "cli/README.md lacks the schema line {line:?}"
+            );
+        }
+    }
 
     fn frame(code: u8, payload: &[u8], checksum: Option<u32>) -> Vec<u8> {
         let mut h = v2::header(code, payload).to_vec();

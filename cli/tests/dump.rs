@@ -222,7 +222,7 @@ fn dump_forwards_v1_bytes_unchanged_and_decodes_control_blocks() {
     assert_eq!(c2s[want.len() + 1], "v1 SETMODE0");
     assert_eq!(
         c2s[want.len() + 2],
-        "-- 7 bytes of an unfinished message at the end of the stream"
+        "v1 7 bytes of an unfinished message at the end of the stream"
     );
     assert_eq!(
         c2s[want.len() + 3],
@@ -312,4 +312,66 @@ fn dump_bounds_the_connections_it_proxies() {
         Some("through")
     );
     assert_eq!(peer.get_data_timeout(WAIT).unwrap().as_str(), Some("still"));
+}
+
+#[test]
+fn dump_json_follows_its_schema() {
+    let mut up = b"\x01SETMODE3\x1fVPaz\x04\x1f".to_vec();
+    up.extend(b"\x01SETMODE0\x1fend\x1f");
+    let down = b"\x01ACKMODCG\x1f\x01ACKEOT!!\x1f".to_vec();
+    let lines = raw_through_dump(&["--json"], &up, &down);
+    let v: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(v
+        .iter()
+        .all(|o| o["time"].as_f64().unwrap() > 1.6e9 && o["conn"] == 1));
+    let of =
+        |dir: &str| -> Vec<&serde_json::Value> { v.iter().filter(|o| o["dir"] == dir).collect() };
+    let up_items = of("c>s");
+    assert_eq!(up_items[0]["event"], "control");
+    assert_eq!(up_items[0]["control"], "SETMODE");
+    assert_eq!(up_items[0]["mode"], 3);
+    assert_eq!(up_items[1]["event"], "message");
+    assert_eq!(up_items[1]["protocol"], "v1");
+    assert_eq!(up_items[1]["mode"], 3);
+    assert_eq!(up_items[1]["value"], "abc");
+    assert_eq!(up_items[1]["hex"], "616263");
+    assert_eq!(up_items[3]["value"], "end");
+    assert_eq!(up_items[4]["event"], "end");
+    assert_eq!(up_items[4]["bytes"], up.len());
+    assert_eq!(up_items[4]["error"], serde_json::Value::Null);
+    let down_items = of("s>c");
+    assert_eq!(down_items[0]["control"], "ACKMODCG");
+    assert_eq!(down_items[1]["control"], "ACKEOT!!");
+    assert_eq!(v[0]["event"], "open");
+    assert_eq!(v.last().unwrap()["event"], "closed");
+
+    // v2: a good frame after garbage, and a bad checksum (a stream that starts with
+    // garbage is not recognised as v2 by auto: the protocol is given).
+    let mut up = b"xx".to_vec();
+    up.extend(v2_frame(0x01, &7i64.to_le_bytes(), None));
+    up.extend(v2_frame(0x21, b"hi", Some(1)));
+    let lines = raw_through_dump(&["--json", "--protocol", "v2"], &up, b"");
+    let v: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let items: Vec<&serde_json::Value> = v.iter().filter(|o| o["dir"] == "c>s").collect();
+    assert_eq!(items[0]["event"], "garbage");
+    assert_eq!(items[0]["skipped"], 2);
+    assert_eq!(items[1]["event"], "message");
+    assert_eq!(items[1]["kind"], "int");
+    assert_eq!(items[1]["value"], 7);
+    assert_eq!(items[1]["type_code"], 1);
+    assert_eq!(items[1]["frame_len"], 8);
+    assert_eq!(items[1]["checksum"], "ok");
+    assert_eq!(items[1]["resynchronised"], true);
+    assert_eq!(items[2]["event"], "error");
+    assert_eq!(items[2]["error"], "bad_checksum");
+    assert_eq!(items[2]["expected"], 1);
+    assert_eq!(items[2]["computed"], 0x68 + 0x69);
+    assert_eq!(items[2]["type_code"], 0x21);
+    assert_eq!(items[2]["frame_len"], 2);
 }

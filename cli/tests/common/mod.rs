@@ -155,8 +155,16 @@ impl Drop for Running {
     }
 }
 
-/// The socket address after "listening on " in `line`.
+/// The socket address after "listening on " in `line`, or in its field "addr" (JSON).
 pub fn addr_in(line: &str) -> SocketAddr {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        return v["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("an address");
+    }
     let rest = line
         .split("listening on ")
         .nth(1)
