@@ -108,8 +108,9 @@ struct Plan {
 }
 
 impl Plan {
-    /// Checks that `message` (number `n`, for the error) can go as planned; returns the
-    /// message as it will be handed to the library.
+    /// Checks that `message` (`what`, for the messages) can go as planned; returns the
+    /// message as it will be handed to the library, and says on stderr where the library
+    /// will send it in another mode than the one asked for.
     fn check(&self, message: Message, what: &str) -> Result<Message, Failure> {
         if self.protocol == Protocol::V2 {
             return Ok(message);
@@ -127,6 +128,13 @@ impl Plan {
                         )))
                     }
                 }
+            }
+            Message::Bytes(b) if !mode.is_base85() => {
+                noteln!(
+                    "{what} is bytes: it goes in mode {} (base85) instead of mode {mode}, as bytes do over v1",
+                    Mode::Base85.with_ack(mode.is_acked())
+                );
+                Message::Bytes(b)
             }
             m => m,
         };
