@@ -266,3 +266,29 @@ fn bench_one(
         elapsed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_durations() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(quantile(&v, 0.5), Duration::from_micros(50));
+        assert_eq!(quantile(&v, 0.99), Duration::from_micros(99));
+        assert_eq!(quantile(&v[..1], 0.99), Duration::from_micros(1));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+        assert_eq!(duration(Duration::from_nanos(12_300)), "12.3 µs");
+        assert_eq!(duration(Duration::from_micros(4_560)), "4.56 ms");
+        assert_eq!(duration(Duration::from_millis(1_230)), "1.23 s");
+    }
+
+    #[test]
+    fn payloads_carry_their_tag() {
+        assert_eq!(payload(8, Protocol::V1, 42).as_str(), Some("42234567"));
+        assert_eq!(
+            payload(3, Protocol::V2, 12345).as_bytes(),
+            Some(&b"123"[..])
+        );
+    }
+}

@@ -254,7 +254,9 @@ fn send_streams_with_count_and_size() {
         .success()
         .stdout(predicate::str::contains("sent 50 messages (50.0 KiB)"))
         .stdout(predicate::str::contains("msg/s"))
-        .stdout(predicate::str::contains("MiB/s"));
+        .stdout(predicate::str::contains("MiB/s"))
+        // No progress bar where stderr is not a terminal.
+        .stderr(predicate::str::is_empty());
     for (m, _) in received(&server, 50) {
         assert_eq!(m.len(), 1024);
     }
