@@ -11,6 +11,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use serpy::pickle::Value;
 use serpy::{Connection, Event, Message, Mode, Protocol, Server};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -44,13 +45,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         client.local_addr().map(|a| a.to_string())
     );
 
-    let samples: [(Message, Mode); 6] = [
+    // What a Python peer would send with sendData({'exposure': 10, 'gain': 2.5}, 5).
+    let settings = Value::dict([("exposure", Value::from(10)), ("gain", Value::from(2.5))]);
+    let samples: [(Message, Mode); 7] = [
         ("hello".into(), Mode::Plain),
         ("hello, acknowledged".into(), Mode::PlainAck),
         (vec![0u8, 0x1f, 0xff].into(), Mode::Base85),
         ("base85, acknowledged".into(), Mode::Base85Ack),
         (42.into(), Mode::Pickle),
         ("pickled, acknowledged".into(), Mode::PickleAck),
+        (Message::pickle(&settings)?, Mode::PickleAck),
     ];
     for (from, to, who) in [
         (&client, &peer, "client -> server"),
@@ -62,7 +66,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let (got, got_mode) = to.get_data_with_mode(Some(WAIT))?;
             let mode_in = got_mode.map_or("-".to_string(), |m| m.to_string());
             println!(
-                "{who}: mode {mode} sent {msg:?}, received {} in mode {mode_in}{}",
+                "{who}: mode {mode} sent {}, received {} in mode {mode_in}{}",
+                describe(msg),
                 describe(&got),
                 if mode.is_acked() {
                     format!(" (acknowledged after {:?})", t.elapsed())
@@ -140,7 +145,11 @@ fn describe(m: &Message) -> String {
             Ok(s) => format!("{s:?}"),
             Err(_) => format!("bytes {:?}", b.as_ref()),
         },
-        Message::Pickle(b) => format!("a pickle of {} bytes", b.len()),
+        // Decoded safely: nothing in a pickle is ever executed (see serpy::pickle).
+        Message::Pickle(b) => match m.to_value() {
+            Ok(v) => format!("a pickle of {} bytes: {v}", b.len()),
+            Err(e) => format!("a pickle of {} bytes that cannot be read ({e})", b.len()),
+        },
         Message::Text(t) => format!("text {:?}", t.as_str()),
         Message::Int(i) => format!("int {i}"),
         Message::Float(f) => format!("float {f}"),

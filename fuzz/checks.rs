@@ -2,7 +2,7 @@
 //! `fuzz/fuzz_targets/` and by `tests/fuzz_regressions.rs`, which replays every input the
 //! fuzzers ever found a problem with.
 //!
-//! Input layout: byte 0 picks the maximum message size, byte 1 how the stream is cut into
+//! Input layout of the codec targets: byte 0 picks the maximum message size, byte 1 how the stream is cut into
 //! chunks (and, with bit 6 set, that the checksums of v2 frames are made to match, see
 //! [`fix_checksums`]), and the rest is the stream a peer sends.
 //!
@@ -11,6 +11,11 @@
 //! v2); no message above the maximum size comes out; decoding the stream in one chunk or
 //! cut into pieces gives the same frames; and what the encoders write decodes back to the
 //! message it came from.
+//!
+//! The `pickle_decoder` target ([`check_pickle`]): byte 0 picks the decoder's limits, the
+//! rest is the pickle. For every input: nothing panics (nor overflows the stack); decoding
+//! twice gives the same answer; a value that decodes is displayed, written back by the
+//! encoder, and the encoder's pickle decodes to the same value.
 #![allow(dead_code)] // each user needs a different part
 
 use std::io::Read;
@@ -356,5 +361,39 @@ pub fn check_detect(data: &[u8]) {
                 Some(Frame::Error(ProtocolError::BadMagic { .. }))
             ));
         }
+    }
+}
+
+/// The pickle decoder's invariants (see the module docs).
+pub fn check_pickle(data: &[u8]) {
+    use serpy::pickle::{self, DecodeOptions};
+    let Some((&sel, input)) = data.split_first() else {
+        return;
+    };
+    let opts = match sel % 4 {
+        0 => DecodeOptions::new(),
+        1 => DecodeOptions::new().max_depth(usize::from(sel / 4 % 8)),
+        2 => DecodeOptions::new().max_values(usize::from(sel) * 4),
+        _ => DecodeOptions::new().max_depth(3).max_values(64),
+    };
+    let bytes = serpy::Bytes::copy_from_slice(input);
+    let first = pickle::decode_with(&bytes, &opts);
+    let second = pickle::decode_with(&bytes, &opts);
+    // Debug, not ==: NaN != NaN, and Debug tells -0.0 from 0.0.
+    assert_eq!(
+        format!("{first:?}"),
+        format!("{second:?}"),
+        "not deterministic"
+    );
+    if let Ok(v) = first {
+        let _ = v.to_string();
+        let written = pickle::encode(&v).expect("a decoded value can be written");
+        let back = pickle::decode_with(&written, &DecodeOptions::new().max_values(usize::MAX))
+            .expect("what the encoder writes decodes");
+        assert_eq!(
+            format!("{v:?}"),
+            format!("{back:?}"),
+            "the round trip changed the value"
+        );
     }
 }

@@ -119,6 +119,11 @@ pub enum Error {
     /// The peer broke the protocol.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+
+    /// A pickle could not be read or written, or a value not converted (see
+    /// [`pickle::Error`](crate::pickle::Error)).
+    #[error(transparent)]
+    Pickle(#[from] crate::pickle::Error),
 }
 
 impl Error {

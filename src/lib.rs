@@ -15,6 +15,10 @@
 //!   acknowledgement and base85.
 //! - **v2** (serpy2): typed frames (int, float, text, bytes) with a 14-byte header, for
 //!   large binary objects such as images.
+//! - **pickles** (v1 modes 4 and 5): [`Message::to_value`] reads what a Python peer
+//!   pickled (dicts, lists, numpy arrays, ...) into a [`pickle::Value`] without executing
+//!   anything; [`Message::pickle`] and `Message::from_serialize` (feature `serde`, on by
+//!   default) send values that Python unpickles into its native objects.
 //!
 //! ```
 //! use serpy::{Connection, Mode, Protocol, Server};
@@ -73,6 +77,7 @@ mod connection;
 pub mod error;
 mod event;
 pub mod message;
+pub mod pickle;
 pub mod protocol;
 mod server;
 

@@ -5,6 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::pickle::{self, ByteOrder, Element, Value};
 
 /// One message, as sent and as received.
 ///
@@ -14,6 +15,12 @@ use crate::error::{Error, Result};
 ///
 /// Payloads are reference counted ([`bytes::Bytes`]): cloning a message to send it to many
 /// peers copies no payload.
+///
+/// A pickle is read with [`to_value`](Message::to_value) (any message, into a
+/// [`pickle::Value`]) or `deserialize` (into a serde type, feature `serde`); one is
+/// made with [`Message::pickle`] or `Message::from_serialize`. Received bytes can be
+/// viewed as numbers with [`as_slice_of`](Message::as_slice_of) (no copy) and
+/// [`to_vec_of`](Message::to_vec_of).
 ///
 /// ```
 /// use serpy::Message;
@@ -124,6 +131,136 @@ impl Message {
             Message::Text(_) | Message::Bytes(_) => self.as_str()?.trim().parse().ok(),
             Message::Pickle(_) => None,
         }
+    }
+
+    /// The message as a [`Value`]: a `Pickle` is decoded (safely: nothing is executed, see
+    /// [`pickle`]); an `Int`, `Float`, `Text` or `Bytes` gives the same value.
+    ///
+    /// Strings, bytes and numpy array data in the value share the message's bytes.
+    ///
+    /// # Errors
+    /// [`Error::Pickle`] when the pickle cannot be read (damaged, or naming a class that is
+    /// never imported: the error says which).
+    ///
+    /// ```
+    /// use serpy::{pickle::Value, Message};
+    ///
+    /// // What a Python peer sends for {'exposure': 10, 'gain': 2.5} in mode 4.
+    /// let msg = Message::Pickle(bytes::Bytes::from_static(b"\x80\x04\x95\x22\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x08exposure\x94K\n\x8c\x04gain\x94G@\x04\x00\x00\x00\x00\x00\x00u."));
+    /// let v = msg.to_value()?;
+    /// assert_eq!(v.get("exposure").and_then(Value::as_i64), Some(10));
+    /// assert_eq!(Message::from(3).to_value()?, Value::Int(3));
+    /// # Ok::<(), serpy::Error>(())
+    /// ```
+    pub fn to_value(&self) -> Result<Value> {
+        Ok(match self {
+            Message::Pickle(b) => pickle::decode_bytes(b)?,
+            Message::Int(i) => Value::Int(*i),
+            Message::Float(f) => Value::Float(*f),
+            Message::Text(t) => Value::Str(t.clone()),
+            Message::Bytes(b) => Value::Bytes(b.clone()),
+        })
+    }
+
+    /// A `Pickle` message of `value`, which a Python peer receives (in mode 4 or 5) as the
+    /// native object: a dict, a list, a numpy array... (see [`pickle::encode`]).
+    ///
+    /// # Errors
+    /// [`Error::Pickle`] for a str, bytes or array data of 4 GiB or more.
+    ///
+    /// ```
+    /// use serpy::{pickle::Value, Message};
+    /// let msg = Message::pickle(&Value::dict([("exposure", 10)]))?;
+    /// assert_eq!(msg.kind(), "pickle");
+    /// assert_eq!(msg.to_value()?.to_string(), "{'exposure': 10}");
+    /// // conn.send_data(msg, Mode::Pickle)?;
+    /// # Ok::<(), serpy::Error>(())
+    /// ```
+    pub fn pickle(value: &Value) -> Result<Message> {
+        Ok(Message::Pickle(pickle::encode(value)?))
+    }
+
+    /// A `Pickle` message of any `serde::Serialize` type (feature `serde`): structs and
+    /// maps arrive in Python as dicts, sequences as lists (see [`pickle::to_pickle`]).
+    ///
+    /// # Errors
+    /// [`Error::Pickle`] when the type cannot be serialized.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// struct Settings { exposure: u32, gain: f64 }
+    ///
+    /// let msg = serpy::Message::from_serialize(&Settings { exposure: 10, gain: 2.5 })?;
+    /// assert_eq!(msg.to_value()?.to_string(), "{'exposure': 10, 'gain': 2.5}");
+    /// # Ok::<(), serpy::Error>(())
+    /// ```
+    #[cfg(feature = "serde")]
+    pub fn from_serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<Message> {
+        Ok(Message::Pickle(pickle::to_pickle(value)?))
+    }
+
+    /// The message read into any `serde::Deserialize` type (feature `serde`): a pickle is
+    /// decoded first ([`to_value`](Message::to_value)), other messages are read as their
+    /// value (an `Int` into an integer type, a `Text` into a `String`, ...).
+    ///
+    /// # Errors
+    /// [`Error::Pickle`] when the pickle cannot be read or does not fit `T`.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize, Debug, PartialEq)]
+    /// struct Settings { exposure: u32, gain: f64 }
+    ///
+    /// let msg = serpy::Message::Pickle(bytes::Bytes::from_static(b"\x80\x04\x95\x22\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x08exposure\x94K\n\x8c\x04gain\x94G@\x04\x00\x00\x00\x00\x00\x00u."));
+    /// let s: Settings = msg.deserialize()?;
+    /// assert_eq!(s, Settings { exposure: 10, gain: 2.5 });
+    /// # Ok::<(), serpy::Error>(())
+    /// ```
+    #[cfg(feature = "serde")]
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        Ok(pickle::from_value(&self.to_value()?)?)
+    }
+
+    /// The payload bytes of a `Bytes` (or `Text`) message viewed as numbers, without a
+    /// copy, in this machine's byte order: an image of u16 pixels as `&[u16]`.
+    ///
+    /// # Errors
+    /// [`Error::Pickle`] ([`pickle::Error::Cast`]) when the length is not a multiple of the
+    /// item size or the bytes are not aligned in memory for `T` (received data usually is,
+    /// but nothing guarantees it): then copy with [`to_vec_of`](Message::to_vec_of).
+    /// For a numpy array in a pickle, use [`pickle::Array::as_slice`].
+    ///
+    /// ```
+    /// use serpy::Message;
+    /// let pixels: Vec<u16> = vec![1, 2, 3];
+    /// let msg = Message::from(bytes::Bytes::from(pixels.iter().flat_map(|p| p.to_ne_bytes()).collect::<Vec<u8>>()));
+    /// match msg.as_slice_of::<u16>() {
+    ///     Ok(view) => assert_eq!(view, &[1, 2, 3]),                        // no copy
+    ///     Err(_) => assert_eq!(msg.to_vec_of::<u16>(serpy::pickle::ByteOrder::NATIVE)?, vec![1, 2, 3]),
+    /// }
+    /// assert!(Message::from(&[0u8; 3]).as_slice_of::<u16>().is_err());  // 3 bytes are not u16s
+    /// # Ok::<(), serpy::Error>(())
+    /// ```
+    pub fn as_slice_of<T: Element>(&self) -> Result<&[T]> {
+        let b = self.as_bytes().ok_or_else(|| wrong_kind(self, "bytes"))?;
+        Ok(crate::pickle::numpy_cast_slice(b)?)
+    }
+
+    /// The payload bytes of a `Bytes` (or `Text`) message copied into numbers that were
+    /// sent in byte order `order` (any alignment).
+    ///
+    /// # Errors
+    /// [`Error::Pickle`] when the length is not a multiple of the item size.
+    ///
+    /// ```
+    /// use serpy::{pickle::ByteOrder, Message};
+    /// let msg = Message::from(&[0u8, 1, 0, 2]);
+    /// assert_eq!(msg.to_vec_of::<u16>(ByteOrder::Big)?, vec![1, 2]);
+    /// assert_eq!(msg.to_vec_of::<u16>(ByteOrder::Little)?, vec![256, 512]);
+    /// # Ok::<(), serpy::Error>(())
+    /// ```
+    pub fn to_vec_of<T: Element>(&self, order: ByteOrder) -> Result<Vec<T>> {
+        let b = self.as_bytes().ok_or_else(|| wrong_kind(self, "bytes"))?;
+        Ok(crate::pickle::numpy_to_vec_of(b, order)?)
     }
 
     /// The name of the message's kind, for logs and errors.
@@ -276,6 +413,57 @@ macro_rules! from_int {
 }
 from_int!(i8, i16, i32, i64, u8, u16, u32);
 
+impl From<bool> for Message {
+    /// `Int(1)` or `Int(0)`: v2 sends an int frame (as serpy2 does for a Python bool),
+    /// v1 the text `1` or `0`, a pickle mode `1` or `0`.
+    fn from(v: bool) -> Self {
+        Message::Int(i64::from(v))
+    }
+}
+
+fn out_of_i64(v: impl fmt::Display) -> Error {
+    Error::Unsupported {
+        what: format!(
+            "{v} is beyond i64, which an Int message (a v2 int frame) carries; send it as text (Message::from(n.to_string())), or pickled (Message::pickle(&Value::from(n)), a Python int)"
+        ),
+    }
+}
+
+impl TryFrom<u64> for Message {
+    type Error = Error;
+    /// An `Int`, for values up to `i64::MAX`; beyond, [`Error::Unsupported`] says how to
+    /// send it (as text in v1, or pickled).
+    ///
+    /// ```
+    /// use serpy::Message;
+    /// assert_eq!(Message::try_from(7u64).unwrap(), Message::Int(7));
+    /// assert!(Message::try_from(u64::MAX).is_err());
+    /// ```
+    fn try_from(v: u64) -> Result<Self> {
+        i64::try_from(v)
+            .map(Message::Int)
+            .map_err(|_| out_of_i64(v))
+    }
+}
+
+impl TryFrom<usize> for Message {
+    type Error = Error;
+    /// An `Int`, for values up to `i64::MAX` (see `TryFrom<u64>`).
+    fn try_from(v: usize) -> Result<Self> {
+        i64::try_from(v)
+            .map(Message::Int)
+            .map_err(|_| out_of_i64(v))
+    }
+}
+
+impl TryFrom<&Value> for Message {
+    type Error = Error;
+    /// See [`Message::pickle`].
+    fn try_from(v: &Value) -> Result<Self> {
+        Message::pickle(v)
+    }
+}
+
 impl From<f64> for Message {
     fn from(v: f64) -> Self {
         Message::Float(v)
@@ -351,19 +539,115 @@ fn wrong_kind(msg: &Message, wanted: &str) -> Error {
     }
 }
 
+/// The value of a `Pickle` message, for the number conversions.
+fn pickled(m: &Message) -> Option<Value> {
+    match m {
+        Message::Pickle(_) => m.to_value().ok(),
+        _ => None,
+    }
+}
+
 impl TryFrom<Message> for i64 {
     type Error = Error;
-    /// See [`Message::as_int`].
+    /// See [`Message::as_int`]; a pickled Python `int` is read too.
     fn try_from(m: Message) -> Result<i64> {
-        m.as_int().ok_or_else(|| wrong_kind(&m, "an integer"))
+        m.as_int()
+            .or_else(|| pickled(&m)?.as_i64())
+            .ok_or_else(|| wrong_kind(&m, "an integer"))
     }
 }
 
 impl TryFrom<Message> for f64 {
     type Error = Error;
-    /// See [`Message::as_float`].
+    /// See [`Message::as_float`]; a pickled Python `float` or `int` is read too.
     fn try_from(m: Message) -> Result<f64> {
-        m.as_float().ok_or_else(|| wrong_kind(&m, "a float"))
+        m.as_float()
+            .or_else(|| pickled(&m)?.as_f64())
+            .ok_or_else(|| wrong_kind(&m, "a float"))
+    }
+}
+
+impl TryFrom<Message> for u64 {
+    type Error = Error;
+    /// A non-negative `Int`, an integer written as text (up to `u64::MAX`, which v1 text
+    /// can carry), or a pickled Python `int` from 0 to `u64::MAX`.
+    ///
+    /// ```
+    /// use serpy::Message;
+    /// assert_eq!(u64::try_from(Message::from("18446744073709551615")).unwrap(), u64::MAX);
+    /// assert_eq!(u64::try_from(Message::from(5)).unwrap(), 5);
+    /// assert!(u64::try_from(Message::from(-5)).is_err());
+    /// ```
+    fn try_from(m: Message) -> Result<u64> {
+        let v = match &m {
+            Message::Int(i) => u64::try_from(*i).ok(),
+            Message::Text(_) | Message::Bytes(_) => m.as_str().and_then(|s| s.trim().parse().ok()),
+            Message::Pickle(_) => pickled(&m).and_then(|v| v.as_u64()),
+            Message::Float(_) => None,
+        };
+        v.ok_or_else(|| wrong_kind(&m, "an unsigned 64-bit integer"))
+    }
+}
+
+macro_rules! try_from_unsigned {
+    ($($t:ty),*) => {$(
+        impl TryFrom<Message> for $t {
+            type Error = Error;
+            /// As `TryFrom<Message> for u64`, within the range of the type.
+            fn try_from(m: Message) -> Result<$t> {
+                let what = wrong_kind(&m, concat!("a ", stringify!($t)));
+                u64::try_from(m).ok().and_then(|v| <$t>::try_from(v).ok()).ok_or(what)
+            }
+        }
+    )*};
+}
+try_from_unsigned!(u32, usize);
+
+impl TryFrom<Message> for bool {
+    type Error = Error;
+    /// `Int` 0 or 1, the text `True`/`False`/`true`/`false`/`1`/`0`, or a pickled `bool`
+    /// (or int 0 or 1).
+    ///
+    /// ```
+    /// use serpy::Message;
+    /// assert!(bool::try_from(Message::from(true)).unwrap());
+    /// assert!(!bool::try_from(Message::from("False")).unwrap());
+    /// assert!(bool::try_from(Message::from(2)).is_err());
+    /// ```
+    fn try_from(m: Message) -> Result<bool> {
+        let v = match &m {
+            Message::Int(0) => Some(false),
+            Message::Int(1) => Some(true),
+            Message::Text(_) | Message::Bytes(_) => match m.as_str().map(str::trim) {
+                Some("True" | "true" | "1") => Some(true),
+                Some("False" | "false" | "0") => Some(false),
+                _ => None,
+            },
+            Message::Pickle(_) => match pickled(&m) {
+                Some(Value::Bool(b)) => Some(b),
+                Some(Value::Int(0)) => Some(false),
+                Some(Value::Int(1)) => Some(true),
+                _ => None,
+            },
+            _ => None,
+        };
+        v.ok_or_else(|| wrong_kind(&m, "a bool"))
+    }
+}
+
+impl TryFrom<Message> for f32 {
+    type Error = Error;
+    /// As `TryFrom<Message> for f64`, rounded to the nearest f32.
+    fn try_from(m: Message) -> Result<f32> {
+        f64::try_from(m).map(|f| f as f32)
+    }
+}
+
+impl TryFrom<Message> for Value {
+    type Error = Error;
+    /// See [`Message::to_value`].
+    fn try_from(m: Message) -> Result<Value> {
+        m.to_value()
     }
 }
 

@@ -106,3 +106,59 @@ fn detect_regressions() {
     replay("detect", checks::check_detect);
     sweep(checks::check_detect);
 }
+
+/// Pickles worth mutating: every pickle of tests/data made by Python and numpy, with a
+/// limits byte in front.
+fn pickle_seeds() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for file in ["pickles.json", "numpy_pickles.json"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(file);
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for (i, c) in doc["cases"].as_array().unwrap().iter().enumerate() {
+            let h = c["pickle"].as_str().unwrap();
+            if h.len() > 4000 {
+                continue;
+            }
+            let mut p = vec![i as u8];
+            p.extend(
+                (0..h.len())
+                    .step_by(2)
+                    .map(|j| u8::from_str_radix(&h[j..j + 2], 16).unwrap()),
+            );
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn pickle_decoder_regressions() {
+    replay("pickle_decoder", checks::check_pickle);
+    let seeds = pickle_seeds();
+    assert!(seeds.len() > 500);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for seed in &seeds {
+        checks::check_pickle(seed);
+        for _ in 0..8 {
+            let mut data = seed.clone();
+            for _ in 0..1 + rand() % 3 {
+                let at = 1 + (rand() as usize) % (data.len() - 1).max(1);
+                match rand() % 3 {
+                    0 if at < data.len() => data[at] = rand() as u8,
+                    1 => data.truncate(at),
+                    _ => data.insert(at.min(data.len()), rand() as u8),
+                }
+            }
+            checks::check_pickle(&data);
+        }
+    }
+}

@@ -231,8 +231,8 @@ fn put_base85(data: &[u8], out: &mut WireBuf) {
 /// Python peer receives the native object: `int`, `float`, `str` or `bytes`.
 /// A [`Message::Pickle`] is already a pickle and is returned as it is.
 ///
-/// Integers use the shortest opcode (`K`, `M`, `J`, then `LONG1`), floats `G` (big
-/// endian), text `X` (always UTF-8) and bytes `C` or `B`; no memo entries are written.
+/// The same as [`crate::pickle::message_to_pickle`], where the pickle writer lives (with
+/// the writer of whole [`crate::pickle::Value`]s: dicts, lists, numpy arrays...).
 ///
 /// # Errors
 /// [`Error::Unsupported`] for text or bytes of 4 GiB or more, which protocol 3 cannot hold.
@@ -245,68 +245,7 @@ fn put_base85(data: &[u8], out: &mut WireBuf) {
 /// assert_eq!(&to_pickle(&Message::from("x")).unwrap()[..], b"\x80\x03X\x01\x00\x00\x00x.");
 /// ```
 pub fn to_pickle(message: &Message) -> Result<Bytes> {
-    let mut p = Vec::with_capacity(16 + message.len());
-    p.extend_from_slice(b"\x80\x03");
-    match message {
-        Message::Pickle(b) => return Ok(b.clone()),
-        Message::Int(i) => pickle_int(*i, &mut p),
-        Message::Float(x) => {
-            p.push(b'G');
-            p.extend_from_slice(&x.to_be_bytes());
-        }
-        Message::Text(t) => {
-            p.push(b'X');
-            p.extend_from_slice(&pickle_len(t.len())?.to_le_bytes());
-            p.extend_from_slice(t.as_bytes());
-        }
-        Message::Bytes(b) => {
-            match u8::try_from(b.len()) {
-                Ok(n) => p.extend_from_slice(&[b'C', n]),
-                Err(_) => {
-                    p.push(b'B');
-                    p.extend_from_slice(&pickle_len(b.len())?.to_le_bytes());
-                }
-            }
-            p.extend_from_slice(b);
-        }
-    }
-    p.push(b'.');
-    Ok(Bytes::from(p))
-}
-
-fn pickle_len(len: usize) -> Result<u32> {
-    u32::try_from(len).map_err(|_| Error::Unsupported {
-        what: format!(
-            "a pickle (protocol 3) cannot hold text or bytes of {len} bytes (4 GiB or more); send it in mode 2 or 3, or over v2"
-        ),
-    })
-}
-
-fn pickle_int(i: i64, p: &mut Vec<u8>) {
-    if let Ok(v) = u8::try_from(i) {
-        p.extend_from_slice(&[b'K', v]);
-    } else if let Ok(v) = u16::try_from(i) {
-        p.push(b'M');
-        p.extend_from_slice(&v.to_le_bytes());
-    } else if let Ok(v) = i32::try_from(i) {
-        p.push(b'J');
-        p.extend_from_slice(&v.to_le_bytes());
-    } else {
-        // LONG1: the shortest two's complement, little endian.
-        let bytes = i.to_le_bytes();
-        let mut n = bytes.len();
-        while n > 1 {
-            let (top, below) = (bytes[n - 1], bytes[n - 2]);
-            if (top == 0x00 && below & 0x80 == 0) || (top == 0xFF && below & 0x80 != 0) {
-                n -= 1;
-            } else {
-                break;
-            }
-        }
-        p.push(0x8A);
-        p.push(n as u8);
-        p.extend_from_slice(&bytes[..n]);
-    }
+    crate::pickle::message_to_pickle(message)
 }
 
 // ---------------------------------------------------------------------------------------
