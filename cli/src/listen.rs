@@ -25,14 +25,19 @@ and, except \"listening\", \"conn\" (the connection's number) and \"peer\" (\"IP
                 \"kind\": \"int\"|\"float\"|\"text\"|\"bytes\"|\"pickle\"; \"size\": payload bytes;
                 \"value\": int and float as numbers (\"inf\", \"-inf\", \"nan\" as strings),
                   text as a string, bytes as a string when they are UTF-8 (v1 delivers
-                  text as bytes), else null; for a pickle the decoded object, null while
-                  it cannot be decoded (then \"pickle_error\" says why);
+                  text as bytes), else null; for a pickle the decoded object (below),
+                  null when it cannot be decoded (then \"pickle_error\" says why);
                 \"hex\": the payload in lower-case hex (null for numbers), cut to
                   --hex-limit bytes; \"truncated\": true when it was cut
   error         \"error\": a protocol error of the peer (the bad part was skipped)
   echo_failed   \"error\": why the echo of a message could not be sent
   note          \"note\": another event of the link, in words
   disconnected  \"reason\": why, or null (always the connection's last line)
+Decoded pickles (modes 4, 5): None null; bool; int a number (beyond 64 bits its decimal
+text); float a number (\"inf\", \"-inf\", \"nan\" as strings); complex [re, im]; str a
+string; bytes and bytearray {\"hex\": \"...\"}; list, tuple, set, frozenset an array; dict
+an object when every key is a str, else an array of [key, value] pairs; numpy array
+{\"dtype\", \"shape\", \"items\"} (items as numpy's tolist(), null above 65536 items).
 New fields may be added; existing ones keep their name, type and meaning."
     };
 }

@@ -7,8 +7,9 @@
 use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
+use serpy::pickle::Value as PickleValue;
 use serpy::protocol::python_float_repr;
-use serpy::Message;
+use serpy::{Bytes, Message};
 
 /// How many characters of text, and bytes of binary payloads, a human line shows.
 pub const DEFAULT_PREVIEW: usize = 32;
@@ -78,7 +79,7 @@ pub fn human(message: &Message, preview: usize) -> String {
             Some(text) => quoted_prefix(text, preview, b.len()),
             None => hex_preview(b, preview),
         },
-        Message::Pickle(p) => render_pickle(p, preview).human,
+        Message::Pickle(p) => render_pickle(p, preview, false).human,
     }
 }
 
@@ -117,24 +118,108 @@ fn quoted_prefix(text: &str, max: usize, total: usize) -> String {
 
 /// A pickle as the tool shows it.
 pub struct PickleView {
-    /// One line for humans.
+    /// One line for humans: Python's `repr()` of the value, cut to the preview, or the
+    /// reason it could not be decoded and a hex preview.
     pub human: String,
-    /// The decoded value, `None` while it cannot be decoded.
+    /// The decoded value as JSON (see [`pickle_json`]), `None` when it cannot be decoded.
     pub decoded: Option<Value>,
     /// Why it was not decoded.
     pub error: Option<String>,
 }
 
-/// The one place where mode 4/5 payloads (Python pickles) are rendered.
-///
-/// This build of the library has no pickle reader, so the value is not decoded: the view
-/// shows a hex preview (the callers show the size), and `decoded` stays `None` (the JSON field `value`
-/// is reserved for the decoded object and is `null` until then).
-pub fn render_pickle(pickle: &[u8], preview: usize) -> PickleView {
-    PickleView {
-        human: hex_preview(pickle, preview),
-        decoded: None,
-        error: Some("this build of serpy does not decode pickles".into()),
+/// The one place where mode 4/5 payloads (Python pickles) are rendered: decoded by the
+/// library ([`serpy::pickle::decode_bytes`]: safe, nothing is executed, bounded), shown
+/// as Python's `repr()` for humans and as JSON for `--json`. A pickle that cannot be
+/// decoded is shown as a hex preview with the reason.
+pub fn render_pickle(pickle: &Bytes, preview: usize, json: bool) -> PickleView {
+    match serpy::pickle::decode_bytes(pickle) {
+        Ok(value) => PickleView {
+            human: repr_prefix(&value, preview.saturating_mul(4).max(16)),
+            decoded: json.then(|| pickle_json(&value)),
+            error: None,
+        },
+        Err(e) => PickleView {
+            human: format!("(not decoded: {e}) {}", hex_preview(pickle, preview)),
+            decoded: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Python's `repr()` of `value`, cut after `max` characters (with `…`), without
+/// formatting more than that of a large value.
+fn repr_prefix(value: &PickleValue, max: usize) -> String {
+    struct Bounded {
+        s: String,
+        left: usize,
+        cut: bool,
+    }
+    impl std::fmt::Write for Bounded {
+        fn write_str(&mut self, part: &str) -> std::fmt::Result {
+            for c in part.chars() {
+                if self.left == 0 {
+                    self.cut = true;
+                    return Err(std::fmt::Error);
+                }
+                self.s.push(c);
+                self.left -= 1;
+            }
+            Ok(())
+        }
+    }
+    let mut out = Bounded {
+        s: String::new(),
+        left: max,
+        cut: false,
+    };
+    let _ = write!(out, "{value}");
+    if out.cut {
+        out.s.truncate(out.s.trim_end().len());
+        out.s.push_str(" …");
+    }
+    out.s
+}
+
+/// Numpy arrays of at most this many items are given with their items in JSON.
+pub const ARRAY_ITEMS_IN_JSON: usize = 65_536;
+
+/// A decoded pickle as JSON: `None` null; bool; int a number (beyond 64 bits its decimal
+/// text); float a number (`"inf"`, `"-inf"`, `"nan"` as strings); complex `[re, im]`;
+/// str a string; bytes and bytearray `{"hex": "..."}`; list, tuple, set, frozenset an
+/// array; dict an object when every key is a str, else an array of `[key, value]`
+/// pairs; numpy array `{"dtype", "shape", "items"}` (`items` the nested lists of
+/// `tolist()`, null above [`ARRAY_ITEMS_IN_JSON`] items).
+pub fn pickle_json(value: &PickleValue) -> Value {
+    match value {
+        PickleValue::None => Value::Null,
+        PickleValue::Bool(b) => json!(b),
+        PickleValue::Int(i) => json!(i),
+        PickleValue::BigInt(b) => b
+            .to_u64()
+            .map_or_else(|| json!(b.to_string()), |u| json!(u)),
+        PickleValue::Float(x) => float_json(*x),
+        PickleValue::Complex { re, im } => json!([float_json(*re), float_json(*im)]),
+        PickleValue::Str(t) => json!(t.as_str()),
+        PickleValue::Bytes(b) | PickleValue::ByteArray(b) => json!({"hex": hex_all(b, 0).0}),
+        PickleValue::List(v)
+        | PickleValue::Tuple(v)
+        | PickleValue::Set(v)
+        | PickleValue::FrozenSet(v) => Value::Array(v.iter().map(pickle_json).collect()),
+        PickleValue::Dict(d) if d.iter().all(|(k, _)| k.as_str().is_some()) => Value::Object(
+            d.iter()
+                .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), pickle_json(v)))
+                .collect(),
+        ),
+        PickleValue::Dict(d) => Value::Array(
+            d.iter()
+                .map(|(k, v)| json!([pickle_json(k), pickle_json(v)]))
+                .collect(),
+        ),
+        PickleValue::Array(a) => json!({
+            "dtype": a.dtype().name(),
+            "shape": a.shape(),
+            "items": if a.len() <= ARRAY_ITEMS_IN_JSON { pickle_json(&a.to_list()) } else { Value::Null },
+        }),
     }
 }
 
@@ -176,7 +261,7 @@ pub fn json_fields(message: &Message, hex_limit: usize, obj: &mut Map<String, Va
             Some(b),
         ),
         Message::Pickle(p) => {
-            let view = render_pickle(p, 0);
+            let view = render_pickle(p, 0, true);
             if let Some(e) = view.error {
                 obj.insert("pickle_error".into(), json!(e));
             }
@@ -251,5 +336,34 @@ mod tests {
         );
         assert_eq!(v["kind"], "pickle");
         assert_eq!(v["hex"], "80034b052e");
+        assert_eq!(v["value"], 5);
+        assert!(v.get("pickle_error").is_none());
+        let v = fields(&Message::Pickle(serpy::Bytes::from_static(b"\x80\x03K")), 0);
+        assert_eq!(v["value"], Value::Null);
+        assert!(v["pickle_error"].is_string());
+    }
+
+    #[test]
+    fn pickles_as_json_and_repr() {
+        use serpy::pickle::{Array, Value as P};
+        let v = P::dict([("a", P::from(vec![1, 2])), ("b", P::from(f64::INFINITY))]);
+        assert_eq!(pickle_json(&v), json!({"a": [1, 2], "b": "inf"}));
+        let v = P::Dict(vec![(P::Int(1), P::None)]);
+        assert_eq!(pickle_json(&v), json!([[1, null]]));
+        assert_eq!(
+            pickle_json(&P::from(&b"\x00\xff"[..])),
+            json!({"hex": "00ff"})
+        );
+        let a = Array::from_slice(&[1.5f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+        assert_eq!(
+            pickle_json(&P::Array(a)),
+            json!({"dtype": "float32", "shape": [2, 2], "items": [[1.5, 2.0], [3.0, 4.0]]})
+        );
+        let long = P::from((0..1000).collect::<Vec<i64>>());
+        assert_eq!(repr_prefix(&long, 10), "[0, 1, 2, …");
+        let p = serpy::pickle::encode(&P::dict([("exposure", 10)])).unwrap();
+        assert_eq!(render_pickle(&p, 32, false).human, "{'exposure': 10}");
+        let bad = render_pickle(&serpy::Bytes::from_static(b"\x80\x03K"), 32, false).human;
+        assert!(bad.starts_with("(not decoded: "), "{bad}");
     }
 }
