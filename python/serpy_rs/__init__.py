@@ -37,6 +37,7 @@ from ._errors import InvalidMode as InvalidMode
 from ._errors import IoError as IoError
 from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import NotSent as NotSent
+from ._errors import OutgoingBytesFull as OutgoingBytesFull
 from ._errors import PickleError as PickleError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import QueueFull as QueueFull

@@ -17,6 +17,7 @@ __all__ = [
     "NotSent",
     "CutShort",
     "QueueFull",
+    "OutgoingBytesFull",
     "MessageTooLarge",
     "EmptyMessage",
     "EncodingError",
@@ -78,6 +79,13 @@ class CutShort(Error):
 
 class QueueFull(Error):
     """A connection's outgoing queue was full (``capacity`` messages waiting)."""
+
+
+class OutgoingBytesFull(QueueFull):
+    """A connection's outgoing queue held its byte budget (``outgoing_bytes``): ``queued``
+    bytes were waiting, the budget is ``limit``. The peer does not read as fast as
+    messages are sent, or the link is reconnecting. A kind of :class:`QueueFull`, so
+    ``except QueueFull`` catches both bounds."""
 
 
 class MessageTooLarge(Error, ValueError):

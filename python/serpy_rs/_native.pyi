@@ -152,11 +152,17 @@ class Server:
     def __exit__(self, *args: object) -> bool: ...
 
 class Event:
-    """Something that happened to a connection."""
+    """Something that happened to a connection or a server. ``id`` is the connection it
+    concerns, ``at`` when it happened (seconds since the Unix epoch, as ``time.time()``
+    gives: ``datetime.datetime.fromtimestamp(event.at)`` makes a datetime), ``kind``
+    what; the fields that apply to that kind are set, the others are None."""
 
+    id: int
+    at: float
     kind: Literal[
         "connected", "disconnected", "reconnected", "gave_up", "lost",
-        "protocol_detected", "protocol_error", "other",
+        "protocol_detected", "protocol_error", "closed", "dropped", "idle_timeout",
+        "unproven", "accepted", "refused", "other",
     ]
     peer: Optional[Address]
     reason: Optional[str]
@@ -164,6 +170,9 @@ class Event:
     attempts: Optional[int]
     messages: Optional[int]
     protocol: Optional[str]
+    after: Optional[float]
+    refusal: Optional[Literal["too_many_connections", "start_failed"]]
+    limit: Optional[int]
     text: str
 
 class Pickled:

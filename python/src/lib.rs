@@ -20,7 +20,7 @@ use std::ffi::{c_int, c_void};
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
@@ -28,7 +28,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{IntoPyDict, PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use serpy::{Error, Event as RustEvent, Message, Mode, Protocol, Text, TextEncoding};
+use serpy::{
+    Error, Event as RustEvent, EventKind, Message, Mode, Protocol, Refusal, Text, TextEncoding,
+};
 
 /// How long one wait runs with the GIL released before signals are checked.
 const SLICE: Duration = Duration::from_millis(20);
@@ -116,6 +118,11 @@ fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
         Error::QueueFull { capacity } => {
             set("capacity", PyInt::new(py, *capacity).into_any());
             "QueueFull"
+        }
+        Error::OutgoingBytesFull { queued, limit } => {
+            set("queued", PyInt::new(py, *queued).into_any());
+            set("limit", PyInt::new(py, *limit).into_any());
+            "OutgoingBytesFull"
         }
         Error::Pickle(_) => "PickleError",
         Error::Protocol(_) => "ProtocolError",
@@ -1445,33 +1452,55 @@ impl PyServer {
 // Events and pickles
 // ---------------------------------------------------------------------------------------
 
-/// Something that happened to a connection; `kind` says what, the other fields that
-/// apply to that kind are set, the others are None.
+/// Something that happened to a connection or a server: `id` is the connection it
+/// concerns, `at` when (seconds since the Unix epoch, as `time.time()` gives), `kind`
+/// what; the other fields that apply to that kind are set, the others are None.
 #[pyclass(module = "serpy_rs", frozen, get_all)]
 struct Event {
+    /// The connection's id (`Connection.id`); for "refused", a number given to the
+    /// refused socket.
+    id: u64,
+    /// When it happened: seconds since the Unix epoch (compare with `time.time()`,
+    /// or make a `datetime.datetime.fromtimestamp(event.at)`).
+    at: f64,
     /// "connected", "disconnected", "reconnected", "gave_up", "lost",
-    /// "protocol_detected", "protocol_error" (or "other").
+    /// "protocol_detected", "protocol_error", "closed", "dropped", "idle_timeout",
+    /// "unproven", "accepted", "refused" (or "other").
     kind: &'static str,
-    /// The peer's address ("connected", "reconnected").
+    /// The peer's address ("connected", "reconnected", "accepted", "refused").
     peer: Option<(String, u16)>,
-    /// Why the link went down ("disconnected") or what the peer broke ("protocol_error").
+    /// Why, in words: why the link went down ("disconnected"), what the peer broke
+    /// ("protocol_error"), why it was closed ("unproven") or refused ("refused").
     reason: Option<String>,
     /// Whether the connection will reconnect ("disconnected").
     reconnecting: Option<bool>,
     /// Connection attempts ("reconnected", "gave_up").
     attempts: Option<u32>,
-    /// How many queued messages were dropped ("lost").
-    messages: Option<usize>,
+    /// How many queued messages were dropped ("lost", "dropped").
+    messages: Option<u64>,
     /// The peer's protocol ("protocol_detected").
     protocol: Option<&'static str>,
+    /// The idle timeout in seconds ("idle_timeout").
+    after: Option<f64>,
+    /// Why a socket was refused, as a name: "too_many_connections" or "start_failed"
+    /// ("refused").
+    refusal: Option<&'static str>,
+    /// The connection limit that was reached ("refused" with "too_many_connections").
+    limit: Option<usize>,
     /// The event as a sentence.
     text: String,
 }
 
 impl Event {
     fn from_rust(e: RustEvent) -> Self {
-        let text = e.to_string();
+        let text = e.kind.to_string();
+        let at =
+            e.at.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
         let mut ev = Event {
+            id: e.id,
+            at,
             kind: "other",
             peer: None,
             reason: None,
@@ -1479,15 +1508,18 @@ impl Event {
             attempts: None,
             messages: None,
             protocol: None,
+            after: None,
+            refusal: None,
+            limit: None,
             text,
         };
         let pair = |a: SocketAddr| (a.ip().to_string(), a.port());
-        match e {
-            RustEvent::Connected { peer } => {
+        match e.kind {
+            EventKind::Connected { peer } => {
                 ev.kind = "connected";
                 ev.peer = Some(pair(peer));
             }
-            RustEvent::Disconnected {
+            EventKind::Disconnected {
                 reason,
                 reconnecting,
             } => {
@@ -1495,26 +1527,56 @@ impl Event {
                 ev.reason = Some(reason);
                 ev.reconnecting = Some(reconnecting);
             }
-            RustEvent::Reconnected { peer, attempts } => {
+            EventKind::Reconnected { peer, attempts } => {
                 ev.kind = "reconnected";
                 ev.peer = Some(pair(peer));
                 ev.attempts = Some(attempts);
             }
-            RustEvent::GaveUp { attempts } => {
+            EventKind::GaveUp { attempts } => {
                 ev.kind = "gave_up";
                 ev.attempts = Some(attempts);
             }
-            RustEvent::Lost { messages } => {
+            EventKind::Lost { messages } => {
                 ev.kind = "lost";
-                ev.messages = Some(messages);
+                ev.messages = Some(messages as u64);
             }
-            RustEvent::ProtocolDetected(p) => {
+            EventKind::ProtocolDetected(p) => {
                 ev.kind = "protocol_detected";
                 ev.protocol = Some(protocol_name(p));
             }
-            RustEvent::ProtocolError(p) => {
+            EventKind::ProtocolError(p) => {
                 ev.kind = "protocol_error";
                 ev.reason = Some(p.to_string());
+            }
+            EventKind::Closed => ev.kind = "closed",
+            EventKind::Dropped { messages } => {
+                ev.kind = "dropped";
+                ev.messages = Some(messages);
+            }
+            EventKind::IdleTimeout { after } => {
+                ev.kind = "idle_timeout";
+                ev.after = Some(after.as_secs_f64());
+            }
+            EventKind::Unproven { reason } => {
+                ev.kind = "unproven";
+                ev.reason = Some(reason);
+            }
+            EventKind::Accepted { peer } => {
+                ev.kind = "accepted";
+                ev.peer = Some(pair(peer));
+            }
+            EventKind::Refused { peer, reason } => {
+                ev.kind = "refused";
+                ev.peer = Some(pair(peer));
+                ev.reason = Some(reason.to_string());
+                match reason {
+                    Refusal::TooManyConnections { limit } => {
+                        ev.refusal = Some("too_many_connections");
+                        ev.limit = Some(limit);
+                    }
+                    Refusal::StartFailed { .. } => ev.refusal = Some("start_failed"),
+                    _ => {}
+                }
             }
             _ => {}
         }
@@ -1525,7 +1587,7 @@ impl Event {
 #[pymethods]
 impl Event {
     fn __repr__(&self) -> String {
-        format!("<serpy_rs.Event {}: {}>", self.kind, self.text)
+        format!("<serpy_rs.Event #{} {}: {}>", self.id, self.kind, self.text)
     }
 
     fn __str__(&self) -> String {
