@@ -5,6 +5,8 @@ that fits, so that ``except ConnectionError`` or ``except TimeoutError`` catch t
 The message of each says what happened and what to do.
 """
 
+from typing import Any, Dict
+
 __all__ = [
     "Error",
     "ConnectError",
@@ -125,7 +127,7 @@ del _name
 _ENDS_ITERATION = (Disconnected, Closed)
 
 
-def make(kind, message, attrs):
+def make(kind: str, message: str, attrs: Dict[str, Any]) -> Error:
     """Builds the exception ``kind`` (called by the extension module)."""
     cls = globals().get(kind, Error)
     if not (isinstance(cls, type) and issubclass(cls, Error)):

@@ -258,9 +258,9 @@ def test_server_methods():
         assert server.readable_connections() == [pa]
         conn, msg, mode = server.recv_any(timeout=WAIT)
         assert (conn, msg, mode) == (pa, b"from a", 1)
-        assert server.broadcast("all") == 2
+        assert server.broadcast("all").sent == 2
         assert a.get_data(timeout=WAIT) == b"all" and b.get_data(timeout=WAIT) == b"all"
-        assert server.broadcast(b"\x00\x01", timeout=WAIT) == 2
+        assert server.broadcast(b"\x00\x01", timeout=WAIT).sent == 2
         assert a.get_data(timeout=WAIT) == b"\x00\x01" and b.get_data(timeout=WAIT) == b"\x00\x01"
         with pytest.raises(serpy_rs.Timeout):
             server.recv_any(timeout=0.01)
