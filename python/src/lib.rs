@@ -1265,14 +1265,21 @@ fn next_event(
     if timeout == Some(0.0) {
         return Ok(None);
     }
+    // Once the events have ended, `recv_timeout` returns None at once: that ends the
+    // wait (None), where waiting on would spin until the timeout, or for ever.
     let got = wait_sliced(py, timeout, "next_event", |slice| {
-        events.recv_timeout(slice).ok_or(Error::Timeout {
-            operation: "next_event",
-            after: slice,
-        })
+        let start = Instant::now();
+        match events.recv_timeout(slice) {
+            Some(e) => Ok(Some(e)),
+            None if start.elapsed() < slice => Ok(None),
+            None => Err(Error::Timeout {
+                operation: "next_event",
+                after: slice,
+            }),
+        }
     });
     match got {
-        Ok(e) => Ok(Some(Event::from_rust(e))),
+        Ok(e) => Ok(e.map(Event::from_rust)),
         Err(e) => {
             let timeout_cls = py.import("serpy_rs._errors")?.getattr("Timeout")?;
             if e.is_instance(py, &timeout_cls) {

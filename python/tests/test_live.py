@@ -3,6 +3,7 @@ budget, broadcast reports, statistics, server-wide events, liveness, unproven
 connections, background connects."""
 
 import socket
+import threading
 import time
 
 import pytest
@@ -196,3 +197,17 @@ def test_connect_in_background_queues_until_the_server_comes():
         assert msg == b"sent before the server was up"
         assert wait_event(client, "connected").peer == (ADR, port)
         client.close()
+
+
+def test_next_event_returns_once_the_events_have_ended(server):
+    """After close() the events end: next_event(timeout=None) gives None at once instead
+    of waiting (and spinning) for ever."""
+    client = serpy_rs.connect(ADR, server.port)
+    client.close()
+    assert [e.kind for e in client.events()][-1] == "closed"
+    got = []
+    t = threading.Thread(target=lambda: got.append(client.next_event(timeout=None)), daemon=True)
+    t.start()
+    t.join(WAIT)
+    assert not t.is_alive(), "next_event(None) kept waiting after the events ended"
+    assert got == [None]
