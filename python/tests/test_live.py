@@ -211,3 +211,16 @@ def test_next_event_returns_once_the_events_have_ended(server):
     t.join(WAIT)
     assert not t.is_alive(), "next_event(None) kept waiting after the events ended"
     assert got == [None]
+
+
+def test_disconnect_policy_drops_a_peer_that_does_not_drain():
+    with serpy_rs.Server(ADR, 0, full_queue=("disconnect", 0.3)) as server:
+        raw, peer = _silent_peer(server)
+        frame = bytes(MIB)
+        for _ in range(32):  # 32 MiB: more than the socket buffers hold; never waits
+            server.broadcast(frame)
+        ev = wait_event(peer, "disconnected")
+        assert ev.reason and ev.reconnecting is False
+        assert peer.stats().policy_disconnects == 1
+        assert server.broadcast(frame).sent == 0
+        raw.close()
