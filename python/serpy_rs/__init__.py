@@ -37,17 +37,21 @@ from ._errors import InvalidMode as InvalidMode
 from ._errors import IoError as IoError
 from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import NotSent as NotSent
+from ._errors import OutgoingBytesFull as OutgoingBytesFull
 from ._errors import PickleError as PickleError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import QueueFull as QueueFull
 from ._errors import Timeout as Timeout
 from ._errors import Unsupported as Unsupported
 from ._native import DEFAULT_INCOMING_BYTES as DEFAULT_INCOMING_BYTES
+from ._native import DEFAULT_OUTGOING_BYTES as DEFAULT_OUTGOING_BYTES
 from ._native import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
 from ._native import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from ._native import DEFAULT_QUEUE_CAPACITY as DEFAULT_QUEUE_CAPACITY
 from ._native import Connection as Connection
+from ._native import Broadcast as Broadcast
 from ._native import Event as Event
+from ._native import Stats as Stats
 from ._native import Pickled as Pickled
 from ._native import Server as Server
 from ._native import reset_logging as reset_logging
@@ -84,7 +88,9 @@ def connect(host: str, port: int, **options: _Any) -> Connection:
     ("utf-8", "ascii", "latin-1"), ``allow_unpickle``, ``connect_timeout``,
     ``reconnect_backoff`` (first, max), ``give_up_after``, ``max_message_size``,
     ``incoming_capacity``, ``incoming_bytes``, ``outgoing_capacity``, ``nodelay``,
-    ``keepalive``, ``close_timeout``.
+    ``keepalive``, ``close_timeout``, ``outgoing_bytes``, ``full_queue`` ("block",
+    ("keep_latest", n) or ("disconnect", seconds)), ``idle_timeout``,
+    ``connect_in_background``.
     """
     return Connection.connect(host, port, **options)
 
@@ -93,11 +99,14 @@ __all__ = [
     "Connection",
     "Server",
     "Event",
+    "Broadcast",
+    "Stats",
     "Pickled",
     "Mode",
     "connect",
     "reset_logging",
     "DEFAULT_INCOMING_BYTES",
+    "DEFAULT_OUTGOING_BYTES",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_QUEUE_CAPACITY",

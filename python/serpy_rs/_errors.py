@@ -5,6 +5,8 @@ that fits, so that ``except ConnectionError`` or ``except TimeoutError`` catch t
 The message of each says what happened and what to do.
 """
 
+from typing import Any, Dict
+
 __all__ = [
     "Error",
     "ConnectError",
@@ -17,6 +19,7 @@ __all__ = [
     "NotSent",
     "CutShort",
     "QueueFull",
+    "OutgoingBytesFull",
     "MessageTooLarge",
     "EmptyMessage",
     "EncodingError",
@@ -80,6 +83,13 @@ class QueueFull(Error):
     """A connection's outgoing queue was full (``capacity`` messages waiting)."""
 
 
+class OutgoingBytesFull(QueueFull):
+    """A connection's outgoing queue held its byte budget (``outgoing_bytes``): ``queued``
+    bytes were waiting, the budget is ``limit``. The peer does not read as fast as
+    messages are sent, or the link is reconnecting. A kind of :class:`QueueFull`, so
+    ``except QueueFull`` catches both bounds."""
+
+
 class MessageTooLarge(Error, ValueError):
     """The message is larger than ``max_message_size`` (``size``, ``max``)."""
 
@@ -117,7 +127,7 @@ del _name
 _ENDS_ITERATION = (Disconnected, Closed)
 
 
-def make(kind, message, attrs):
+def make(kind: str, message: str, attrs: Dict[str, Any]) -> Error:
     """Builds the exception ``kind`` (called by the extension module)."""
     cls = globals().get(kind, Error)
     if not (isinstance(cls, type) and issubclass(cls, Error)):

@@ -13,9 +13,19 @@ Sendable = Union[int, float, str, bytes, bytearray, memoryview, "Pickled", Buffe
 Address = Tuple[str, int]
 
 SLICE_SECONDS: float
+FullQueue = Union[
+    Literal["block"],
+    Tuple[Literal["keep_latest"], int],
+    Tuple[Literal["disconnect"], float],
+]
+"""``full_queue=``: "block" (wait, the default), ("keep_latest", n): keep the newest n
+plain messages and drop older ones, ("disconnect", seconds): drop a peer that has not
+drained for that long."""
+
 DEFAULT_MAX_MESSAGE_SIZE: int
 DEFAULT_QUEUE_CAPACITY: int
 DEFAULT_INCOMING_BYTES: int
+DEFAULT_OUTGOING_BYTES: int
 DEFAULT_MAX_CONNECTIONS: int
 
 def reset_logging() -> None:
@@ -47,6 +57,10 @@ class Connection:
         nodelay: Optional[bool] = None,
         keepalive: Optional[float] = None,
         close_timeout: Optional[float] = None,
+        outgoing_bytes: Optional[int] = None,
+        full_queue: Optional[FullQueue] = None,
+        idle_timeout: Optional[float] = None,
+        connect_in_background: bool = False,
     ) -> "Connection":
         """Connects to a serpy server. Raises ConnectError, AddressError."""
     def send(
@@ -94,6 +108,8 @@ class Connection:
         """The next event, waiting at most timeout (0: no wait; None: until one comes)."""
     def events(self) -> List["Event"]:
         """Every event waiting now, oldest first."""
+    def stats(self) -> "Stats":
+        """The connection's statistics now."""
     @property
     def peer_addr(self) -> Optional[Address]: ...
     @property
@@ -128,6 +144,11 @@ class Server:
         nodelay: Optional[bool] = None,
         keepalive: Optional[float] = None,
         close_timeout: Optional[float] = None,
+        outgoing_bytes: Optional[int] = None,
+        full_queue: Optional[FullQueue] = None,
+        idle_timeout: Optional[float] = None,
+        first_message_timeout: Optional[float] = None,
+        max_unproven: Optional[int] = None,
     ) -> None: ...
     @property
     def local_addr(self) -> Address: ...
@@ -139,9 +160,23 @@ class Server:
     def readable_connections(self) -> List[Connection]: ...
     def recv_any(self, timeout: Optional[float] = None) -> Tuple[Connection, Value, Optional[int]]:
         """The next message from any connection: (connection, message, mode)."""
-    def broadcast(self, data: Sendable, *, timeout: Optional[float] = None, copy: bool = True) -> int:
-        """Sends data to every connection (encoded once); returns how many it was queued
-        for. A full queue misses it unless ``timeout`` gives it time to make room."""
+    def broadcast(
+        self, data: Sendable, *, timeout: Optional[float] = None, copy: bool = True
+    ) -> "Broadcast":
+        """Sends data to every connection (encoded once); returns the report (``.sent``:
+        how many it was queued for). A full queue misses it unless ``timeout`` gives it
+        time to make room."""
+    def broadcast_to(
+        self, connections: List[Connection], data: Sendable, *, copy: bool = True
+    ) -> "Broadcast":
+        """Sends data to these connections only, never waiting on a full queue."""
+    def stats(self) -> "Stats":
+        """The statistics of every live connection, summed."""
+    def next_event(self, timeout: Optional[float] = 0.0) -> Optional["Event"]:
+        """The next server-wide event (those of every connection, "accepted",
+        "refused"), waiting at most timeout (0: no wait; None: until one comes)."""
+    def events(self) -> List["Event"]:
+        """Every server-wide event waiting now, oldest first."""
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[Connection]: ...
     def close(self) -> None:
@@ -152,11 +187,17 @@ class Server:
     def __exit__(self, *args: object) -> bool: ...
 
 class Event:
-    """Something that happened to a connection."""
+    """Something that happened to a connection or a server. ``id`` is the connection it
+    concerns, ``at`` when it happened (seconds since the Unix epoch, as ``time.time()``
+    gives: ``datetime.datetime.fromtimestamp(event.at)`` makes a datetime), ``kind``
+    what; the fields that apply to that kind are set, the others are None."""
 
+    id: int
+    at: float
     kind: Literal[
         "connected", "disconnected", "reconnected", "gave_up", "lost",
-        "protocol_detected", "protocol_error", "other",
+        "protocol_detected", "protocol_error", "closed", "dropped", "idle_timeout",
+        "unproven", "accepted", "refused", "other",
     ]
     peer: Optional[Address]
     reason: Optional[str]
@@ -164,6 +205,48 @@ class Event:
     attempts: Optional[int]
     messages: Optional[int]
     protocol: Optional[str]
+    after: Optional[float]
+    refusal: Optional[Literal["too_many_connections", "start_failed"]]
+    limit: Optional[int]
+    text: str
+
+class Broadcast:
+    """What became of a broadcast message at each connection."""
+
+    @property
+    def sent(self) -> int:
+        """How many connections queued the message."""
+    @property
+    def dropped_total(self) -> int:
+        """Older queued messages dropped by "keep_latest" policies to make room."""
+    def is_complete(self) -> bool: ...
+    def results(self) -> List[Tuple[Connection, Optional[BaseException]]]: ...
+    def failures(self) -> List[Tuple[Connection, BaseException]]: ...
+    def dropped(self) -> List[Tuple[Connection, int]]: ...
+    def __len__(self) -> int: ...
+
+class Stats:
+    """Statistics of a connection, or summed over a server's connections; ``str()`` is
+    the core's one-line summary. Times in seconds; ``last_received`` is a Unix
+    timestamp like ``Event.at``."""
+
+    connections: int
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    reconnects: int
+    dropped: int
+    policy_disconnects: int
+    protocol_errors: int
+    queued_in: int
+    queued_in_bytes: int
+    queued_out: int
+    queued_out_bytes: int
+    last_received: Optional[float]
+    acked: int
+    ack_rtt_last: Optional[float]
+    ack_rtt_mean: Optional[float]
     text: str
 
 class Pickled:

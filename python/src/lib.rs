@@ -20,7 +20,7 @@ use std::ffi::{c_int, c_void};
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
@@ -28,7 +28,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{IntoPyDict, PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use serpy::{Error, Event as RustEvent, Message, Mode, Protocol, Text, TextEncoding};
+use serpy::{
+    Error, Event as RustEvent, EventKind, FullQueue, Message, Mode, Protocol, Refusal, Text,
+    TextEncoding,
+};
 
 /// How long one wait runs with the GIL released before signals are checked.
 const SLICE: Duration = Duration::from_millis(20);
@@ -55,12 +58,16 @@ fn make_error(py: Python<'_>, kind: &str, message: String, attrs: Bound<'_, PyDi
 }
 
 fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
+    to_py_err_ref(py, &e)
+}
+
+fn to_py_err_ref(py: Python<'_>, e: &Error) -> PyErr {
     let attrs = PyDict::new(py);
     let message = e.to_string();
     let set = |k: &str, v: Bound<'_, PyAny>| {
         let _ = attrs.set_item(k, v);
     };
-    let kind = match &e {
+    let kind = match e {
         Error::Connect { addr, source } => {
             set("addr", PyString::new(py, addr).into_any());
             if let Some(n) = source.raw_os_error() {
@@ -116,6 +123,11 @@ fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
         Error::QueueFull { capacity } => {
             set("capacity", PyInt::new(py, *capacity).into_any());
             "QueueFull"
+        }
+        Error::OutgoingBytesFull { queued, limit } => {
+            set("queued", PyInt::new(py, *queued).into_any());
+            set("limit", PyInt::new(py, *limit).into_any());
+            "OutgoingBytesFull"
         }
         Error::Pickle(_) => "PickleError",
         Error::Protocol(_) => "ProtocolError",
@@ -562,6 +574,9 @@ struct Options {
     nodelay: Option<bool>,
     keepalive: Option<Option<Duration>>,
     close_timeout: Option<Duration>,
+    outgoing_bytes: Option<usize>,
+    full_queue: Option<FullQueue>,
+    idle_timeout: Option<Duration>,
 }
 
 macro_rules! apply_options {
@@ -592,6 +607,15 @@ macro_rules! apply_options {
         if let Some(v) = o.close_timeout {
             b = b.close_timeout(v);
         }
+        if let Some(v) = o.outgoing_bytes {
+            b = b.outgoing_bytes(v);
+        }
+        if let Some(v) = o.full_queue {
+            b = b.full_queue(v);
+        }
+        if let Some(v) = o.idle_timeout {
+            b = b.idle_timeout(Some(v));
+        }
         b
     }};
 }
@@ -606,6 +630,9 @@ fn options(
     nodelay: Option<bool>,
     keepalive: Option<f64>,
     close_timeout: Option<f64>,
+    outgoing_bytes: Option<usize>,
+    full_queue: Option<&Bound<'_, PyAny>>,
+    idle_timeout: Option<f64>,
 ) -> PyResult<Options> {
     let positive = |v: Option<usize>, what: &str| -> PyResult<Option<usize>> {
         match v {
@@ -626,7 +653,43 @@ fn options(
         close_timeout: close_timeout
             .map(|c| duration(c, "close_timeout"))
             .transpose()?,
+        outgoing_bytes: positive(outgoing_bytes, "outgoing_bytes")?,
+        full_queue: full_queue.map(full_queue_from).transpose()?,
+        idle_timeout: idle_timeout
+            .map(|t| duration(t, "idle_timeout"))
+            .transpose()?,
     })
+}
+
+/// `full_queue=`: "block", ("keep_latest", n) or ("disconnect", seconds).
+fn full_queue_from(v: &Bound<'_, PyAny>) -> PyResult<FullQueue> {
+    let bad = || {
+        PyValueError::new_err(format!(
+            "full_queue must be \"block\", (\"keep_latest\", n) with n >= 1, or \
+             (\"disconnect\", seconds), not {v}"
+        ))
+    };
+    if let Ok(name) = v.extract::<String>() {
+        return match name.as_str() {
+            "block" => Ok(FullQueue::Block),
+            _ => Err(bad()),
+        };
+    }
+    let (name, arg): (String, Bound<'_, PyAny>) = v.extract().map_err(|_| bad())?;
+    match name.as_str() {
+        "keep_latest" => match arg.extract::<usize>() {
+            Ok(n) if n >= 1 && !arg.is_instance_of::<PyBool>() => Ok(FullQueue::KeepLatest(n)),
+            _ => Err(bad()),
+        },
+        "disconnect" => {
+            let secs: f64 = arg.extract().map_err(|_| bad())?;
+            Ok(FullQueue::Disconnect(duration(
+                secs,
+                "full_queue disconnect time",
+            )?))
+        }
+        _ => Err(bad()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -865,7 +928,8 @@ impl PyConnection {
         allow_unpickle=false, connect_timeout=None, reconnect_backoff=None, give_up_after=None,
         max_message_size=None, incoming_capacity=None, incoming_bytes=None,
         outgoing_capacity=None, nodelay=None, keepalive=None, close_timeout=None,
-        _pickles=None))]
+        outgoing_bytes=None, full_queue=None, idle_timeout=None,
+        connect_in_background=false, _pickles=None))]
     #[allow(clippy::too_many_arguments)]
     fn connect(
         py: Python<'_>,
@@ -885,6 +949,10 @@ impl PyConnection {
         nodelay: Option<bool>,
         keepalive: Option<f64>,
         close_timeout: Option<f64>,
+        outgoing_bytes: Option<usize>,
+        full_queue: Option<&Bound<'_, PyAny>>,
+        idle_timeout: Option<f64>,
+        connect_in_background: bool,
         _pickles: Option<u8>,
     ) -> PyResult<Self> {
         let o = options(
@@ -896,10 +964,14 @@ impl PyConnection {
             nodelay,
             keepalive,
             close_timeout,
+            outgoing_bytes,
+            full_queue,
+            idle_timeout,
         )?;
         let mut b = serpy::Connection::builder()
             .protocol(protocol_from(protocol, false)?)
             .auto_restart(auto_restart)
+            .connect_in_background(connect_in_background)
             .give_up_after(give_up_after);
         if let Some(t) = connect_timeout {
             b = b.connect_timeout(duration(t, "connect_timeout")?);
@@ -1083,30 +1155,13 @@ impl PyConnection {
     /// None: until one comes); None when none came.
     #[pyo3(signature = (timeout=0.0))]
     fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
-        let events = self.inner.events();
-        if let Some(e) = events.try_recv() {
-            return Ok(Some(Event::from_rust(e)));
-        }
-        if timeout == Some(0.0) {
-            return Ok(None);
-        }
-        let got = wait_sliced(py, timeout, "next_event", |slice| {
-            events.recv_timeout(slice).ok_or(Error::Timeout {
-                operation: "next_event",
-                after: slice,
-            })
-        });
-        match got {
-            Ok(e) => Ok(Some(Event::from_rust(e))),
-            Err(e) => {
-                let timeout_cls = py.import("serpy_rs._errors")?.getattr("Timeout")?;
-                if e.is_instance(py, &timeout_cls) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        next_event(py, &self.inner.events(), timeout)
+    }
+
+    /// The connection's statistics now (see `Stats`).
+    fn stats(&self, py: Python<'_>) -> Stats {
+        let conn = &*self.inner;
+        Stats::from_rust(py.detach(|| conn.stats()))
     }
 
     /// Every event waiting now, oldest first.
@@ -1199,6 +1254,43 @@ impl PyConnection {
 /// Drops `handle` (a server) with the GIL released: dropping the last handle of a server
 /// closes it and joins its threads (up to the close timeout), which must not stop
 /// every other Python thread meanwhile.
+fn next_event(
+    py: Python<'_>,
+    events: &serpy::Events,
+    timeout: Option<f64>,
+) -> PyResult<Option<Event>> {
+    if let Some(e) = events.try_recv() {
+        return Ok(Some(Event::from_rust(e)));
+    }
+    if timeout == Some(0.0) {
+        return Ok(None);
+    }
+    // Once the events have ended, `recv_timeout` returns None at once: that ends the
+    // wait (None), where waiting on would spin until the timeout, or for ever.
+    let got = wait_sliced(py, timeout, "next_event", |slice| {
+        let start = Instant::now();
+        match events.recv_timeout(slice) {
+            Some(e) => Ok(Some(e)),
+            None if start.elapsed() < slice => Ok(None),
+            None => Err(Error::Timeout {
+                operation: "next_event",
+                after: slice,
+            }),
+        }
+    });
+    match got {
+        Ok(e) => Ok(e.map(Event::from_rust)),
+        Err(e) => {
+            let timeout_cls = py.import("serpy_rs._errors")?.getattr("Timeout")?;
+            if e.is_instance(py, &timeout_cls) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 fn release<T: Send>(handle: T) {
     Python::attach(|py| py.detach(move || drop(handle)));
 }
@@ -1251,6 +1343,31 @@ impl PyServer {
     fn wrap(&self, c: serpy::Connection) -> PyConnection {
         PyConnection::wrap(c, self.pickles, false)
     }
+
+    /// The Python report of a broadcast.
+    fn report(&self, py: Python<'_>, report: serpy::Broadcast) -> Broadcast {
+        let mut outcomes = Vec::with_capacity(report.len());
+        let dropped: std::collections::HashMap<u64, u64> =
+            report.dropped().map(|(c, n)| (c.id(), n)).collect();
+        for (c, r) in report.iter() {
+            let conn = Py::new(py, self.wrap(c.clone())).ok();
+            let err = r
+                .as_ref()
+                .err()
+                .map(|e| to_py_err_ref(py, e).into_value(py).into_any());
+            if let Some(conn) = conn {
+                outcomes.push((conn, err, dropped.get(&c.id()).copied().unwrap_or(0)));
+            }
+        }
+        let b = Broadcast {
+            sent: report.sent(),
+            dropped_total: report.dropped_total(),
+            outcomes,
+        };
+        // The report holds connection handles: let them go without the GIL.
+        py.detach(move || drop(report));
+        b
+    }
 }
 
 #[pymethods]
@@ -1260,7 +1377,8 @@ impl PyServer {
     #[pyo3(signature = (host="127.0.0.1", port=0, *, protocol="v1", max_connections=None,
         detect_timeout=None, encoding="utf-8", allow_unpickle=false, max_message_size=None,
         incoming_capacity=None, incoming_bytes=None, outgoing_capacity=None, nodelay=None,
-        keepalive=None, close_timeout=None, _pickles=None))]
+        keepalive=None, close_timeout=None, outgoing_bytes=None, full_queue=None,
+        idle_timeout=None, first_message_timeout=None, max_unproven=None, _pickles=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -1278,6 +1396,11 @@ impl PyServer {
         nodelay: Option<bool>,
         keepalive: Option<f64>,
         close_timeout: Option<f64>,
+        outgoing_bytes: Option<usize>,
+        full_queue: Option<&Bound<'_, PyAny>>,
+        idle_timeout: Option<f64>,
+        first_message_timeout: Option<f64>,
+        max_unproven: Option<usize>,
         _pickles: Option<u8>,
     ) -> PyResult<Self> {
         let o = options(
@@ -1289,8 +1412,20 @@ impl PyServer {
             nodelay,
             keepalive,
             close_timeout,
+            outgoing_bytes,
+            full_queue,
+            idle_timeout,
         )?;
         let mut b = serpy::Server::builder().protocol(protocol_from(protocol, true)?);
+        if let Some(t) = first_message_timeout {
+            b = b.first_message_timeout(Some(duration(t, "first_message_timeout")?));
+        }
+        if let Some(n) = max_unproven {
+            if n == 0 {
+                return Err(PyValueError::new_err("max_unproven must be at least 1"));
+            }
+            b = b.max_unproven(n);
+        }
         if let Some(n) = max_connections {
             b = b.max_connections(n);
         }
@@ -1385,7 +1520,7 @@ impl PyServer {
         data: &Bound<'_, PyAny>,
         timeout: Option<f64>,
         copy: bool,
-    ) -> PyResult<usize> {
+    ) -> PyResult<Broadcast> {
         let msg = to_message(py, data, copy)?;
         let limit = timeout.map(|t| duration(t, "timeout")).transpose()?;
         let server = &*self.inner;
@@ -1393,11 +1528,49 @@ impl PyServer {
             None => server.broadcast(msg),
             Some(t) => server.broadcast_timeout(msg, t),
         });
-        // The report holds connection handles: let them go without the GIL.
-        let report = report.py(py)?;
-        let sent = report.sent();
-        py.detach(move || drop(report));
-        Ok(sent)
+        Ok(self.report(py, report.py(py)?))
+    }
+
+    /// Sends `data` to the given connections only (of this server or not), encoded once
+    /// per protocol, never waiting on a full queue (each follows its `full_queue`
+    /// policy); returns the `Broadcast` report.
+    #[pyo3(signature = (connections, data, *, copy=true))]
+    fn broadcast_to(
+        &self,
+        py: Python<'_>,
+        connections: Vec<PyRef<'_, PyConnection>>,
+        data: &Bound<'_, PyAny>,
+        copy: bool,
+    ) -> PyResult<Broadcast> {
+        let msg = to_message(py, data, copy)?;
+        let targets: Vec<serpy::Connection> =
+            connections.iter().map(|c| (*c.inner).clone()).collect();
+        drop(connections);
+        let server = &*self.inner;
+        let report = py.detach(|| server.broadcast_to(targets, msg));
+        Ok(self.report(py, report.py(py)?))
+    }
+
+    /// The statistics of every live connection, summed (see `Stats`).
+    fn stats(&self, py: Python<'_>) -> Stats {
+        let server = &*self.inner;
+        Stats::from_rust(py.detach(|| server.stats()))
+    }
+
+    /// The next server-wide event (every connection's events, and "accepted" and
+    /// "refused"), waiting at most `timeout` seconds (default 0: only one already
+    /// waiting; None: until one comes); None when none came.
+    #[pyo3(signature = (timeout=0.0))]
+    fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
+        next_event(py, &self.inner.events(), timeout)
+    }
+
+    /// Every server-wide event waiting now, oldest first.
+    fn events(&self) -> Vec<Event> {
+        let events = self.inner.events();
+        std::iter::from_fn(|| events.try_recv())
+            .map(Event::from_rust)
+            .collect()
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
@@ -1445,33 +1618,55 @@ impl PyServer {
 // Events and pickles
 // ---------------------------------------------------------------------------------------
 
-/// Something that happened to a connection; `kind` says what, the other fields that
-/// apply to that kind are set, the others are None.
+/// Something that happened to a connection or a server: `id` is the connection it
+/// concerns, `at` when (seconds since the Unix epoch, as `time.time()` gives), `kind`
+/// what; the other fields that apply to that kind are set, the others are None.
 #[pyclass(module = "serpy_rs", frozen, get_all)]
 struct Event {
+    /// The connection's id (`Connection.id`); for "refused", a number given to the
+    /// refused socket.
+    id: u64,
+    /// When it happened: seconds since the Unix epoch (compare with `time.time()`,
+    /// or make a `datetime.datetime.fromtimestamp(event.at)`).
+    at: f64,
     /// "connected", "disconnected", "reconnected", "gave_up", "lost",
-    /// "protocol_detected", "protocol_error" (or "other").
+    /// "protocol_detected", "protocol_error", "closed", "dropped", "idle_timeout",
+    /// "unproven", "accepted", "refused" (or "other").
     kind: &'static str,
-    /// The peer's address ("connected", "reconnected").
+    /// The peer's address ("connected", "reconnected", "accepted", "refused").
     peer: Option<(String, u16)>,
-    /// Why the link went down ("disconnected") or what the peer broke ("protocol_error").
+    /// Why, in words: why the link went down ("disconnected"), what the peer broke
+    /// ("protocol_error"), why it was closed ("unproven") or refused ("refused").
     reason: Option<String>,
     /// Whether the connection will reconnect ("disconnected").
     reconnecting: Option<bool>,
     /// Connection attempts ("reconnected", "gave_up").
     attempts: Option<u32>,
-    /// How many queued messages were dropped ("lost").
-    messages: Option<usize>,
+    /// How many queued messages were dropped ("lost", "dropped").
+    messages: Option<u64>,
     /// The peer's protocol ("protocol_detected").
     protocol: Option<&'static str>,
+    /// The idle timeout in seconds ("idle_timeout").
+    after: Option<f64>,
+    /// Why a socket was refused, as a name: "too_many_connections" or "start_failed"
+    /// ("refused").
+    refusal: Option<&'static str>,
+    /// The connection limit that was reached ("refused" with "too_many_connections").
+    limit: Option<usize>,
     /// The event as a sentence.
     text: String,
 }
 
 impl Event {
     fn from_rust(e: RustEvent) -> Self {
-        let text = e.to_string();
+        let text = e.kind.to_string();
+        let at =
+            e.at.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
         let mut ev = Event {
+            id: e.id,
+            at,
             kind: "other",
             peer: None,
             reason: None,
@@ -1479,15 +1674,18 @@ impl Event {
             attempts: None,
             messages: None,
             protocol: None,
+            after: None,
+            refusal: None,
+            limit: None,
             text,
         };
         let pair = |a: SocketAddr| (a.ip().to_string(), a.port());
-        match e {
-            RustEvent::Connected { peer } => {
+        match e.kind {
+            EventKind::Connected { peer } => {
                 ev.kind = "connected";
                 ev.peer = Some(pair(peer));
             }
-            RustEvent::Disconnected {
+            EventKind::Disconnected {
                 reason,
                 reconnecting,
             } => {
@@ -1495,26 +1693,56 @@ impl Event {
                 ev.reason = Some(reason);
                 ev.reconnecting = Some(reconnecting);
             }
-            RustEvent::Reconnected { peer, attempts } => {
+            EventKind::Reconnected { peer, attempts } => {
                 ev.kind = "reconnected";
                 ev.peer = Some(pair(peer));
                 ev.attempts = Some(attempts);
             }
-            RustEvent::GaveUp { attempts } => {
+            EventKind::GaveUp { attempts } => {
                 ev.kind = "gave_up";
                 ev.attempts = Some(attempts);
             }
-            RustEvent::Lost { messages } => {
+            EventKind::Lost { messages } => {
                 ev.kind = "lost";
-                ev.messages = Some(messages);
+                ev.messages = Some(messages as u64);
             }
-            RustEvent::ProtocolDetected(p) => {
+            EventKind::ProtocolDetected(p) => {
                 ev.kind = "protocol_detected";
                 ev.protocol = Some(protocol_name(p));
             }
-            RustEvent::ProtocolError(p) => {
+            EventKind::ProtocolError(p) => {
                 ev.kind = "protocol_error";
                 ev.reason = Some(p.to_string());
+            }
+            EventKind::Closed => ev.kind = "closed",
+            EventKind::Dropped { messages } => {
+                ev.kind = "dropped";
+                ev.messages = Some(messages);
+            }
+            EventKind::IdleTimeout { after } => {
+                ev.kind = "idle_timeout";
+                ev.after = Some(after.as_secs_f64());
+            }
+            EventKind::Unproven { reason } => {
+                ev.kind = "unproven";
+                ev.reason = Some(reason);
+            }
+            EventKind::Accepted { peer } => {
+                ev.kind = "accepted";
+                ev.peer = Some(pair(peer));
+            }
+            EventKind::Refused { peer, reason } => {
+                ev.kind = "refused";
+                ev.peer = Some(pair(peer));
+                ev.reason = Some(reason.to_string());
+                match reason {
+                    Refusal::TooManyConnections { limit } => {
+                        ev.refusal = Some("too_many_connections");
+                        ev.limit = Some(limit);
+                    }
+                    Refusal::StartFailed { .. } => ev.refusal = Some("start_failed"),
+                    _ => {}
+                }
             }
             _ => {}
         }
@@ -1525,11 +1753,153 @@ impl Event {
 #[pymethods]
 impl Event {
     fn __repr__(&self) -> String {
-        format!("<serpy_rs.Event {}: {}>", self.kind, self.text)
+        format!("<serpy_rs.Event #{} {}: {}>", self.id, self.kind, self.text)
     }
 
     fn __str__(&self) -> String {
         self.text.clone()
+    }
+}
+
+/// What became of a broadcast message at each connection: `sent` (how many queued it),
+/// `dropped_total` (older messages dropped by "keep_latest" policies to make room),
+/// `results()`, `failures()`, `dropped()`. `len()` is how many connections were tried.
+#[pyclass(module = "serpy_rs", frozen)]
+struct Broadcast {
+    sent: usize,
+    dropped_total: u64,
+    /// Per connection: the connection, the exception if it missed the message, and how
+    /// many older queued messages its policy dropped.
+    outcomes: Vec<(Py<PyConnection>, Option<Py<PyAny>>, u64)>,
+}
+
+#[pymethods]
+impl Broadcast {
+    /// How many connections queued the message.
+    #[getter]
+    fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// Older queued messages dropped, over all connections, to make room ("keep_latest").
+    #[getter]
+    fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// True when every connection queued the message.
+    fn is_complete(&self) -> bool {
+        self.sent == self.outcomes.len()
+    }
+
+    /// (connection, None or the exception it got) for each connection tried.
+    fn results(&self, py: Python<'_>) -> Vec<(Py<PyConnection>, Option<Py<PyAny>>)> {
+        self.outcomes
+            .iter()
+            .map(|(c, e, _)| (c.clone_ref(py), e.as_ref().map(|e| e.clone_ref(py))))
+            .collect()
+    }
+
+    /// (connection, exception) for each connection that missed the message.
+    fn failures(&self, py: Python<'_>) -> Vec<(Py<PyConnection>, Py<PyAny>)> {
+        self.outcomes
+            .iter()
+            .filter_map(|(c, e, _)| e.as_ref().map(|e| (c.clone_ref(py), e.clone_ref(py))))
+            .collect()
+    }
+
+    /// (connection, count) for each connection whose policy dropped older messages.
+    fn dropped(&self, py: Python<'_>) -> Vec<(Py<PyConnection>, u64)> {
+        self.outcomes
+            .iter()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(c, _, n)| (c.clone_ref(py), *n))
+            .collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<serpy_rs.Broadcast sent to {} of {}, {} dropped>",
+            self.sent,
+            self.outcomes.len(),
+            self.dropped_total
+        )
+    }
+}
+
+/// Statistics of a connection (or, summed, of a server's connections) at one moment:
+/// `str()` gives the core's one-line summary. Times are seconds; `last_received` is a
+/// Unix timestamp like `Event.at`.
+#[pyclass(module = "serpy_rs", frozen, get_all)]
+struct Stats {
+    connections: usize,
+    messages_in: u64,
+    bytes_in: u64,
+    messages_out: u64,
+    bytes_out: u64,
+    reconnects: u64,
+    dropped: u64,
+    policy_disconnects: u64,
+    protocol_errors: u64,
+    queued_in: usize,
+    queued_in_bytes: usize,
+    queued_out: usize,
+    queued_out_bytes: usize,
+    /// When data was last received (seconds since the Unix epoch), None if never.
+    last_received: Option<f64>,
+    acked: u64,
+    /// Round trip of the last acknowledged send, in seconds.
+    ack_rtt_last: Option<f64>,
+    /// Mean round trip of the acknowledged sends, in seconds.
+    ack_rtt_mean: Option<f64>,
+    text: String,
+}
+
+impl Stats {
+    fn from_rust(s: serpy::Stats) -> Self {
+        let now = (Instant::now(), std::time::SystemTime::now());
+        let last_received = s.last_received.map(|t| {
+            let ago = now.0.saturating_duration_since(t);
+            now.1
+                .checked_sub(ago)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64())
+        });
+        Stats {
+            connections: s.connections,
+            messages_in: s.messages_in,
+            bytes_in: s.bytes_in,
+            messages_out: s.messages_out,
+            bytes_out: s.bytes_out,
+            reconnects: s.reconnects,
+            dropped: s.dropped,
+            policy_disconnects: s.policy_disconnects,
+            protocol_errors: s.protocol_errors,
+            queued_in: s.queued_in,
+            queued_in_bytes: s.queued_in_bytes,
+            queued_out: s.queued_out,
+            queued_out_bytes: s.queued_out_bytes,
+            last_received,
+            acked: s.acked,
+            ack_rtt_last: s.ack_rtt_last.map(|d| d.as_secs_f64()),
+            ack_rtt_mean: s.ack_rtt_mean.map(|d| d.as_secs_f64()),
+            text: s.to_string(),
+        }
+    }
+}
+
+#[pymethods]
+impl Stats {
+    fn __str__(&self) -> String {
+        self.text.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<serpy_rs.Stats {}>", self.text)
     }
 }
 
@@ -1621,10 +1991,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServer>()?;
     m.add_class::<Event>()?;
     m.add_class::<Pickled>()?;
+    m.add_class::<Broadcast>()?;
+    m.add_class::<Stats>()?;
     m.add("SLICE_SECONDS", SLICE.as_secs_f64())?;
     m.add("DEFAULT_MAX_MESSAGE_SIZE", serpy::DEFAULT_MAX_MESSAGE_SIZE)?;
     m.add("DEFAULT_QUEUE_CAPACITY", serpy::DEFAULT_QUEUE_CAPACITY)?;
     m.add("DEFAULT_INCOMING_BYTES", serpy::DEFAULT_INCOMING_BYTES)?;
+    m.add("DEFAULT_OUTGOING_BYTES", serpy::DEFAULT_OUTGOING_BYTES)?;
     m.add("DEFAULT_MAX_CONNECTIONS", serpy::DEFAULT_MAX_CONNECTIONS)?;
     Ok(())
 }

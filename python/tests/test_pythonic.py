@@ -7,6 +7,7 @@ import pickle
 import socket
 import sys
 import threading
+import time
 
 import pytest
 
@@ -257,9 +258,9 @@ def test_server_methods():
         assert server.readable_connections() == [pa]
         conn, msg, mode = server.recv_any(timeout=WAIT)
         assert (conn, msg, mode) == (pa, b"from a", 1)
-        assert server.broadcast("all") == 2
+        assert server.broadcast("all").sent == 2
         assert a.get_data(timeout=WAIT) == b"all" and b.get_data(timeout=WAIT) == b"all"
-        assert server.broadcast(b"\x00\x01", timeout=WAIT) == 2
+        assert server.broadcast(b"\x00\x01", timeout=WAIT).sent == 2
         assert a.get_data(timeout=WAIT) == b"\x00\x01" and b.get_data(timeout=WAIT) == b"\x00\x01"
         with pytest.raises(serpy_rs.Timeout):
             server.recv_any(timeout=0.01)
@@ -283,10 +284,15 @@ def test_auto_protocol_server_serves_both():
 
 
 def test_events_of_a_reconnect(server):
+    before = time.time()
     client = serpy_rs.connect(ADR, server.port, auto_restart=True, reconnect_backoff=(0.01, 0.1))
     peer = server.get_connection(timeout=WAIT)
     first = client.next_event(timeout=WAIT)
     assert first.kind == "connected" and first.peer == (ADR, server.port)
+    # Every event carries the connection's id and its time (seconds since the epoch).
+    assert first.id == client.id
+    assert isinstance(first.at, float) and before - 1 <= first.at <= time.time() + 1
+    assert repr(first).startswith(f"<serpy_rs.Event #{client.id} connected")
     peer.close()
     server.get_connection(timeout=WAIT)
     kinds = []
@@ -302,6 +308,15 @@ def test_events_of_a_reconnect(server):
     assert client.next_event() is None
     assert client.events() == []
     client.close()
+
+
+def test_closed_is_the_last_event(server):
+    client = serpy_rs.connect(ADR, server.port)
+    client.close()
+    events = client.events()
+    kinds = [e.kind for e in events]
+    assert kinds and kinds[-1] == "closed", kinds
+    assert all(e.id == client.id for e in events)
 
 
 def test_blocking_calls_release_the_gil(pair):
