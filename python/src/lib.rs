@@ -381,6 +381,13 @@ fn to_value(py: Python<'_>, msg: Message, pickles: Pickles) -> PyResult<Py<PyAny
             )?
             .into_any(),
         },
+        // A kind of message this package does not know yet: an error that says so,
+        // never a silent loss.
+        other => {
+            return Err(pyo3::exceptions::PyNotImplementedError::new_err(format!(
+                "received a kind of message this version of serpy_rs cannot convert: {other:?}; upgrade serpy_rs"
+            )))
+        }
     })
 }
 
