@@ -1,0 +1,130 @@
+//! Defects found in review of the runtime and live-instrument work, each pinned by a test
+//! that failed before its fix.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::thread;
+use std::time::Duration;
+
+use common::T;
+use serpy::{Bytes, Connection, EventKind, Mode, Protocol};
+
+/// Size of each message of the half-close test, and of its v2 frame.
+const BLOB: usize = 64 << 10;
+const FRAME: usize = 14 + BLOB;
+
+/// A v2 peer half-closes while much is queued for it, then resets the link in the middle
+/// of the writes that follow: the client reconnects, and the new link must stay up and
+/// carry the rest. Before the fix, the writer went on writing the queue to the new link
+/// as if it were the half-closed one, then took the new link down as "the peer closed
+/// the connection" (a second `Disconnected`, and a third link).
+#[test]
+fn a_v2_link_made_after_a_half_close_stays_up() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = Connection::builder()
+        .protocol(Protocol::V2)
+        .auto_restart(true)
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .outgoing_bytes(64 << 20)
+        .close_timeout(T)
+        .connect(addr)
+        .expect("connect");
+    let events = client.events();
+    let (mut first, _) = listener.accept().unwrap();
+
+    // Far more than the socket buffers hold: the writer is stuck in a write, with most
+    // of it still queued.
+    let count = 400;
+    for _ in 0..count {
+        client
+            .send_data(Bytes::from(vec![7u8; BLOB]), Mode::Plain)
+            .expect("queued");
+    }
+    // The peer sends no more (the reader sees the end: the writer is told), then takes
+    // a few batches, so that the writer goes on in the half-closed state, and resets.
+    first.shutdown(Shutdown::Write).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut taken = 0;
+    while taken < 6 << 20 {
+        match first.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => taken += n,
+        }
+    }
+    drop(first); // unread data: a reset
+
+    // Every later link: read to the end, counting bytes and links.
+    let readers = thread::spawn(move || {
+        let mut links = Vec::new();
+        for stream in listener.incoming() {
+            let mut s = match stream {
+                Ok(s) => s,
+                Err(_) => break,
+            };
+            // A connect with a zero byte first is the test's stop signal.
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 64 << 10];
+            let mut stop = false;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if got == 0 && buf[0] == 0 {
+                            stop = true;
+                            break;
+                        }
+                        got += n;
+                    }
+                }
+            }
+            if stop {
+                break;
+            }
+            links.push(got);
+        }
+        links
+    });
+
+    let mut downs = Vec::new();
+    let deadline = std::time::Instant::now() + T;
+    let mut next = || {
+        events
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("an event within T")
+    };
+    loop {
+        match next().kind {
+            EventKind::Disconnected { reason, .. } => downs.push(reason),
+            EventKind::Reconnected { .. } => break,
+            _ => {}
+        }
+    }
+    // The close writes what is still queued (its bound is generous).
+    client.close();
+    let mut sentinel = std::net::TcpStream::connect(addr).unwrap();
+    sentinel.write_all(&[0]).unwrap();
+    drop(sentinel);
+    let links = readers.join().unwrap();
+
+    loop {
+        match next().kind {
+            EventKind::Disconnected { reason, .. } => downs.push(reason),
+            EventKind::Closed => break,
+            _ => {}
+        }
+    }
+    assert_eq!(downs.len(), 1, "one link went down, not more: {downs:?}");
+    assert_eq!(
+        links.len(),
+        1,
+        "one link after the reset, not more: {links:?}"
+    );
+    assert!(
+        links[0] > 0 && links[0] % FRAME == 0,
+        "the new link carried whole frames: {} bytes",
+        links[0]
+    );
+}
