@@ -128,3 +128,43 @@ fn a_v2_link_made_after_a_half_close_stays_up() {
         links[0]
     );
 }
+
+/// The server's totals keep the connections it has let go of: before the fix, the
+/// messages of clients that had gone dropped out of `Server::stats` once the server
+/// forgot their connections (`messages_in` went back to 0).
+#[test]
+fn server_stats_keep_the_counts_of_connections_that_ended() {
+    let s = common::server(serpy::ServerBuilder::new());
+    let events = s.events();
+    let clients = 10;
+    for i in 0..clients {
+        let c = Connection::connect(s.local_addr()).expect("connect");
+        for j in 0..3 {
+            c.send_data(format!("{i}.{j}"), Mode::Plain).unwrap();
+        }
+        for _ in 0..3 {
+            s.recv_any_timeout(T).expect("a message");
+        }
+        c.close();
+    }
+    // Each server connection goes down for good once its client has gone.
+    let deadline = std::time::Instant::now() + T;
+    let mut down = 0;
+    while down < clients {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match events.recv_timeout(left).map(|e| e.kind) {
+            Some(EventKind::Disconnected {
+                reconnecting: false,
+                ..
+            }) => down += 1,
+            Some(_) => {}
+            None => panic!("{down} of {clients} connections went down within {T:?}"),
+        }
+    }
+    assert_eq!(s.len(), 0, "the server let go of every connection");
+    let stats = s.stats();
+    assert_eq!(stats.connections, 0);
+    assert_eq!(stats.messages_in, 3 * clients as u64, "{stats}");
+    assert!(stats.bytes_in > 0, "{stats}");
+    assert!(stats.last_received.is_some(), "{stats}");
+}
