@@ -102,7 +102,9 @@ pub enum EventKind {
         /// How many connection attempts it took.
         attempts: u32,
     },
-    /// Auto-restart gave up after the configured number of attempts.
+    /// Auto-restart gave up: after the configured number of attempts, or because
+    /// [`disable_restart`](crate::Connection::disable_restart) turned it off while it
+    /// was trying (a background first connect included). The link is down for good.
     GaveUp {
         /// How many attempts were made.
         attempts: u32,

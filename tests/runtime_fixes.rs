@@ -168,3 +168,44 @@ fn server_stats_keep_the_counts_of_connections_that_ended() {
     assert!(stats.bytes_in > 0, "{stats}");
     assert!(stats.last_received.is_some(), "{stats}");
 }
+
+/// `disable_restart()` while a background connect is still trying ends it with a final
+/// event. Before the fix, the events ended with none: nothing said what happened.
+#[test]
+fn disabling_restart_during_a_background_connect_ends_with_gave_up() {
+    // A port nobody listens on: every attempt is refused.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let client = Connection::builder()
+        .connect_in_background(true)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(20))
+        .connect(addr)
+        .expect("a handle at once");
+    let events = client.events();
+    client.send_data("queued", Mode::Plain).unwrap();
+    client.disable_restart();
+    let deadline = std::time::Instant::now() + T;
+    let mut kinds = Vec::new();
+    while let Some(e) =
+        events.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        kinds.push(e.kind);
+    }
+    assert!(
+        std::time::Instant::now() < deadline,
+        "the events ended: {kinds:?}"
+    );
+    assert!(
+        matches!(kinds.first(), Some(EventKind::GaveUp { attempts }) if *attempts >= 1),
+        "a final GaveUp: {kinds:?}"
+    );
+    assert_eq!(
+        kinds.get(1),
+        Some(&EventKind::Lost { messages: 1 }),
+        "then what was queued is reported lost: {kinds:?}"
+    );
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(!client.is_connected());
+}
