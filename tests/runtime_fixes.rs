@@ -209,3 +209,30 @@ fn disabling_restart_during_a_background_connect_ends_with_gave_up() {
     assert_eq!(kinds.len(), 2, "{kinds:?}");
     assert!(!client.is_connected());
 }
+
+/// A v2 message cut right after its header is reported, with the bytes that arrived of
+/// it (the header's). Before the fix, `CutShort` counted only payload bytes: this cut
+/// counted 0 and made no event at all.
+#[test]
+fn a_v2_message_cut_after_its_header_is_reported_with_its_bytes() {
+    use serpy::protocol::v2;
+    let s = common::server(serpy::ServerBuilder::new().protocol(Protocol::V2));
+    let mut raw = std::net::TcpStream::connect(s.local_addr()).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    let mut bytes = v2::header(v2::TYPE_TEXT, b"hello").to_vec();
+    bytes.extend_from_slice(b"hello");
+    bytes.extend_from_slice(&v2::header(v2::TYPE_BYTES, &[0u8; 100]));
+    raw.write_all(&bytes).unwrap();
+    drop(raw);
+    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("hello"));
+    let e = common::wait_event(&peer, "CutShort", |e| {
+        matches!(
+            e.kind,
+            EventKind::ProtocolError(serpy::ProtocolError::CutShort { .. })
+        )
+    });
+    assert_eq!(
+        e.kind,
+        EventKind::ProtocolError(serpy::ProtocolError::CutShort { bytes: 14 })
+    );
+}
