@@ -90,7 +90,7 @@ fn a_v2_link_made_after_a_half_close_stays_up() {
 
     let mut downs = Vec::new();
     let deadline = std::time::Instant::now() + T;
-    let mut next = || {
+    let next = || {
         events
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .expect("an event within T")
