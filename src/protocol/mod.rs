@@ -252,7 +252,7 @@ impl Decoder {
     }
 
     /// The bytes of an unfinished message that have arrived (for v2, its header
-    /// included): what [`ProtocolError::CutShort`](crate::ProtocolError::CutShort)
+    /// included): what [`ProtocolError::CutShort`]
     /// reports when the link ends now.
     pub fn cut_bytes(&self) -> usize {
         match self {

@@ -502,7 +502,15 @@ impl Decoder {
     /// header included once the header is in (so a link cut right after a header still
     /// counts it), what is held of a header otherwise. A frame being thrown away (already
     /// reported as too large) counts nothing more. For
-    /// [`ProtocolError::CutShort`](crate::ProtocolError::CutShort).
+    /// [`ProtocolError::CutShort`].
+    ///
+    /// ```
+    /// use serpy::protocol::v2;
+    ///
+    /// let mut d = v2::Decoder::new(1 << 20);
+    /// d.decode(&v2::header(v2::TYPE_BYTES, &[0u8; 100]), &mut Vec::new());
+    /// assert_eq!(d.cut_bytes(), 14); // the header is in, no payload yet
+    /// ```
     pub fn cut_bytes(&self) -> usize {
         match self.state {
             State::Payload { .. } => HEADER_LEN + self.buffered(),
