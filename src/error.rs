@@ -300,7 +300,9 @@ pub enum ProtocolError {
         "the link ended in the middle of a message: the {bytes} bytes received of it were dropped"
     )]
     CutShort {
-        /// How many bytes of it had arrived.
+        /// How many bytes of it had arrived, as the peer sent them: for v2 its 14-byte
+        /// header included (so a link cut right after a header is reported too), for v1
+        /// the block's bytes before the missing separator.
         bytes: usize,
     },
     /// Auto-detection: the first bytes matched neither protocol in time.

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -102,7 +102,9 @@ pub enum EventKind {
         /// How many connection attempts it took.
         attempts: u32,
     },
-    /// Auto-restart gave up after the configured number of attempts.
+    /// Auto-restart gave up: after the configured number of attempts, or because
+    /// [`disable_restart`](crate::Connection::disable_restart) turned it off while it
+    /// was trying (a background first connect included). The link is down for good.
     GaveUp {
         /// How many attempts were made.
         attempts: u32,
@@ -240,13 +242,17 @@ pub(crate) const EVENT_CAPACITY: usize = 256;
 /// The log policy, in one place. A peer must not be able to flood the log: every line a
 /// peer can trigger goes through a [`LogLimit`] (counted: the first lines, then one at
 /// each power of two) or a [`LogEvery`] (timed: at most one line per interval, saying how
-/// many were left out). Levels: info for a link opened, closed or restarted; warn for a
+/// many were left out), or, for the info lines of a server's connections, a [`LinkLines`]
+/// (both, shared by the server). Levels: info for a link opened, closed or restarted; warn for a
 /// peer that broke the protocol and for lost messages; debug for detail.
 pub(crate) mod policy {
     /// A [`LogLimit`](super::LogLimit) logs every occurrence up to this many.
     pub const FIRST_LINES: u64 = 16;
     /// A [`LogEvery`](super::LogEvery) of the accept loop logs at most once per this.
     pub const ACCEPT_ERRORS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    /// A server's [`LinkLines`](super::LinkLines) (its connections opened, closed):
+    /// after the first [`FIRST_LINES`], at most one line per this.
+    pub const LINK_LINES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 }
 
 /// Counts occurrences of something a peer can cause; says which ones to log: the first
@@ -308,6 +314,35 @@ impl LogEvery {
     }
 }
 
+/// The info lines of a server's connections (opened, closed, down): a flood of connects
+/// must not make one line per socket. The first [`policy::FIRST_LINES`] are all logged,
+/// so a single event stays visible; after them, at most one per
+/// [`policy::LINK_LINES_EVERY`], saying how many were left out. Shared by all the
+/// connections of one server.
+#[derive(Debug)]
+pub(crate) struct LinkLines {
+    first: LogLimit,
+    every: LogEvery,
+}
+
+impl LinkLines {
+    fn new() -> Self {
+        LinkLines {
+            first: LogLimit::new(),
+            every: LogEvery::new(policy::LINK_LINES_EVERY),
+        }
+    }
+
+    /// Counts one line; `Some(left_out)` when it is to be logged, with how many were not
+    /// logged since the last one.
+    fn hit(&self) -> Option<u64> {
+        match self.first.hit() {
+            Some(n) if n <= policy::FIRST_LINES => Some(0),
+            _ => self.every.hit(),
+        }
+    }
+}
+
 /// A server's event queue, as its connections see it: what they emit is queued there
 /// too (dropping the oldest when the program does not read them).
 #[derive(Clone, Debug)]
@@ -315,6 +350,8 @@ pub(crate) struct Forward {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     capacity: usize,
+    /// The server's limit on its connections' info lines.
+    lines: Arc<LinkLines>,
 }
 
 /// Queues `event` in the unbounded channel `tx`, first taking the oldest out through
@@ -350,6 +387,8 @@ pub(crate) struct EventSink {
     capacity: usize,
     /// Protocol errors seen on this connection, for rate-limiting their log lines.
     protocol_errors: LogLimit,
+    /// A server's limit on its connections' info lines (handed to them in [`Forward`]).
+    link_lines: Arc<LinkLines>,
 }
 
 impl EventSink {
@@ -377,6 +416,7 @@ impl EventSink {
             forward,
             capacity,
             protocol_errors: LogLimit::new(),
+            link_lines: Arc::new(LinkLines::new()),
         }
     }
 
@@ -386,6 +426,7 @@ impl EventSink {
             tx: self.tx.clone(),
             rx: self.rx.clone(),
             capacity: self.capacity,
+            lines: self.link_lines.clone(),
         }
     }
 
@@ -415,9 +456,18 @@ impl EventSink {
             EventKind::Connected { .. }
             | EventKind::Reconnected { .. }
             | EventKind::Disconnected { .. }
-            | EventKind::Closed => {
-                log::info!("serpy {}: {kind}", label())
-            }
+            | EventKind::Closed => match &self.forward {
+                // A server's connection: a peer can open any number of them.
+                Some(f) => match f.lines.hit() {
+                    Some(0) => log::info!("serpy {}: {kind}", label()),
+                    Some(n) => log::info!(
+                        "serpy {}: {kind} ({n} lines about this server's connections left out)",
+                        label()
+                    ),
+                    None => {}
+                },
+                None => log::info!("serpy {}: {kind}", label()),
+            },
             EventKind::GaveUp { .. } | EventKind::Lost { .. } | EventKind::IdleTimeout { .. } => {
                 log::warn!("serpy {}: {kind}", label())
             }

@@ -195,8 +195,8 @@ fn item07_a_message_cut_by_a_closing_peer_is_reported() {
                 let payload = [7u8; 100];
                 let mut cut = v2::header(v2::TYPE_BYTES, &payload).to_vec();
                 cut.extend_from_slice(&payload[..50]);
-                // The v2 decoder has taken the header in: it holds the payload's part.
-                (whole, cut, 50)
+                // What arrived of the message, its header included.
+                (whole, cut, 14 + 50)
             }
         };
         raw.write_all(&first).unwrap();

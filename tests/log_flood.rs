@@ -44,3 +44,33 @@ fn a_flood_of_unsolicited_acks_makes_a_few_log_lines() {
     // 16 at first, then one at each power of two up to 100,000 (32 ... 65536: 12 more).
     assert!(n <= 28, "{n} warning lines for 100,000 unsolicited acks");
 }
+
+#[test]
+fn a_flood_of_short_lived_clients_makes_a_few_info_lines() {
+    let s = server(ServerBuilder::new());
+    // Every info line of the crate in this binary: the other tests here add a handful.
+    let info = count_log_lines("", log::Level::Info);
+    let clients = 300;
+    for i in 0..clients {
+        let mut raw = TcpStream::connect(s.local_addr()).unwrap();
+        raw.write_all(format!("{i}\x1f").as_bytes()).unwrap();
+        // The server's connection is open (and logged) once its message arrives.
+        assert!(s.recv_any_timeout(T).is_ok(), "client {i} was served");
+    }
+    // The last connection's end is seen (and logged, or counted as left out).
+    let events = s.events();
+    let deadline = std::time::Instant::now() + T;
+    let mut closed = 0;
+    while closed < clients {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match events.recv_timeout(left) {
+            Some(e) if matches!(e.kind, serpy::EventKind::Disconnected { .. }) => closed += 1,
+            Some(_) => {}
+            None => panic!("{closed} of {clients} connections seen closed within {T:?}"),
+        }
+    }
+    let n = info.load(Ordering::Relaxed);
+    assert!(n >= 1, "connections opened and closed are logged");
+    // 16 at first, then at most one a second (the run takes seconds, not minutes).
+    assert!(n <= 80, "{n} info lines for {clients} clients");
+}

@@ -178,7 +178,7 @@ impl Reader {
 
     /// The link ended (`end`): a message cut short in the decoder is reported.
     fn ended(&self, decoder: &Decoder, end: Result<(), ReadEnd>) -> Result<(), ReadEnd> {
-        let bytes = decoder.buffered();
+        let bytes = decoder.cut_bytes();
         if bytes > 0 {
             self.protocol_error(ProtocolError::CutShort { bytes });
         }

@@ -327,6 +327,14 @@ fn reconnect(
                 default(b.wait()) => {}
             }
             if !may_restart(shared) {
+                if !shared.life.is_closed() {
+                    // `disable_restart()` while it was trying: say so, as the last event
+                    // (close() has its own).
+                    shared.life.set(Phase::Down);
+                    shared.event(EventKind::GaveUp {
+                        attempts: b.attempts,
+                    });
+                }
                 return Next::Stop;
             }
         }

@@ -255,11 +255,15 @@ impl Writer {
             link.peer_done = Some(PROBE_FIRST);
             return Next::Go;
         }
+        // A write that fails takes this link down inside `write_batch`, which may
+        // reconnect: the new link (a new epoch) has a peer that did not close, so it is
+        // left to the normal writes, never taken down here.
+        let epoch = link.epoch;
         while self.shared.protocol() == Protocol::V2 && !self.out_rx.is_empty() {
             if let Next::Stop = self.write_batch(link, None) {
                 return Next::Stop;
             }
-            if link.stream.is_none() {
+            if link.stream.is_none() || link.epoch != epoch {
                 return Next::Go;
             }
         }

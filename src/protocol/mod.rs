@@ -254,6 +254,16 @@ impl Decoder {
             Decoder::V2(d) => d.buffered(),
         }
     }
+
+    /// The bytes of an unfinished message that have arrived (for v2, its header
+    /// included): what [`ProtocolError::CutShort`]
+    /// reports when the link ends now.
+    pub fn cut_bytes(&self) -> usize {
+        match self {
+            Decoder::V1(d) => d.buffered(),
+            Decoder::V2(d) => d.cut_bytes(),
+        }
+    }
 }
 
 /// Payloads at least this large are kept by reference in a [`WireBuf`], not copied.

@@ -498,6 +498,26 @@ impl Decoder {
         self.end - self.start + self.own.filled
     }
 
+    /// The bytes of the unfinished message that have arrived, as the peer sent them: its
+    /// header included once the header is in (so a link cut right after a header still
+    /// counts it), what is held of a header otherwise. A frame being thrown away (already
+    /// reported as too large) counts nothing more. For
+    /// [`ProtocolError::CutShort`].
+    ///
+    /// ```
+    /// use serpy::protocol::v2;
+    ///
+    /// let mut d = v2::Decoder::new(1 << 20);
+    /// d.decode(&v2::header(v2::TYPE_BYTES, &[0u8; 100]), &mut Vec::new());
+    /// assert_eq!(d.cut_bytes(), 14); // the header is in, no payload yet
+    /// ```
+    pub fn cut_bytes(&self) -> usize {
+        match self.state {
+            State::Payload { .. } => HEADER_LEN + self.buffered(),
+            State::Header | State::Discard { .. } => self.buffered(),
+        }
+    }
+
     /// Makes at least `room` bytes of room after the bytes held in the receive buffer.
     fn make_room(&mut self, room: usize) {
         if self.buf.len() - self.end >= room {
@@ -775,6 +795,23 @@ fn data(message: Message) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bytes_of_a_cut_message_count_its_header() {
+        let mut out = Vec::new();
+        let payload = [7u8; 100];
+        let h = header(TYPE_BYTES, &payload);
+        let mut d = Decoder::new(1 << 20);
+        d.decode(&h[..6], &mut out);
+        assert_eq!(d.cut_bytes(), 6, "part of a header");
+        d.decode(&h[6..], &mut out);
+        assert_eq!(d.cut_bytes(), HEADER_LEN, "a whole header, no payload yet");
+        d.decode(&payload[..50], &mut out);
+        assert_eq!(d.cut_bytes(), HEADER_LEN + 50);
+        d.decode(&payload[50..], &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(d.cut_bytes(), 0, "nothing is cut between frames");
+    }
 
     fn wire(message: &Message) -> Vec<u8> {
         let mut out = WireBuf::new();

@@ -14,6 +14,7 @@ use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 use crate::config::Config;
 use crate::connection::{next_id, Connection, Notifier};
 use crate::event::{policy, Event, EventKind, EventSink, LogEvery, Refusal};
+use crate::stats::Stats;
 use crate::sync::{lock, push_drop_oldest};
 
 /// After an accept that failed for want of resources (descriptors, memory), the accept
@@ -37,6 +38,9 @@ pub(super) struct ServerShared {
     pub all_closed: AtomicBool,
     /// The server's events: its own (accepted, refused) and its connections'.
     pub events: EventSink,
+    /// The counters of the connections the server has forgotten (`prune`, `close_all`),
+    /// so that `Server::stats` keeps them in its totals. Locked after `registry`.
+    pub ended: Mutex<Stats>,
 }
 
 /// True for a connection the server may forget: gone for good, nothing left to read.
@@ -51,15 +55,38 @@ impl ServerShared {
     /// (the last handle of a connection closes it).
     pub fn prune(&self) -> Vec<Connection> {
         let mut gone = Vec::new();
-        lock(&self.registry).retain(|c| {
-            let done = is_done(c);
-            if done {
-                gone.push(c.clone());
-            }
-            !done
-        });
+        {
+            let mut registry = lock(&self.registry);
+            registry.retain(|c| {
+                let done = is_done(c);
+                if done {
+                    gone.push(c.clone());
+                }
+                !done
+            });
+            // Under the registry lock: `Server::stats` sees each connection once.
+            self.fold_ended(&gone);
+        }
         self.new.prune(&mut gone);
         gone
+    }
+
+    /// Keeps the counters of `conns`, which the server forgets, in `ended`.
+    pub fn fold_ended(&self, conns: &[Connection]) {
+        if conns.is_empty() {
+            return;
+        }
+        let mut ended = lock(&self.ended);
+        for c in conns {
+            let mut s = c.stats();
+            // Totals only: the server no longer has it, nor anything queued in it.
+            s.connections = 0;
+            s.queued_in = 0;
+            s.queued_in_bytes = 0;
+            s.queued_out = 0;
+            s.queued_out_bytes = 0;
+            ended.add(&s);
+        }
     }
 
     /// How many connections are not gone for good (the limit counts these), how many of

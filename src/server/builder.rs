@@ -161,6 +161,7 @@ impl ServerBuilder {
             stop: AtomicBool::new(false),
             all_closed: AtomicBool::new(false),
             events: EventSink::for_server(),
+            ended: Mutex::new(crate::Stats::default()),
         });
         let (stop_tx, stop_rx) = channel::bounded(0);
         // Only for waking the accept thread when out of descriptors: not worth failing for.

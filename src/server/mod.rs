@@ -213,9 +213,12 @@ impl Server {
         self.len() == 0
     }
 
-    /// The statistics of the server's connections (those [`connections`](Server::connections)
-    /// lists), summed: messages and bytes in and out, queue depths, drops, reconnects,
-    /// protocol errors; the latest receipt of all. Per connection: [`Connection::stats`].
+    /// The statistics of the server's connections, summed: messages and bytes in and
+    /// out, drops, reconnects, protocol errors, the latest receipt of all, over every
+    /// connection it accepted, those that have ended and that it let go of included;
+    /// `connections` and the queue depths are those of the connections it has now
+    /// (those [`connections`](Server::connections) lists). Per connection:
+    /// [`Connection::stats`].
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
@@ -226,8 +229,12 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> crate::Stats {
-        let mut total = crate::Stats::default();
-        for c in self.connections() {
+        drop(self.shared.prune());
+        // The registry is locked while summing, so that a connection being forgotten
+        // now is counted once, in `ended` or in the registry.
+        let registry = lock(&self.shared.registry);
+        let mut total = lock(&self.shared.ended).clone();
+        for c in registry.iter() {
             total.add(&c.stats());
         }
         total
@@ -386,6 +393,7 @@ impl Server {
         // These handles are not the last ones (`conns` holds each): no close here.
         self.shared.new.clear();
         close_in_parallel(&conns);
+        self.shared.fold_ended(&conns);
         drop(conns);
         self.shared.events.end();
     }
