@@ -1084,14 +1084,14 @@ impl PyConnection {
     #[pyo3(signature = (timeout=0.0))]
     fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
         let events = self.inner.events();
-        if let Some(e) = events.try_recv() {
+        if let Ok(Some(e)) = events.try_recv() {
             return Ok(Some(Event::from_rust(e)));
         }
         if timeout == Some(0.0) {
             return Ok(None);
         }
         let got = wait_sliced(py, timeout, "next_event", |slice| {
-            events.recv_timeout(slice).ok_or(Error::Timeout {
+            events.recv_timeout(slice).map_err(|_| Error::Timeout {
                 operation: "next_event",
                 after: slice,
             })
@@ -1112,7 +1112,7 @@ impl PyConnection {
     /// Every event waiting now, oldest first.
     fn events(&self) -> Vec<Event> {
         let events = self.inner.events();
-        std::iter::from_fn(|| events.try_recv())
+        std::iter::from_fn(|| events.try_recv().ok().flatten())
             .map(Event::from_rust)
             .collect()
     }
@@ -1325,7 +1325,7 @@ impl PyServer {
     /// The next new connection, waiting at most `timeout` seconds (forever if None).
     #[pyo3(signature = (timeout=None))]
     fn get_connection(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyConnection> {
-        if let Some(c) = self.inner.try_get_connection() {
+        if let Ok(Some(c)) = self.inner.try_get_connection() {
             return Ok(self.wrap(c));
         }
         let server = &self.inner;
@@ -1336,7 +1336,11 @@ impl PyServer {
     }
 
     fn try_get_connection(&self) -> Option<PyConnection> {
-        self.inner.try_get_connection().map(|c| self.wrap(c))
+        self.inner
+            .try_get_connection()
+            .ok()
+            .flatten()
+            .map(|c| self.wrap(c))
     }
 
     /// A snapshot of the server's connections.
@@ -1366,8 +1370,8 @@ impl PyServer {
     ) -> PyResult<(PyConnection, Py<PyAny>, Py<PyAny>)> {
         let server = &self.inner;
         let r = match py.detach(|| server.try_recv_any()) {
-            Some(r) => r,
-            None => wait_sliced(py, timeout, "recv_any", |slice| {
+            Ok(Some(r)) => r,
+            _ => wait_sliced(py, timeout, "recv_any", |slice| {
                 server.recv_any_timeout(slice)
             })?,
         };
