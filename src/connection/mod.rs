@@ -453,9 +453,9 @@ impl Connection {
     /// Sends `data` in `mode` (v1; see [`Mode`]).
     ///
     /// - Modes 0, 2, 4 (and every send over v2) return once the message is queued; they
-    ///   block while the outgoing queue is full. (When the link has been idle, the message
-    ///   is handed to the socket at once instead, if that needs no waiting, which saves
-    ///   waking the writer thread.)
+    ///   block while the outgoing queue is full, and never wait in a socket write. (On
+    ///   Linux, when the link has been idle, the message is handed to the socket at once
+    ///   instead, if that needs no waiting, which saves waking the writer thread.)
     /// - Modes 1, 3, 5 return once the peer has acknowledged this very message. Several
     ///   threads may send acknowledged messages at once: each gets its own answer.
     ///
