@@ -168,7 +168,7 @@ fn describe(m: &Message) -> String {
 
 fn wait_for(events: &serpy::Events, pred: impl Fn(&Event) -> bool) -> Result<(), String> {
     let deadline = Instant::now() + WAIT;
-    while let Some(e) = events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+    while let Ok(e) = events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if pred(&e) {
             return Ok(());
         }

@@ -183,12 +183,12 @@ fn stop_server(conn: &Connection) {
     // Not back in after the server closes; and forget the link's earlier life.
     conn.disable_restart();
     let events = conn.events();
-    while events.try_recv().is_some() {}
+    while let Ok(Some(_)) = events.try_recv() {}
     send(conn, common::STOP.to_string());
     let deadline = Instant::now() + common::STOP_WAIT;
     loop {
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Some(Event {
+            Ok(Event {
                 kind: EventKind::Disconnected { .. },
                 ..
             }) => {
@@ -198,8 +198,8 @@ fn stop_server(conn: &Connection) {
                 );
                 return;
             }
-            Some(_) => {}
-            None => {
+            Ok(_) => {}
+            Err(_) => {
                 println!(
                     "sent {}; the server did not close the connection within {:?}; bye",
                     common::STOP,

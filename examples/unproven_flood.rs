@@ -95,11 +95,11 @@ fn main() -> ExitCode {
     while accepted < flood.len() || closed < expect_evicted {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left).map(|e| e.kind) {
-            Some(EventKind::Accepted { .. }) => accepted += 1,
-            Some(EventKind::Unproven { .. }) => evicted += 1,
-            Some(EventKind::Disconnected { .. }) => closed += 1,
-            Some(_) => {}
-            None => break,
+            Ok(EventKind::Accepted { .. }) => accepted += 1,
+            Ok(EventKind::Unproven { .. }) => evicted += 1,
+            Ok(EventKind::Disconnected { .. }) => closed += 1,
+            Ok(_) => {}
+            Err(_) => break,
         }
     }
     // The evicted connections' threads end right after their last event: give them the

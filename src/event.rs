@@ -2,13 +2,13 @@
 //! and the log policy (what is logged at which level, and the rate limits) in one place.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use crate::error::ProtocolError;
+use crate::error::{Error, ProtocolError, Result};
 use crate::protocol::Protocol;
 use crate::sync::lock;
 
@@ -381,6 +381,10 @@ pub(crate) struct EventSink {
     /// after those queued.
     done_tx: Mutex<Option<Sender<()>>>,
     done_rx: Receiver<()>,
+    /// Set before the events end when they end because the program closed the
+    /// connection or server (not because the link went down for good): which error
+    /// [`Events`] gives once they have ended.
+    closed: Arc<AtomicBool>,
     /// The server's queue, for a connection a server accepted.
     forward: Option<Forward>,
     /// At most this many events wait in `rx`; the oldest go first.
@@ -413,6 +417,7 @@ impl EventSink {
             rx,
             done_tx: Mutex::new(Some(done_tx)),
             done_rx,
+            closed: Arc::new(AtomicBool::new(false)),
             forward,
             capacity,
             protocol_errors: LogLimit::new(),
@@ -436,9 +441,20 @@ impl EventSink {
     }
 
     /// No event comes after those queued: iterators over the events end once they have
-    /// given them. Events emitted afterwards are logged only.
+    /// given them, and [`Events`] then gives [`Error::Disconnected`]. Events emitted
+    /// afterwards are logged only.
     pub fn end(&self) {
         drop(lock(&self.done_tx).take());
+    }
+
+    /// [`end`](EventSink::end) because the program closed the connection or the server:
+    /// [`Events`] then gives [`Error::Closed`].
+    pub fn end_closed(&self) {
+        let mut done = lock(&self.done_tx);
+        if done.is_some() {
+            self.closed.store(true, Ordering::Release);
+        }
+        drop(done.take());
     }
 
     /// Logs `kind` (with `label`, the connection's name, made only when a line is
@@ -503,6 +519,7 @@ impl EventSink {
         Events {
             rx: self.rx.clone(),
             done: self.done_rx.clone(),
+            closed: self.closed.clone(),
         }
     }
 }
@@ -513,18 +530,27 @@ impl EventSink {
 /// [`Closed`](EventKind::Closed) when the program closed it; when the link went down for
 /// good it is a [`Disconnected`](EventKind::Disconnected) that does not reconnect or a
 /// [`GaveUp`](EventKind::GaveUp), followed by a [`Lost`](EventKind::Lost) if queued messages
-/// were dropped. Then [`iter`](Events::iter) ends and
-/// [`recv_timeout`](Events::recv_timeout) returns `None` at once.
+/// were dropped. Then [`iter`](Events::iter) ends, and [`recv`](Events::recv),
+/// [`recv_timeout`](Events::recv_timeout) and [`try_recv`](Events::try_recv) return at
+/// once [`Error::Closed`] (the program closed the connection, or the server) or
+/// [`Error::Disconnected`] (the link went down for good), as
+/// [`get_data`](crate::Connection::get_data) does.
+///
+/// The three calls are those of every queue of the crate (see the crate's "Names"):
+/// `recv` waits as long as it takes, `recv_timeout` at most its timeout
+/// ([`Error::Timeout`] then), `try_recv` not at all: `Ok(None)` when no event is waiting
+/// yet, an error once the events have ended.
 ///
 /// ```
 /// # fn main() -> serpy::Result<()> {
 /// let server = serpy::Server::bind("127.0.0.1:0")?;
 /// let conn = serpy::Connection::connect(server.local_addr())?;
-/// let ev = conn.events().recv_timeout(std::time::Duration::from_secs(5));
-/// assert!(matches!(ev.map(|e| e.kind), Some(serpy::EventKind::Connected { .. })));
+/// let ev = conn.events().recv_timeout(std::time::Duration::from_secs(5))?;
+/// assert!(matches!(ev.kind, serpy::EventKind::Connected { .. }));
 /// conn.close();
 /// let rest: Vec<_> = conn.events().iter().collect(); // ends: the connection is closed
 /// assert!(rest.last().is_some_and(|e| *e == serpy::EventKind::Closed));
+/// assert!(matches!(conn.events().try_recv(), Err(serpy::Error::Closed)));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -532,44 +558,92 @@ pub struct Events {
     rx: Receiver<Event>,
     /// Disconnects when the events have ended.
     done: Receiver<()>,
+    /// See `EventSink::closed`.
+    closed: Arc<AtomicBool>,
 }
 
 impl Events {
-    /// The next event, waiting at most `timeout`; `None` if none came, or at once when
-    /// the events have ended and all were taken.
-    ///
-    /// ```
-    /// # fn main() -> serpy::Result<()> {
-    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
-    /// let conn = serpy::Connection::connect(server.local_addr())?;
-    /// let first = conn.events().recv_timeout(std::time::Duration::from_secs(5));
-    /// assert!(matches!(first.map(|e| e.kind), Some(serpy::EventKind::Connected { .. })));
-    /// # Ok(()) }
-    /// ```
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
-        if let Ok(e) = self.rx.try_recv() {
-            return Some(e);
-        }
-        crossbeam_channel::select! {
-            recv(self.rx) -> e => e.ok(),
-            recv(self.done) -> _ => self.rx.try_recv().ok(),
-            default(timeout) => None,
+    /// The error for events that have ended.
+    fn ended(&self) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            Error::Closed
+        } else {
+            Error::Disconnected
         }
     }
 
-    /// The next event if one is waiting.
+    /// The next event, waiting as long as it takes; once the events have ended and all
+    /// were taken, [`Error::Closed`] or [`Error::Disconnected`] (see [`Events`]).
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
     /// # let server = serpy::Server::bind("127.0.0.1:0")?;
     /// let conn = serpy::Connection::connect(server.local_addr())?;
-    /// while let Some(event) = conn.events().try_recv() {
+    /// let first = conn.events().recv()?;
+    /// assert!(matches!(first.kind, serpy::EventKind::Connected { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn recv(&self) -> Result<Event> {
+        if let Ok(e) = self.rx.try_recv() {
+            return Ok(e);
+        }
+        crossbeam_channel::select! {
+            recv(self.rx) -> e => e.map_err(|_| self.ended()),
+            recv(self.done) -> _ => self.rx.try_recv().map_err(|_| self.ended()),
+        }
+    }
+
+    /// The next event, waiting at most `timeout`: [`Error::Timeout`] if none came;
+    /// at once [`Error::Closed`] or [`Error::Disconnected`] when the events have ended
+    /// and all were taken (see [`Events`]).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// let first = conn.events().recv_timeout(std::time::Duration::from_secs(5))?;
+    /// assert!(matches!(first.kind, serpy::EventKind::Connected { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event> {
+        if let Ok(e) = self.rx.try_recv() {
+            return Ok(e);
+        }
+        crossbeam_channel::select! {
+            recv(self.rx) -> e => e.map_err(|_| self.ended()),
+            recv(self.done) -> _ => self.rx.try_recv().map_err(|_| self.ended()),
+            default(timeout) => Err(Error::Timeout {
+                operation: "events().recv_timeout",
+                after: timeout,
+            }),
+        }
+    }
+
+    /// The next event if one is waiting: `Ok(None)` when none is waiting yet;
+    /// [`Error::Closed`] or [`Error::Disconnected`] once the events have ended and all
+    /// were taken (see [`Events`]).
+    ///
+    /// ```
+    /// # fn main() -> serpy::Result<()> {
+    /// # let server = serpy::Server::bind("127.0.0.1:0")?;
+    /// let conn = serpy::Connection::connect(server.local_addr())?;
+    /// while let Some(event) = conn.events().try_recv()? {
     ///     println!("{event}");
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn try_recv(&self) -> Option<Event> {
-        self.rx.try_recv().ok()
+    pub fn try_recv(&self) -> Result<Option<Event>> {
+        match self.rx.try_recv() {
+            Ok(e) => Ok(Some(e)),
+            // Ended: `done` is disconnected, and nothing can be queued after it.
+            Err(_) if matches!(self.done.try_recv(), Err(TryRecvError::Disconnected)) => {
+                match self.rx.try_recv() {
+                    Ok(e) => Ok(Some(e)),
+                    Err(_) => Err(self.ended()),
+                }
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     /// A blocking iterator over events; it ends once the connection is gone for good
@@ -585,15 +659,7 @@ impl Events {
     /// # Ok(()) }
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
-        std::iter::from_fn(move || {
-            if let Ok(e) = self.rx.try_recv() {
-                return Some(e);
-            }
-            crossbeam_channel::select! {
-                recv(self.rx) -> e => e.ok(),
-                recv(self.done) -> _ => self.rx.try_recv().ok(),
-            }
-        })
+        std::iter::from_fn(move || self.recv().ok())
     }
 }
 
@@ -641,12 +707,12 @@ impl Events {
 /// while got.is_none() {
 ///     match sel.ready_timeout(Duration::from_secs(5)) {
 ///         Some(i) if i == from_clients => {
-///             got = server.try_recv_any().map(|r| r.message);
+///             got = server.try_recv_any()?.map(|r| r.message);
 ///         }
 ///         Some(i) if i == from_a => { let _ = a.try_get_data()?; }
 ///         Some(i) if i == a_ev => { let _ = a_events.try_recv(); }
 ///         Some(i) if i == srv_ev => {
-///             if let Some(e) = server_events.try_recv() {
+///             if let Some(e) = server_events.try_recv()? {
 ///                 println!("{e}");
 ///             }
 ///         }
@@ -736,7 +802,7 @@ impl<'a> Select<'a> {
     /// let mut sel = serpy::Select::new();
     /// let i = sel.server(&server);
     /// assert_eq!(sel.ready_timeout(std::time::Duration::from_secs(5)), Some(i));
-    /// assert_eq!(server.try_recv_any().unwrap().message.as_str(), Some("hi"));
+    /// assert_eq!(server.try_recv_any()?.unwrap().message.as_str(), Some("hi"));
     /// # Ok(()) }
     /// ```
     pub fn server(&mut self, server: &'a crate::Server) -> usize {
@@ -757,7 +823,7 @@ impl<'a> Select<'a> {
     /// let mut sel = serpy::Select::new();
     /// let i = sel.events(&events);
     /// assert_eq!(sel.ready_timeout(std::time::Duration::from_secs(5)), Some(i)); // Connected
-    /// assert!(events.try_recv().is_some());
+    /// assert!(events.try_recv()?.is_some());
     /// # Ok(()) }
     /// ```
     pub fn events(&mut self, events: &'a Events) -> usize {

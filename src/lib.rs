@@ -49,6 +49,72 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Names
+//!
+//! The calls keep the names a Python serpy user knows, in Rust's spelling (`getData` →
+//! [`get_data`](Connection::get_data), `sendData` → [`send_data`](Connection::send_data),
+//! `getConnection` → [`get_connection`](Server::get_connection), `closeServer` →
+//! [`close_all`](Server::close_all)); where Rust has a convention of its own, a second,
+//! shorter name follows it. Both stay, each doing one thing:
+//!
+//! - `send_data(data, mode)` is serpy's call, with its v1 [`Mode`];
+//!   [`send(data)`](Connection::send) is `send_data(data, Mode::Plain)`, the one call of a
+//!   v2 link (which has no modes) and of most v1 programs, named like `Sender::send`.
+//! - `get_data` takes from one connection; [`Server::recv_any`] from whichever of a
+//!   server's connections has a message (serpy had no such call: a server loop polled
+//!   each connection), and gives the connection with it ([`Received`]). It is named
+//!   like the other queues of Rust that a thread waits on: `recv`.
+//! - Queues that are not serpy's are Rust's: [`Events::recv`] and friends, like
+//!   crossbeam-channel's `Receiver`.
+//!
+//! Every queue the program takes from comes in three calls, and they mean the same
+//! everywhere:
+//!
+//! | waits | a connection's messages | a server's messages | a server's new connections | events |
+//! |---|---|---|---|---|
+//! | as long as it takes | [`get_data`](Connection::get_data) | [`recv_any`](Server::recv_any) | [`get_connection`](Server::get_connection) | [`recv`](Events::recv) |
+//! | at most a timeout | [`get_data_timeout`](Connection::get_data_timeout) | [`recv_any_timeout`](Server::recv_any_timeout) | [`get_connection_timeout`](Server::get_connection_timeout) | [`recv_timeout`](Events::recv_timeout) |
+//! | not at all | [`try_get_data`](Connection::try_get_data) | [`try_recv_any`](Server::try_recv_any) | [`try_get_connection`](Server::try_get_connection) | [`try_recv`](Events::try_recv) |
+//!
+//! - The blocking call returns the item, or the error that ends the queue:
+//!   [`Error::Closed`] (the program closed the connection or the server) or
+//!   [`Error::Disconnected`] (the link is down for good), once everything that arrived
+//!   has been taken.
+//! - `_timeout` returns [`Error::Timeout`] when nothing came in time (Python serpy's
+//!   `queue.Empty`), and the same ending errors.
+//! - `try_` never waits: `Ok(Some(item))`, `Ok(None)` when nothing is waiting *yet*, or
+//!   the ending error once nothing ever will be. This is crossbeam-channel's
+//!   `TryRecvError::{Empty, Disconnected}` in the shape of the crate's one [`Error`]
+//!   type, so that `?` passes the end on: `while let Some(m) = conn.try_get_data()? {}`
+//!   takes what is waiting and returns the error once the connection is gone.
+//!   [`Error::is_final`] tells the ending errors from the others.
+//! - Iterators (`for msg in &conn`, [`Connection::iter`], [`Events::iter`], and
+//!   [`Connection::try_iter`] for what is waiting now) end where the blocking call would
+//!   return its ending error.
+//! - Sends: [`send_data`](Connection::send_data) blocks while the outgoing queue is full,
+//!   [`send_data_timeout`](Connection::send_data_timeout) gives up after its timeout;
+//!   a send never waits for a socket write (except an acknowledged one, which waits for
+//!   the peer anyway): the writer thread writes.
+//!
+//! ```
+//! use serpy::{Connection, Error, Server};
+//!
+//! # fn main() -> serpy::Result<()> {
+//! let server = Server::bind("127.0.0.1:0")?;
+//! let client = Connection::connect(server.local_addr())?;
+//! let peer = server.get_connection()?;
+//! assert!(peer.try_get_data()?.is_none());        // nothing waiting yet
+//! client.send("one")?;
+//! client.close();
+//! let mut got = Vec::new();
+//! for msg in &peer {                               // ends once the link is down for good
+//!     got.push(msg);
+//! }
+//! assert_eq!(got.len(), 1);
+//! assert!(matches!(peer.try_get_data(), Err(Error::Disconnected))); // and never will be
+//! # Ok(()) }
+//! ```
+//!
 //! ## Dependability
 //!
 //! - A client with auto-restart reconnects by itself with backoff; what was queued and
@@ -95,7 +161,7 @@ pub use config::{
     FullQueue, DEFAULT_INCOMING_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTGOING_BYTES,
     DEFAULT_QUEUE_CAPACITY,
 };
-pub use connection::{Connection, ConnectionBuilder};
+pub use connection::{Connection, ConnectionBuilder, Messages};
 pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, EventKind, Events, Refusal, Select};
 pub use message::{Message, Text, TextEncoding};

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::thread;
 
 use common::{pair, server, T};
-use serpy::{Connection, ConnectionBuilder, Error, Message, Mode, Server, ServerBuilder};
+use std::time::Duration;
+
+use serpy::{
+    Connection, ConnectionBuilder, Error, EventKind, Message, Mode, Server, ServerBuilder,
+};
 
 fn v1_pair() -> (Server, Connection, Connection) {
     let s = server(ServerBuilder::new());
@@ -235,6 +239,40 @@ fn handles_are_send_and_sync() {
     check::<Server>();
     check::<serpy::Events>();
     check::<Error>();
+    check::<serpy::Event>();
+    check::<serpy::Message>();
+    check::<serpy::Received>();
+    check::<serpy::Broadcast>();
+    check::<serpy::ConnectionBuilder>();
+    check::<serpy::ServerBuilder>();
+    check::<serpy::Stats>();
+    check::<serpy::Messages<'static>>();
+}
+
+#[test]
+// The hash is the handle's identity, which never changes: the interior mutability
+// behind the handle does not touch it (clippy cannot see that).
+#[allow(clippy::mutable_key_type)]
+fn connections_hash_as_they_compare() {
+    use std::collections::HashSet;
+    let (_s, c, p) = v1_pair();
+    let set: HashSet<Connection> = [c.clone(), c.clone(), p.clone()].into_iter().collect();
+    assert_eq!(set.len(), 2, "clones are one key, two connections two");
+    assert!(set.contains(&c) && set.contains(&p));
+}
+
+#[test]
+fn iterating_a_borrowed_connection_gives_its_messages_until_it_is_gone() {
+    let (_s, c, p) = v1_pair();
+    c.send("a").unwrap();
+    c.send("b").unwrap();
+    c.close();
+    let mut got = Vec::new();
+    for m in &p {
+        got.push(m.as_str().unwrap().to_string());
+    }
+    assert_eq!(got, ["a", "b"]);
+    assert!(matches!(p.try_get_data(), Err(Error::Disconnected)));
 }
 
 #[test]
@@ -317,4 +355,48 @@ fn a_message_larger_than_the_budget_still_arrives_alone() {
     c.send_data_timeout("a".repeat(100), Mode::PlainAck, T)
         .unwrap();
     assert_eq!(p.get_data_timeout(T).unwrap().len(), 100);
+}
+
+#[test]
+fn try_calls_tell_nothing_waiting_from_gone() {
+    let (s, c, p) = v1_pair();
+    let events = c.events();
+    // The link is up: nothing waiting is Ok(None) everywhere.
+    assert!(matches!(c.try_get_data(), Ok(None)));
+    assert!(matches!(s.try_get_connection(), Ok(None)));
+    assert!(matches!(s.try_recv_any(), Ok(None)));
+    assert!(matches!(
+        events.recv().map(|e| e.kind),
+        Ok(EventKind::Connected { .. })
+    ));
+    assert!(matches!(events.try_recv(), Ok(None)));
+    // The peer goes: the link is down for good, the events end with Disconnected.
+    p.close();
+    let rest: Vec<_> = events.iter().collect();
+    assert!(
+        rest.iter().any(|e| matches!(
+            e.kind,
+            EventKind::Disconnected {
+                reconnecting: false,
+                ..
+            }
+        )),
+        "{rest:?}"
+    );
+    assert!(matches!(events.try_recv(), Err(Error::Disconnected)));
+    assert!(matches!(events.recv(), Err(Error::Disconnected)));
+    assert!(matches!(
+        events.recv_timeout(Duration::from_secs(60)),
+        Err(Error::Disconnected)
+    ));
+    assert!(matches!(c.try_get_data(), Err(Error::Disconnected)));
+    // The program closes: Closed.
+    c.close();
+    assert!(matches!(c.try_get_data(), Err(Error::Closed)));
+    s.close_all();
+    assert!(matches!(s.try_recv_any(), Err(Error::Closed)));
+    assert!(matches!(s.try_get_connection(), Err(Error::Closed)));
+    let server_events = s.events();
+    while let Ok(Some(_)) = server_events.try_recv() {}
+    assert!(matches!(server_events.try_recv(), Err(Error::Closed)));
 }

@@ -52,12 +52,12 @@ fn wait_dropped_events(conn: &Connection, want: u64) {
     while sum < want {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match events.recv_timeout(left) {
-            Some(Event {
+            Ok(Event {
                 kind: EventKind::Dropped { messages },
                 ..
             }) => sum += messages,
-            Some(_) => {}
-            None => panic!("Dropped events add up to {sum} of {want} within {T:?}"),
+            Ok(_) => {}
+            Err(_) => panic!("Dropped events add up to {sum} of {want} within {T:?}"),
         }
     }
     assert_eq!(sum, want, "Dropped events report more than was dropped");
@@ -399,7 +399,16 @@ fn broadcast_to_two_readers_and_a_frozen_peer(builder: ServerBuilder) -> (u64, u
         }
         h.join().unwrap();
         let (dropped, missed) = tally.get(&peer.id()).copied().unwrap_or_default();
-        assert_eq!(got + dropped + missed, N, "a frame went missing silently");
+        // The end marker goes through the same policy: when it finds the queue full, it
+        // drops an older frame too. That drop is in the connection's statistics, not in
+        // a broadcast report; the marker, the newest, is never the one dropped.
+        let dropped_in_all = peer.stats().dropped;
+        assert!(dropped <= dropped_in_all, "{dropped} > {dropped_in_all}");
+        assert_eq!(
+            got + dropped_in_all + missed,
+            N,
+            "a frame went missing silently (reported dropped by broadcasts: {dropped})"
+        );
     }
     let t = tally.get(&frozen.id()).copied().unwrap_or_default();
     drop(raw);

@@ -1174,7 +1174,7 @@ impl PyConnection {
     /// Every event waiting now, oldest first.
     fn events(&self) -> Vec<Event> {
         let events = self.inner.events();
-        std::iter::from_fn(|| events.try_recv())
+        std::iter::from_fn(|| events.try_recv().ok().flatten())
             .map(Event::from_rust)
             .collect()
     }
@@ -1258,31 +1258,33 @@ impl PyConnection {
     }
 }
 
-/// Drops `handle` (a server) with the GIL released: dropping the last handle of a server
-/// closes it and joins its threads (up to the close timeout), which must not stop
-/// every other Python thread meanwhile.
+/// The next event of `events`, waiting up to `timeout` (None: until one comes) in short
+/// slices with the GIL released; None when none came in time or the events have ended.
 fn next_event(
     py: Python<'_>,
     events: &serpy::Events,
     timeout: Option<f64>,
 ) -> PyResult<Option<Event>> {
-    if let Some(e) = events.try_recv() {
-        return Ok(Some(Event::from_rust(e)));
+    match events.try_recv() {
+        Ok(Some(e)) => return Ok(Some(Event::from_rust(e))),
+        Ok(None) => {}
+        // The events have ended: nothing more will come.
+        Err(_) => return Ok(None),
     }
     if timeout == Some(0.0) {
         return Ok(None);
     }
-    // Once the events have ended, `recv_timeout` returns None at once: that ends the
-    // wait (None), where waiting on would spin until the timeout, or for ever.
+    // Once the events have ended, `recv_timeout` says so at once (Closed or
+    // Disconnected): that ends the wait (None), where waiting on would spin until the
+    // timeout, or for ever.
     let got = wait_sliced(py, timeout, "next_event", |slice| {
-        let start = Instant::now();
         match events.recv_timeout(slice) {
-            Some(e) => Ok(Some(e)),
-            None if start.elapsed() < slice => Ok(None),
-            None => Err(Error::Timeout {
+            Ok(e) => Ok(Some(e)),
+            Err(Error::Timeout { .. }) => Err(Error::Timeout {
                 operation: "next_event",
                 after: slice,
             }),
+            Err(_) => Ok(None),
         }
     });
     match got {
@@ -1298,6 +1300,9 @@ fn next_event(
     }
 }
 
+/// Drops `handle` (a server) with the GIL released: dropping the last handle of a server
+/// closes it and joins its threads (up to the close timeout), which must not stop
+/// every other Python thread meanwhile.
 fn release<T: Send>(handle: T) {
     Python::attach(|py| py.detach(move || drop(handle)));
 }
@@ -1467,7 +1472,7 @@ impl PyServer {
     /// The next new connection, waiting at most `timeout` seconds (forever if None).
     #[pyo3(signature = (timeout=None))]
     fn get_connection(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyConnection> {
-        if let Some(c) = self.inner.try_get_connection() {
+        if let Ok(Some(c)) = self.inner.try_get_connection() {
             return Ok(self.wrap(c));
         }
         let server = &self.inner;
@@ -1478,7 +1483,11 @@ impl PyServer {
     }
 
     fn try_get_connection(&self) -> Option<PyConnection> {
-        self.inner.try_get_connection().map(|c| self.wrap(c))
+        self.inner
+            .try_get_connection()
+            .ok()
+            .flatten()
+            .map(|c| self.wrap(c))
     }
 
     /// A snapshot of the server's connections.
@@ -1508,8 +1517,8 @@ impl PyServer {
     ) -> PyResult<(PyConnection, Py<PyAny>, Py<PyAny>)> {
         let server = &self.inner;
         let r = match py.detach(|| server.try_recv_any()) {
-            Some(r) => r,
-            None => wait_sliced(py, timeout, "recv_any", |slice| {
+            Ok(Some(r)) => r,
+            _ => wait_sliced(py, timeout, "recv_any", |slice| {
                 server.recv_any_timeout(slice)
             })?,
         };
@@ -1575,7 +1584,7 @@ impl PyServer {
     /// Every server-wide event waiting now, oldest first.
     fn events(&self) -> Vec<Event> {
         let events = self.inner.events();
-        std::iter::from_fn(|| events.try_recv())
+        std::iter::from_fn(|| events.try_recv().ok().flatten())
             .map(Event::from_rust)
             .collect()
     }

@@ -2,7 +2,9 @@
 //! thread for something that can go out at once while the link is idle:
 //!
 //! - [`try_write_now`]: a plain send after a quiet spell, from its caller, never blocking
-//!   (Linux and Android, where a single send can be made non-blocking);
+//!   (Linux and Android, where a single send can be made non-blocking; elsewhere the
+//!   message goes to the writer thread, which keeps the same promise, that a plain
+//!   send never waits in a socket write, at the cost of a wake-up: see BENCHMARKS.md);
 //! - [`write_now`]: an acknowledged v1 send, from its caller (who waits anyway);
 //! - [`write_replies_now`]: the control replies owed, from the reader, never blocking.
 //!

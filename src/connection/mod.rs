@@ -202,7 +202,7 @@ impl Inner {
         }
         if !self.shared.events.ended() {
             self.shared.event(EventKind::Closed);
-            self.shared.events.end();
+            self.shared.events.end_closed();
         }
     }
 
@@ -453,9 +453,9 @@ impl Connection {
     /// Sends `data` in `mode` (v1; see [`Mode`]).
     ///
     /// - Modes 0, 2, 4 (and every send over v2) return once the message is queued; they
-    ///   block while the outgoing queue is full. (When the link has been idle, the message
-    ///   is handed to the socket at once instead, if that needs no waiting, which saves
-    ///   waking the writer thread.)
+    ///   block while the outgoing queue is full, and never wait in a socket write. (On
+    ///   Linux, when the link has been idle, the message is handed to the socket at once
+    ///   instead, if that needs no waiting, which saves waking the writer thread.)
     /// - Modes 1, 3, 5 return once the peer has acknowledged this very message. Several
     ///   threads may send acknowledged messages at once: each gets its own answer.
     ///
@@ -624,13 +624,22 @@ impl Connection {
         self.get_data_with_mode(Some(timeout)).map(|(m, _)| m)
     }
 
-    /// The next message if one is waiting, `Ok(None)` if not.
+    /// The next message if one is waiting, without waiting: `Ok(None)` when none is
+    /// waiting yet (the link is up, or down and coming back); once the link is down for
+    /// good and everything it delivered has been read, [`Error::Disconnected`], and
+    /// after [`close`](Connection::close) [`Error::Closed`], as
+    /// [`get_data`](Connection::get_data) would return. (crossbeam-channel's
+    /// `TryRecvError::Empty` is `Ok(None)` here, its `Disconnected` the error; so
+    /// `while let Some(m) = conn.try_get_data()? {}` drains what is waiting and passes
+    /// the end of the connection on.)
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
     /// # let server = serpy::Server::bind("127.0.0.1:0")?;
     /// # let conn = serpy::Connection::connect(server.local_addr())?;
-    /// assert!(conn.try_get_data()?.is_none());
+    /// assert!(conn.try_get_data()?.is_none()); // nothing waiting
+    /// conn.close();
+    /// assert!(matches!(conn.try_get_data(), Err(serpy::Error::Closed))); // gone
     /// # Ok(()) }
     /// ```
     pub fn try_get_data(&self) -> Result<Option<Message>> {
@@ -706,9 +715,8 @@ impl Connection {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn iter(&self) -> impl Iterator<Item = Message> + '_ {
-        let shared = &self.inner.shared;
-        shared.in_rx.iter().map(|item| shared.took(item).0)
+    pub fn iter(&self) -> Messages<'_> {
+        self.into_iter()
     }
 
     /// An iterator over the messages already received; it does not wait.
@@ -847,7 +855,7 @@ impl Connection {
     /// # fn main() -> serpy::Result<()> {
     /// # let server = serpy::Server::bind("127.0.0.1:0")?;
     /// let conn = serpy::Connection::connect(server.local_addr())?;
-    /// while let Some(event) = conn.events().try_recv() {
+    /// while let Some(event) = conn.events().try_recv()? {
     ///     println!("{event}");
     /// }
     /// # Ok(()) }
@@ -902,6 +910,83 @@ impl PartialEq for Connection {
 }
 
 impl Eq for Connection {}
+
+/// Hashes the handle's identity, as `==` compares it: clones of one connection hash
+/// alike, two connections (even to the same peer) apart. The identity never changes,
+/// so a connection is a sound key of a `HashMap` or `HashSet` (clippy's
+/// `mutable_key_type` lint sees the state behind the handle, not that the hash ignores
+/// it: allow the lint where a connection is a key).
+///
+/// ```
+/// # fn main() -> serpy::Result<()> {
+/// # let server = serpy::Server::bind("127.0.0.1:0")?;
+/// use std::collections::HashSet;
+/// let a = serpy::Connection::connect(server.local_addr())?;
+/// let b = serpy::Connection::connect(server.local_addr())?;
+/// let set: HashSet<_> = [a.clone(), a.clone(), b].into_iter().collect();
+/// assert_eq!(set.len(), 2);
+/// assert!(set.contains(&a));
+/// # Ok(()) }
+/// ```
+impl std::hash::Hash for Connection {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The address `eq` compares with `Arc::ptr_eq`.
+        std::ptr::hash(Arc::as_ptr(&self.inner), state);
+    }
+}
+
+/// `for msg in &conn` iterates over the received messages as [`Connection::iter`]
+/// does: blocking, until the connection is gone for good and everything was read.
+///
+/// ```no_run
+/// # fn main() -> serpy::Result<()> {
+/// # let conn = serpy::Connection::connect(("127.0.0.1", 8000))?;
+/// for msg in &conn {
+///     println!("{msg}");
+/// }
+/// # Ok(()) }
+/// ```
+impl<'a> IntoIterator for &'a Connection {
+    type Item = Message;
+    type IntoIter = Messages<'a>;
+
+    fn into_iter(self) -> Messages<'a> {
+        Messages {
+            shared: &self.inner.shared,
+            rx: self.inner.shared.in_rx.iter(),
+        }
+    }
+}
+
+/// The blocking iterator over a connection's received messages that
+/// `for msg in &conn` uses: see [`IntoIterator for &Connection`](Connection#impl-IntoIterator-for-%26Connection).
+///
+/// ```no_run
+/// # fn main() -> serpy::Result<()> {
+/// # let conn = serpy::Connection::connect(("127.0.0.1", 8000))?;
+/// let first_two: Vec<serpy::Message> = (&conn).into_iter().take(2).collect();
+/// # Ok(()) }
+/// ```
+pub struct Messages<'a> {
+    shared: &'a Shared,
+    rx: channel::Iter<'a, vocab::Incoming>,
+}
+
+impl std::fmt::Debug for Messages<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages")
+            .field("connection", &self.shared.id)
+            .finish()
+    }
+}
+
+impl Iterator for Messages<'_> {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        self.rx.next().map(|item| self.shared.took(item).0)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -148,16 +148,24 @@ impl Server {
             })
     }
 
-    /// The next new connection if one is waiting.
+    /// The next new connection if one is waiting, without waiting: `Ok(None)` when none
+    /// is waiting yet, [`Error::Closed`] once the server is closed and every new
+    /// connection was taken (as [`get_connection`](Server::get_connection) would return).
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
     /// let server = serpy::Server::bind("127.0.0.1:0")?;
-    /// assert!(server.try_get_connection().is_none());
+    /// assert!(server.try_get_connection()?.is_none());
+    /// server.close();
+    /// assert!(matches!(server.try_get_connection(), Err(serpy::Error::Closed)));
     /// # Ok(()) }
     /// ```
-    pub fn try_get_connection(&self) -> Option<Connection> {
-        self.shared.new.rx.try_recv().ok()
+    pub fn try_get_connection(&self) -> Result<Option<Connection>> {
+        match self.shared.new.rx.try_recv() {
+            Ok(c) => Ok(Some(c)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(Error::Closed),
+        }
     }
 
     /// A snapshot of the server's connections, taken or not with `get_connection`. A
@@ -272,23 +280,32 @@ impl Server {
             .map_err(|e| e.timed_out_after(timeout))
     }
 
-    /// The next message from any connection if one is waiting.
+    /// The next message from any connection if one is waiting, without waiting:
+    /// `Ok(None)` when none is waiting (the connections may still send more),
+    /// [`Error::Closed`] after [`close_all`](Server::close_all), as
+    /// [`recv_any`](Server::recv_any) would return.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
     /// let server = serpy::Server::bind("127.0.0.1:0")?;
-    /// assert!(server.try_recv_any().is_none());
+    /// assert!(server.try_recv_any()?.is_none());
+    /// server.close_all();
+    /// assert!(matches!(server.try_recv_any(), Err(serpy::Error::Closed)));
     /// # Ok(()) }
     /// ```
-    pub fn try_recv_any(&self) -> Option<Received> {
+    pub fn try_recv_any(&self) -> Result<Option<Received>> {
         loop {
+            if self.shared.all_closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
             match self.ready_rx.try_recv() {
                 Ok(id) => {
                     if let Some(r) = self.take_from(id) {
-                        return Some(r);
+                        return Ok(Some(r));
                     }
                 }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Disconnected) => return Err(Error::Closed),
             }
         }
     }
@@ -395,7 +412,7 @@ impl Server {
         close_in_parallel(&conns);
         self.shared.fold_ended(&conns);
         drop(conns);
-        self.shared.events.end();
+        self.shared.events.end_closed();
     }
 
     /// The server's events, in one place: its own
@@ -416,7 +433,7 @@ impl Server {
     /// let server = Server::bind("127.0.0.1:0")?;
     /// let client = serpy::Connection::connect(server.local_addr())?;
     /// let peer = server.get_connection_timeout(Duration::from_secs(5))?;
-    /// let first = server.events().recv_timeout(Duration::from_secs(5)).unwrap();
+    /// let first = server.events().recv_timeout(Duration::from_secs(5))?;
     /// assert_eq!(first.id, peer.id());
     /// assert!(matches!(first.kind, EventKind::Connected { .. } | EventKind::Accepted { .. }));
     /// # Ok(()) }

@@ -32,9 +32,9 @@ pub fn wait_event(conn: &Connection, what: &str, pred: impl Fn(&Event) -> bool) 
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match events.recv_timeout(left) {
-            Some(e) if pred(&e) => return e,
-            Some(_) => {}
-            None => panic!("no {what} event within {T:?}"),
+            Ok(e) if pred(&e) => return e,
+            Ok(_) => {}
+            Err(_) => panic!("no {what} event within {T:?}"),
         }
     }
 }
