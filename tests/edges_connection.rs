@@ -19,7 +19,8 @@ use std::time::Duration;
 use common::{pair, server, wait_event, T};
 use serpy::protocol::v2;
 use serpy::{
-    Connection, ConnectionBuilder, Error, Event, EventKind, Mode, Protocol, ProtocolError, ServerBuilder,
+    Connection, ConnectionBuilder, Error, Event, EventKind, Mode, Protocol, ProtocolError,
+    ServerBuilder,
 };
 
 /// Reads from `raw` until what arrived ends with `tail` (or the stream ends, or `T`).
@@ -60,7 +61,10 @@ fn item01_an_acked_message_the_receiver_drops_fails_and_later_ones_complete() {
     let r = client.send_data_timeout(big.as_str(), Mode::PlainAck, T);
     assert!(matches!(r, Err(Error::AckUncertain)), "{r:?}");
     wait_event(&first, "TooLarge", |e| {
-        matches!(&e.kind, EventKind::ProtocolError(ProtocolError::TooLarge { .. }))
+        matches!(
+            &e.kind,
+            EventKind::ProtocolError(ProtocolError::TooLarge { .. })
+        )
     });
     client
         .send_data_timeout("small", Mode::PlainAck, T)
@@ -124,7 +128,9 @@ fn item04_a_link_that_dies_at_once_counts_as_a_failed_attempt() {
         .unwrap();
     // Before: every connect succeeded, so the count started again each time and the
     // client reconnected without a pause, for ever.
-    let e = wait_event(&client, "GaveUp", |e| matches!(&e.kind, EventKind::GaveUp { .. }));
+    let e = wait_event(&client, "GaveUp", |e| {
+        matches!(&e.kind, EventKind::GaveUp { .. })
+    });
     assert_eq!(e.kind, EventKind::GaveUp { attempts: 3 });
     let accepted = slam.accepted.load(Ordering::Relaxed);
     assert!(accepted <= 4, "{accepted} connections for 3 attempts");
@@ -199,7 +205,10 @@ fn item07_a_message_cut_by_a_closing_peer_is_reported() {
         assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("hello"));
         // Before: the cut message was dropped without a word.
         let e = wait_event(&peer, "CutShort", |e| {
-            matches!(&e.kind, EventKind::ProtocolError(ProtocolError::CutShort { .. }))
+            matches!(
+                &e.kind,
+                EventKind::ProtocolError(ProtocolError::CutShort { .. })
+            )
         });
         assert_eq!(
             e.kind,
@@ -438,7 +447,11 @@ fn item12_events_end_with_closed_when_the_program_closes() {
     client.close();
     let all = rx.recv_timeout(T).expect("the events end after close()");
     h.join().unwrap();
-    assert_eq!(all.last().map(|e| &e.kind), Some(&EventKind::Closed), "{all:?}");
+    assert_eq!(
+        all.last().map(|e| &e.kind),
+        Some(&EventKind::Closed),
+        "{all:?}"
+    );
 }
 
 #[test]
@@ -490,7 +503,9 @@ fn item13_disconnected_after_giving_up_does_not_say_enable_auto_restart() {
         .connect(s.local_addr())
         .unwrap();
     drop(s);
-    wait_event(&c, "gave up", |e| matches!(&e.kind, EventKind::GaveUp { .. }));
+    wait_event(&c, "gave up", |e| {
+        matches!(&e.kind, EventKind::GaveUp { .. })
+    });
     let e = c.get_data_timeout(T).unwrap_err();
     assert!(matches!(e, Error::Disconnected), "{e}");
     assert!(

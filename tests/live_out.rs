@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::{pair, server, wait_event, T};
 use serpy::{
-    Bytes, Connection, ConnectionBuilder, Error, Event, EventKind, FullQueue, Message, Mode, Protocol,
-    ServerBuilder,
+    Bytes, Connection, ConnectionBuilder, Error, Event, EventKind, FullQueue, Message, Mode,
+    Protocol, ServerBuilder,
 };
 
 /// A frame of `len` bytes whose first 8 bytes are `seq`.
@@ -52,7 +52,10 @@ fn wait_dropped_events(conn: &Connection, want: u64) {
     while sum < want {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match events.recv_timeout(left) {
-            Some(Event { kind: EventKind::Dropped { messages }, .. }) => sum += messages,
+            Some(Event {
+                kind: EventKind::Dropped { messages },
+                ..
+            }) => sum += messages,
             Some(_) => {}
             None => panic!("Dropped events add up to {sum} of {want} within {T:?}"),
         }
