@@ -264,14 +264,13 @@ fn keep_latest(shared: &Shared, item: Outgoing, size: usize, n: usize) -> Result
         // The loop above bounds what is in the channel, under `kept`; counted in without
         // the slot check, which the writer's count may lag by the message it is taking.
         budget.enter(size);
-        let sent = match shared.out_tx.send(item) {
+        match shared.out_tx.send(item) {
             Ok(()) => Ok(dropped),
             Err(_) => {
                 budget.took(size);
                 Err(shared.life.gone_error())
             }
-        };
-        sent
+        }
     };
     // Reported once `kept` is let go: the event is logged, which may take a while.
     if dropped > 0 {
