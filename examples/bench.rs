@@ -23,7 +23,10 @@
 //! - the receiving side's peak memory (VmHWM of a receiving child process, less its RSS
 //!   before the stream) while 1 MiB frames stream in faster than the program reads them,
 //!   against the bound incoming_capacity × message size, at a quarter of the stream and
-//!   at its end.
+//!   at its end;
+//! - a server (a child process, measured alone) holding 1,000 connections, each after
+//!   one message echoed: resident memory (VmRSS) and threads per connection, against a
+//!   thread per accepted `TcpStream`.
 //!
 //! Every load loop stops after a number of messages or a time, whichever comes first;
 //! every wait has a timeout. Only 127.0.0.1 with port 0 is used.
@@ -120,6 +123,9 @@ struct Plan {
     memory_frames: usize,
     memory_time: Duration,
     memory_capacity: usize,
+    /// Many connections: how many, and the time limit of one side's run.
+    connections: usize,
+    connections_time: Duration,
 }
 
 impl Plan {
@@ -140,6 +146,8 @@ impl Plan {
                 memory_frames: 256,
                 memory_time: Duration::from_secs(5),
                 memory_capacity: 16,
+                connections: 1000,
+                connections_time: Duration::from_secs(60),
             }
         } else {
             Plan {
@@ -157,6 +165,8 @@ impl Plan {
                 memory_frames: 2048,
                 memory_time: Duration::from_secs(30),
                 memory_capacity: 16,
+                connections: 1000,
+                connections_time: Duration::from_secs(60),
             }
         }
     }
@@ -227,6 +237,12 @@ enum Value {
         end: u64,
         bound: u64,
     },
+    /// Resident memory and threads a server process gains per held connection.
+    PerConnection {
+        connections: usize,
+        rss_kib: u64,
+        threads: u64,
+    },
 }
 
 struct Row {
@@ -247,6 +263,9 @@ impl Row {
             }
             (Value::Latency(s), Value::Latency(r)) => s.median_us / r.median_us,
             (Value::Memory { end: s, .. }, Value::Memory { end: r, .. }) => {
+                *s as f64 / (*r).max(1) as f64
+            }
+            (Value::PerConnection { rss_kib: s, .. }, Value::PerConnection { rss_kib: r, .. }) => {
                 *s as f64 / (*r).max(1) as f64
             }
             _ => f64::NAN,
@@ -295,6 +314,15 @@ fn fmt_value(v: &Value) -> String {
         Value::Memory { quarter, end, .. } => {
             format!("+{} (¼: +{})", fmt_mib(*end), fmt_mib(*quarter))
         }
+        Value::PerConnection {
+            connections,
+            rss_kib,
+            threads,
+        } => format!(
+            "{:.1} KiB/conn, {:.2} threads/conn",
+            *rss_kib as f64 / (*connections).max(1) as f64,
+            *threads as f64 / (*connections).max(1) as f64
+        ),
     }
 }
 
@@ -372,6 +400,14 @@ fn value_json(v: &Value) -> serde_json::Value {
         } => json!({
             "peak_growth_bytes_at_quarter": quarter, "peak_growth_bytes_at_end": end,
             "bound_bytes": bound,
+        }),
+        Value::PerConnection {
+            connections,
+            rss_kib,
+            threads,
+        } => json!({
+            "connections": connections, "rss_growth_kib": rss_kib, "threads_growth": threads,
+            "kib_per_connection": *rss_kib as f64 / (*connections).max(1) as f64,
         }),
     }
 }
@@ -833,6 +869,11 @@ fn child_main(args: &[String]) -> BoxResult<()> {
             let raw = arg(2)? == "raw";
             child_memory(capacity, raw)
         }
+        "connections" => {
+            let n: usize = arg(1)?.parse()?;
+            let raw = arg(2)? == "raw";
+            child_connections(n, raw)
+        }
         other => Err(format!("unknown child role {other}").into()),
     }
 }
@@ -1208,6 +1249,165 @@ fn memory_row(plan: &Plan) -> BoxResult<Row> {
     })
 }
 
+/// A server of its own, in this child process (so that its memory is measured alone,
+/// in a fresh process): accepts `n` connections, echoes one message on each, keeps them
+/// all, then prints "mem RSS_BEFORE RSS_AFTER THREADS_BEFORE THREADS_AFTER" (KiB, from
+/// /proc/self/status) and holds them until a line (or the end) on stdin. The raw server
+/// has a thread per accepted `TcpStream`, which echoes one length-prefixed message and
+/// then blocks reading until the peer closes, as serpy's reader does.
+fn child_connections(n: usize, raw: bool) -> BoxResult<()> {
+    let mut release = String::new();
+    if raw {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let (rss0, threads0) = (vm_kib("VmRSS:"), vm_kib("Threads:"));
+        println!("port {}", listener.local_addr()?.port());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (mut s, _) = listener.accept()?;
+            s.set_read_timeout(Some(WAIT))?;
+            let tx = tx.clone();
+            handles.push(thread::spawn(move || -> io::Result<()> {
+                let mut len = [0u8; 4];
+                s.read_exact(&mut len)?;
+                let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+                s.read_exact(&mut buf)?;
+                s.write_all(&len)?;
+                s.write_all(&buf)?;
+                drop(buf);
+                let _ = tx.send(());
+                // Held until the peer closes.
+                let mut rest = [0u8; 1];
+                while s.read(&mut rest)? > 0 {}
+                Ok(())
+            }));
+        }
+        for _ in 0..n {
+            rx.recv_timeout(WAIT)?;
+        }
+        let (rss1, threads1) = (vm_kib("VmRSS:"), vm_kib("Threads:"));
+        println!("mem {rss0} {rss1} {threads0} {threads1}");
+        io::stdin().read_line(&mut release)?;
+        for h in handles {
+            h.join().map_err(|_| "raw server thread panicked")??;
+        }
+    } else {
+        let server = Server::builder()
+            .max_connections(n + 16)
+            .bind("127.0.0.1:0")?;
+        let (rss0, threads0) = (vm_kib("VmRSS:"), vm_kib("Threads:"));
+        println!("port {}", server.local_addr().port());
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = server.get_connection_timeout(WAIT)?;
+            let m = c.get_data_timeout(WAIT)?;
+            c.send_data(m, Mode::Plain)?;
+            conns.push(c);
+        }
+        let (rss1, threads1) = (vm_kib("VmRSS:"), vm_kib("Threads:"));
+        println!("mem {rss0} {rss1} {threads0} {threads1}");
+        io::stdin().read_line(&mut release)?;
+        server.close_all();
+        drop(conns);
+    }
+    Ok(())
+}
+
+/// One side of the many-connections row: a server child (see `child_connections`), and
+/// `plan.connections` clients in this process, one after the other, each sending one
+/// 64-byte message and waiting for its echo. Returns the server's growth (KiB of RSS,
+/// threads).
+fn connections_run(plan: &Plan, raw: bool) -> BoxResult<(u64, u64)> {
+    let n = plan.connections;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .args([
+            "connections",
+            &n.to_string(),
+            if raw { "raw" } else { "serpy" },
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().ok_or("no child stdout")?);
+    let mut stdin = child.stdin.take().ok_or("no child stdin")?;
+    let line = child_line(&mut out)?;
+    let port: u16 = line
+        .strip_prefix("port ")
+        .ok_or("connections child gave no port")?
+        .parse()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let data = payload(64);
+    let start = Instant::now();
+    let mut raw_clients = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..n {
+        if start.elapsed() > plan.connections_time {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(
+                format!("{i} of {n} connections within {:?}", plan.connections_time).into(),
+            );
+        }
+        if raw {
+            let mut s = TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(WAIT))?;
+            s.write_all(&(data.len() as u32).to_le_bytes())?;
+            s.write_all(&data)?;
+            let mut back = vec![0u8; 4 + data.len()];
+            s.read_exact(&mut back)?;
+            raw_clients.push(s);
+        } else {
+            let c = Connection::connect(addr)?;
+            c.send_data(Message::Bytes(data.clone()), Mode::Plain)?;
+            c.get_data_timeout(WAIT)?;
+            clients.push(c);
+        }
+    }
+    let report = child_line(&mut out)?;
+    writeln!(stdin, "release")?;
+    drop(raw_clients);
+    for c in clients {
+        c.close();
+    }
+    let v: Vec<u64> = report
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [rss0, rss1, threads0, threads1] = v[..] else {
+        return Err(format!("connections child said {report:?}").into());
+    };
+    finish_child(child)?;
+    Ok((rss1.saturating_sub(rss0), threads1.saturating_sub(threads0)))
+}
+
+fn connections_row(plan: &Plan, name: String) -> BoxResult<Row> {
+    let (raw_kib, raw_threads) = connections_run(plan, true)?;
+    let (kib, threads) = connections_run(plan, false)?;
+    let n = plan.connections;
+    Ok(Row {
+        name,
+        serpy: Value::PerConnection {
+            connections: n,
+            rss_kib: kib,
+            threads,
+        },
+        raw: Value::PerConnection {
+            connections: n,
+            rss_kib: raw_kib,
+            threads: raw_threads,
+        },
+        note: format!(
+            "VmRSS growth of a server process (a child, measured alone) holding {n} \
+             connections (default options, v1), each after one 64-byte message echoed; \
+             the clients are in the parent; raw: a thread per accepted TcpStream"
+        ),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------------------
@@ -1370,5 +1570,9 @@ fn run(plan: &Plan, only: &[String]) -> BoxResult<Vec<Row>> {
     add("receiver peak memory 1 MiB frames".into(), &mut |_| {
         memory_row(plan)
     })?;
+    add(
+        format!("{} connections, memory per connection", plan.connections),
+        &mut |name| connections_row(plan, name),
+    )?;
     Ok(rows)
 }

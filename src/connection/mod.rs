@@ -247,13 +247,15 @@ fn new_shared(
         Some(n) => channel::bounded(n),
         None => channel::unbounded(),
     };
-    let (out_tx, out_rx) = channel::bounded(cfg.outgoing_capacity);
+    // Unbounded, so that it grows with what is queued; `out_budget` holds its count
+    // bound, `outgoing_capacity`, exactly (see `OutgoingBudget`).
+    let (out_tx, out_rx) = channel::unbounded();
     let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
     let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
     let (done_tx, writer_done) = channel::bounded::<()>(0);
     let restart = is_client && cfg.auto_restart;
     let stats = Arc::new(Counters::new());
-    let out_budget = OutgoingBudget::new(cfg.outgoing_bytes);
+    let out_budget = OutgoingBudget::new(cfg.outgoing_bytes, cfg.outgoing_capacity);
     let full_queue = cfg.full_queue;
     let write_timeout = match cfg.full_queue {
         FullQueue::Disconnect(t) => Some(t.max(Duration::from_millis(1))),

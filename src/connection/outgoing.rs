@@ -5,12 +5,12 @@
 //! Threads: callers.
 
 use bytes::Bytes;
-use crossbeam_channel::{self as channel, select, Receiver, RecvTimeoutError, TrySendError};
+use crossbeam_channel::{self as channel, select, Receiver, RecvTimeoutError};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::inline;
-use super::state::{Shared, DROP_REPORT_EVERY};
+use super::state::{Full, Shared, DROP_REPORT_EVERY};
 use super::vocab::{Outgoing, Payload};
 use crate::config::{Config, FullQueue};
 use crate::error::{Error, Result};
@@ -175,50 +175,50 @@ fn queue_waiting(
     deadline: Option<Deadline>,
 ) -> Result<()> {
     let budget = &shared.out_budget;
-    if !budget.fits(size) {
+    if let Err(full) = budget.try_enter(size) {
         match deadline {
-            None => {
-                return Err(Error::OutgoingBytesFull {
-                    queued: budget.queued(),
-                    limit: budget.limit,
-                })
-            }
-            Some(d) => wait_for_bytes(shared, size, d)?,
+            None => return Err(full_error(shared, full)),
+            Some(d) => wait_for_room(shared, size, d)?,
         }
     }
-    budget.add(size);
-    // Without a wait (the usual case), a plain send: cheaper than a select.
-    // A send racing close() or the end of the link finds the queue gone: the lifecycle
-    // says which (Closed, or Disconnected).
-    let sent = match (shared.out_tx.try_send(item), deadline) {
-        (Ok(()), _) => Ok(()),
-        (Err(TrySendError::Disconnected(_)), _) => Err(shared.life.gone_error()),
-        (Err(TrySendError::Full(_)), None) => Err(Error::QueueFull {
-            capacity: shared.cfg.outgoing_capacity,
-        }),
-        (Err(TrySendError::Full(item)), Some(deadline)) => select! {
-            send(shared.out_tx, item) -> r => r.map_err(|_| shared.life.gone_error()),
-            recv(shared.shutdown_rx) -> _ => Err(Error::Closed),
-            default(deadline.remaining()) => Err(deadline.timed_out(
-                "send_data (waiting for room in the outgoing queue)",
-            )),
-        },
-    };
+    // The channel is unbounded (the count bound is the budget's, taken above): the send
+    // fails only when the queue is gone, racing close() or the end of the link; the
+    // lifecycle says which (Closed, or Disconnected).
+    let sent = shared
+        .out_tx
+        .send(item)
+        .map_err(|_| shared.life.gone_error());
     if sent.is_err() {
         budget.took(size);
     }
     sent
 }
 
-/// Waits until a message of `size` bytes fits in the outgoing byte budget, woken by the
-/// writer taking messages out.
-fn wait_for_bytes(shared: &Shared, size: usize, deadline: Deadline) -> Result<()> {
+/// The error of a send that meets a full outgoing queue and may not wait.
+fn full_error(shared: &Shared, full: Full) -> Error {
+    match full {
+        Full::Count => Error::QueueFull {
+            capacity: shared.cfg.outgoing_capacity,
+        },
+        Full::Bytes => Error::OutgoingBytesFull {
+            queued: shared.out_budget.queued(),
+            limit: shared.out_budget.limit,
+        },
+    }
+}
+
+/// Waits until a message of `size` bytes enters the outgoing queue's bounds (a free slot
+/// and room in the byte budget), woken by the writer taking messages out. On `Ok` the
+/// message is counted in.
+fn wait_for_room(shared: &Shared, size: usize, deadline: Deadline) -> Result<()> {
     let budget = &shared.out_budget;
     budget.wait(true);
+    let mut full;
     let r = loop {
         // Checked after announcing the wait, so a wake-up cannot be missed.
-        if budget.fits(size) {
-            break Ok(());
+        match budget.try_enter(size) {
+            Ok(()) => break Ok(()),
+            Err(f) => full = f,
         }
         if let Some(e) = shared.life.refusal() {
             break Err(e);
@@ -226,9 +226,10 @@ fn wait_for_bytes(shared: &Shared, size: usize, deadline: Deadline) -> Result<()
         select! {
             recv(budget.room_rx) -> _ => {}
             recv(shared.shutdown_rx) -> _ => break Err(Error::Closed),
-            default(deadline.remaining()) => break Err(deadline.timed_out(
-                "send_data (waiting for room in the outgoing byte budget)",
-            )),
+            default(deadline.remaining()) => break Err(deadline.timed_out(match full {
+                Full::Count => "send_data (waiting for room in the outgoing queue)",
+                Full::Bytes => "send_data (waiting for room in the outgoing byte budget)",
+            })),
         }
     };
     budget.wait(false);
@@ -260,19 +261,16 @@ fn keep_latest(shared: &Shared, item: Outgoing, size: usize, n: usize) -> Result
                 shared.pending.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        budget.add(size);
-        let sent = match shared.out_tx.try_send(item) {
+        // The loop above bounds what is in the channel, under `kept`; counted in without
+        // the slot check, which the writer's count may lag by the message it is taking.
+        budget.enter(size);
+        match shared.out_tx.send(item) {
             Ok(()) => Ok(dropped),
-            // Not reached: only callers holding `kept` fill the queue under this policy.
-            Err(TrySendError::Full(_)) => Err(Error::QueueFull {
-                capacity: shared.cfg.outgoing_capacity,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(shared.life.gone_error()),
-        };
-        if sent.is_err() {
-            budget.took(size);
+            Err(_) => {
+                budget.took(size);
+                Err(shared.life.gone_error())
+            }
         }
-        sent
     };
     // Reported once `kept` is let go: the event is logged, which may take a while.
     if dropped > 0 {

@@ -447,15 +447,26 @@ pub(crate) fn protocol_code(protocol: Protocol) -> u8 {
     }
 }
 
-/// The byte budget of the outgoing queue: how many bytes of messages wait in the channel
-/// to the writer, and the wake-up of callers that wait for room (`FullQueue::Block`,
-/// `Disconnect`). Counted when a message goes into the queue, given back when the
-/// writer (or a keep-latest drop) takes it out.
+/// The bounds of the outgoing queue: how many messages (`Config::outgoing_capacity`) and
+/// how many bytes of messages wait in the channel to the writer, and the wake-up of
+/// callers that wait for room (`FullQueue::Block`, `Disconnect`). Counted when a message
+/// goes into the queue, given back when the writer (or a keep-latest drop) takes it out.
+///
+/// The channel itself is unbounded, so that it grows with what is queued: a bounded
+/// crossbeam channel allocates all its slots up front (about 80 KiB per connection at
+/// the default capacity of 1,024), for every connection, even one that never sends. The
+/// count bound is exact all the same: a slot is taken here (`try_enter`, a compare and
+/// swap) before a message goes into the channel, and given back only after the writer
+/// has taken the message out.
 pub(crate) struct OutgoingBudget {
     /// The budget (`Config::outgoing_bytes`).
     pub limit: usize,
+    /// The count bound (`Config::outgoing_capacity`).
+    pub capacity: usize,
     /// Bytes of messages in the queue.
     queued: AtomicUsize,
+    /// Messages in the queue (at most `capacity`).
+    count: AtomicUsize,
     /// How many callers wait for room, so that the writer knows to wake one.
     waiting: AtomicUsize,
     /// Wakes one waiting caller (a coalesced signal: capacity 1; a woken caller passes
@@ -465,12 +476,14 @@ pub(crate) struct OutgoingBudget {
 }
 
 impl OutgoingBudget {
-    /// A budget of `limit` bytes, none used.
-    pub fn new(limit: usize) -> Self {
+    /// A budget of `limit` bytes and `capacity` messages, none used.
+    pub fn new(limit: usize, capacity: usize) -> Self {
         let (room_tx, room_rx) = crossbeam_channel::bounded(1);
         OutgoingBudget {
             limit,
+            capacity,
             queued: AtomicUsize::new(0),
+            count: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             room_tx,
             room_rx,
@@ -488,9 +501,34 @@ impl OutgoingBudget {
         queued == 0 || queued.saturating_add(charge(size)) <= self.limit
     }
 
-    /// Counts a message of `size` bytes going into the queue.
-    pub fn add(&self, size: usize) {
+    /// Counts a message of `size` bytes going into the queue, if it fits by bytes and
+    /// a slot is free; else says which bound is reached (and counts nothing).
+    pub fn try_enter(&self, size: usize) -> std::result::Result<(), Full> {
+        if !self.fits(size) {
+            return Err(Full::Bytes);
+        }
+        let taken = self
+            .count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.capacity).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(Full::Count);
+        }
         self.queued.fetch_add(charge(size), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Counts a message of `size` bytes going into the queue without checking either
+    /// bound (`FullQueue::KeepLatest`, which bounds the channel itself under `kept`).
+    pub fn enter(&self, size: usize) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.queued.fetch_add(charge(size), Ordering::SeqCst);
+    }
+
+    /// Messages in the queue (and taken out by the writer but not yet counted out).
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Counts a message of `size` bytes taken out (or never queued after `add`), and
@@ -507,6 +545,7 @@ impl OutgoingBudget {
         }
         let charged = size.saturating_add(n.saturating_mul(MESSAGE_OVERHEAD));
         self.queued.fetch_sub(charged, Ordering::SeqCst);
+        self.count.fetch_sub(n, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             let _ = self.room_tx.try_send(());
         }
@@ -519,11 +558,23 @@ impl OutgoingBudget {
         } else {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             // Room may be left for another waiting caller: pass the wake-up on.
-            if self.waiting.load(Ordering::SeqCst) > 0 && self.queued() < self.limit {
+            if self.waiting.load(Ordering::SeqCst) > 0
+                && self.queued() < self.limit
+                && self.count() < self.capacity
+            {
                 let _ = self.room_tx.try_send(());
             }
         }
     }
+}
+
+/// Which bound of the outgoing queue a message met (`OutgoingBudget::try_enter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// `Config::outgoing_capacity` messages are queued.
+    Count,
+    /// The message does not fit in `Config::outgoing_bytes`.
+    Bytes,
 }
 
 /// How often, at most, `EventKind::Dropped` reports keep-latest drops while they go on.
