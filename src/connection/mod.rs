@@ -111,6 +111,8 @@
 //! on a peer that does not read. Then it joins the writer, and the newest reader (which
 //! joined the older ones), and emits `EventKind::Closed`, which ends the events. The whole
 //! takes about `close_timeout` at most: the time to write what was queued, bounded by it.
+//! Every "shut down" here is `crate::sys::wake_blocked`, which on Windows also cancels
+//! the calls blocked on the socket (shutting down alone does not wake them there).
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, TcpStream};
