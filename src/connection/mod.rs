@@ -821,7 +821,8 @@ impl Connection {
         *lock(&self.inner.shared.peer)
     }
 
-    /// This side's address of the link.
+    /// This side's address of the link; `None` while no link is up (before a background
+    /// connect succeeds, and once a link has ended).
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
