@@ -21,8 +21,10 @@ use std::os::fd::AsFd as AsSock;
 use std::os::windows::io::AsSocket as AsSock;
 
 /// Shuts the socket down both ways and frees every thread blocked in a `recv` or `send`
-/// on it (also through another descriptor or handle of the same socket). Errors are
-/// ignored: the socket may be shut down already, or not connected.
+/// on it, also through another descriptor or handle of the same socket (`try_clone`):
+/// on Windows such handles share the socket's file object, whose pending calls
+/// `CancelIoEx` cancels (checked under Wine, where the test suite relies on it). Errors
+/// are ignored: the socket may be shut down already, or not connected.
 pub(crate) fn wake_blocked<S: AsSock>(socket: &S) {
     let _ = socket2::SockRef::from(socket).shutdown(Shutdown::Both);
     #[cfg(windows)]
