@@ -9,6 +9,11 @@
 //! test binary, so that `cargo test`, `cargo test --all-targets` (which builds the
 //! examples as test harnesses, not as programs) and a test binary run by hand all find
 //! them, fresh, in `target/[<triple>/]<profile>/examples/`.
+//!
+//! Where the test binary cannot run cargo (a Windows test binary under Wine on Linux,
+//! see `scripts/windows-tests.sh`), whoever runs it builds the examples first and sets
+//! `SERPY_EXAMPLES_BUILT=1`: the tests then run the binaries found in that folder as
+//! they are, and say so on stderr.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -63,6 +68,14 @@ fn built_examples() -> &'static Path {
             let triple = above.file_name().and_then(|n| n.to_str());
             (above.parent().expect("a target directory"), triple)
         };
+        let examples = profile_dir.join("examples");
+        if std::env::var_os("SERPY_EXAMPLES_BUILT").is_some_and(|v| !v.is_empty()) {
+            eprintln!(
+                "examples: SERPY_EXAMPLES_BUILT is set: running the examples already built in {} (not rebuilt)",
+                examples.display()
+            );
+            return examples;
+        }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build
@@ -85,14 +98,19 @@ fn built_examples() -> &'static Path {
         let out = build
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {build:?}: {e}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {build:?}: {e}; where the tests cannot run cargo, build the \
+                     examples first and set SERPY_EXAMPLES_BUILT=1"
+                )
+            });
         assert!(
             out.status.success(),
             "{build:?} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        profile_dir.join("examples")
+        examples
     })
 }
 

@@ -21,7 +21,14 @@ fn open_files_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+// The counts come from /proc on Linux and from kernel32 on Windows; macOS has neither
+// /proc nor a thread count without more foreign code (common::thread_count gives 0), and
+// its default open-files limit (256) holds 40 clients, which /proc/self/limits would say.
 #[test]
+#[cfg_attr(
+    not(any(target_os = "linux", windows)),
+    ignore = "counts threads and descriptors: Linux (/proc) and Windows only"
+)]
 fn five_hundred_clients_a_thousand_messages_each() {
     // Each connection holds three descriptors (writer, reader, close handle) on each side.
     let mut clients = CLIENTS;

@@ -17,24 +17,39 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
 use std::time::{Duration, Instant};
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
 use bytes::Bytes;
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
 use std::io::IoSlice;
 
 use super::link::{encode_replies, put_back, write_failed, write_parts, Link};
 use super::state::Shared;
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
 use super::vocab::Payload;
 use super::vocab::{Control, Outgoing};
 use crate::sync::lock;
 
 /// A plain send is written by its caller only after the link has been quiet this long,
 /// so that a stream of sends still goes through the queue and the writer's batches.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
 pub(crate) const QUIET: Duration = Duration::from_micros(5);
 
 /// A write outside the writer thread failed: the message becomes the writer's, as if it
@@ -51,7 +66,10 @@ fn hand_over(link: &mut Link, shared: &Shared, item: Outgoing, e: &io::Error) {
 /// blocking, when the link is idle and has been quiet (see [`QUIET`]). Gives the message
 /// back if nothing was written (it is then queued as usual); what the socket did not
 /// take, the writer thread finishes.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
 pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) -> Option<Outgoing> {
     if !link.idle(&shared.pending)
         || !link.wire.is_empty()
@@ -122,7 +140,7 @@ pub(crate) fn write_now(link: &mut Link, shared: &Shared, mut item: Outgoing) {
         shared.stats.sent(1);
     }
     if let Err(e) = result {
-        item.cut = written > before;
+        item.cut = written > before || crate::sys::FAILED_WRITE_HIDES_PROGRESS;
         if item.ack.is_some() {
             lock(&shared.acks).waiting.pop_back();
         }

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,7 +108,7 @@ impl Link {
     /// again on the next link (it is older than anything in `retry`).
     pub fn take_down(&mut self) {
         if let Some(s) = self.stream.take() {
-            let _ = s.shutdown(Shutdown::Both);
+            crate::sys::wake_blocked(&s);
         }
         self.wire.clear();
         self.broken = None;
@@ -211,6 +211,9 @@ pub(crate) fn write_parts(stream: Option<&TcpStream>, parts: &[Bytes]) -> (usize
 /// under `FullQueue::Disconnect` means the peer read nothing for that long.
 pub(crate) fn write_failed(link: &Link, e: &io::Error) -> String {
     match (link.write_timeout, e.kind()) {
+        _ if crate::sys::is_cancelled(e) => {
+            "the write was cancelled: the link was shut down while it waited".to_string()
+        }
         (Some(t), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
             link.stats
                 .rare

@@ -132,7 +132,10 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
             }
         }
     }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(all(
+        any(target_os = "linux", target_os = "android"),
+        not(serpy_portable_send)
+    ))]
     let item = match try_write_first(shared, item) {
         Some(item) => item,
         None => return Ok(()),
@@ -310,7 +313,10 @@ pub(crate) fn flush_drops(shared: &Shared, now: bool) -> Option<Duration> {
 
 /// A plain send while nothing waits: offered to the socket at once (see
 /// `inline::try_write_now`); gives the message back if it must be queued.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
 fn try_write_first(shared: &Shared, item: Outgoing) -> Option<Outgoing> {
     if item.ack.is_some() || shared.pending.load(Ordering::Acquire) != 0 {
         return Some(item);
@@ -334,7 +340,10 @@ pub(crate) fn try_enqueue(shared: &Shared, payload: Payload) -> Result<u64> {
         ack: None,
         cut: false,
     };
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(all(
+        any(target_os = "linux", target_os = "android"),
+        not(serpy_portable_send)
+    ))]
     let item = match try_write_first(shared, item) {
         Some(item) => item,
         None => return Ok(0),

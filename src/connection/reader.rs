@@ -230,12 +230,13 @@ impl Reader {
                     return Err(self.silent())
                 }
                 Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                    if !crate::sys::is_cancelled(&e)
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) => {}
                 Err(e) => return Err(ReadEnd::Io(e)),
             }
         };
@@ -384,12 +385,14 @@ impl Reader {
     }
 }
 
-/// True for the error of a read whose receive timeout ran out.
+/// True for the error of a read whose receive timeout ran out (not for a read that
+/// closing cancelled, which Windows reports with the same kind).
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    !crate::sys::is_cancelled(e)
+        && matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
 }
 
 /// Looks at the first bytes of a link for the other protocol: a v2 magic at the start of

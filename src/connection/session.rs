@@ -259,6 +259,10 @@ pub(crate) fn link_down(
     session: &mut Session,
 ) -> Next {
     link.take_down();
+    // The close handle goes too, so that the socket closes now rather than at close():
+    // a peer still writing to it then gets a reset, which ends its link (Linux resets
+    // after the shutdown alone; Wine, for one, does not).
+    drop(lock(&shared.stream).take());
     {
         let mut acks = lock(&shared.acks);
         acks.epoch = 0;

@@ -5,7 +5,6 @@
 //! Threads: writer.
 
 use std::cell::RefCell;
-use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -356,7 +355,8 @@ impl Writer {
                 self.shared.stats.sent(done as u64);
                 if let Some(first_unwritten) = batch.kept.get_mut(done) {
                     let start = done.checked_sub(1).map_or(batch.start, |i| batch.ends[i]);
-                    first_unwritten.cut |= written > start;
+                    first_unwritten.cut |=
+                        written > start || crate::sys::FAILED_WRITE_HIDES_PROGRESS;
                 }
                 self.shared
                     .pending
@@ -476,7 +476,7 @@ impl Writer {
             shared.event(EventKind::Lost { messages: lost });
         }
         if let Some(s) = link.stream.take() {
-            let _ = s.shutdown(Shutdown::Both);
+            crate::sys::wake_blocked(&s);
         }
         if !closing {
             // Down for good: nothing more will happen (close() ends them otherwise,
@@ -510,7 +510,7 @@ impl Writer {
             link.retry.clear();
         }
         if let Some(s) = &link.stream {
-            let _ = s.shutdown(Shutdown::Both);
+            crate::sys::wake_blocked(&s);
         }
     }
 }
