@@ -786,7 +786,7 @@ impl<'a> Select<'a> {
     /// # Ok(()) }
     /// ```
     pub fn messages(&mut self, conn: &'a crate::Connection) -> usize {
-        let op = self.inner.recv(&conn.shared().in_rx);
+        let op = self.inner.recv(conn.shared().inbox.ready());
         self.add(&[op])
     }
 

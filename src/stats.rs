@@ -79,10 +79,10 @@ impl Counters {
         self.inc.last.store(at.saturating_add(1), Relaxed);
     }
 
-    /// One message was put in the incoming queue.
+    /// `n` messages were put in the incoming queue at once.
     #[inline]
-    pub fn received(&self) {
-        self.inc.messages.fetch_add(1, Relaxed);
+    pub fn received_many(&self, n: usize) {
+        self.inc.messages.fetch_add(n as u64, Relaxed);
     }
 
     /// An acknowledged send was acknowledged `rtt` after it was sent.
@@ -276,7 +276,7 @@ mod tests {
         c.sent(2);
         c.wrote(3000);
         c.read(10);
-        c.received();
+        c.received_many(1);
         c.acked(Duration::from_millis(2));
         c.acked(Duration::from_millis(4));
         let s = c.snapshot();

@@ -1,17 +1,17 @@
 //! [`Connection`]: one TCP link with a reader and a writer thread behind blocking calls.
 //!
 //! The files of this module are layered, each using only those below it:
-//! `vocab` (plain data) ← `link` (the write side of one TCP link) ← `state` (what the
-//! threads share) ← `inline`, `reader`, `session`, `outgoing`, `writer` ← `mod` (this
+//! `vocab` (plain data) ← `inbox` (the incoming queue), `link` (the write side of one TCP
+//! link) ← `state` (what the threads share) ← `inline`, `reader`, `session`, `outgoing`, `writer` ← `mod` (this
 //! file: the public handle, starting and closing) ← `builder`.
 //!
 //! # 1. Threads
 //!
 //! | thread | owns | blocks on |
 //! |---|---|---|
-//! | callers (any thread with a handle) | nothing between calls; a send encodes its message in the caller's thread (`outgoing::prepare`) | room in the outgoing queue (or shutdown); the answer of an acknowledged send; the incoming queue (`get_data`) |
+//! | callers (any thread with a handle) | nothing between calls; a send encodes its message in the caller's thread (`outgoing::prepare`) | room in the outgoing queue (or shutdown); the answer of an acknowledged send; the incoming queue's condition variable, only while it is empty (`get_data`) |
 //! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`), and makes the first connect of a client built with `connect_in_background` (`session::connect_first`) | `select!` on the control channel, the outgoing queue (only while the link is writable) and shutdown, with a timeout when a probe or a v1 keep-alive is due (`session::keepalive_due`); socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
-//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read, whose receive timeout is the idle timer (and, for a server's connection, the first-message deadline until the peer has spoken); room in the incoming queue and byte budget (or shutdown); handing `Control` to the writer (or shutdown) |
+//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read, whose receive timeout is the idle timer (and, for a server's connection, the first-message deadline until the peer has spoken); room in the incoming queue (`Inbox::wait_for_room`: woken once the queue has drained to its low-water mark, or by shutdown); handing `Control` to the writer (or shutdown) |
 //!
 //! The handle (`Inner`) owns the writer's `JoinHandle`; `Shared::reader` holds the newest
 //! reader's, and each reader joins the one before it.
@@ -81,15 +81,24 @@
 //! 1. `Reader::read_loop` reads (v2 straight into the decoder's buffer, v1 in 64 KiB
 //!    chunks) and feeds the pure decoder, which gives `Frame`s. The first bytes of a
 //!    link pass a `Sniffer` first: the other protocol's start ends the link.
-//! 2. `Reader::deliver`: data → `Reader::queue` (waits for room in the byte budget,
-//!    `IncomingBudget::wait_for_room`, then the incoming queue; `Shared::notify` tells a
-//!    server's `recv_any`); an acknowledged message, or a SETMODE → `Reader::reply` owes
-//!    an ACKEOT or ACKMODCG; an ACKEOT → `Reader::acknowledged`; an error → an event.
+//! 2. `Reader::deliver`: the data frames of one read, in a run → `Reader::queue`, which
+//!    puts as many as fit into the incoming queue (`Inbox::push_some`: one lock holding
+//!    for the run, within the byte budget and the count bound, one wake-up of waiting
+//!    takers, and the readiness token `Select` waits on armed if the queue was empty)
+//!    and, if some are left, waits for room (`Inbox::wait_for_room`) and goes on;
+//!    `Shared::notify` tells a server's `recv_any`; each acknowledged message in the
+//!    queue, or a SETMODE → `Reader::reply` owes an ACKEOT or ACKMODCG; an ACKEOT →
+//!    `Reader::acknowledged`; an error → an event.
 //! 3. `Reader::reply` writes the owed replies at once if the link is free
 //!    (`inline::write_replies_now`), else wakes the writer (`Control::Wake` →
 //!    `Writer::write_replies`).
-//! 4. The program takes the message (`get_data` and friends); `Shared::took` gives its
-//!    bytes back to the budget and wakes a waiting reader.
+//! 4. The program takes the message (`get_data` and friends, `recv_any`): `Inbox::take`
+//!    takes it under the lock without reading the clock (a deadline is made only when
+//!    the queue is empty and the caller must wait), gives its bytes back to the budget,
+//!    empties the readiness token when the queue becomes empty, and wakes a waiting
+//!    reader only once the queue has drained to half of each bound (or is empty): the
+//!    reader then fills it again in a few large pushes, instead of the two threads
+//!    waking each other once per message.
 //! 5. The link ends: a read error, or a message in an acknowledged mode that must be
 //!    dropped (`Reader::unackable`), sends `Control::LinkDown` → `session::link_down`.
 //!    The end of the peer's data sends `Control::PeerDone` → `Writer::peer_done`: a v1
@@ -101,7 +110,9 @@
 //! `close()` (or the last handle dropped) runs `Inner::close`: it moves the lifecycle to
 //! `Closed` (new sends get `Error::Closed`) and drops the shutdown sender, which wakes
 //! every `select!` on `Shared::shutdown_rx` (the writer, a reader waiting for room or to
-//! hand over a control message, callers waiting for room, the backoff wait). A reconnect
+//! hand over a control message, callers waiting for room, the backoff wait). The incoming
+//! queue closes when the writer and every reader have ended (the last `InboxTx` goes):
+//! that wakes every waiting taker, who gets what is left, then the end. A reconnect
 //! stuck in `connect()` has its socket (`Shared::connecting`) shut down, which ends the
 //! attempt at once on Linux. The writer ends in `Writer::finish`: it writes what is
 //! queued, answers waiting acknowledged sends with `Closed`, reports unsent plain
@@ -132,6 +143,7 @@ use crate::stats::{Counters, Stats};
 use crate::sync::{lock, Deadline};
 
 mod builder;
+mod inbox;
 mod inline;
 mod link;
 mod outgoing;
@@ -145,7 +157,7 @@ pub use builder::ConnectionBuilder;
 pub(crate) use outgoing::Prepared;
 use session::Session;
 pub(crate) use state::Notifier;
-use state::{AckQueue, IncomingBudget, Lifecycle, OutgoingBudget, ReadyList, Replies, Shared};
+use state::{AckQueue, Lifecycle, OutgoingBudget, ReadyList, Replies, Shared};
 use writer::Writer;
 
 /// Capacity of the control channel from readers to the writer (wake-ups, link down).
@@ -229,7 +241,7 @@ impl Drop for Inner {
 /// The ends of a new connection's channels that are not in [`Shared`]: the writer's
 /// and the handle's.
 struct Ends {
-    in_tx: Sender<vocab::Incoming>,
+    in_tx: inbox::InboxTx,
     out_rx: Receiver<vocab::Outgoing>,
     ctl_rx: Receiver<vocab::Control>,
     shutdown_tx: Sender<()>,
@@ -245,10 +257,7 @@ fn new_shared(
     notifier: Option<Notifier>,
     peer: Option<SocketAddr>,
 ) -> (Arc<Shared>, Ends) {
-    let (in_tx, in_rx) = match cfg.incoming_capacity {
-        Some(n) => channel::bounded(n),
-        None => channel::unbounded(),
-    };
+    let (inbox, in_tx) = inbox::Inbox::new(cfg.incoming_bytes, cfg.incoming_capacity);
     // Unbounded, so that it grows with what is queued; `out_budget` holds its count
     // bound, `outgoing_capacity`, exactly (see `OutgoingBudget`).
     let (out_tx, out_rx) = channel::unbounded();
@@ -268,14 +277,13 @@ fn new_shared(
     let shared = Arc::new(Shared {
         id,
         protocol: AtomicU8::new(state::protocol_code(cfg.protocol)),
-        budget: IncomingBudget::new(cfg.incoming_bytes),
         cfg,
         addrs,
         is_client,
         peer: Mutex::new(peer),
         life: Lifecycle::new(),
         restart: AtomicBool::new(restart),
-        in_rx,
+        inbox,
         out_tx,
         shutdown_rx,
         acks: Mutex::new(AckQueue {
@@ -648,10 +656,10 @@ impl Connection {
     /// ```
     pub fn try_get_data(&self) -> Result<Option<Message>> {
         let shared = &self.inner.shared;
-        match shared.in_rx.try_recv().map(|item| shared.took(item)) {
-            Ok((m, _)) => Ok(Some(m)),
-            Err(channel::TryRecvError::Empty) => Ok(None),
-            Err(channel::TryRecvError::Disconnected) => Err(self.gone()),
+        match shared.inbox.try_take() {
+            Ok(((m, _), _)) => Ok(Some(m)),
+            Err(inbox::Empty::Now) => Ok(None),
+            Err(inbox::Empty::Gone) => Err(self.gone()),
         }
     }
 
@@ -670,25 +678,18 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn get_data_with_mode(&self, timeout: Option<Duration>) -> Result<(Message, Option<Mode>)> {
-        let shared = &self.inner.shared;
-        match timeout {
-            None => shared
-                .in_rx
-                .recv()
-                .map(|item| shared.took(item))
-                .map_err(|_| self.gone()),
-            Some(t) => shared
-                .in_rx
-                .recv_timeout(t)
-                .map(|item| shared.took(item))
-                .map_err(|e| match e {
-                    RecvTimeoutError::Timeout => Error::Timeout {
-                        operation: "get_data",
-                        after: t,
-                    },
-                    RecvTimeoutError::Disconnected => self.gone(),
-                }),
-        }
+        // The clock is read only if nothing waits (for the deadline).
+        self.inner
+            .shared
+            .inbox
+            .take(timeout)
+            .map_err(|e| match (e, timeout) {
+                (inbox::Empty::Now, Some(after)) => Error::Timeout {
+                    operation: "get_data",
+                    after,
+                },
+                _ => self.gone(),
+            })
     }
 
     fn gone(&self) -> Error {
@@ -733,8 +734,8 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn try_iter(&self) -> impl Iterator<Item = Message> + '_ {
-        let shared = &self.inner.shared;
-        shared.in_rx.try_iter().map(|item| shared.took(item).0)
+        let inbox = &self.inner.shared.inbox;
+        std::iter::from_fn(move || inbox.try_take().ok().map(|((m, _), _)| m))
     }
 
     /// True while the TCP link is up.
@@ -900,8 +901,8 @@ impl Connection {
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
         let mut s = shared.stats.snapshot();
-        s.queued_in = shared.in_rx.len();
-        s.queued_in_bytes = shared.budget.queued();
+        s.queued_in = shared.inbox.len();
+        s.queued_in_bytes = shared.inbox.bytes();
         s.queued_out = shared.out_tx.len();
         s.queued_out_bytes = shared.out_budget.queued();
         s
@@ -958,7 +959,6 @@ impl<'a> IntoIterator for &'a Connection {
     fn into_iter(self) -> Messages<'a> {
         Messages {
             shared: &self.inner.shared,
-            rx: self.inner.shared.in_rx.iter(),
         }
     }
 }
@@ -974,7 +974,6 @@ impl<'a> IntoIterator for &'a Connection {
 /// ```
 pub struct Messages<'a> {
     shared: &'a Shared,
-    rx: channel::Iter<'a, vocab::Incoming>,
 }
 
 impl std::fmt::Debug for Messages<'_> {
@@ -989,7 +988,7 @@ impl Iterator for Messages<'_> {
     type Item = Message;
 
     fn next(&mut self) -> Option<Message> {
-        self.rx.next().map(|item| self.shared.took(item).0)
+        self.shared.inbox.take(None).ok().map(|(m, _)| m)
     }
 }
 

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Sender, TrySendError};
+use crossbeam_channel::{select, Sender};
 
+use super::inbox::InboxTx;
 use super::inline;
 use super::state::{Replies, Shared};
 use super::vocab::{Control, Incoming};
@@ -35,8 +36,8 @@ pub(crate) struct Reader {
     pub stream: TcpStream,
     /// The link this reader reads.
     pub epoch: u64,
-    /// The reader's end of the incoming queue.
-    pub in_tx: Sender<Incoming>,
+    /// The reader's hold on the incoming queue.
+    pub in_tx: InboxTx,
     /// To the writer.
     pub ctl_tx: Sender<Control>,
     /// The reader of the previous link: joined first, so messages stay in order.
@@ -259,14 +260,19 @@ impl Reader {
                 self.arm_timer();
             }
         }
-        for frame in frames.drain(..) {
+        let mut frames = frames.drain(..).peekable();
+        while let Some(frame) = frames.next() {
             match frame {
                 Frame::Data { message, mode } => {
-                    let acked = mode.is_some_and(Mode::is_acked);
-                    self.queue((message, mode))?;
-                    if acked {
-                        self.reply(|r| r.ack_eot += 1);
-                    }
+                    // This message and the data right after it go in at once.
+                    let first = std::iter::once((message, mode));
+                    let rest = std::iter::from_fn(|| {
+                        match frames.next_if(|f| matches!(f, Frame::Data { .. })) {
+                            Some(Frame::Data { message, mode }) => Some((message, mode)),
+                            _ => None,
+                        }
+                    });
+                    self.queue(&mut first.chain(rest).peekable())?;
                 }
                 Frame::SetMode(mode) => {
                     self.recv_mode = mode;
@@ -310,29 +316,30 @@ impl Reader {
         ))
     }
 
-    /// Puts a received message in the incoming queue, within the byte budget.
-    fn queue(&self, item: Incoming) -> Result<(), ReadEnd> {
-        let size = item.0.len();
-        if !self
-            .shared
-            .budget
-            .wait_for_room(size, &self.shared.shutdown_rx)
-        {
-            return Err(ReadEnd::Stopped);
+    /// Puts received messages in the incoming queue, in order, within its bounds: as
+    /// many as fit in one go, then (if some are left) waits for room and goes on. An
+    /// ACKEOT is owed for each acknowledged one once it is in the queue.
+    fn queue<I: Iterator<Item = Incoming>>(
+        &self,
+        items: &mut std::iter::Peekable<I>,
+    ) -> Result<(), ReadEnd> {
+        let inbox = self.in_tx.inbox();
+        loop {
+            let (n, acked) = inbox.push_some(items);
+            if n > 0 {
+                self.shared.stats.received_many(n);
+                self.shared.notify();
+            }
+            if acked > 0 {
+                self.reply(|r| r.ack_eot += acked);
+            }
+            if items.peek().is_none() {
+                return Ok(());
+            }
+            if !inbox.wait_for_room(&self.shared.shutdown_rx) {
+                return Err(ReadEnd::Stopped);
+            }
         }
-        self.shared.budget.add(size);
-        // A plain send while there is room (the usual case), cheaper than a select.
-        match self.in_tx.try_send(item) {
-            Ok(()) => {}
-            Err(TrySendError::Disconnected(_)) => return Err(ReadEnd::Stopped),
-            Err(TrySendError::Full(item)) => select! {
-                send(self.in_tx, item) -> r => if r.is_err() { return Err(ReadEnd::Stopped) },
-                recv(self.shared.shutdown_rx) -> _ => return Err(ReadEnd::Stopped),
-            },
-        }
-        self.shared.stats.received();
-        self.shared.notify();
-        Ok(())
     }
 
     /// The peer acknowledged the oldest acknowledged message written on this link.

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Sender};
+use crossbeam_channel::select;
 
+use super::inbox::InboxTx;
 use super::link::Link;
 use super::reader::Reader;
 use super::state::{Phase, Replies, Shared};
-use super::vocab::Incoming;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::event::EventKind;
@@ -114,7 +114,7 @@ pub(crate) fn attach(
     shared: &Arc<Shared>,
     link: &mut Link,
     stream: TcpStream,
-    in_tx: &Sender<Incoming>,
+    in_tx: &InboxTx,
 ) -> Result<()> {
     let read_half = stream
         .try_clone()
@@ -255,7 +255,7 @@ pub(crate) fn link_down(
     shared: &Arc<Shared>,
     link: &mut Link,
     reason: String,
-    in_tx: &Sender<Incoming>,
+    in_tx: &InboxTx,
     session: &mut Session,
 ) -> Next {
     link.take_down();
@@ -297,7 +297,7 @@ pub(crate) fn link_down(
 pub(crate) fn connect_first(
     shared: &Arc<Shared>,
     link: &mut Link,
-    in_tx: &Sender<Incoming>,
+    in_tx: &InboxTx,
     session: &mut Session,
 ) -> Next {
     reconnect(shared, link, in_tx, session, false, true)
@@ -310,7 +310,7 @@ pub(crate) fn connect_first(
 fn reconnect(
     shared: &Arc<Shared>,
     link: &mut Link,
-    in_tx: &Sender<Incoming>,
+    in_tx: &InboxTx,
     session: &mut Session,
     mut wait_first: bool,
     first_link: bool,

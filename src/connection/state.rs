@@ -1,5 +1,5 @@
 //! What the handle and the threads of one connection share ([`Shared`]), regrouped: the
-//! [`Lifecycle`], the [`IncomingBudget`], the server's [`ReadyList`] entry, the waiting
+//! [`Lifecycle`], the incoming queue (`Inbox`, in `inbox.rs`), the server's [`ReadyList`] entry, the waiting
 //! acknowledgements ([`AckQueue`]) and the owed replies ([`Replies`]).
 //!
 //! Threads: all of them read it; who writes which field is said at the field.
@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
+use super::inbox::Inbox;
 use super::link::Link;
 use super::vocab::{AckSlot, Control, Incoming, Outgoing};
 use crate::config::Config;
@@ -119,92 +120,7 @@ impl Lifecycle {
     }
 }
 
-/// What holding a received message of `len` bytes costs, as counted by the budget: its
-/// length and the queue slot, message and buffer headers that go with it.
-pub(crate) const MESSAGE_OVERHEAD: usize = 64;
-
-fn charge(len: usize) -> usize {
-    len.saturating_add(MESSAGE_OVERHEAD)
-}
-
-/// The byte budget of the incoming queue: how many bytes of received messages wait to be
-/// read, and the wake-up of a reader that waits for room.
-pub(crate) struct IncomingBudget {
-    /// The budget (`Config::incoming_bytes`).
-    limit: usize,
-    /// Bytes of received messages in the incoming queue: added by the reader before it
-    /// queues a message, taken off by whoever takes it out.
-    queued: AtomicUsize,
-    /// Set by the reader while it waits for room, so that takers know to wake it.
-    waiting: AtomicBool,
-    /// Wakes the reader when the program took a message (a coalesced signal: capacity 1).
-    room_tx: Sender<()>,
-    room_rx: Receiver<()>,
-}
-
-impl IncomingBudget {
-    /// A budget of `limit` bytes, none used.
-    pub fn new(limit: usize) -> Self {
-        let (room_tx, room_rx) = crossbeam_channel::bounded(1);
-        IncomingBudget {
-            limit,
-            queued: AtomicUsize::new(0),
-            waiting: AtomicBool::new(false),
-            room_tx,
-            room_rx,
-        }
-    }
-
-    /// True when a message of `size` bytes fits (always when nothing waits to be read).
-    fn fits(&self, size: usize) -> bool {
-        let queued = self.queued.load(Ordering::SeqCst);
-        queued == 0 || queued.saturating_add(charge(size)) <= self.limit
-    }
-
-    /// True while the reader waits for room: what the peer sent next (acknowledgements
-    /// too) waits in the socket.
-    pub fn is_waiting(&self) -> bool {
-        self.waiting.load(Ordering::SeqCst)
-    }
-
-    /// Waits until a message of `size` bytes fits, woken by the program taking messages;
-    /// false if `stop` fired first.
-    pub fn wait_for_room(&self, size: usize, stop: &Receiver<()>) -> bool {
-        while !self.fits(size) {
-            self.waiting.store(true, Ordering::SeqCst);
-            // Checked again after announcing the wait, so a wake-up cannot be missed.
-            if !self.fits(size) {
-                select! {
-                    recv(self.room_rx) -> _ => {}
-                    recv(stop) -> _ => {
-                        self.waiting.store(false, Ordering::SeqCst);
-                        return false;
-                    }
-                }
-            }
-            self.waiting.store(false, Ordering::SeqCst);
-        }
-        true
-    }
-
-    /// Counts a message of `size` bytes about to be queued.
-    pub fn add(&self, size: usize) {
-        self.queued.fetch_add(charge(size), Ordering::SeqCst);
-    }
-
-    /// Bytes of received messages waiting to be read, as counted.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-
-    /// Counts a message of `size` bytes taken out, and wakes the reader if it waits.
-    pub fn took(&self, size: usize) {
-        self.queued.fetch_sub(charge(size), Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) {
-            let _ = self.room_tx.try_send(());
-        }
-    }
-}
+pub(crate) use super::inbox::{charge, MESSAGE_OVERHEAD};
 
 /// For servers: lets `recv_any` wait on all connections at once.
 #[derive(Clone)]
@@ -306,8 +222,9 @@ pub(crate) struct Shared {
     /// Reconnect when the link breaks: set by the builder and by `enable_restart` /
     /// `disable_restart`; a setting, read by the writer when a link breaks.
     pub restart: AtomicBool,
-    /// The program's end of the incoming queue (the reader holds the sender).
-    pub in_rx: Receiver<Incoming>,
+    /// The incoming queue and its byte and count bounds; the writer and the readers
+    /// hold its senders (`InboxTx`).
+    pub inbox: Arc<Inbox>,
     /// The callers' end of the outgoing queue (the writer holds the receiver).
     pub out_tx: Sender<Outgoing>,
     /// Disconnects when `close()` begins: wakes every thread that waits on a channel.
@@ -321,8 +238,6 @@ pub(crate) struct Shared {
     pub replies: Mutex<Replies>,
     /// The write side of the link; see `link.rs` for who may hold it.
     pub link: Mutex<Link>,
-    /// The byte budget of the incoming queue.
-    pub budget: IncomingBudget,
     /// Messages accepted (queued, in `Link::retry`, or `Link::partial`) and not yet
     /// written or failed. Callers add one before queueing; the writer takes it off once
     /// written. Writes outside the writer thread need it at zero, so that they never
@@ -409,26 +324,20 @@ impl Shared {
         self.ready.notify(self.id);
     }
 
-    /// Takes a received message if one waits.
-    pub(crate) fn try_recv(&self) -> Option<Incoming> {
-        self.in_rx.try_recv().ok().map(|item| self.took(item))
+    /// Takes a received message if one waits; with whether more wait after it.
+    pub(crate) fn try_recv(&self) -> Option<(Incoming, bool)> {
+        self.inbox.try_take().ok()
     }
 
-    /// Accounts for a message the program has taken from the incoming queue.
-    pub(crate) fn took(&self, item: Incoming) -> Incoming {
-        self.budget.took(item.0.len());
-        item
-    }
-
-    /// True when the reader cannot go on until the program reads: the byte budget is
-    /// used up, or the queue is full by count (a bound the program set).
+    /// True when the reader cannot go on until the program reads: the incoming queue is
+    /// at its byte budget or its count bound (one the program set).
     pub(crate) fn reader_held_back(&self) -> bool {
-        self.budget.is_waiting() || self.in_rx.is_full()
+        self.inbox.reader_waiting()
     }
 
     /// True when a received message waits to be read.
     pub(crate) fn has_data(&self) -> bool {
-        !self.in_rx.is_empty()
+        self.inbox.has_data()
     }
 
     /// True once the connection is gone for good (down for good, or closed): a server

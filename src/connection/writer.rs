@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Select, Sender, TryRecvError};
 
+use super::inbox::InboxTx;
 use super::link::{encode_replies, write_failed, Link};
 use super::outgoing::{flush_drops, prepare};
 use super::session::{self, Next, Session};
 use super::state::{Phase, Shared};
-use super::vocab::{Control, Incoming, Outgoing, Payload};
+use super::vocab::{Control, Outgoing, Payload};
 use crate::config::FullQueue;
 use crate::error::Error;
 use crate::event::EventKind;
@@ -51,7 +52,7 @@ pub(crate) struct Writer {
     /// What readers and callers tell the writer.
     pub ctl_rx: Receiver<Control>,
     /// Handed to each reader; dropped when the writer ends, so `get_data` sees the end.
-    pub in_tx: Sender<Incoming>,
+    pub in_tx: InboxTx,
     /// What survives a reconnect (the backoff); the writer alone uses it.
     pub session: RefCell<Session>,
     /// Dropped with the writer: tells `close()` that the writer has ended.

@@ -37,7 +37,7 @@
 //!
 //! The decoder's buffers grow with the bytes that arrive, never with what a header
 //! claims. Headers and small payloads go through a receive buffer of about
-//! [`MIN_READ`] bytes plus one small frame. A payload of [`SHARE_THRESHOLD`] bytes or
+//! [`CHUNK`] bytes plus one small frame. A payload of [`SHARE_THRESHOLD`] bytes or
 //! more is collected in a buffer of its own, which grows by at most what already arrived
 //! of it (at least [`MIN_READ`], at most [`MAX_READ`] at a time) and which the message
 //! then takes along, without a copy: with [`Decoder::read_from`], the bytes that arrive
@@ -51,16 +51,22 @@
 //! to the decoder, which keeps up to 16 such buffers (at most [`RETAIN_MAX`] bytes in
 //! all) to receive the next large payloads into: a stream of large frames then costs no
 //! allocation, no page faults and no zeroing. A kept buffer is reused only for a payload
-//! at least half its size; the buffers are freed with the decoder. Small payloads are
-//! copied out of the receive buffer, which costs little and keeps a small message from
-//! pinning a large buffer while it lives.
+//! at least half its size; the buffers are freed with the decoder.
+//!
+//! The receive buffer comes in chunks of [`CHUNK`] bytes (plus a small frame at most),
+//! and small text and bytes payloads are cut out of it without a copy (one allocation
+//! per chunk, not one per message). A small message therefore keeps its chunk alive
+//! while it lives: at most [`CHUNK`] bytes and one small frame more than itself (the
+//! messages that arrive together share it). A program that keeps a few small messages
+//! for long and drops the rest can copy them (`Bytes::copy_from_slice`). Once every
+//! payload cut from a chunk is gone, the decoder reuses it for the next reads.
 
 use std::fmt;
 use std::io::{self, Read};
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::{lossy_excerpt, Error, ProtocolError, Result};
 use crate::message::{Message, Text};
@@ -97,6 +103,12 @@ pub const MAX_READ: usize = 4 * 1024 * 1024;
 pub const RETAIN_MAX: usize = 32 * 1024 * 1024;
 /// The most payload buffers a decoder keeps (see [`RETAIN_MAX`]).
 const POOL_BUFFERS: usize = 16;
+/// The receive buffer comes in chunks of this many bytes (plus what is held of a frame
+/// when a new one starts), out of which small payloads are cut.
+pub const CHUNK: usize = 64 * 1024;
+/// [`Decoder::read_from`] takes a new chunk when less room than this is left in the one
+/// it reads into.
+const LEAST_READ: usize = 16 * 1024;
 
 /// The v2 checksum: the sum of all bytes, modulo 2^32.
 ///
@@ -350,9 +362,12 @@ impl Drop for Recycled {
 /// ```
 pub struct Decoder {
     max: usize,
-    /// The receive buffer: `buf[start..end]` holds the bytes received and not decoded
-    /// yet; `buf[end..]` is initialized room that [`read_from`](Self::read_from) reads into.
-    buf: Vec<u8>,
+    /// The receive buffer, the rest of a chunk: `buf[start..end]` holds the bytes
+    /// received and not decoded yet; `buf[end..]` is initialized room that
+    /// [`read_from`](Self::read_from) reads into. Small text and bytes payloads are cut
+    /// off its front and handed over without a copy; what was before `buf` in its
+    /// chunk belongs to them.
+    buf: BytesMut,
     start: usize,
     end: usize,
     state: State,
@@ -380,7 +395,7 @@ impl Decoder {
     pub fn new(max_message_size: usize) -> Self {
         Decoder {
             max: max_message_size,
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             start: 0,
             end: 0,
             state: State::Header,
@@ -428,8 +443,8 @@ impl Decoder {
     /// stream). Errors of the reader are returned as they are (a read interrupted by a
     /// signal is retried).
     ///
-    /// Outside a large payload it offers the reader [`MIN_READ`] bytes of room (more when
-    /// throwing an oversized frame away, up to [`MAX_READ`]). Inside a payload of
+    /// Outside a large payload it offers the reader the room left in its receive chunk
+    /// (at most [`CHUNK`] bytes; a new chunk when less than 16 KiB is left). Inside a payload of
     /// [`SHARE_THRESHOLD`] bytes or more it reads into the payload's own buffer, at most
     /// the rest of the payload and at most [`MAX_READ`] bytes; that buffer grows by at most
     /// what already arrived of the payload (at least [`MIN_READ`]), so a header alone
@@ -480,7 +495,7 @@ impl Decoder {
                         .clamp(MIN_READ, MAX_READ),
                     _ => MIN_READ,
                 };
-                self.make_room(MIN_READ);
+                self.make_room(LEAST_READ);
                 let to = self.buf.len().min(self.end + most);
                 let n = read_retrying(reader, &mut self.buf[self.end..to])?;
                 self.end += n;
@@ -518,19 +533,27 @@ impl Decoder {
         }
     }
 
-    /// Makes at least `room` bytes of room after the bytes held in the receive buffer.
+    /// Makes at least `room` bytes of room after the bytes held in the receive buffer:
+    /// if there is less, the bytes held move to the front of a chunk (the same one, if
+    /// every payload cut out of it is gone, else a new one) with [`CHUNK`] bytes of
+    /// room or more.
     fn make_room(&mut self, room: usize) {
         if self.buf.len() - self.end >= room {
             return;
         }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        let held = self.held();
+        self.buf.advance(self.start);
+        self.buf.truncate(held);
+        self.start = 0;
+        self.end = held;
+        let room = room.max(CHUNK);
+        if !self.buf.try_reclaim(room) {
+            let mut fresh = BytesMut::with_capacity(held + room);
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
         }
-        if self.buf.len() - self.end < room {
-            grow(&mut self.buf, self.end + room);
-        }
+        let cap = self.buf.capacity();
+        self.buf.resize(cap, 0);
     }
 
     /// Appends `data` to the receive buffer.
@@ -699,14 +722,22 @@ impl Decoder {
     }
 
     /// Decodes a small payload: the `len` bytes at the start of the receive buffer, which
-    /// it drops from there.
+    /// it drops from there. Text and bytes are cut out of the chunk, not copied.
     fn take_small(&mut self, code: u8, expected: u32, len: usize) -> Frame {
         let payload = &self.buf[self.start..self.start + len];
         let computed = checksum(payload);
-        let frame = check(code, expected, computed, payload)
-            .unwrap_or_else(|| typed(code, Bytes::copy_from_slice(payload)));
-        self.consume(len);
-        frame
+        if let Some(frame) = check(code, expected, computed, payload) {
+            self.consume(len);
+            return frame;
+        }
+        if len == 0 {
+            return typed(code, Bytes::new());
+        }
+        self.buf.advance(self.start);
+        let bytes = self.buf.split_to(len).freeze();
+        self.end -= self.start + len;
+        self.start = 0;
+        typed(code, bytes)
     }
 
     /// Decodes the large payload collected in its own buffer, which the message takes
@@ -1270,7 +1301,8 @@ mod tests {
         assert_eq!(d.buffered(), 5);
         let e = d.read_from(&mut r, &mut out).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-        assert_eq!(d.read_from(&mut r, &mut out).unwrap(), MIN_READ);
+        // The rest of the chunk is offered.
+        assert_eq!(d.read_from(&mut r, &mut out).unwrap(), CHUNK - 5);
     }
 
     /// Records where each read was asked to put its bytes.
@@ -1367,6 +1399,54 @@ mod tests {
         // A message that outlives its decoder keeps its bytes.
         drop(d);
         assert_eq!(out[1], data(Message::from(vec![3u8; len])));
+    }
+
+    #[test]
+    fn small_payloads_are_cut_out_of_one_chunk_which_is_reused_once_they_are_gone() {
+        let mut input = Vec::new();
+        for i in 0..100u8 {
+            input.extend(wire(&Message::from(vec![i; 100])));
+        }
+        let mut reader = &input[..];
+        let mut d = Decoder::new(1 << 20);
+        let mut out = Vec::new();
+        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+        assert_eq!(out.len(), 100);
+        let first = ptr(&out[0]);
+        for (i, f) in out.iter().enumerate() {
+            assert_eq!(*f, data(Message::from(vec![i as u8; 100])));
+            // One after the other in the chunk, each header between them.
+            assert_eq!(ptr(f), first + i * (100 + HEADER_LEN), "frame {i}");
+        }
+        // One of them kept while much more comes keeps its bytes.
+        let kept = out.swap_remove(50);
+        out.clear();
+        let fill = wire(&Message::from(vec![7u8; 1000]));
+        let mut more = Vec::new();
+        while more.len() < 2 * CHUNK {
+            more.extend_from_slice(&fill);
+        }
+        let mut reader = &more[..];
+        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+        assert!(out
+            .iter()
+            .all(|f| *f == data(Message::from(vec![7u8; 1000]))));
+        assert_eq!(kept, data(Message::from(vec![50u8; 100])));
+        // Once everything cut out of the chunks is gone, the decoder reads into the one
+        // it has without allocating another.
+        drop(kept);
+        out.clear();
+        d.decode(&fill, &mut out);
+        let now = ptr(&out[0]);
+        out.clear();
+        for _ in 0..3 * CHUNK / fill.len() {
+            d.decode(&fill, &mut out);
+            assert!(out
+                .iter()
+                .all(|f| ptr(f).abs_diff(now) <= CHUNK + SHARE_THRESHOLD));
+            out.clear();
+        }
+        assert!(d.buf.capacity() <= CHUNK + SHARE_THRESHOLD + HEADER_LEN);
     }
 
     #[test]

@@ -336,8 +336,8 @@ impl Server {
         let conn = self.shared.find(id)?;
         let shared = conn.shared();
         shared.ready.taken();
-        let (message, mode) = shared.try_recv()?;
-        if shared.has_data() {
+        let ((message, mode), more) = shared.try_recv()?;
+        if more {
             shared.notify();
         }
         Some(Received {

@@ -1,0 +1,508 @@
+//! The incoming queue of one connection ([`Inbox`]): what the readers received and the
+//! program has not taken yet, under one lock with its two bounds (bytes and, if set,
+//! count), and the ends that keep it open ([`InboxTx`]).
+//!
+//! Threads: the readers push (one lock holding per socket read, whatever it decoded);
+//! the program's threads take (`get_data` and friends, `recv_any`); `Select` waits on
+//! [`Inbox::ready`]. The wake-ups are few by design:
+//! - a taker waits on a condition variable only when the queue is empty, and reads the
+//!   clock only then (for its deadline); a push wakes waiting takers once per read;
+//! - a reader that found no room waits until the queue has drained to its low-water
+//!   mark (half of each bound), not for the next take: it then pushes many messages at
+//!   once instead of one per take, and the two threads do not run in lock-step;
+//! - `Select` and `recv_any` see a readiness channel that holds one token while messages
+//!   wait (armed when the queue stops being empty, emptied when it becomes empty), and
+//!   is disconnected once the queue is closed.
+//!
+//! The queue closes when the last [`InboxTx`] goes (the writer and every reader hold
+//! one): waiting takers then get what is left, then the end.
+
+use std::collections::VecDeque;
+use std::iter::Peekable;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use super::vocab::Incoming;
+use crate::sync::lock;
+
+/// What holding a received message of `len` bytes costs, as counted by the budget: its
+/// length and the queue slot, message and buffer headers that go with it.
+pub(crate) const MESSAGE_OVERHEAD: usize = 64;
+
+/// The cost of a message of `len` bytes in the byte budget.
+pub(crate) fn charge(len: usize) -> usize {
+    len.saturating_add(MESSAGE_OVERHEAD)
+}
+
+/// A queue drained empty gives back its slots beyond this many (after a burst, an idle
+/// connection does not keep them).
+const KEEP_SLOTS: usize = 1024;
+
+/// Why a take found nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Empty {
+    /// Nothing waits now (or the timeout passed); more may come.
+    Now,
+    /// Closed and drained: nothing will come.
+    Gone,
+}
+
+/// What the lock guards.
+struct State {
+    queue: VecDeque<Incoming>,
+    /// Bytes of the queued messages, as charged ([`charge`]).
+    bytes: usize,
+    /// Live [`InboxTx`]; the queue is closed at zero.
+    senders: usize,
+    /// Takers waiting on `Inbox::data`.
+    takers: usize,
+    /// While the reader waits for room: the charge of the message it holds.
+    reader_needs: Option<usize>,
+    /// The readiness channel's sender; dropped when the queue closes.
+    ready_tx: Option<Sender<()>>,
+    /// True while a token waits in the readiness channel.
+    armed: bool,
+}
+
+/// The incoming queue; see the module doc.
+pub(crate) struct Inbox {
+    state: Mutex<State>,
+    /// Wakes takers: a message came, or the queue closed.
+    data: Condvar,
+    /// Wakes the reader waiting for room (a coalesced signal: capacity 1). A channel, not
+    /// a condition variable, so that the reader can wait on shutdown at the same time.
+    room_tx: Sender<()>,
+    room_rx: Receiver<()>,
+    /// One token while messages wait; disconnected once closed (for `Select`).
+    ready_rx: Receiver<()>,
+    /// The byte budget (`Config::incoming_bytes`).
+    limit: usize,
+    /// The count bound (`Config::incoming_capacity`; `usize::MAX` for none).
+    capacity: usize,
+}
+
+impl Inbox {
+    /// An empty, open queue of `limit` bytes and at most `capacity` messages, and its
+    /// first sender.
+    pub fn new(limit: usize, capacity: Option<usize>) -> (Arc<Inbox>, InboxTx) {
+        let (room_tx, room_rx) = crossbeam_channel::bounded(1);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let inbox = Arc::new(Inbox {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                bytes: 0,
+                senders: 1,
+                takers: 0,
+                reader_needs: None,
+                ready_tx: Some(ready_tx),
+                armed: false,
+            }),
+            data: Condvar::new(),
+            room_tx,
+            room_rx,
+            ready_rx,
+            limit,
+            capacity: capacity.unwrap_or(usize::MAX).max(1),
+        });
+        let tx = InboxTx(inbox.clone());
+        (inbox, tx)
+    }
+
+    /// True when a message of charge `cost` may go in now: within both bounds, or into
+    /// an empty queue whatever its size.
+    fn fits(&self, s: &State, cost: usize) -> bool {
+        s.queue.is_empty()
+            || (s.queue.len() < self.capacity && s.bytes.saturating_add(cost) <= self.limit)
+    }
+
+    /// True when a reader waiting to put in a message of charge `cost` is to be woken:
+    /// the queue has drained to half of each bound and the message fits, or is empty.
+    fn drained(&self, s: &State, cost: usize) -> bool {
+        s.queue.is_empty()
+            || (s.queue.len() <= self.capacity / 2
+                && s.bytes <= self.limit / 2
+                && s.bytes.saturating_add(cost) <= self.limit)
+    }
+
+    /// Moves messages from `items` into the queue, in order, as many as fit now; returns
+    /// how many went and how many of them came in an acknowledged mode. Wakes waiting
+    /// takers once. If the next message does not fit, the reader is marked as waiting:
+    /// call [`wait_for_room`](Self::wait_for_room) next.
+    pub fn push_some<I: Iterator<Item = Incoming>>(&self, items: &mut Peekable<I>) -> (usize, u64) {
+        let mut s = lock(&self.state);
+        let was_empty = s.queue.is_empty();
+        let (mut n, mut acked) = (0, 0);
+        while let Some(item) = items.peek() {
+            let cost = charge(item.0.len());
+            if !self.fits(&s, cost) {
+                s.reader_needs = Some(cost);
+                break;
+            }
+            let item = items.next().expect("peeked");
+            acked += u64::from(item.1.is_some_and(|m| m.is_acked()));
+            s.bytes += cost;
+            s.queue.push_back(item);
+            n += 1;
+        }
+        if n > 0 {
+            if was_empty && !s.armed {
+                if let Some(tx) = &s.ready_tx {
+                    let _ = tx.try_send(());
+                    s.armed = true;
+                }
+            }
+            let takers = s.takers;
+            drop(s);
+            match takers {
+                0 => {}
+                1 => self.data.notify_one(),
+                _ if n == 1 => self.data.notify_one(),
+                _ => self.data.notify_all(),
+            }
+        }
+        (n, acked)
+    }
+
+    /// Waits until the reader may push again (the queue drained to its low-water mark),
+    /// woken by takers; false if `stop` fired first.
+    pub fn wait_for_room(&self, stop: &Receiver<()>) -> bool {
+        loop {
+            {
+                let s = lock(&self.state);
+                if s.reader_needs.is_none() {
+                    // A wake-up sent while the reader was not waiting yet is spent.
+                    let _ = self.room_rx.try_recv();
+                    return true;
+                }
+            }
+            select! {
+                recv(self.room_rx) -> _ => {}
+                recv(stop) -> _ => {
+                    lock(&self.state).reader_needs = None;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Takes the oldest message out, with the lock held: accounts for it, disarms the
+    /// readiness channel when the queue becomes empty, and wakes a waiting reader at the
+    /// low-water mark.
+    fn take_locked(&self, s: &mut State) -> Option<Incoming> {
+        let item = s.queue.pop_front()?;
+        s.bytes -= charge(item.0.len());
+        if s.queue.is_empty() {
+            if s.armed {
+                let _ = self.ready_rx.try_recv();
+                s.armed = false;
+            }
+            if s.queue.capacity() > KEEP_SLOTS {
+                s.queue.shrink_to(KEEP_SLOTS);
+            }
+        }
+        if let Some(cost) = s.reader_needs {
+            if self.drained(s, cost) {
+                s.reader_needs = None;
+                let _ = self.room_tx.try_send(());
+            }
+        }
+        Some(item)
+    }
+
+    /// The oldest message, if one waits; with whether more wait after it.
+    pub fn try_take(&self) -> Result<(Incoming, bool), Empty> {
+        let mut s = lock(&self.state);
+        match self.take_locked(&mut s) {
+            Some(item) => Ok((item, !s.queue.is_empty())),
+            None if s.senders == 0 => Err(Empty::Gone),
+            None => Err(Empty::Now),
+        }
+    }
+
+    /// The oldest message, waiting for one as long as it takes (`None`), or at most
+    /// `timeout`. The clock is read only when the queue is empty.
+    pub fn take(&self, timeout: Option<Duration>) -> Result<Incoming, Empty> {
+        let mut s = lock(&self.state);
+        if let Some(item) = self.take_locked(&mut s) {
+            return Ok(item);
+        }
+        let deadline = timeout.map(|t| Instant::now().checked_add(t));
+        loop {
+            if s.senders == 0 {
+                return Err(Empty::Gone);
+            }
+            s.takers += 1;
+            s = match deadline {
+                None | Some(None) => self.data.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(Some(at)) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        s.takers -= 1;
+                        return Err(Empty::Now);
+                    }
+                    self.data
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            s.takers -= 1;
+            if let Some(item) = self.take_locked(&mut s) {
+                return Ok(item);
+            }
+        }
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        lock(&self.state).queue.len()
+    }
+
+    /// Bytes of the messages waiting, as charged.
+    pub fn bytes(&self) -> usize {
+        lock(&self.state).bytes
+    }
+
+    /// True when a message waits.
+    pub fn has_data(&self) -> bool {
+        !lock(&self.state).queue.is_empty()
+    }
+
+    /// True while the reader waits for room: what the peer sent next (acknowledgements
+    /// too) waits in the socket until the program reads.
+    pub fn reader_waiting(&self) -> bool {
+        lock(&self.state).reader_needs.is_some()
+    }
+
+    /// Ready (for `Select`) while a message waits, or once the queue is closed.
+    pub fn ready(&self) -> &Receiver<()> {
+        &self.ready_rx
+    }
+}
+
+/// A sender's hold on the queue: the writer keeps one for the connection's life and
+/// hands a clone to each reader. The queue closes when the last one goes.
+pub(crate) struct InboxTx(Arc<Inbox>);
+
+impl InboxTx {
+    /// The queue.
+    pub fn inbox(&self) -> &Inbox {
+        &self.0
+    }
+}
+
+impl Clone for InboxTx {
+    fn clone(&self) -> Self {
+        lock(&self.0.state).senders += 1;
+        InboxTx(self.0.clone())
+    }
+}
+
+impl Drop for InboxTx {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.state);
+        s.senders -= 1;
+        if s.senders == 0 {
+            // Disconnects the readiness channel: `Select` sees the end.
+            s.ready_tx = None;
+            drop(s);
+            self.0.data.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use crate::protocol::Mode;
+    use std::thread;
+
+    const LONG: Duration = Duration::from_secs(20);
+
+    fn msg(i: usize, len: usize) -> Incoming {
+        let mut b = vec![0u8; len.max(8)];
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        (Message::Bytes(b.into()), None)
+    }
+
+    fn id(item: &Incoming) -> u64 {
+        match &item.0 {
+            Message::Bytes(b) => u64::from_le_bytes(b[..8].try_into().unwrap()),
+            _ => panic!("not bytes"),
+        }
+    }
+
+    fn push(inbox: &Inbox, items: Vec<Incoming>) -> (usize, u64) {
+        inbox.push_some(&mut items.into_iter().peekable())
+    }
+
+    #[test]
+    fn both_bounds_hold_and_a_large_message_goes_into_an_empty_queue() {
+        let (inbox, _tx) = Inbox::new(10 * charge(8), Some(3));
+        // The count bound.
+        assert_eq!(push(&inbox, (0..5).map(|i| msg(i, 8)).collect()).0, 3);
+        assert!(inbox.reader_waiting());
+        assert_eq!((inbox.len(), inbox.bytes()), (3, 3 * charge(8)));
+        let (inbox, _tx) = Inbox::new(2 * charge(8), None);
+        // The byte bound.
+        assert_eq!(push(&inbox, (0..5).map(|i| msg(i, 8)).collect()).0, 2);
+        // Larger than the budget: only into an empty queue.
+        let (inbox, _tx) = Inbox::new(100, None);
+        let mut items = vec![msg(0, 1000), msg(1, 1000)].into_iter().peekable();
+        assert_eq!(inbox.push_some(&mut items).0, 1);
+        assert_eq!(id(&inbox.try_take().unwrap().0), 0);
+        assert_eq!(inbox.push_some(&mut items).0, 1);
+        assert_eq!(inbox.bytes(), charge(1000));
+    }
+
+    #[test]
+    fn acknowledged_messages_are_counted() {
+        let (inbox, _tx) = Inbox::new(1 << 20, None);
+        let items = vec![
+            (Message::from("a"), Some(Mode::PlainAck)),
+            (Message::from("b"), Some(Mode::Plain)),
+            (Message::from("c"), Some(Mode::Base85Ack)),
+            (Message::from("d"), None),
+        ];
+        assert_eq!(push(&inbox, items), (4, 2));
+    }
+
+    #[test]
+    fn a_waiting_reader_is_woken_at_the_low_water_mark_only() {
+        let (inbox, _tx) = Inbox::new(usize::MAX, Some(8));
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let mut items = (0..16).map(|i| msg(i, 8)).peekable();
+        assert_eq!(inbox.push_some(&mut items).0, 8);
+        for taken in 1..=4 {
+            assert!(
+                inbox.reader_waiting(),
+                "woken after {taken} takes, before half"
+            );
+            inbox.try_take().unwrap();
+        }
+        // Four left, half the bound: the reader is free to go on.
+        assert!(!inbox.reader_waiting());
+        assert!(
+            inbox.room_rx.try_recv().is_ok(),
+            "the reader got its wake-up"
+        );
+        assert!(inbox.wait_for_room(&stop));
+        assert_eq!(inbox.push_some(&mut items).0, 4);
+    }
+
+    #[test]
+    fn a_reader_waiting_for_room_takes_the_wake_up_or_the_stop() {
+        let (inbox, _tx) = Inbox::new(usize::MAX, Some(2));
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let mut items = (0..4).map(|i| msg(i, 8)).peekable();
+        assert_eq!(inbox.push_some(&mut items).0, 2);
+        thread::scope(|sc| {
+            let waiting = sc.spawn(|| inbox.wait_for_room(&stop));
+            assert_eq!(id(&inbox.take(Some(LONG)).unwrap()), 0);
+            assert!(waiting.join().unwrap(), "woken by the take");
+            assert_eq!(inbox.push_some(&mut items).0, 1);
+            let waiting = sc.spawn(|| inbox.wait_for_room(&stop));
+            drop(stop_tx);
+            assert!(!waiting.join().unwrap(), "stopped");
+        });
+        assert!(!inbox.reader_waiting());
+    }
+
+    #[test]
+    fn takes_time_out_and_closing_wakes_every_taker_after_the_rest() {
+        let (inbox, tx) = Inbox::new(usize::MAX, None);
+        let started = Instant::now();
+        assert_eq!(
+            inbox.take(Some(Duration::from_millis(20))).unwrap_err(),
+            Empty::Now
+        );
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert_eq!(inbox.take(Some(Duration::ZERO)).unwrap_err(), Empty::Now);
+        assert_eq!(inbox.try_take().unwrap_err(), Empty::Now);
+        let reader = tx.clone();
+        push(tx.inbox(), vec![msg(0, 8)]);
+        thread::scope(|sc| {
+            let takers: Vec<_> = (0..3).map(|_| sc.spawn(|| inbox.take(None))).collect();
+            // One of them gets the message; the others are woken by the close.
+            drop(tx);
+            drop(reader);
+            let mut got: Vec<_> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+            got.sort_by_key(|r| r.is_err());
+            assert_eq!(id(got[0].as_ref().unwrap()), 0);
+            assert!(got[1..].iter().all(|r| *r == Err(Empty::Gone)));
+        });
+        assert_eq!(inbox.try_take().unwrap_err(), Empty::Gone);
+        assert!(inbox.ready().recv_timeout(LONG).is_err(), "disconnected");
+    }
+
+    #[test]
+    fn the_readiness_channel_holds_a_token_while_messages_wait() {
+        let (inbox, tx) = Inbox::new(usize::MAX, None);
+        assert!(inbox.ready().is_empty());
+        push(&inbox, vec![msg(0, 8), msg(1, 8)]);
+        push(&inbox, vec![msg(2, 8)]);
+        assert_eq!(inbox.ready().len(), 1);
+        assert!(inbox.try_take().unwrap().1, "more wait");
+        inbox.try_take().unwrap();
+        assert_eq!(inbox.ready().len(), 1);
+        assert!(!inbox.try_take().unwrap().1);
+        assert!(inbox.ready().is_empty());
+        drop(tx);
+        assert!(inbox.ready().try_recv().is_err());
+    }
+
+    #[test]
+    fn two_takers_get_every_message_once_and_in_order() {
+        const N: usize = 20_000;
+        let (inbox, tx) = Inbox::new(64 * charge(8), Some(100));
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        thread::scope(|sc| {
+            let takers: Vec<_> = (0..2)
+                .map(|_| {
+                    sc.spawn(|| {
+                        let mut got = Vec::new();
+                        while let Ok(item) = inbox.take(Some(LONG)) {
+                            got.push(id(&item));
+                        }
+                        got
+                    })
+                })
+                .collect();
+            let mut items = (0..N).map(|i| msg(i, 8)).peekable();
+            while items.peek().is_some() {
+                // Batches of various sizes, as reads would give.
+                let take = 1 + items.peek().map_or(0, |m| id(m) as usize % 7);
+                let mut batch = items
+                    .by_ref()
+                    .take(take)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .peekable();
+                while batch.peek().is_some() {
+                    tx.inbox().push_some(&mut batch);
+                    if batch.peek().is_some() {
+                        assert!(tx.inbox().wait_for_room(&stop));
+                    }
+                }
+            }
+            drop(tx);
+            let got: Vec<Vec<u64>> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+            for g in &got {
+                assert!(
+                    g.windows(2).all(|w| w[0] < w[1]),
+                    "each taker sees them in order"
+                );
+            }
+            let mut all: Vec<u64> = got.concat();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (0..N as u64).collect::<Vec<_>>(),
+                "each one once, none lost"
+            );
+        });
+    }
+}
