@@ -64,6 +64,8 @@ struct State {
     ready_tx: Option<Sender<()>>,
     /// True while a token waits in the readiness channel.
     armed: bool,
+    /// Run once when the queue closes (see [`InboxTx::at_close`]).
+    at_close: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// The incoming queue; see the module doc.
@@ -98,6 +100,7 @@ impl Inbox {
                 reader_needs: None,
                 ready_tx: Some(ready_tx),
                 armed: false,
+                at_close: None,
             }),
             data: Condvar::new(),
             room_tx,
@@ -291,6 +294,14 @@ impl InboxTx {
     pub fn inbox(&self) -> &Inbox {
         &self.0
     }
+
+    /// Runs `f` when the queue closes (when the last sender goes, which this one's being
+    /// alive shows has not happened yet), after the takers are woken. The writer ends
+    /// the events this way once the link is down for good, so that a program that saw
+    /// the events end finds the queue closed too, not a reader still draining its socket.
+    pub fn at_close(&self, f: impl FnOnce() + Send + 'static) {
+        lock(&self.0.state).at_close = Some(Box::new(f));
+    }
 }
 
 impl Clone for InboxTx {
@@ -307,8 +318,12 @@ impl Drop for InboxTx {
         if s.senders == 0 {
             // Disconnects the readiness channel: `Select` sees the end.
             s.ready_tx = None;
+            let at_close = s.at_close.take();
             drop(s);
             self.0.data.notify_all();
+            if let Some(f) = at_close {
+                f();
+            }
         }
     }
 }
@@ -504,5 +519,27 @@ mod tests {
                 "each one once, none lost"
             );
         });
+    }
+
+    #[test]
+    fn at_close_runs_once_when_the_last_sender_goes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (inbox, writer) = Inbox::new(1 << 20, None);
+        let reader = writer.clone();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        writer.at_close(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        drop(writer);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            0,
+            "a reader still holds the queue"
+        );
+        assert_eq!(inbox.try_take().err(), Some(Empty::Now));
+        drop(reader);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(inbox.try_take().err(), Some(Empty::Gone));
     }
 }

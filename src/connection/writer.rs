@@ -481,8 +481,14 @@ impl Writer {
         }
         if !closing {
             // Down for good: nothing more will happen (close() ends them otherwise,
-            // after its own event).
-            shared.events.end();
+            // after its own event). The events end when the incoming queue closes: once
+            // the last reader has delivered what it read, not before.
+            let weak = Arc::downgrade(&shared);
+            self.in_tx.at_close(move || {
+                if let Some(shared) = weak.upgrade() {
+                    shared.events.end();
+                }
+            });
         }
         // Dropping out_rx, in_tx (readers keep theirs until they end) ends the queues.
     }
