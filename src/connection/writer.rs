@@ -445,7 +445,8 @@ impl Writer {
             // after its own event).
             shared.events.end();
         }
-        // Dropping out_rx, in_tx (readers keep theirs until they end) ends the queues.
+        // The outgoing queue is marked gone above; dropping in_tx (readers keep theirs
+        // until they end) ends the incoming queue.
     }
 
     /// On close: writes what is queued, bounded by the close timeout; acknowledged
