@@ -27,14 +27,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use super::vocab::Incoming;
 use crate::sync::lock;
 
-/// What holding a received message of `len` bytes costs, as counted by the budget: its
-/// length and the queue slot, message and buffer headers that go with it.
-pub(crate) const MESSAGE_OVERHEAD: usize = 64;
-
-/// The cost of a message of `len` bytes in the byte budget.
-pub(crate) fn charge(len: usize) -> usize {
-    len.saturating_add(MESSAGE_OVERHEAD)
-}
+use super::vocab::charge;
 
 /// A queue drained empty gives back its slots beyond this many (after a burst, an idle
 /// connection does not keep them).

@@ -23,10 +23,6 @@ use std::sync::atomic::Ordering;
 ))]
 use std::time::{Duration, Instant};
 
-#[cfg(all(
-    any(target_os = "linux", target_os = "android"),
-    not(serpy_portable_send)
-))]
 use bytes::Bytes;
 #[cfg(all(
     any(target_os = "linux", target_os = "android"),
@@ -34,7 +30,12 @@ use bytes::Bytes;
 ))]
 use std::io::IoSlice;
 
-use super::link::{encode_replies, put_back, write_failed, write_parts, Link};
+#[cfg(not(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+)))]
+use super::link::write_parts;
+use super::link::{encode_replies, put_back, write_failed, Link};
 use super::state::Shared;
 #[cfg(all(
     any(target_os = "linux", target_os = "android"),
@@ -151,8 +152,9 @@ pub(crate) fn write_now(link: &mut Link, shared: &Shared, mut item: Outgoing) {
 /// Writes the control replies owed on the link of `epoch` without blocking. Returns
 /// false when the writer thread has something left to do.
 ///
-/// Only the reader of that link may call this: non-blocking mode belongs to the
-/// socket, which that thread alone reads.
+/// Only the reader of that link may call this: where a send cannot be made
+/// non-blocking by itself, non-blocking mode belongs to the socket, which that thread
+/// alone reads.
 pub(crate) fn write_replies_now(link: &mut Link, shared: &Shared, epoch: u64) -> bool {
     let Some(stream) = link.stream.as_ref() else {
         return false;
@@ -167,25 +169,65 @@ pub(crate) fn write_replies_now(link: &mut Link, shared: &Shared, epoch: u64) ->
     };
     encode_replies(modcg, eot, &mut link.wire);
     let parts = link.wire.take_parts();
-    // Nobody else uses the socket meanwhile: its reader is this thread, and whoever
-    // writes holds the link.
-    if stream.set_nonblocking(true).is_err() {
-        put_back(&mut link.wire, &parts, 0);
-        return false;
-    }
-    let (written, result) = write_parts(Some(stream), &parts);
-    let restored = stream.set_nonblocking(false);
+    let (written, result) = send_without_blocking(stream, &parts);
     link.wrote(written, &shared.pending);
-    match (result, restored) {
-        (Ok(()), Ok(())) => !more,
-        (Err(e), Ok(())) if e.kind() == io::ErrorKind::WouldBlock => {
+    match result {
+        Ok(()) => !more,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             // The rest goes out first, from the writer thread.
             put_back(&mut link.wire, &parts, written);
             false
         }
-        (Err(e), _) | (_, Err(e)) => {
+        Err(e) => {
             link.broken = Some((link.epoch, format!("write failed: {e}")));
             false
         }
+    }
+}
+
+/// Writes all `parts` unless the socket would block (`WouldBlock`, with how many bytes
+/// it took): one non-blocking send per try (Linux and Android: `MSG_DONTWAIT`, which
+/// saves switching the socket's mode twice per reply).
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
+fn send_without_blocking(stream: &std::net::TcpStream, parts: &[Bytes]) -> (usize, io::Result<()>) {
+    let total: usize = parts.iter().map(Bytes::len).sum();
+    let mut written = 0;
+    while written < total {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        IoSlice::advance_slices(&mut rest, written);
+        match socket2::SockRef::from(stream)
+            .send_vectored_with_flags(rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        {
+            Ok(0) => return (written, Err(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
+}
+
+/// Writes all `parts` unless the socket would block (`WouldBlock`, with how many bytes
+/// it took), in non-blocking mode for the while.
+///
+/// Nobody else uses the socket meanwhile: its reader is the calling thread, and whoever
+/// writes holds the link.
+#[cfg(not(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+)))]
+fn send_without_blocking(stream: &std::net::TcpStream, parts: &[Bytes]) -> (usize, io::Result<()>) {
+    if let Err(e) = stream.set_nonblocking(true) {
+        return (0, Err(io::Error::new(io::ErrorKind::WouldBlock, e)));
+    }
+    let (written, result) = write_parts(Some(stream), parts);
+    match stream.set_nonblocking(false) {
+        Ok(()) => (written, result),
+        // Not a would-block: the link is taken down.
+        Err(e) => (written, Err(io::Error::other(e))),
     }
 }

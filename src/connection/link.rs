@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::outbox::{Spare, SPARE_CAPACITY};
 use super::vocab::{Outgoing, Payload};
 use crate::protocol::{v1, Mode, WireBuf};
 use crate::stats::Counters;
@@ -57,6 +58,9 @@ pub(crate) struct Link {
     /// The socket's write timeout under `FullQueue::Disconnect`: a write that the peer
     /// takes no byte of for this long fails, which takes the link down.
     pub write_timeout: Option<Duration>,
+    /// Buffers of runs written whole, to give back to the outgoing queue
+    /// (`Outbox::take`); the writer thread's alone.
+    pub spare: Vec<Spare>,
 }
 
 impl Link {
@@ -74,6 +78,7 @@ impl Link {
             peer_done: None,
             stats,
             write_timeout,
+            spare: Vec::new(),
         }
     }
 
@@ -135,7 +140,38 @@ impl Link {
                 self.wire.put_slice(header);
                 self.wire.put_bytes(body.clone());
             }
+            Payload::Run(run) => {
+                if let Some(mode) = run.mode {
+                    if mode != self.send_mode {
+                        v1::encode_control(v1::Control::SetMode(mode), &mut self.wire);
+                        self.send_mode = mode;
+                    }
+                }
+                // Already a copy made for the wire: one more part, not copied again.
+                self.wire.put_shared(run.bytes.clone());
+            }
             Payload::Deferred { .. } => {}
+        }
+    }
+
+    /// Keeps the buffers of the runs among `written` (messages written whole) for reuse,
+    /// when nothing else refers to them any more.
+    pub fn recycle(&mut self, written: &mut [Outgoing]) {
+        for item in written {
+            if let Payload::Run(run) = &mut item.payload {
+                if self.spare.len() >= 2 {
+                    return;
+                }
+                let bytes = std::mem::take(&mut run.bytes);
+                if let Ok(mut m) = bytes.try_into_mut() {
+                    if m.capacity() <= SPARE_CAPACITY {
+                        m.clear();
+                        let mut ends = std::mem::take(&mut run.ends);
+                        ends.clear();
+                        self.spare.push((m.into(), ends));
+                    }
+                }
+            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! [`Connection`]: one TCP link with a reader and a writer thread behind blocking calls.
 //!
 //! The files of this module are layered, each using only those below it:
-//! `vocab` (plain data) ← `inbox` (the incoming queue), `link` (the write side of one TCP
-//! link) ← `state` (what the threads share) ← `inline`, `reader`, `session`, `outgoing`, `writer` ← `mod` (this
+//! `vocab` (plain data) ← `inbox` (the incoming queue), `outbox` (the outgoing queue) ←
+//! `link` (the write side of one TCP link) ← `state` (what the threads share) ← `inline`,
+//! `reader`, `session`, `outgoing`, `writer` ← `mod` (this
 //! file: the public handle, starting and closing) ← `builder`.
 //!
 //! # 1. Threads
@@ -10,7 +11,7 @@
 //! | thread | owns | blocks on |
 //! |---|---|---|
 //! | callers (any thread with a handle) | nothing between calls; a send encodes its message in the caller's thread (`outgoing::prepare`) | room in the outgoing queue (or shutdown); the answer of an acknowledged send; the incoming queue's condition variable, only while it is empty (`get_data`) |
-//! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`), and makes the first connect of a client built with `connect_in_background` (`session::connect_first`) | `select!` on the control channel, the outgoing queue (only while the link is writable) and shutdown, with a timeout when a probe or a v1 keep-alive is due (`session::keepalive_due`); socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
+//! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`), and makes the first connect of a client built with `connect_in_background` (`session::connect_first`) | `select!` on the control channel, the outgoing queue's wake-up (`Outbox::wake_rx`, only while the link is writable) and shutdown, with a timeout when a probe or a v1 keep-alive is due (`session::keepalive_due`); socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
 //! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read, whose receive timeout is the idle timer (and, for a server's connection, the first-message deadline until the peer has spoken); room in the incoming queue (`Inbox::wait_for_room`: woken once the queue has drained to its low-water mark, or by shutdown); handing `Control` to the writer (or shutdown) |
 //!
 //! The handle (`Inner`) owns the writer's `JoinHandle`; `Shared::reader` holds the newest
@@ -57,19 +58,24 @@
 //!    SETMODE, a v2 frame, or the message itself for an auto server before detection).
 //! 2. `outgoing::enqueue`: an acknowledged send on an idle link → `inline::write_now`; a
 //!    plain send on an idle, quiet link → `inline::try_write_now`; otherwise one more in
-//!    `pending` and into the outgoing queue (`outgoing::queue`), within its count bound and its
-//!    byte budget (`Shared::out_budget`, counted in, and given back when the writer takes
-//!    a message out). A full queue meets the connection's `FullQueue` policy: `Block` and
-//!    `Disconnect` wait for room (the writer's `took` wakes one waiting caller, which
-//!    passes the wake-up on); `KeepLatest` takes the oldest messages out itself, holding
-//!    `Shared::kept` (plain ones are dropped and reported through `Shared::drops`;
-//!    acknowledged ones wait in `Kept::items` and go before the queue), and under that
-//!    policy the writer takes from the queue only while it holds `kept` too, so the
-//!    order holds. `Disconnect(t)` is the socket's write timeout (`Link::write_timeout`):
-//!    a write the peer takes no byte of for `t` fails and takes the link down.
-//! 3. The writer wakes (`Writer::run`) → `Writer::write_batch` gathers up to 512 messages
-//!    or 1 MiB, `Writer::encode` → `Link::put` (adds SETMODE blocks); acknowledgement
-//!    slots go into `Shared::acks` before the bytes go out; `Link::write_wire`; `pending`
+//!    `pending` and into the outgoing queue (`outgoing::queue` → `Shared::outbox`, see
+//!    `outbox.rs`), within its count bound and its byte budget, both counted under the
+//!    queue's lock. A small plain message (payload under `outbox::SMALL`) is copied into
+//!    the queue, after the small messages sent just before it, in one buffer (a run); a larger,
+//!    acknowledged or deferred one is queued as it is, its payload shared. A message that
+//!    enters an empty queue wakes the writer (`Outbox::wake_rx`). A full queue meets the
+//!    connection's `FullQueue` policy: `Block` and `Disconnect` wait for room (the
+//!    writer's `Outbox::take` wakes one waiting caller, which passes the wake-up on);
+//!    `KeepLatest` takes the oldest messages out itself, under the same lock (plain ones
+//!    are dropped and reported through `Shared::drops`; acknowledged ones are kept aside
+//!    and go before the queue). `Disconnect(t)` is the socket's write timeout
+//!    (`Link::write_timeout`): a write the peer takes no byte of for `t` fails and takes
+//!    the link down.
+//! 3. The writer wakes (`Writer::run`) → `Writer::write_batch`: `Link::retry`, then
+//!    `Outbox::take` (runs and messages, up to 1,024 messages or about 1 MiB, counted out
+//!    of the bounds at once), `Writer::encode` → `Link::put` (adds SETMODE blocks; a run
+//!    is one slice of the write, not copied again); acknowledgement slots go into
+//!    `Shared::acks` before the bytes go out; `Link::write_wire`; `pending`
 //!    − n. The statistics (`Shared::stats`, `stats.rs`) count bytes in `Link::wrote` and
 //!    messages where they are handed to the socket; the reader counts bytes and the time
 //!    once per socket read, and messages as it queues them.
@@ -146,6 +152,7 @@ mod builder;
 mod inbox;
 mod inline;
 mod link;
+mod outbox;
 mod outgoing;
 mod reader;
 mod session;
@@ -157,7 +164,7 @@ pub use builder::ConnectionBuilder;
 pub(crate) use outgoing::Prepared;
 use session::Session;
 pub(crate) use state::Notifier;
-use state::{AckQueue, Lifecycle, OutgoingBudget, ReadyList, Replies, Shared};
+use state::{AckQueue, Lifecycle, ReadyList, Replies, Shared};
 use writer::Writer;
 
 /// Capacity of the control channel from readers to the writer (wake-ups, link down).
@@ -242,7 +249,6 @@ impl Drop for Inner {
 /// and the handle's.
 struct Ends {
     in_tx: inbox::InboxTx,
-    out_rx: Receiver<vocab::Outgoing>,
     ctl_rx: Receiver<vocab::Control>,
     shutdown_tx: Sender<()>,
     done_tx: Sender<()>,
@@ -258,16 +264,12 @@ fn new_shared(
     peer: Option<SocketAddr>,
 ) -> (Arc<Shared>, Ends) {
     let (inbox, in_tx) = inbox::Inbox::new(cfg.incoming_bytes, cfg.incoming_capacity);
-    // Unbounded, so that it grows with what is queued; `out_budget` holds its count
-    // bound, `outgoing_capacity`, exactly (see `OutgoingBudget`).
-    let (out_tx, out_rx) = channel::unbounded();
     let (shutdown_tx, shutdown_rx) = channel::bounded::<()>(0);
     let (ctl_tx, ctl_rx) = channel::bounded(CONTROL_CAPACITY);
     let (done_tx, writer_done) = channel::bounded::<()>(0);
     let restart = is_client && cfg.auto_restart;
     let stats = Arc::new(Counters::new());
-    let out_budget = OutgoingBudget::new(cfg.outgoing_bytes, cfg.outgoing_capacity);
-    let full_queue = cfg.full_queue;
+    let outbox = outbox::Outbox::new(cfg.outgoing_bytes, cfg.outgoing_capacity);
     let write_timeout = match cfg.full_queue {
         FullQueue::Disconnect(t) => Some(t.max(Duration::from_millis(1))),
         _ => None,
@@ -284,7 +286,7 @@ fn new_shared(
         life: Lifecycle::new(),
         restart: AtomicBool::new(restart),
         inbox,
-        out_tx,
+        outbox,
         shutdown_rx,
         acks: Mutex::new(AckQueue {
             epoch: 0,
@@ -301,18 +303,12 @@ fn new_shared(
         ready: ReadyList::new(notifier),
         stray_acks: LogLimit::new(),
         stats,
-        out_budget,
-        kept: Mutex::new(state::Kept {
-            rx: matches!(full_queue, FullQueue::KeepLatest(_)).then(|| out_rx.clone()),
-            items: Default::default(),
-        }),
         drops: state::DropReport::new(),
         proven: AtomicBool::new(false),
         aborted: AtomicBool::new(false),
     });
     let ends = Ends {
         in_tx,
-        out_rx,
         ctl_rx,
         shutdown_tx,
         done_tx,
@@ -393,7 +389,6 @@ impl Connection {
         }
         let writer = Writer {
             shared: shared.clone(),
-            out_rx: ends.out_rx,
             ctl_rx: ends.ctl_rx,
             in_tx: ends.in_tx,
             session: RefCell::new(Session::new(&shared.cfg)),
@@ -427,7 +422,6 @@ impl Connection {
         let (shared, ends) = new_shared(cfg, addrs, true, None, None);
         let writer = Writer {
             shared: shared.clone(),
-            out_rx: ends.out_rx,
             ctl_rx: ends.ctl_rx,
             in_tx: ends.in_tx,
             session: RefCell::new(Session::new(&shared.cfg)),
@@ -903,8 +897,8 @@ impl Connection {
         let mut s = shared.stats.snapshot();
         s.queued_in = shared.inbox.len();
         s.queued_in_bytes = shared.inbox.bytes();
-        s.queued_out = shared.out_tx.len();
-        s.queued_out_bytes = shared.out_budget.queued();
+        s.queued_out = shared.outbox.len();
+        s.queued_out_bytes = shared.outbox.queued();
         s
     }
 }
@@ -1100,7 +1094,7 @@ mod tests {
                 Payload::V2 { body, .. } => body.as_ptr(),
                 // v1 sends bytes as base85: encoded once, shared by every copy.
                 Payload::V1 { parts, .. } => parts.iter().max_by_key(|b| b.len()).unwrap().as_ptr(),
-                Payload::Deferred { .. } => panic!("deferred"),
+                Payload::Deferred { .. } | Payload::Run(_) => panic!("not encoded for one message"),
             };
             let first = payload_ptr(&prepared);
             if protocol == Protocol::V2 {

@@ -10,7 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::inline;
-use super::state::{Full, Shared, DROP_REPORT_EVERY};
+use super::outbox::{Full, Refused};
+use super::state::{Shared, DROP_REPORT_EVERY};
 use super::vocab::{Outgoing, Payload};
 use crate::config::{Config, FullQueue};
 use crate::error::{Error, Result};
@@ -177,24 +178,15 @@ fn queue_waiting(
     size: usize,
     deadline: Option<Deadline>,
 ) -> Result<()> {
-    let budget = &shared.out_budget;
-    if let Err(full) = budget.try_enter(size) {
-        match deadline {
-            None => return Err(full_error(shared, full)),
-            Some(d) => wait_for_room(shared, size, d)?,
-        }
+    match shared.outbox.try_push(item, size) {
+        Ok(()) => Ok(()),
+        // Gone: racing close() or the end of the link; the lifecycle says which.
+        Err(Refused::Gone) => Err(shared.life.gone_error()),
+        Err(Refused::Full(full, item)) => match deadline {
+            None => Err(full_error(shared, full)),
+            Some(d) => wait_for_room(shared, item, size, d),
+        },
     }
-    // The channel is unbounded (the count bound is the budget's, taken above): the send
-    // fails only when the queue is gone, racing close() or the end of the link; the
-    // lifecycle says which (Closed, or Disconnected).
-    let sent = shared
-        .out_tx
-        .send(item)
-        .map_err(|_| shared.life.gone_error());
-    if sent.is_err() {
-        budget.took(size);
-    }
-    sent
 }
 
 /// The error of a send that meets a full outgoing queue and may not wait.
@@ -204,30 +196,33 @@ fn full_error(shared: &Shared, full: Full) -> Error {
             capacity: shared.cfg.outgoing_capacity,
         },
         Full::Bytes => Error::OutgoingBytesFull {
-            queued: shared.out_budget.queued(),
-            limit: shared.out_budget.limit,
+            queued: shared.outbox.queued(),
+            limit: shared.outbox.limit,
         },
     }
 }
 
-/// Waits until a message of `size` bytes enters the outgoing queue's bounds (a free slot
-/// and room in the byte budget), woken by the writer taking messages out. On `Ok` the
-/// message is counted in.
-fn wait_for_room(shared: &Shared, size: usize, deadline: Deadline) -> Result<()> {
-    let budget = &shared.out_budget;
-    budget.wait(true);
-    let mut full;
+/// Waits until `item`, of `size` bytes, enters the outgoing queue's bounds (a free slot
+/// and room in the byte budget), woken by the writer taking messages out.
+fn wait_for_room(shared: &Shared, item: Outgoing, size: usize, deadline: Deadline) -> Result<()> {
+    let outbox = &shared.outbox;
+    outbox.wait(true);
+    let mut item = item;
     let r = loop {
-        // Checked after announcing the wait, so a wake-up cannot be missed.
-        match budget.try_enter(size) {
+        // Tried after announcing the wait, so a wake-up cannot be missed.
+        let full = match outbox.try_push(item, size) {
             Ok(()) => break Ok(()),
-            Err(f) => full = f,
-        }
+            Err(Refused::Gone) => break Err(shared.life.gone_error()),
+            Err(Refused::Full(f, back)) => {
+                item = back;
+                f
+            }
+        };
         if let Some(e) = shared.life.refusal() {
             break Err(e);
         }
         select! {
-            recv(budget.room_rx) -> _ => {}
+            recv(outbox.room_rx) -> _ => {}
             recv(shared.shutdown_rx) -> _ => break Err(Error::Closed),
             default(deadline.remaining()) => break Err(deadline.timed_out(match full {
                 Full::Count => "send_data (waiting for room in the outgoing queue)",
@@ -235,7 +230,7 @@ fn wait_for_room(shared: &Shared, size: usize, deadline: Deadline) -> Result<()>
             })),
         }
     };
-    budget.wait(false);
+    outbox.wait(false);
     r
 }
 
@@ -244,42 +239,15 @@ fn wait_for_room(shared: &Shared, size: usize, deadline: Deadline) -> Result<()>
 /// acknowledged ones kept to go first. Never waits. Returns how many were dropped.
 fn keep_latest(shared: &Shared, item: Outgoing, size: usize, n: usize) -> Result<u64> {
     let cap = n.min(shared.cfg.outgoing_capacity);
-    let budget = &shared.out_budget;
-    let mut dropped = 0u64;
-    let sent = {
-        let mut kept = lock(&shared.kept);
-        let kept = &mut *kept;
-        let Some(rx) = kept.rx.as_ref() else {
-            return Err(shared.life.gone_error());
-        };
-        while shared.out_tx.len() >= cap || !budget.fits(size) {
-            let Ok(old) = rx.try_recv() else {
-                break;
-            };
-            budget.took(old.payload_len());
-            if old.ack.is_some() {
-                kept.items.push_back(old);
-            } else {
-                dropped += 1;
-                shared.pending.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        // The loop above bounds what is in the channel, under `kept`; counted in without
-        // the slot check, which the writer's count may lag by the message it is taking.
-        budget.enter(size);
-        match shared.out_tx.send(item) {
-            Ok(()) => Ok(dropped),
-            Err(_) => {
-                budget.took(size);
-                Err(shared.life.gone_error())
-            }
-        }
+    let dropped = match shared.outbox.push_keep_latest(item, size, cap) {
+        Ok(d) => d,
+        Err(_) => return Err(shared.life.gone_error()),
     };
-    // Reported once `kept` is let go: the event is logged, which may take a while.
     if dropped > 0 {
-        report_drops(shared, dropped);
+        shared.pending.fetch_sub(dropped, Ordering::AcqRel);
+        report_drops(shared, dropped as u64);
     }
-    sent
+    Ok(dropped as u64)
 }
 
 /// Counts `n` messages dropped by the keep-latest policy, and reports them by an event

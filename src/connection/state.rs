@@ -15,7 +15,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::inbox::Inbox;
 use super::link::Link;
-use super::vocab::{AckSlot, Control, Incoming, Outgoing};
+use super::outbox::Outbox;
+use super::vocab::{AckSlot, Control, Incoming};
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::{EventKind, EventSink, Forward, LogLimit};
@@ -120,8 +121,6 @@ impl Lifecycle {
     }
 }
 
-pub(crate) use super::inbox::{charge, MESSAGE_OVERHEAD};
-
 /// For servers: lets `recv_any` wait on all connections at once.
 #[derive(Clone)]
 pub(crate) struct Notifier {
@@ -225,8 +224,8 @@ pub(crate) struct Shared {
     /// The incoming queue and its byte and count bounds; the writer and the readers
     /// hold its senders (`InboxTx`).
     pub inbox: Arc<Inbox>,
-    /// The callers' end of the outgoing queue (the writer holds the receiver).
-    pub out_tx: Sender<Outgoing>,
+    /// The outgoing queue, with its bounds (see `outbox.rs`).
+    pub outbox: Outbox,
     /// Disconnects when `close()` begins: wakes every thread that waits on a channel.
     pub shutdown_rx: Receiver<()>,
     /// Acknowledged sends written and waiting for their ACKEOT. Pushed by whoever writes
@@ -262,12 +261,6 @@ pub(crate) struct Shared {
     pub stray_acks: LogLimit,
     /// The statistics (`Connection::stats`); the link holds a handle too.
     pub stats: Arc<Counters>,
-    /// The byte budget of the outgoing queue.
-    pub out_budget: OutgoingBudget,
-    /// Acknowledged messages a keep-latest drop took out of the outgoing queue (they are
-    /// never dropped): they go before what is still queued. Locked by the callers that
-    /// drop (one at a time) and, briefly, by the writer, only under `KeepLatest`.
-    pub kept: Mutex<Kept>,
     /// Drops not yet reported by an `EventKind::Dropped`.
     pub drops: DropReport,
     /// Set by the reader once the peer has sent a whole message or control block (a
@@ -356,136 +349,6 @@ pub(crate) fn protocol_code(protocol: Protocol) -> u8 {
     }
 }
 
-/// The bounds of the outgoing queue: how many messages (`Config::outgoing_capacity`) and
-/// how many bytes of messages wait in the channel to the writer, and the wake-up of
-/// callers that wait for room (`FullQueue::Block`, `Disconnect`). Counted when a message
-/// goes into the queue, given back when the writer (or a keep-latest drop) takes it out.
-///
-/// The channel itself is unbounded, so that it grows with what is queued: a bounded
-/// crossbeam channel allocates all its slots up front (about 80 KiB per connection at
-/// the default capacity of 1,024), for every connection, even one that never sends. The
-/// count bound is exact all the same: a slot is taken here (`try_enter`, a compare and
-/// swap) before a message goes into the channel, and given back only after the writer
-/// has taken the message out.
-pub(crate) struct OutgoingBudget {
-    /// The budget (`Config::outgoing_bytes`).
-    pub limit: usize,
-    /// The count bound (`Config::outgoing_capacity`).
-    pub capacity: usize,
-    /// Bytes of messages in the queue.
-    queued: AtomicUsize,
-    /// Messages in the queue (at most `capacity`).
-    count: AtomicUsize,
-    /// How many callers wait for room, so that the writer knows to wake one.
-    waiting: AtomicUsize,
-    /// Wakes one waiting caller (a coalesced signal: capacity 1; a woken caller passes
-    /// it on while others wait and room is left).
-    room_tx: Sender<()>,
-    pub room_rx: Receiver<()>,
-}
-
-impl OutgoingBudget {
-    /// A budget of `limit` bytes and `capacity` messages, none used.
-    pub fn new(limit: usize, capacity: usize) -> Self {
-        let (room_tx, room_rx) = crossbeam_channel::bounded(1);
-        OutgoingBudget {
-            limit,
-            capacity,
-            queued: AtomicUsize::new(0),
-            count: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            room_tx,
-            room_rx,
-        }
-    }
-
-    /// Bytes waiting in the queue.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
-    }
-
-    /// True when a message of `size` bytes fits (always when nothing is queued).
-    pub fn fits(&self, size: usize) -> bool {
-        let queued = self.queued();
-        queued == 0 || queued.saturating_add(charge(size)) <= self.limit
-    }
-
-    /// Counts a message of `size` bytes going into the queue, if it fits by bytes and
-    /// a slot is free; else says which bound is reached (and counts nothing).
-    pub fn try_enter(&self, size: usize) -> std::result::Result<(), Full> {
-        if !self.fits(size) {
-            return Err(Full::Bytes);
-        }
-        let taken = self
-            .count
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.capacity).then_some(n + 1)
-            });
-        if taken.is_err() {
-            return Err(Full::Count);
-        }
-        self.queued.fetch_add(charge(size), Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Counts a message of `size` bytes going into the queue without checking either
-    /// bound (`FullQueue::KeepLatest`, which bounds the channel itself under `kept`).
-    pub fn enter(&self, size: usize) {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        self.queued.fetch_add(charge(size), Ordering::SeqCst);
-    }
-
-    /// Messages in the queue (and taken out by the writer but not yet counted out).
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-
-    /// Counts a message of `size` bytes taken out (or never queued after `add`), and
-    /// wakes a waiting caller.
-    pub fn took(&self, size: usize) {
-        self.took_many(size, 1);
-    }
-
-    /// Counts `n` messages of `size` bytes in all taken out (the writer's batch: one
-    /// atomic operation for all), and wakes a waiting caller.
-    pub fn took_many(&self, size: usize, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let charged = size.saturating_add(n.saturating_mul(MESSAGE_OVERHEAD));
-        self.queued.fetch_sub(charged, Ordering::SeqCst);
-        self.count.fetch_sub(n, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            let _ = self.room_tx.try_send(());
-        }
-    }
-
-    /// A caller begins (`true`) or ends (`false`) waiting for room.
-    pub fn wait(&self, on: bool) {
-        if on {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            // Room may be left for another waiting caller: pass the wake-up on.
-            if self.waiting.load(Ordering::SeqCst) > 0
-                && self.queued() < self.limit
-                && self.count() < self.capacity
-            {
-                let _ = self.room_tx.try_send(());
-            }
-        }
-    }
-}
-
-/// Which bound of the outgoing queue a message met (`OutgoingBudget::try_enter`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Full {
-    /// `Config::outgoing_capacity` messages are queued.
-    Count,
-    /// The message does not fit in `Config::outgoing_bytes`.
-    Bytes,
-}
-
 /// How often, at most, `EventKind::Dropped` reports keep-latest drops while they go on.
 pub(crate) const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -507,15 +370,4 @@ impl DropReport {
             last: Mutex::new(None),
         }
     }
-}
-
-/// What a keep-latest drop works with, behind one lock (`Shared::kept`).
-#[derive(Default)]
-pub(crate) struct Kept {
-    /// A receiving end of the outgoing queue, to take the oldest messages out (only under
-    /// `FullQueue::KeepLatest`); the writer takes it away when it ends, so that the
-    /// queue disconnects as it would without it.
-    pub rx: Option<Receiver<Outgoing>>,
-    /// Acknowledged messages taken out of the queue: they go out before it.
-    pub items: VecDeque<Outgoing>,
 }

@@ -41,6 +41,20 @@ pub(crate) enum Payload {
     },
     /// Server in auto mode before the peer's protocol is known: encoded later.
     Deferred { message: Message, mode: Mode },
+    /// Small plain messages copied into the outgoing queue back to back (see `outbox`).
+    Run(Run),
+}
+
+/// Small plain messages, encoded back to back (v2 frames, or v1 data blocks of one mode).
+#[derive(Clone)]
+pub(crate) struct Run {
+    /// The v1 mode of all of them (`None` for v2): the link puts a SETMODE first if its
+    /// send mode is another.
+    pub mode: Option<Mode>,
+    /// Their bytes.
+    pub bytes: Bytes,
+    /// Where each message ends in `bytes` (the last one is `bytes.len()`).
+    pub ends: Vec<usize>,
 }
 
 impl Payload {
@@ -48,7 +62,7 @@ impl Payload {
     pub fn is_acked(&self) -> bool {
         match self {
             Payload::V1 { mode, .. } | Payload::Deferred { mode, .. } => mode.is_acked(),
-            Payload::V2 { .. } => false,
+            Payload::V2 { .. } | Payload::Run(_) => false,
         }
     }
 }
@@ -60,6 +74,15 @@ impl Outgoing {
             Payload::V1 { parts, .. } => parts.iter().map(Bytes::len).sum(),
             Payload::V2 { body, .. } => v2::HEADER_LEN + body.len(),
             Payload::Deferred { message, .. } => message.len(),
+            Payload::Run(run) => run.bytes.len(),
+        }
+    }
+
+    /// How many messages it holds (a run holds many).
+    pub fn messages(&self) -> usize {
+        match &self.payload {
+            Payload::Run(run) => run.ends.len(),
+            _ => 1,
         }
     }
 }
@@ -75,4 +98,14 @@ pub(crate) enum Control {
     PeerDone { epoch: u64 },
     /// The peer's protocol was detected (auto servers).
     Detected(Protocol),
+}
+
+/// What holding a queued message of `len` bytes costs in a queue's byte budget (incoming
+/// and outgoing alike): its length and the queue slot, message and buffer headers that
+/// go with it, so that many empty messages still meet the bound.
+pub(crate) const MESSAGE_OVERHEAD: usize = 64;
+
+/// The cost of a message of `len` bytes in a byte budget.
+pub(crate) fn charge(len: usize) -> usize {
+    len.saturating_add(MESSAGE_OVERHEAD)
 }

@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{select, Receiver, Select, Sender, TryRecvError};
+use crossbeam_channel::{select, Receiver, Sender};
 
 use super::inbox::InboxTx;
 use super::link::{encode_replies, write_failed, Link};
+use super::outbox::{BATCH_BYTES, BATCH_MESSAGES};
 use super::outgoing::{flush_drops, prepare};
 use super::session::{self, Next, Session};
 use super::state::{Phase, Shared};
@@ -23,10 +24,6 @@ use crate::event::EventKind;
 use crate::protocol::{v1, Protocol};
 use crate::sync::lock;
 
-/// The writer gathers at most this many bytes into one batch of writes.
-const BATCH_BYTES: usize = 1 << 20;
-/// The writer gathers at most this many messages into one batch.
-const BATCH_MESSAGES: usize = 512;
 /// After the peer's end of sending (v1), the first wait between two probes; it doubles
 /// up to [`PROBE_MAX`]. A peer that closed answers the first probe with a reset, so the
 /// second finds it gone.
@@ -47,8 +44,6 @@ fn probe_due(link: &Link) -> Duration {
 pub(crate) struct Writer {
     /// What the connection's threads share.
     pub shared: Arc<Shared>,
-    /// The writer's end of the outgoing queue.
-    pub out_rx: Receiver<Outgoing>,
     /// What readers and callers tell the writer.
     pub ctl_rx: Receiver<Control>,
     /// Handed to each reader; dropped when the writer ends, so `get_data` sees the end.
@@ -93,20 +88,26 @@ impl Writer {
                     }
                 }
             };
-            let next = if ready && keep_latest {
-                self.wait_keeping_latest(probe)
-            } else if ready {
+            let next = if ready {
+                // Under KeepLatest, drops may wait to be reported (`flush_drops`).
+                let report = if keep_latest {
+                    flush_drops(&shared, false).unwrap_or(Duration::MAX)
+                } else {
+                    Duration::MAX
+                };
                 select! {
                     recv(self.ctl_rx) -> c => match c {
                         Ok(c) => self.control(&mut lock(&shared.link), c),
                         Err(_) => Next::Stop,
                     },
-                    recv(self.out_rx) -> item => match item {
-                        Ok(item) => self.write_batch(&mut lock(&shared.link), Some(item)),
-                        Err(_) => Next::Stop,
-                    },
+                    recv(shared.outbox.wake_rx) -> _ => self.write_batch(&mut lock(&shared.link)),
                     recv(self.shared.shutdown_rx) -> _ => Next::Stop,
-                    default(probe) => self.probe(&mut lock(&shared.link)),
+                    default(probe.min(report)) => {
+                        if keep_latest {
+                            flush_drops(&shared, false);
+                        }
+                        self.probe(&mut lock(&shared.link))
+                    }
                 }
             } else {
                 select! {
@@ -121,38 +122,6 @@ impl Writer {
                 return self.finish();
             }
         }
-    }
-
-    /// The wait of `run` under `FullQueue::KeepLatest`: callers that drop take messages
-    /// out of the queue too, so the writer takes them only while it holds `Shared::kept`
-    /// (in `write_batch`), which keeps the order; here it only waits until the queue has
-    /// something. It also wakes when drops wait to be reported (`flush_drops`).
-    fn wait_keeping_latest(&self, probe: Duration) -> Next {
-        let shared = &self.shared;
-        let report = flush_drops(shared, false).unwrap_or(Duration::MAX);
-        let mut sel = Select::new();
-        let ctl = sel.recv(&self.ctl_rx);
-        let out = sel.recv(&self.out_rx);
-        sel.recv(&shared.shutdown_rx);
-        match sel.ready_timeout(probe.min(report)) {
-            Err(_) => {
-                flush_drops(shared, false);
-                self.probe(&mut lock(&shared.link))
-            }
-            Ok(i) if i == ctl => match self.ctl_rx.try_recv() {
-                Ok(c) => self.control(&mut lock(&shared.link), c),
-                Err(TryRecvError::Empty) => Next::Go,
-                Err(TryRecvError::Disconnected) => Next::Stop,
-            },
-            Ok(i) if i == out => self.write_batch(&mut lock(&shared.link), None),
-            Ok(_) => Next::Stop,
-        }
-    }
-
-    /// Takes `item` out of the queue's byte budget (it has left the queue).
-    fn took(&self, item: Outgoing) -> Outgoing {
-        self.shared.out_budget.took(item.payload_len());
-        item
     }
 
     fn link_down(&self, link: &mut Link, reason: String) -> Next {
@@ -185,7 +154,7 @@ impl Writer {
             if !ready || link.retry.is_empty() {
                 return Some(ready);
             }
-            if let Next::Stop = self.write_batch(link, None) {
+            if let Next::Stop = self.write_batch(link) {
                 return None;
             }
         }
@@ -259,8 +228,8 @@ impl Writer {
         // reconnect: the new link (a new epoch) has a peer that did not close, so it is
         // left to the normal writes, never taken down here.
         let epoch = link.epoch;
-        while self.shared.protocol() == Protocol::V2 && !self.out_rx.is_empty() {
-            if let Next::Stop = self.write_batch(link, None) {
+        while self.shared.protocol() == Protocol::V2 && !self.shared.outbox.is_empty() {
+            if let Next::Stop = self.write_batch(link) {
                 return Next::Stop;
             }
             if link.stream.is_none() || link.epoch != epoch {
@@ -303,65 +272,63 @@ impl Writer {
         }
     }
 
-    /// Encodes and writes `first` and whatever else is queued, in few large writes.
-    fn write_batch(&self, link: &mut Link, first: Option<Outgoing>) -> Next {
-        if let Some(item) = &first {
-            self.shared.out_budget.took(item.payload_len());
-        }
+    /// Encodes and writes what is to go again (`Link::retry`) and what is queued, in
+    /// few large writes.
+    fn write_batch(&self, link: &mut Link) -> Next {
         if link.stream.is_none() || self.shared.protocol() == Protocol::Auto {
-            // Not writable now (a failed write from another thread took it down): later.
-            link.retry.extend(first);
+            // Not writable now: later, when the link is (the wake-up is kept for then).
+            self.shared.outbox.wake();
             return Next::Go;
         }
         let mut items: Vec<Outgoing> = link.retry.drain(..).collect();
-        items.extend(first);
-        let mut bytes = 0;
-        // Under KeepLatest, callers take from the queue too: both do so holding `kept`,
-        // whose acknowledged messages are older than what is still queued.
-        let mut kept = match self.shared.cfg.full_queue {
-            FullQueue::KeepLatest(_) => Some(lock(&self.shared.kept)),
-            _ => None,
-        };
-        if let Some(k) = kept.as_mut() {
-            items.extend(k.items.drain(..));
+        // Out of the queue's bounds, all at once.
+        self.shared
+            .outbox
+            .take(&mut items, BATCH_BYTES, BATCH_MESSAGES, &mut link.spare);
+        if items.is_empty() && link.wire.is_empty() {
+            return Next::Go;
         }
-        let mut taken = 0;
-        while items.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
-            match self.out_rx.try_recv() {
-                Ok(item) => {
-                    bytes += item.payload_len();
-                    taken += 1;
-                    items.push(item)
-                }
-                Err(_) => break,
-            }
-        }
-        // Out of the queue's byte budget, all at once.
-        self.shared.out_budget.took_many(bytes, taken);
-        drop(kept);
         let mut batch = self.encode(link, items);
         let (written, result) = link.write_wire(&self.shared.pending);
         match result {
             Ok(()) => {
-                self.shared.stats.sent(batch.kept.len() as u64);
+                let messages: usize = batch.kept.iter().map(Outgoing::messages).sum();
+                self.shared.stats.sent(messages as u64);
                 self.shared
                     .pending
-                    .fetch_sub(batch.kept.len() + batch.failed, Ordering::AcqRel);
+                    .fetch_sub(messages + batch.failed, Ordering::AcqRel);
+                link.recycle(&mut batch.kept);
                 Next::Go
             }
             Err(e) => {
                 // Messages not fully handed to the socket go out again on the next link;
                 // their acknowledgement slots are taken back (they are the newest ones).
                 let done = batch.ends.iter().take_while(|&&end| end <= written).count();
-                self.shared.stats.sent(done as u64);
+                let mut sent: usize = batch.kept[..done].iter().map(Outgoing::messages).sum();
                 if let Some(first_unwritten) = batch.kept.get_mut(done) {
                     let start = done.checked_sub(1).map_or(batch.start, |i| batch.ends[i]);
-                    first_unwritten.cut |=
-                        written > start || crate::sys::FAILED_WRITE_HIDES_PROGRESS;
+                    let end = batch.ends[done];
+                    if let Payload::Run(run) = &mut first_unwritten.payload {
+                        // The messages of a run written whole are sent; the one cut goes
+                        // again whole (a plain message: nobody waits to hear it was cut).
+                        let begin = end - run.bytes.len();
+                        let within = written.saturating_sub(begin);
+                        let whole = run.ends.iter().take_while(|&&e| e <= within).count();
+                        if whole > 0 {
+                            let off = run.ends[whole - 1];
+                            run.bytes = run.bytes.slice(off..);
+                            run.ends = run.ends[whole..].iter().map(|e| e - off).collect();
+                            sent += whole;
+                        }
+                    } else {
+                        first_unwritten.cut |=
+                            written > start || crate::sys::FAILED_WRITE_HIDES_PROGRESS;
+                    }
                 }
+                self.shared.stats.sent(sent as u64);
                 self.shared
                     .pending
-                    .fetch_sub(done + batch.failed, Ordering::AcqRel);
+                    .fetch_sub(sent + batch.failed, Ordering::AcqRel);
                 let mut acks = lock(&self.shared.acks);
                 let unwritten = batch.kept[done..]
                     .iter()
@@ -447,17 +414,12 @@ impl Writer {
             }
         }
         let partial = link.partial.take().map(|(item, _)| item);
-        let kept = {
-            let mut k = lock(&shared.kept);
-            // Without it, the queue disconnects when the writer ends, as it should.
-            k.rx = None;
-            std::mem::take(&mut k.items)
-        };
+        // Nothing enters the queue after this: later sends fail as gone.
+        let queued = shared.outbox.take_all(true);
         let rest: Vec<Outgoing> = partial
             .into_iter()
             .chain(link.retry.drain(..))
-            .chain(kept)
-            .chain(self.out_rx.try_iter().map(|i| self.took(i)))
+            .chain(queued)
             .collect();
         let mut lost = 0;
         for mut item in rest {
@@ -469,7 +431,7 @@ impl Writer {
                         (false, false) => Error::NotSent,
                     }));
                 }
-                None => lost += 1,
+                None => lost += item.messages(),
             }
         }
         flush_drops(&shared, true);
@@ -490,7 +452,8 @@ impl Writer {
                 }
             });
         }
-        // Dropping out_rx, in_tx (readers keep theirs until they end) ends the queues.
+        // The outgoing queue is marked gone above; dropping in_tx (readers keep theirs
+        // until they end) ends the incoming queue.
     }
 
     /// On close: writes what is queued, bounded by the close timeout; acknowledged
@@ -504,8 +467,7 @@ impl Writer {
             ));
         }
         let mut rest: Vec<Outgoing> = link.retry.drain(..).collect();
-        rest.extend(std::mem::take(&mut lock(&self.shared.kept).items));
-        rest.extend(self.out_rx.try_iter().map(|i| self.took(i)));
+        rest.extend(self.shared.outbox.take_all(false));
         for item in &mut rest {
             if let Some(ack) = item.ack.take() {
                 let _ = ack.send(Err(Error::Closed));
@@ -513,7 +475,7 @@ impl Writer {
         }
         if !rest.is_empty() || !link.wire.is_empty() {
             link.retry.extend(rest);
-            let _ = self.write_batch(link, None);
+            let _ = self.write_batch(link);
             link.retry.clear();
         }
         if let Some(s) = &link.stream {

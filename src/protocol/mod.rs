@@ -317,6 +317,17 @@ impl WireBuf {
         }
     }
 
+    /// Appends `bytes` by reference whatever its size (bytes already copied for the
+    /// wire, which a second copy would only slow down).
+    pub(crate) fn put_shared(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.flush_tail();
+        self.len += bytes.len();
+        self.parts.push(bytes);
+    }
+
     fn flush_tail(&mut self) {
         if !self.tail.is_empty() {
             self.parts.push(self.tail.split().freeze());
