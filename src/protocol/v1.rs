@@ -60,6 +60,16 @@ pub fn encode_control(control: Control, out: &mut WireBuf) {
     }
 }
 
+/// The SETMODE block of each mode, with its separator.
+static SETMODE_BLOCKS: [&[u8]; 6] = [
+    b"\x01SETMODE0\x1f",
+    b"\x01SETMODE1\x1f",
+    b"\x01SETMODE2\x1f",
+    b"\x01SETMODE3\x1f",
+    b"\x01SETMODE4\x1f",
+    b"\x01SETMODE5\x1f",
+];
+
 /// What [`Encoder::encode`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Encoded {
@@ -184,19 +194,28 @@ impl Encoder {
 
         let set_mode = mode != self.mode;
         if set_mode {
-            encode_control(Control::SetMode(mode), out);
+            // A piece of its own, by reference: no copy, and a caller that sends the
+            // SETMODE itself drops the piece whole.
+            out.put_static(SETMODE_BLOCKS[usize::from(u8::from(mode))]);
             self.mode = mode;
         }
+        let end: &[u8] = if mode.is_acked() { &[EOT, SEP] } else { &[SEP] };
+        // One allocation for what is copied: the base85 text or a small payload, and
+        // the end of the block.
+        let copied = if mode.is_base85() {
+            base85_encoded_len(payload.len())
+        } else if payload.len() < SHARE_THRESHOLD {
+            payload.len()
+        } else {
+            0
+        };
+        out.reserve(copied + end.len());
         if mode.is_base85() {
             put_base85(&payload, out);
         } else {
             out.put_bytes(payload);
         }
-        if mode.is_acked() {
-            out.put_slice(&[EOT, SEP]);
-        } else {
-            out.put_u8(SEP);
-        }
+        out.put_slice(end);
         Ok(Encoded { mode, set_mode })
     }
 }
@@ -877,6 +896,7 @@ impl fmt::Display for Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Text;
 
     fn enc() -> Encoder {
         Encoder::new(TextEncoding::Utf8, 1 << 20)
@@ -1457,6 +1477,36 @@ mod tests {
         let long = [&b"\x01"[..], &[b'x'; 80]].concat();
         let frames = decode_all(&mut d, &[&long[..], b"\x1f"].concat());
         assert_eq!(frames, vec![unknown(&"x".repeat(64))]);
+    }
+
+    #[test]
+    fn a_frame_is_one_piece_and_a_setmode_one_more() {
+        let mut e = enc();
+        let mut w = WireBuf::new();
+        e.encode(&Message::from("hi"), Mode::Plain, &mut w).unwrap();
+        assert_eq!(w.take_parts(), vec![Bytes::from_static(b"hi\x1f")]);
+        // The SETMODE is a piece of its own, which a caller that writes its own drops whole.
+        e.encode(&Message::from(&b"abc"[..]), Mode::Base85Ack, &mut w)
+            .unwrap();
+        assert_eq!(
+            w.take_parts(),
+            vec![
+                Bytes::from_static(b"\x01SETMODE3\x1f"),
+                Bytes::from_static(b"VPaz\x04\x1f")
+            ]
+        );
+        // A large raw payload is kept by reference, its separator copied after it.
+        let big = Bytes::from(vec![b'a'; SHARE_THRESHOLD]);
+        e.encode(
+            &Message::Text(Text::from_utf8(big.clone()).unwrap()),
+            Mode::Plain,
+            &mut w,
+        )
+        .unwrap();
+        let parts = w.take_parts();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1].as_ptr(), big.as_ptr());
+        assert_eq!(&parts[2][..], b"\x1f");
     }
 
     #[test]
