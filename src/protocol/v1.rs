@@ -312,6 +312,24 @@ pub enum Base85Error {
     },
 }
 
+impl Base85Error {
+    /// The same error in a text that had `by` more characters before this one.
+    fn shifted(self, by: usize) -> Self {
+        match self {
+            Base85Error::BadChar { position, byte } => Base85Error::BadChar {
+                position: position + by,
+                byte,
+            },
+            Base85Error::Overflow { position } => Base85Error::Overflow {
+                position: position + by,
+            },
+            Base85Error::LoneChar { position } => Base85Error::LoneChar {
+                position: position + by,
+            },
+        }
+    }
+}
+
 /// Length of the base85 of `n` bytes: 5 characters per 4 bytes, and n + 1 characters for
 /// a final group of n < 4 bytes.
 pub fn base85_encoded_len(n: usize) -> usize {
@@ -517,27 +535,38 @@ fn pair_error(g: &[u8], position: usize) -> Base85Error {
     }
 }
 
-/// `text` holds whole groups, `rem` the final group of 2 to 4 characters (or nothing);
-/// `out` must be exactly as long as they decode to.
-fn decode_base85_to_slice(text: &[u8], rem: &[u8], out: &mut [u8]) -> Result<(), Base85Error> {
-    // Two groups per step: one 8-byte and one 2-byte load in, one 8-byte store out, and
-    // one test for both groups (the error path finds out which one failed).
-    let pairs = text.chunks_exact(10);
-    let single = pairs.remainder();
-    let mut slots = out.chunks_exact_mut(8);
-    let mut position = 0;
-    for (g, o) in pairs.zip(&mut slots) {
+/// Decodes the pairs of groups (ten characters) of `text` into `out` (eight bytes each)
+/// up to the first pair that is not valid base85, or the end of either; returns how
+/// many pairs it decoded. Two groups per step: one 8-byte and one 2-byte load in, one
+/// 8-byte store out, and one test for both groups.
+#[inline]
+fn decode_pairs(text: &[u8], out: &mut [u8]) -> usize {
+    let mut done = 0;
+    for (g, o) in text.chunks_exact(10).zip(out.chunks_exact_mut(8)) {
         let lo = u64::from_le_bytes([g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]]);
         let hi = u64::from(u16::from_le_bytes([g[8], g[9]]));
         let a = group_sum(lo);
         let b = group_sum(lo >> 40 | hi << 24);
         if (a | b) > u64::from(u32::MAX) {
-            return Err(pair_error(g, position));
+            break;
         }
         o.copy_from_slice(&(a << 32 | b).to_be_bytes());
-        position += 10;
+        done += 1;
     }
-    let out = slots.into_remainder();
+    done
+}
+
+/// `text` holds whole groups, `rem` the final group of 2 to 4 characters (or nothing);
+/// `out` must be exactly as long as they decode to.
+fn decode_base85_to_slice(text: &[u8], rem: &[u8], out: &mut [u8]) -> Result<(), Base85Error> {
+    let whole = text.len() / 10 * 10;
+    let (text, single) = text.split_at(whole);
+    let (head, out) = out.split_at_mut(whole / 10 * 8);
+    let done = decode_pairs(text, head);
+    let mut position = done * 10;
+    if position < whole {
+        return Err(pair_error(&text[position..position + 10], position));
+    }
     let (head, tail) = out.split_at_mut(single.len() / 5 * 4);
     if let [c0, c1, c2, c3, c4] = *single {
         let v = decode_group(&[c0, c1, c2, c3, c4], position)?;
@@ -642,6 +671,14 @@ pub struct Decoder {
     acc_len: usize,
     /// Discarding input up to the next separator (after a block that was too large).
     skipping: bool,
+    /// Modes 2 and 4: the bytes of the whole pairs of groups at the start of the current
+    /// block, decoded as they arrived (`b85_text` characters of it; `buf` holds the
+    /// characters after them), so that a large block is neither held as text across
+    /// reads nor scanned for its separator apart from being decoded.
+    b85: Vec<u8>,
+    b85_text: usize,
+    /// The size of the last message decoded that way: the room reserved for the next.
+    b85_hint: usize,
 }
 
 impl Decoder {
@@ -659,6 +696,9 @@ impl Decoder {
             buf: Vec::new(),
             acc_len: 0,
             skipping: false,
+            b85: Vec::new(),
+            b85_text: 0,
+            b85_hint: 0,
         }
     }
 
@@ -676,6 +716,12 @@ impl Decoder {
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<Frame>) {
         let mut rest = input;
         while !rest.is_empty() {
+            if self.streams_base85() {
+                rest = self.stream_base85(rest);
+                if rest.is_empty() {
+                    break;
+                }
+            }
             let (part, complete) = match find_byte(SEP, rest) {
                 Some(i) => {
                     let part = &rest[..i];
@@ -688,7 +734,7 @@ impl Decoder {
                 self.skipping = !complete;
                 continue;
             }
-            let held = self.buf.len();
+            let held = self.buffered();
             if part.len() > self.limit.saturating_sub(held) {
                 // Deterministic whatever the chunking: the size is where the limit was crossed.
                 out.push(Frame::Error(ProtocolError::TooLarge {
@@ -709,6 +755,25 @@ impl Decoder {
 
     /// Completes the current block with `part` (the bytes before its separator).
     fn block(&mut self, part: &[u8], out: &mut Vec<Frame>) {
+        if self.b85_text > 0 {
+            let tail = if self.buf.is_empty() {
+                part
+            } else {
+                self.hold(part);
+                &self.buf[..]
+            };
+            self.b85_hint = finish_base85(
+                self.mode,
+                self.max_message_size,
+                (&mut self.b85, self.b85_text),
+                tail,
+                out,
+            )
+            .unwrap_or(self.b85_hint);
+            self.b85_text = 0;
+            self.buf.clear();
+            return;
+        }
         let start = self.acc_len;
         let in_input = self.buf.len() == start; // nothing of this block was buffered
         let first = if in_input {
@@ -792,8 +857,69 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Whether the next input may be decoded as it comes ([`Decoder::stream_base85`]):
+    /// modes 2 and 4, no acknowledged message being collected, and the current block
+    /// not a control block nor held as text (after a group that is not valid base85).
+    fn streams_base85(&self) -> bool {
+        self.mode.is_base85()
+            && !self.mode.is_acked()
+            && !self.skipping
+            && self.acc_len == 0
+            && self.buf.len() < 10
+            && self.buf.first() != Some(&CTRL)
+    }
+
+    /// Decodes the whole pairs of groups at the start of `input` that are valid base85
+    /// into `b85`, within the limit; returns the rest. Base85 holds no `0x1F`: the pair
+    /// that holds the separator stops it, and the search for the separator starts there.
+    fn stream_base85<'a>(&mut self, mut input: &'a [u8]) -> &'a [u8] {
+        let mut room = self.limit.saturating_sub(self.buffered());
+        if !self.buf.is_empty() {
+            // Complete the pair that the last input ended in.
+            let need = 10 - self.buf.len();
+            if input.len() < need || room < need {
+                return input;
+            }
+            let mut pair = [0u8; 10];
+            pair[..self.buf.len()].copy_from_slice(&self.buf);
+            pair[self.buf.len()..].copy_from_slice(&input[..need]);
+            if !self.push_pairs(&pair) {
+                return input;
+            }
+            self.buf.clear();
+            input = &input[need..];
+            room -= need;
+        }
+        let text = &input[..input.len().min(room) / 10 * 10];
+        if self.b85_text == 0 && self.b85.capacity() == 0 {
+            // A new block: room for a message the size of the last one, at once.
+            self.b85
+                .reserve_exact(self.b85_hint.max(text.len() / 10 * 8));
+        }
+        let start = self.b85.len();
+        self.b85.resize(start + text.len() / 10 * 8, 0);
+        let done = decode_pairs(text, &mut self.b85[start..]);
+        self.b85.truncate(start + done * 8);
+        self.b85_text += done * 10;
+        &input[done * 10..]
+    }
+
+    /// Decodes one pair of groups into `b85`, if valid.
+    fn push_pairs(&mut self, pair: &[u8; 10]) -> bool {
+        let mut eight = [0u8; 8];
+        if decode_pairs(pair, &mut eight) == 1 {
+            self.b85.extend_from_slice(&eight);
+            self.b85_text += 10;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Drops everything held (after a block that was too large).
     fn release(&mut self) {
+        self.b85.clear();
+        self.b85_text = 0;
         self.acc_len = 0;
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
@@ -802,9 +928,9 @@ impl Decoder {
         }
     }
 
-    /// Bytes held.
+    /// Bytes held (as received: base85 that is already decoded counts as its text).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.b85_text + self.buf.len()
     }
 
     /// The current receive mode.
@@ -835,6 +961,52 @@ fn control(block: &[u8], out: &mut Vec<Frame>) -> Option<Mode> {
         }));
     }
     None
+}
+
+/// Delivers a message of mode 2 or 4 whose first `done` characters are decoded in
+/// `b85` and whose last characters are `tail`; returns its size when delivered.
+/// `b85` is left empty.
+fn finish_base85(
+    mode: Mode,
+    max: usize,
+    (b85, done): (&mut Vec<u8>, usize),
+    tail: &[u8],
+    out: &mut Vec<Frame>,
+) -> Option<usize> {
+    let total = done + tail.len();
+    let size = total / 5 * 4 + (total % 5).saturating_sub(1);
+    if size > max {
+        b85.clear();
+        out.push(Frame::Error(ProtocolError::TooLarge {
+            size: size as u64,
+            max,
+        }));
+        return None;
+    }
+    if let Err(e) = decode_base85(tail, b85) {
+        b85.clear();
+        out.push(Frame::Error(ProtocolError::BadBase85 {
+            mode,
+            detail: e.shifted(done).to_string(),
+        }));
+        return None;
+    }
+    let mut bytes = std::mem::take(b85);
+    if bytes.capacity() - bytes.len() > bytes.len() / 8 {
+        // Reserved for a larger message: a kept message holds only its own bytes.
+        bytes.shrink_to_fit();
+    }
+    let len = bytes.len();
+    let bytes = Bytes::from(bytes);
+    out.push(Frame::Data {
+        message: if mode.is_pickle() {
+            Message::Pickle(bytes)
+        } else {
+            Message::Bytes(bytes)
+        },
+        mode: Some(mode),
+    });
+    Some(len)
 }
 
 /// Delivers the payload of one message that arrived in `mode`.
@@ -1324,6 +1496,36 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_one_piece_and_a_setmode_one_more() {
+        let mut e = enc();
+        let mut w = WireBuf::new();
+        e.encode(&Message::from("hi"), Mode::Plain, &mut w).unwrap();
+        assert_eq!(w.take_parts(), vec![Bytes::from_static(b"hi\x1f")]);
+        // The SETMODE is a piece of its own, which a caller that writes its own drops whole.
+        e.encode(&Message::from(&b"abc"[..]), Mode::Base85Ack, &mut w)
+            .unwrap();
+        assert_eq!(
+            w.take_parts(),
+            vec![
+                Bytes::from_static(b"\x01SETMODE3\x1f"),
+                Bytes::from_static(b"VPaz\x04\x1f")
+            ]
+        );
+        // A large raw payload is kept by reference, its separator copied after it.
+        let big = Bytes::from(vec![b'a'; SHARE_THRESHOLD]);
+        e.encode(
+            &Message::Text(Text::from_utf8(big.clone()).unwrap()),
+            Mode::Plain,
+            &mut w,
+        )
+        .unwrap();
+        let parts = w.take_parts();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1].as_ptr(), big.as_ptr());
+        assert_eq!(&parts[2][..], b"\x1f");
+    }
+
+    #[test]
     fn base85_errors_in_either_group_of_a_pair() {
         use Base85Error::*;
         // The decoder tests two groups at once: the error must still name the first bad
@@ -1477,36 +1679,6 @@ mod tests {
         let long = [&b"\x01"[..], &[b'x'; 80]].concat();
         let frames = decode_all(&mut d, &[&long[..], b"\x1f"].concat());
         assert_eq!(frames, vec![unknown(&"x".repeat(64))]);
-    }
-
-    #[test]
-    fn a_frame_is_one_piece_and_a_setmode_one_more() {
-        let mut e = enc();
-        let mut w = WireBuf::new();
-        e.encode(&Message::from("hi"), Mode::Plain, &mut w).unwrap();
-        assert_eq!(w.take_parts(), vec![Bytes::from_static(b"hi\x1f")]);
-        // The SETMODE is a piece of its own, which a caller that writes its own drops whole.
-        e.encode(&Message::from(&b"abc"[..]), Mode::Base85Ack, &mut w)
-            .unwrap();
-        assert_eq!(
-            w.take_parts(),
-            vec![
-                Bytes::from_static(b"\x01SETMODE3\x1f"),
-                Bytes::from_static(b"VPaz\x04\x1f")
-            ]
-        );
-        // A large raw payload is kept by reference, its separator copied after it.
-        let big = Bytes::from(vec![b'a'; SHARE_THRESHOLD]);
-        e.encode(
-            &Message::Text(Text::from_utf8(big.clone()).unwrap()),
-            Mode::Plain,
-            &mut w,
-        )
-        .unwrap();
-        let parts = w.take_parts();
-        assert_eq!(parts.len(), 3);
-        assert_eq!(parts[1].as_ptr(), big.as_ptr());
-        assert_eq!(&parts[2][..], b"\x1f");
     }
 
     #[test]
@@ -1685,6 +1857,75 @@ mod tests {
                 bytes_frame(b"", Mode::PlainAck)
             ]
         );
+    }
+
+    #[test]
+    fn base85_blocks_decoded_as_they_come_match_whole_ones() {
+        // Modes 2 and 4 decode a block as it arrives: whatever the chunks, the frames
+        // (errors and their positions included) are those of the whole block decoded at once.
+        let good = b85(&(0..=255u8).cycle().take(203).collect::<Vec<u8>>());
+        let mut blocks: Vec<Vec<u8>> = vec![good.clone(), b"VPaz".to_vec(), Vec::new()];
+        for at in [0, 3, 9, 10, 11, 57, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] = b'"';
+            blocks.push(bad);
+            let mut over = good.clone();
+            let g = (at / 5 * 5).min(good.len() / 5 * 5 - 5);
+            over[g..g + 5].copy_from_slice(b"~~~~~");
+            blocks.push(over);
+        }
+        blocks.push([&good[..], b"0"].concat()); // a lone final character
+        blocks.push(vec![b'0'; 380]); // too large once decoded
+        blocks.push(vec![b'0'; 400]); // beyond the limit
+        blocks.push(b"0\x04\x01SETMODE9".to_vec());
+        for mode in [Mode::Base85, Mode::Pickle] {
+            let mut input = SETMODE_BLOCKS[usize::from(u8::from(mode))].to_vec();
+            let mut want = vec![Frame::SetMode(mode)];
+            for b in &blocks {
+                input.extend_from_slice(b);
+                input.push(SEP);
+                let limit = Decoder::new(300).limit();
+                let size = if b.len() > limit {
+                    limit + 1
+                } else {
+                    b.len() / 5 * 4 + (b.len() % 5).saturating_sub(1)
+                };
+                if b.is_empty() {
+                    continue;
+                }
+                want.push(if size > 300 {
+                    Frame::Error(ProtocolError::TooLarge {
+                        size: size as u64,
+                        max: 300,
+                    })
+                } else {
+                    match unb85(b) {
+                        Ok(v) => Frame::Data {
+                            message: if mode.is_pickle() {
+                                Message::Pickle(v.into())
+                            } else {
+                                Message::Bytes(v.into())
+                            },
+                            mode: Some(mode),
+                        },
+                        Err(e) => Frame::Error(ProtocolError::BadBase85 {
+                            mode,
+                            detail: e.to_string(),
+                        }),
+                    }
+                });
+            }
+            for chunk in [input.len(), 1, 2, 3, 7, 9, 10, 11, 13, 64, 100] {
+                let mut d = Decoder::new(300);
+                let mut out = Vec::new();
+                for c in input.chunks(chunk) {
+                    d.decode(c, &mut out);
+                    assert!(d.buffered() <= d.limit());
+                }
+                assert_eq!(out, want, "mode {mode}, chunks of {chunk}");
+                assert_eq!(d.buffered(), 0);
+            }
+        }
     }
 
     #[test]
