@@ -679,6 +679,8 @@ pub struct Decoder {
     b85_text: usize,
     /// The size of the last message decoded that way: the room reserved for the next.
     b85_hint: usize,
+    /// The same for the last large mode 0 block handed over whole.
+    raw_hint: usize,
 }
 
 impl Decoder {
@@ -699,6 +701,7 @@ impl Decoder {
             b85: Vec::new(),
             b85_text: 0,
             b85_hint: 0,
+            raw_hint: 0,
         }
     }
 
@@ -829,7 +832,12 @@ impl Decoder {
                 {
                     // A large raw block: hand the buffer over instead of copying it.
                     self.hold(part);
-                    let block = std::mem::take(&mut self.buf);
+                    let mut block = std::mem::take(&mut self.buf);
+                    if block.capacity() - block.len() > block.len() / 8 {
+                        // A kept message holds only its own bytes.
+                        block.shrink_to_fit();
+                    }
+                    self.raw_hint = block.len();
                     out.push(Frame::Data {
                         message: Message::Bytes(Bytes::from(block)),
                         mode: Some(Mode::Plain),
@@ -851,7 +859,20 @@ impl Decoder {
     fn hold(&mut self, bytes: &[u8]) {
         let needed = self.buf.len() + bytes.len();
         if needed > self.buf.capacity() {
-            let target = needed.max(self.buf.capacity().saturating_mul(2).min(self.limit));
+            // A large raw block that starts: room for one the size of the last large
+            // one, at once, rather than growing (and copying) it read after read.
+            let hint = if self.buf.is_empty()
+                && self.mode == Mode::Plain
+                && bytes.len() >= 4096
+                && bytes[0] != CTRL
+            {
+                self.raw_hint
+            } else {
+                0
+            };
+            let target = needed
+                .max(hint)
+                .max(self.buf.capacity().saturating_mul(2).min(self.limit));
             self.buf.reserve_exact(target - self.buf.len());
         }
         self.buf.extend_from_slice(bytes);
@@ -1925,6 +1946,32 @@ mod tests {
                 assert_eq!(out, want, "mode {mode}, chunks of {chunk}");
                 assert_eq!(d.buffered(), 0);
             }
+        }
+    }
+
+    #[test]
+    fn large_raw_blocks_of_changing_sizes() {
+        // Room is reserved for a block the size of the last one: larger, smaller and
+        // control blocks after it arrive the same.
+        let sizes = [70_000usize, 100_000, 20_000, 70_000];
+        let mut input = Vec::new();
+        let mut want = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            let block: Vec<u8> = (0..n).map(|i| b'a' + ((i + k) % 26) as u8).collect();
+            input.extend_from_slice(&block);
+            input.push(SEP);
+            input.extend_from_slice(b"\x01ACKEOT!!\x1f");
+            want.push(bytes_frame(&block, Mode::Plain));
+            want.push(Frame::AckEot);
+        }
+        for chunk in [4096, 5000, 65_536] {
+            let mut d = Decoder::new(1 << 20);
+            let mut out = Vec::new();
+            for c in input.chunks(chunk) {
+                d.decode(c, &mut out);
+            }
+            assert_eq!(out, want, "chunks of {chunk}");
+            assert_eq!(d.buffered(), 0);
         }
     }
 
