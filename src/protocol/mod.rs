@@ -328,8 +328,50 @@ impl WireBuf {
         self.parts.push(bytes);
     }
 
+    /// Makes room for `additional` more bytes of small pieces in one allocation: an
+    /// encoder that knows the size of what it writes calls this once, so that the
+    /// buffer is neither grown piece by piece nor left with spare room.
+    ///
+    /// ```
+    /// use serpy::protocol::WireBuf;
+    /// let mut w = WireBuf::new();
+    /// w.reserve(3);
+    /// w.put_slice(b"abc");
+    /// assert_eq!(w.take_parts(), vec![bytes::Bytes::from_static(b"abc")]);
+    /// ```
+    pub fn reserve(&mut self, additional: usize) {
+        if self.tail.is_empty() && self.tail.capacity() < additional {
+            // Exactly this much, not the doubling of a growing buffer.
+            self.tail = BytesMut::with_capacity(additional);
+        } else {
+            self.tail.reserve(additional);
+        }
+    }
+
+    /// Appends `bytes` by reference, as a piece of its own (a control block, say),
+    /// whatever its size.
+    ///
+    /// ```
+    /// use serpy::protocol::WireBuf;
+    /// let mut w = WireBuf::new();
+    /// w.put_slice(b"ab");
+    /// w.put_static(b"\x01SETMODE2\x1f");
+    /// assert_eq!(w.len(), 12);
+    /// assert_eq!(w.take_parts().len(), 2);
+    /// ```
+    pub fn put_static(&mut self, bytes: &'static [u8]) {
+        self.put_shared(Bytes::from_static(bytes));
+    }
+
     fn flush_tail(&mut self) {
-        if !self.tail.is_empty() {
+        if self.tail.is_empty() {
+            return;
+        }
+        if self.tail.len() == self.tail.capacity() {
+            // Full: hand the whole buffer over, which makes a `Bytes` without the shared
+            // header that splitting it would allocate.
+            self.parts.push(std::mem::take(&mut self.tail).freeze());
+        } else {
             self.parts.push(self.tail.split().freeze());
         }
     }

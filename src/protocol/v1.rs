@@ -60,6 +60,16 @@ pub fn encode_control(control: Control, out: &mut WireBuf) {
     }
 }
 
+/// The SETMODE block of each mode, with its separator.
+static SETMODE_BLOCKS: [&[u8]; 6] = [
+    b"\x01SETMODE0\x1f",
+    b"\x01SETMODE1\x1f",
+    b"\x01SETMODE2\x1f",
+    b"\x01SETMODE3\x1f",
+    b"\x01SETMODE4\x1f",
+    b"\x01SETMODE5\x1f",
+];
+
 /// What [`Encoder::encode`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Encoded {
@@ -184,19 +194,28 @@ impl Encoder {
 
         let set_mode = mode != self.mode;
         if set_mode {
-            encode_control(Control::SetMode(mode), out);
+            // A piece of its own, by reference: no copy, and a caller that sends the
+            // SETMODE itself drops the piece whole.
+            out.put_static(SETMODE_BLOCKS[usize::from(u8::from(mode))]);
             self.mode = mode;
         }
+        let end: &[u8] = if mode.is_acked() { &[EOT, SEP] } else { &[SEP] };
+        // One allocation for what is copied: the base85 text or a small payload, and
+        // the end of the block.
+        let copied = if mode.is_base85() {
+            base85_encoded_len(payload.len())
+        } else if payload.len() < SHARE_THRESHOLD {
+            payload.len()
+        } else {
+            0
+        };
+        out.reserve(copied + end.len());
         if mode.is_base85() {
             put_base85(&payload, out);
         } else {
             out.put_bytes(payload);
         }
-        if mode.is_acked() {
-            out.put_slice(&[EOT, SEP]);
-        } else {
-            out.put_u8(SEP);
-        }
+        out.put_slice(end);
         Ok(Encoded { mode, set_mode })
     }
 }
@@ -291,6 +310,24 @@ pub enum Base85Error {
         /// Its index in the input.
         position: usize,
     },
+}
+
+impl Base85Error {
+    /// The same error in a text that had `by` more characters before this one.
+    fn shifted(self, by: usize) -> Self {
+        match self {
+            Base85Error::BadChar { position, byte } => Base85Error::BadChar {
+                position: position + by,
+                byte,
+            },
+            Base85Error::Overflow { position } => Base85Error::Overflow {
+                position: position + by,
+            },
+            Base85Error::LoneChar { position } => Base85Error::LoneChar {
+                position: position + by,
+            },
+        }
+    }
 }
 
 /// Length of the base85 of `n` bytes: 5 characters per 4 bytes, and n + 1 characters for
@@ -462,30 +499,80 @@ pub fn decode_base85(text: &[u8], out: &mut Vec<u8>) -> Result<(), Base85Error> 
         });
     };
     out.resize(start + len, 0);
-    let result = decode_base85_to_slice(groups, rem, &mut out[start..]);
+    let whole = &text[..text.len() - rem.len()];
+    let result = decode_base85_to_slice(whole, rem, &mut out[start..]);
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
-fn decode_base85_to_slice(
-    groups: std::slice::ChunksExact<'_, u8>,
-    rem: &[u8],
-    out: &mut [u8],
-) -> Result<(), Base85Error> {
-    let mut slots = out.chunks_exact_mut(4);
-    let mut position = 0;
-    for (g, o) in groups.zip(&mut slots) {
-        let v = decode_group(&[g[0], g[1], g[2], g[3], g[4]], position)?;
-        o.copy_from_slice(&v.to_be_bytes());
+/// The value of the five characters in the low 40 bits of `w` (the first character in
+/// the low byte): above `u32::MAX` when one is outside the alphabet or the group
+/// overflows.
+#[inline(always)]
+fn group_sum(w: u64) -> u64 {
+    B85_PLACE[0][(w & 0xFF) as usize]
+        + B85_PLACE[1][(w >> 8 & 0xFF) as usize]
+        + B85_PLACE[2][(w >> 16 & 0xFF) as usize]
+        + B85_PLACE[3][(w >> 24 & 0xFF) as usize]
+        + B85_PLACE[4][(w >> 32 & 0xFF) as usize]
+}
+
+/// What is wrong with one of the two groups in `g` (ten characters from `position`).
+#[cold]
+#[inline(never)]
+fn pair_error(g: &[u8], position: usize) -> Base85Error {
+    let (a, b) = g.split_at(5);
+    let first = [a[0], a[1], a[2], a[3], a[4]];
+    match decode_group(&first, position) {
+        Err(e) => e,
+        Ok(_) => group_error(&[b[0], b[1], b[2], b[3], b[4]], position + 5),
+    }
+}
+
+/// Decodes the pairs of groups (ten characters) of `text` into `out` (eight bytes each)
+/// up to the first pair that is not valid base85, or the end of either; returns how
+/// many pairs it decoded. Two groups per step: one 8-byte and one 2-byte load in, one
+/// 8-byte store out, and one test for both groups.
+#[inline]
+fn decode_pairs(text: &[u8], out: &mut [u8]) -> usize {
+    let mut done = 0;
+    for (g, o) in text.chunks_exact(10).zip(out.chunks_exact_mut(8)) {
+        let lo = u64::from_le_bytes([g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]]);
+        let hi = u64::from(u16::from_le_bytes([g[8], g[9]]));
+        let a = group_sum(lo);
+        let b = group_sum(lo >> 40 | hi << 24);
+        if (a | b) > u64::from(u32::MAX) {
+            break;
+        }
+        o.copy_from_slice(&(a << 32 | b).to_be_bytes());
+        done += 1;
+    }
+    done
+}
+
+/// `text` holds whole groups, `rem` the final group of 2 to 4 characters (or nothing);
+/// `out` must be exactly as long as they decode to.
+fn decode_base85_to_slice(text: &[u8], rem: &[u8], out: &mut [u8]) -> Result<(), Base85Error> {
+    let whole = text.len() / 10 * 10;
+    let (text, single) = text.split_at(whole);
+    let (head, out) = out.split_at_mut(whole / 10 * 8);
+    let done = decode_pairs(text, head);
+    let mut position = done * 10;
+    if position < whole {
+        return Err(pair_error(&text[position..position + 10], position));
+    }
+    let (head, tail) = out.split_at_mut(single.len() / 5 * 4);
+    if let [c0, c1, c2, c3, c4] = *single {
+        let v = decode_group(&[c0, c1, c2, c3, c4], position)?;
+        head.copy_from_slice(&v.to_be_bytes());
         position += 5;
     }
     if !rem.is_empty() {
         let mut g = [b'~'; 5];
         g[..rem.len()].copy_from_slice(rem);
         let v = decode_group(&g, position)?;
-        let tail = slots.into_remainder();
         let n = tail.len().min(4);
         tail[..n].copy_from_slice(&v.to_be_bytes()[..n]);
     }
@@ -580,6 +667,16 @@ pub struct Decoder {
     acc_len: usize,
     /// Discarding input up to the next separator (after a block that was too large).
     skipping: bool,
+    /// Modes 2 and 4: the bytes of the whole pairs of groups at the start of the current
+    /// block, decoded as they arrived (`b85_text` characters of it; `buf` holds the
+    /// characters after them), so that a large block is neither held as text across
+    /// reads nor scanned for its separator apart from being decoded.
+    b85: Vec<u8>,
+    b85_text: usize,
+    /// The size of the last message decoded that way: the room reserved for the next.
+    b85_hint: usize,
+    /// The same for the last large mode 0 block handed over whole.
+    raw_hint: usize,
 }
 
 impl Decoder {
@@ -597,6 +694,10 @@ impl Decoder {
             buf: Vec::new(),
             acc_len: 0,
             skipping: false,
+            b85: Vec::new(),
+            b85_text: 0,
+            b85_hint: 0,
+            raw_hint: 0,
         }
     }
 
@@ -614,6 +715,12 @@ impl Decoder {
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<Frame>) {
         let mut rest = input;
         while !rest.is_empty() {
+            if self.streams_base85() {
+                rest = self.stream_base85(rest);
+                if rest.is_empty() {
+                    break;
+                }
+            }
             let (part, complete) = match find_byte(SEP, rest) {
                 Some(i) => {
                     let part = &rest[..i];
@@ -626,7 +733,7 @@ impl Decoder {
                 self.skipping = !complete;
                 continue;
             }
-            let held = self.buf.len();
+            let held = self.buffered();
             if part.len() > self.limit.saturating_sub(held) {
                 // Deterministic whatever the chunking: the size is where the limit was crossed.
                 out.push(Frame::Error(ProtocolError::TooLarge {
@@ -647,6 +754,25 @@ impl Decoder {
 
     /// Completes the current block with `part` (the bytes before its separator).
     fn block(&mut self, part: &[u8], out: &mut Vec<Frame>) {
+        if self.b85_text > 0 {
+            let tail = if self.buf.is_empty() {
+                part
+            } else {
+                self.hold(part);
+                &self.buf[..]
+            };
+            self.b85_hint = finish_base85(
+                self.mode,
+                self.max_message_size,
+                (&mut self.b85, self.b85_text),
+                tail,
+                out,
+            )
+            .unwrap_or(self.b85_hint);
+            self.b85_text = 0;
+            self.buf.clear();
+            return;
+        }
         let start = self.acc_len;
         let in_input = self.buf.len() == start; // nothing of this block was buffered
         let first = if in_input {
@@ -702,7 +828,12 @@ impl Decoder {
                 {
                     // A large raw block: hand the buffer over instead of copying it.
                     self.hold(part);
-                    let block = std::mem::take(&mut self.buf);
+                    let mut block = std::mem::take(&mut self.buf);
+                    if block.capacity() - block.len() > block.len() / 8 {
+                        // A kept message holds only its own bytes.
+                        block.shrink_to_fit();
+                    }
+                    self.raw_hint = block.len();
                     out.push(Frame::Data {
                         message: Message::Bytes(Bytes::from(block)),
                         mode: Some(Mode::Plain),
@@ -724,14 +855,88 @@ impl Decoder {
     fn hold(&mut self, bytes: &[u8]) {
         let needed = self.buf.len() + bytes.len();
         if needed > self.buf.capacity() {
-            let target = needed.max(self.buf.capacity().saturating_mul(2).min(self.limit));
+            // A large raw block that starts: room for one the size of the last large
+            // one, at once, rather than growing (and copying) it read after read.
+            let hint = if self.buf.is_empty()
+                && self.mode == Mode::Plain
+                && bytes.len() >= 4096
+                && bytes[0] != CTRL
+            {
+                self.raw_hint
+            } else {
+                0
+            };
+            let target = needed
+                .max(hint)
+                .max(self.buf.capacity().saturating_mul(2).min(self.limit));
             self.buf.reserve_exact(target - self.buf.len());
         }
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Whether the next input may be decoded as it comes ([`Decoder::stream_base85`]):
+    /// modes 2 and 4, no acknowledged message being collected, and the current block
+    /// not a control block nor held as text (after a group that is not valid base85).
+    fn streams_base85(&self) -> bool {
+        self.mode.is_base85()
+            && !self.mode.is_acked()
+            && !self.skipping
+            && self.acc_len == 0
+            && self.buf.len() < 10
+            && self.buf.first() != Some(&CTRL)
+    }
+
+    /// Decodes the whole pairs of groups at the start of `input` that are valid base85
+    /// into `b85`, within the limit; returns the rest. Base85 holds no `0x1F`: the pair
+    /// that holds the separator stops it, and the search for the separator starts there.
+    fn stream_base85<'a>(&mut self, mut input: &'a [u8]) -> &'a [u8] {
+        let mut room = self.limit.saturating_sub(self.buffered());
+        if !self.buf.is_empty() {
+            // Complete the pair that the last input ended in.
+            let need = 10 - self.buf.len();
+            if input.len() < need || room < need {
+                return input;
+            }
+            let mut pair = [0u8; 10];
+            pair[..self.buf.len()].copy_from_slice(&self.buf);
+            pair[self.buf.len()..].copy_from_slice(&input[..need]);
+            if !self.push_pairs(&pair) {
+                return input;
+            }
+            self.buf.clear();
+            input = &input[need..];
+            room -= need;
+        }
+        let text = &input[..input.len().min(room) / 10 * 10];
+        if self.b85_text == 0 && self.b85.capacity() == 0 {
+            // A new block: room for a message the size of the last one, at once.
+            self.b85
+                .reserve_exact(self.b85_hint.max(text.len() / 10 * 8));
+        }
+        let start = self.b85.len();
+        self.b85.resize(start + text.len() / 10 * 8, 0);
+        let done = decode_pairs(text, &mut self.b85[start..]);
+        self.b85.truncate(start + done * 8);
+        self.b85_text += done * 10;
+        &input[done * 10..]
+    }
+
+    /// Decodes one pair of groups into `b85`, if valid.
+    fn push_pairs(&mut self, pair: &[u8; 10]) -> bool {
+        let mut eight = [0u8; 8];
+        if decode_pairs(pair, &mut eight) == 1 {
+            self.b85.extend_from_slice(&eight);
+            self.b85_text += 10;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Drops everything held (after a block that was too large).
     fn release(&mut self) {
+        self.b85.clear();
+        self.b85_text = 0;
         self.acc_len = 0;
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
@@ -740,9 +945,9 @@ impl Decoder {
         }
     }
 
-    /// Bytes held.
+    /// Bytes held (as received: base85 that is already decoded counts as its text).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.b85_text + self.buf.len()
     }
 
     /// The current receive mode.
@@ -773,6 +978,52 @@ fn control(block: &[u8], out: &mut Vec<Frame>) -> Option<Mode> {
         }));
     }
     None
+}
+
+/// Delivers a message of mode 2 or 4 whose first `done` characters are decoded in
+/// `b85` and whose last characters are `tail`; returns its size when delivered.
+/// `b85` is left empty.
+fn finish_base85(
+    mode: Mode,
+    max: usize,
+    (b85, done): (&mut Vec<u8>, usize),
+    tail: &[u8],
+    out: &mut Vec<Frame>,
+) -> Option<usize> {
+    let total = done + tail.len();
+    let size = total / 5 * 4 + (total % 5).saturating_sub(1);
+    if size > max {
+        b85.clear();
+        out.push(Frame::Error(ProtocolError::TooLarge {
+            size: size as u64,
+            max,
+        }));
+        return None;
+    }
+    if let Err(e) = decode_base85(tail, b85) {
+        b85.clear();
+        out.push(Frame::Error(ProtocolError::BadBase85 {
+            mode,
+            detail: e.shifted(done).to_string(),
+        }));
+        return None;
+    }
+    let mut bytes = std::mem::take(b85);
+    if bytes.capacity() - bytes.len() > bytes.len() / 8 {
+        // Reserved for a larger message: a kept message holds only its own bytes.
+        bytes.shrink_to_fit();
+    }
+    let len = bytes.len();
+    let bytes = Bytes::from(bytes);
+    out.push(Frame::Data {
+        message: if mode.is_pickle() {
+            Message::Pickle(bytes)
+        } else {
+            Message::Bytes(bytes)
+        },
+        mode: Some(mode),
+    });
+    Some(len)
 }
 
 /// Delivers the payload of one message that arrived in `mode`.
@@ -834,6 +1085,7 @@ impl fmt::Display for Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Text;
 
     fn enc() -> Encoder {
         Encoder::new(TextEncoding::Utf8, 1 << 20)
@@ -1261,6 +1513,75 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_one_piece_and_a_setmode_one_more() {
+        let mut e = enc();
+        let mut w = WireBuf::new();
+        e.encode(&Message::from("hi"), Mode::Plain, &mut w).unwrap();
+        assert_eq!(w.take_parts(), vec![Bytes::from_static(b"hi\x1f")]);
+        // The SETMODE is a piece of its own, which a caller that writes its own drops whole.
+        e.encode(&Message::from(&b"abc"[..]), Mode::Base85Ack, &mut w)
+            .unwrap();
+        assert_eq!(
+            w.take_parts(),
+            vec![
+                Bytes::from_static(b"\x01SETMODE3\x1f"),
+                Bytes::from_static(b"VPaz\x04\x1f")
+            ]
+        );
+        // A large raw payload is kept by reference, its separator copied after it.
+        let big = Bytes::from(vec![b'a'; SHARE_THRESHOLD]);
+        e.encode(
+            &Message::Text(Text::from_utf8(big.clone()).unwrap()),
+            Mode::Plain,
+            &mut w,
+        )
+        .unwrap();
+        let parts = w.take_parts();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1].as_ptr(), big.as_ptr());
+        assert_eq!(&parts[2][..], b"\x1f");
+    }
+
+    #[test]
+    fn base85_errors_in_either_group_of_a_pair() {
+        use Base85Error::*;
+        // The decoder tests two groups at once: the error must still name the first bad
+        // group and character, wherever it is and whatever follows.
+        let good = b85(&[0x5A; 40]); // 50 characters
+        for at in 0..good.len() {
+            for (bad, want) in [
+                (
+                    b'"',
+                    BadChar {
+                        position: at,
+                        byte: b'"',
+                    },
+                ),
+                (
+                    0x1F,
+                    BadChar {
+                        position: at,
+                        byte: 0x1F,
+                    },
+                ),
+            ] {
+                let mut t = good.clone();
+                t[at] = bad;
+                assert_eq!(unb85(&t), Err(want.clone()), "{at}");
+                // A second error later does not change the report.
+                if at + 6 < t.len() {
+                    t[at + 6] = b'\'';
+                    assert_eq!(unb85(&t), Err(want), "{at}");
+                }
+            }
+            let mut t = good.clone();
+            let group = at / 5 * 5;
+            t[group..group + 5].copy_from_slice(b"~~~~~");
+            assert_eq!(unb85(&t), Err(Overflow { position: group }), "{at}");
+        }
+    }
+
+    #[test]
     fn find_byte_finds_the_first() {
         for len in 0..40 {
             let mut hay = vec![0x80u8; len];
@@ -1553,6 +1874,101 @@ mod tests {
                 bytes_frame(b"", Mode::PlainAck)
             ]
         );
+    }
+
+    #[test]
+    fn base85_blocks_decoded_as_they_come_match_whole_ones() {
+        // Modes 2 and 4 decode a block as it arrives: whatever the chunks, the frames
+        // (errors and their positions included) are those of the whole block decoded at once.
+        let good = b85(&(0..=255u8).cycle().take(203).collect::<Vec<u8>>());
+        let mut blocks: Vec<Vec<u8>> = vec![good.clone(), b"VPaz".to_vec(), Vec::new()];
+        for at in [0, 3, 9, 10, 11, 57, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] = b'"';
+            blocks.push(bad);
+            let mut over = good.clone();
+            let g = (at / 5 * 5).min(good.len() / 5 * 5 - 5);
+            over[g..g + 5].copy_from_slice(b"~~~~~");
+            blocks.push(over);
+        }
+        blocks.push([&good[..], b"0"].concat()); // a lone final character
+        blocks.push(vec![b'0'; 380]); // too large once decoded
+        blocks.push(vec![b'0'; 400]); // beyond the limit
+        blocks.push(b"0\x04\x01SETMODE9".to_vec());
+        for mode in [Mode::Base85, Mode::Pickle] {
+            let mut input = SETMODE_BLOCKS[usize::from(u8::from(mode))].to_vec();
+            let mut want = vec![Frame::SetMode(mode)];
+            for b in &blocks {
+                input.extend_from_slice(b);
+                input.push(SEP);
+                let limit = Decoder::new(300).limit();
+                let size = if b.len() > limit {
+                    limit + 1
+                } else {
+                    b.len() / 5 * 4 + (b.len() % 5).saturating_sub(1)
+                };
+                if b.is_empty() {
+                    continue;
+                }
+                want.push(if size > 300 {
+                    Frame::Error(ProtocolError::TooLarge {
+                        size: size as u64,
+                        max: 300,
+                    })
+                } else {
+                    match unb85(b) {
+                        Ok(v) => Frame::Data {
+                            message: if mode.is_pickle() {
+                                Message::Pickle(v.into())
+                            } else {
+                                Message::Bytes(v.into())
+                            },
+                            mode: Some(mode),
+                        },
+                        Err(e) => Frame::Error(ProtocolError::BadBase85 {
+                            mode,
+                            detail: e.to_string(),
+                        }),
+                    }
+                });
+            }
+            for chunk in [input.len(), 1, 2, 3, 7, 9, 10, 11, 13, 64, 100] {
+                let mut d = Decoder::new(300);
+                let mut out = Vec::new();
+                for c in input.chunks(chunk) {
+                    d.decode(c, &mut out);
+                    assert!(d.buffered() <= d.limit());
+                }
+                assert_eq!(out, want, "mode {mode}, chunks of {chunk}");
+                assert_eq!(d.buffered(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn large_raw_blocks_of_changing_sizes() {
+        // Room is reserved for a block the size of the last one: larger, smaller and
+        // control blocks after it arrive the same.
+        let sizes = [70_000usize, 100_000, 20_000, 70_000];
+        let mut input = Vec::new();
+        let mut want = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            let block: Vec<u8> = (0..n).map(|i| b'a' + ((i + k) % 26) as u8).collect();
+            input.extend_from_slice(&block);
+            input.push(SEP);
+            input.extend_from_slice(b"\x01ACKEOT!!\x1f");
+            want.push(bytes_frame(&block, Mode::Plain));
+            want.push(Frame::AckEot);
+        }
+        for chunk in [4096, 5000, 65_536] {
+            let mut d = Decoder::new(1 << 20);
+            let mut out = Vec::new();
+            for c in input.chunks(chunk) {
+                d.decode(c, &mut out);
+            }
+            assert_eq!(out, want, "chunks of {chunk}");
+            assert_eq!(d.buffered(), 0);
+        }
     }
 
     #[test]
