@@ -17,18 +17,8 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-#[cfg(all(
-    any(target_os = "linux", target_os = "android"),
-    not(serpy_portable_send)
-))]
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-#[cfg(all(
-    any(target_os = "linux", target_os = "android"),
-    not(serpy_portable_send)
-))]
-use std::io::IoSlice;
 
 #[cfg(not(all(
     any(target_os = "linux", target_os = "android"),
@@ -37,13 +27,18 @@ use std::io::IoSlice;
 use super::link::write_parts;
 use super::link::{encode_replies, put_back, write_failed, Link};
 use super::state::Shared;
+use super::vocab::{Control, Outgoing};
+use crate::sync::lock;
+// What only the fast path (Linux and Android, unless `--cfg serpy_portable_send`) uses.
 #[cfg(all(
     any(target_os = "linux", target_os = "android"),
     not(serpy_portable_send)
 ))]
-use super::vocab::Payload;
-use super::vocab::{Control, Outgoing};
-use crate::sync::lock;
+use {
+    super::vocab::Payload,
+    std::io::IoSlice,
+    std::time::{Duration, Instant},
+};
 
 /// A plain send is written by its caller only after the link has been quiet this long,
 /// so that a stream of sends still goes through the queue and the writer's batches.
