@@ -586,45 +586,26 @@ struct Options {
     idle_timeout: Option<Duration>,
 }
 
+/// Sets on builder `$b` each option of `$o` (an [`Options`]) that the caller gave.
 macro_rules! apply_options {
     ($b:expr, $o:expr) => {{
         let mut b = $b;
         let o = $o;
-        if let Some(v) = o.encoding {
-            b = b.encoding(v);
-        }
-        if let Some(v) = o.max_message_size {
-            b = b.max_message_size(v);
-        }
-        if let Some(v) = o.incoming_capacity {
-            b = b.incoming_capacity(v);
-        }
-        if let Some(v) = o.incoming_bytes {
-            b = b.incoming_bytes(v);
-        }
-        if let Some(v) = o.outgoing_capacity {
-            b = b.outgoing_capacity(v);
-        }
-        if let Some(v) = o.nodelay {
-            b = b.nodelay(v);
-        }
-        if let Some(v) = o.keepalive {
-            b = b.keepalive(v);
-        }
-        if let Some(v) = o.close_timeout {
-            b = b.close_timeout(v);
-        }
-        if let Some(v) = o.outgoing_bytes {
-            b = b.outgoing_bytes(v);
-        }
-        if let Some(v) = o.full_queue {
-            b = b.full_queue(v);
-        }
+        apply_options!(@each b, o: encoding, max_message_size, incoming_capacity,
+            incoming_bytes, outgoing_capacity, nodelay, keepalive, close_timeout,
+            outgoing_bytes, full_queue);
         if let Some(v) = o.idle_timeout {
             b = b.idle_timeout(Some(v));
         }
         b
     }};
+    (@each $b:ident, $o:ident: $($option:ident),*) => {
+        $(
+            if let Some(v) = $o.$option {
+                $b = $b.$option(v);
+            }
+        )*
+    };
 }
 
 #[allow(clippy::too_many_arguments)]
