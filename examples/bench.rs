@@ -28,6 +28,11 @@
 //!   one message echoed: resident memory (VmRSS) and threads per connection, against a
 //!   thread per accepted `TcpStream`.
 //!
+//! One-way rows of 1 MiB messages and more send the same number of messages on both
+//! sides (a byte budget) after the same untimed warm-up, and are timed at the receiver
+//! from the end of the warm-up; smaller ones send for a fixed time from the first send
+//! (see `run_limits`).
+//!
 //! Every load loop stops after a number of messages or a time, whichever comes first;
 //! every wait has a timeout. Only 127.0.0.1 with port 0 is used.
 
@@ -536,20 +541,78 @@ fn capacity_for(size: usize) -> usize {
 /// Reads raw frames (4-byte little-endian length, payload) into one reused buffer until
 /// the end marker; returns (messages, payload bytes, when the last one arrived).
 fn raw_receive(stream: TcpStream) -> io::Result<(u64, u64, Instant)> {
+    raw_receive_after(stream, 0).map(|(m, b, _, end)| (m, b, end))
+}
+
+/// [`raw_receive`] that counts only what follows the first `warm` messages: returns
+/// (messages, payload bytes, the [`Mark`] when the last warm-up message arrived, if any,
+/// when the last one arrived).
+fn raw_receive_after(stream: TcpStream, warm: u64) -> io::Result<Received> {
     let mut r = BufReader::with_capacity(64 * KIB, stream);
     let mut buf = Vec::new();
-    let (mut messages, mut bytes) = (0u64, 0u64);
+    let mut count = Counter::new(warm);
     loop {
         let mut len = [0u8; 4];
         r.read_exact(&mut len)?;
         let len = u32::from_le_bytes(len);
         if len == RAW_END {
-            return Ok((messages, bytes, Instant::now()));
+            return Ok((count.messages, count.bytes, count.mark, Instant::now()));
         }
         buf.resize(len as usize, 0);
         r.read_exact(&mut buf)?;
-        messages += 1;
-        bytes += u64::from(len);
+        count.add(u64::from(len));
+    }
+}
+
+/// What a receiver counted after the warm-up: messages, payload bytes, the end of the
+/// warm-up (if there was one), the arrival of the last message.
+type Received = (u64, u64, Option<Mark>, Instant);
+
+/// When a run's timing starts at its receiver: the instant and the process's CPU time.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    at: Instant,
+    cpu: f64,
+}
+
+impl Mark {
+    fn now() -> Mark {
+        Mark {
+            at: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+}
+
+/// A receiver's count of the messages after the first `warm`, which it takes as the
+/// warm-up: the [`Mark`] is set when the last of those arrives.
+struct Counter {
+    warm: u64,
+    messages: u64,
+    bytes: u64,
+    mark: Option<Mark>,
+}
+
+impl Counter {
+    fn new(warm: u64) -> Counter {
+        Counter {
+            warm,
+            messages: 0,
+            bytes: 0,
+            mark: None,
+        }
+    }
+
+    fn add(&mut self, len: u64) {
+        if self.warm > 0 {
+            self.warm -= 1;
+            if self.warm == 0 {
+                self.mark = Some(Mark::now());
+            }
+        } else {
+            self.messages += 1;
+            self.bytes += len;
+        }
     }
 }
 
@@ -557,36 +620,96 @@ fn raw_receive(stream: TcpStream) -> io::Result<(u64, u64, Instant)> {
 // One-way throughput
 // ---------------------------------------------------------------------------------------
 
-fn run_limits(plan: &Plan, size: usize) -> (u64, Duration) {
-    let n = plan.run_messages.min(plan.run_bytes / size as u64).max(4);
-    (n, plan.run_time)
+/// Messages of this size and more are sent in runs of a fixed number, the same for serpy
+/// and raw, after a warm-up that is not timed (see [`run_limits`]).
+const FIXED_FROM: usize = MIB;
+
+/// How one throughput run goes: `warm` messages first (not timed, not counted), then
+/// `count` more, or fewer if `time` runs out first (checked every `step` messages).
+#[derive(Clone, Copy, Debug)]
+struct RunLimits {
+    warm: u64,
+    count: u64,
+    time: Duration,
+    step: u64,
+}
+
+/// Below [`FIXED_FROM`] a run sends for `run_time` (or up to its message and byte
+/// limits), timed from the first send. From [`FIXED_FROM`] on, a run is a few hundred
+/// messages, so its length would depend on when the 64-message clock check falls and its
+/// time on how fast each side warms up (serpy's queues, its pool of payload buffers, the
+/// sockets' buffers); both sides send the same number of messages (a byte budget: 4 GiB,
+/// `--quick` 512 MiB) after the same warm-up (256 MiB, `--quick` 64 MiB, at least 4
+/// messages), timed at the receiver from the arrival of the last warm-up message to the
+/// arrival of the last message; the time limit is only an upper bound (ten times
+/// `run_time`), checked every message.
+fn run_limits(plan: &Plan, size: usize) -> RunLimits {
+    let size = size as u64;
+    if size < FIXED_FROM as u64 {
+        return RunLimits {
+            warm: 0,
+            count: plan.run_messages.min(plan.run_bytes / size).max(4),
+            time: plan.run_time,
+            step: 64,
+        };
+    }
+    let (warm, budget) = if plan.quick {
+        (64 << 20, 512 << 20)
+    } else {
+        (256 << 20, 4 << 30)
+    };
+    RunLimits {
+        warm: (warm / size).max(4),
+        count: (budget / size).max(8),
+        time: plan.run_time * 10,
+        step: 1,
+    }
+}
+
+/// The throughput of a run that began at `start` (the sender's first send, with the CPU
+/// time then) or at the receiver's `mark`, when there was a warm-up.
+fn timed(
+    messages: u64,
+    bytes: u64,
+    start: Mark,
+    mark: Option<Mark>,
+    end: Instant,
+    cpu_end: f64,
+) -> Throughput {
+    let from = mark.unwrap_or(start);
+    Throughput {
+        messages,
+        bytes,
+        secs: (end - from.at).as_secs_f64(),
+        cpu: cpu_end - from.cpu,
+    }
 }
 
 fn raw_oneway(plan: &Plan, size: usize) -> BoxResult<Throughput> {
-    let (n, time) = run_limits(plan, size);
+    let limits = run_limits(plan, size);
     let (client, server) = raw_pair()?;
-    let receiver = thread::spawn(move || raw_receive(server));
+    let warm = limits.warm;
+    let receiver = thread::spawn(move || raw_receive_after(server, warm));
     let data = payload(size);
-    let cpu = process_cpu();
-    let start = Instant::now();
-    let deadline = start + time;
+    let start = Mark::now();
+    let deadline = start.at + limits.time;
     let mut w = BufWriter::with_capacity(64 * KIB, client);
     let mut sent = 0u64;
-    while sent < n && (sent % 64 != 0 || Instant::now() < deadline) {
+    let n = limits.warm + limits.count;
+    while sent < n && (sent % limits.step != 0 || Instant::now() < deadline) {
         w.write_all(&(size as u32).to_le_bytes())?;
         w.write_all(&data)?;
         sent += 1;
     }
     w.write_all(&RAW_END.to_le_bytes())?;
     w.flush()?;
-    let (messages, bytes, end) = receiver.join().map_err(|_| "raw receiver panicked")??;
-    assert_eq!(messages, sent, "raw: every message arrives");
-    Ok(Throughput {
+    let (messages, bytes, mark, end) = receiver.join().map_err(|_| "raw receiver panicked")??;
+    assert_eq!(
         messages,
-        bytes,
-        secs: (end - start).as_secs_f64(),
-        cpu: process_cpu() - cpu,
-    })
+        sent.saturating_sub(limits.warm),
+        "raw: every message arrives"
+    );
+    Ok(timed(messages, bytes, start, mark, end, process_cpu()))
 }
 
 /// serpy one-way: the client sends `message` (of `size` payload bytes) in `mode`, the
@@ -598,38 +721,37 @@ fn serpy_oneway(
     message: Message,
     size: usize,
 ) -> BoxResult<Throughput> {
-    let (n, time) = run_limits(plan, size);
+    let limits = run_limits(plan, size);
     let (_server, client, peer) = serpy_pair(protocol, capacity_for(size))?;
-    let receiver = thread::spawn(move || -> serpy::Result<(u64, u64, Instant)> {
-        let (mut messages, mut bytes) = (0u64, 0u64);
+    let warm = limits.warm;
+    let receiver = thread::spawn(move || -> serpy::Result<Received> {
+        let mut count = Counter::new(warm);
         loop {
             let m = peer.get_data_timeout(WAIT)?;
             if m.len() != size {
-                return Ok((messages, bytes, Instant::now()));
+                return Ok((count.messages, count.bytes, count.mark, Instant::now()));
             }
-            messages += 1;
-            bytes += m.len() as u64;
+            count.add(m.len() as u64);
         }
     });
-    let cpu = process_cpu();
-    let start = Instant::now();
-    let deadline = start + time;
+    let start = Mark::now();
+    let deadline = start.at + limits.time;
     let mut sent = 0u64;
-    while sent < n && (sent % 64 != 0 || Instant::now() < deadline) {
+    let n = limits.warm + limits.count;
+    while sent < n && (sent % limits.step != 0 || Instant::now() < deadline) {
         client.send_data(message.clone(), mode)?;
         sent += 1;
     }
     client.send_data("end", Mode::Plain)?;
-    let (messages, bytes, end) = receiver.join().map_err(|_| "receiver panicked")??;
-    let cpu = process_cpu() - cpu;
-    assert_eq!(messages, sent, "serpy: every message arrives");
-    client.close();
-    Ok(Throughput {
+    let (messages, bytes, mark, end) = receiver.join().map_err(|_| "receiver panicked")??;
+    let cpu_end = process_cpu();
+    assert_eq!(
         messages,
-        bytes,
-        secs: (end - start).as_secs_f64(),
-        cpu,
-    })
+        sent.saturating_sub(limits.warm),
+        "serpy: every message arrives"
+    );
+    client.close();
+    Ok(timed(messages, bytes, start, mark, end, cpu_end))
 }
 
 fn throughput_row(
