@@ -1534,6 +1534,60 @@ mod tests {
         assert_eq!(v, b"xVPazabc");
     }
 
+    /// Python's `b85encode`, one digit at a time: the reference for the encoder.
+    fn b85_reference(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in data.chunks(4) {
+            let mut g = [0u8; 4];
+            g[..chunk.len()].copy_from_slice(chunk);
+            let mut v = u32::from_be_bytes(g);
+            let mut five = [0u8; 5];
+            for c in five.iter_mut().rev() {
+                *c = B85_ALPHABET[(v % 85) as usize];
+                v /= 85;
+            }
+            out.extend_from_slice(&five[..chunk.len() + 1]);
+        }
+        out
+    }
+
+    #[test]
+    fn base85_encoder_matches_the_reference_at_every_length() {
+        // Every length up to 300 (each remainder after the pairs of groups) and some
+        // longer ones, random bytes and the extremes, appended after a prefix to check
+        // the offset too.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 32) as u8
+                })
+                .collect()
+        };
+        for len in (0..300).chain([511, 512, 515, 1031, 4099, 70_001]) {
+            for data in [noise(len), vec![0xFF; len], vec![0; len], noise(len)] {
+                let mut ours = b"prefix".to_vec();
+                encode_base85(&data, &mut ours);
+                assert_eq!(&ours[..6], b"prefix");
+                assert_eq!(ours[6..], b85_reference(&data), "{data:?}");
+                assert_eq!(unb85(&ours[6..]).unwrap(), data);
+            }
+        }
+        // Group values at the edges of the digit ranges.
+        for v in [
+            0u32, 84, 85, 7224, 7225, 614_124, 614_125, 52_200_624, 52_200_625,
+        ]
+        .into_iter()
+        .chain([u32::MAX - 1, u32::MAX, 0x8000_0000, 0x7FFF_FFFF])
+        {
+            let data = [v.to_be_bytes(), (!v).to_be_bytes()].concat();
+            assert_eq!(b85(&data), b85_reference(&data), "{v}");
+        }
+    }
+
     #[test]
     fn base85_errors() {
         use Base85Error::*;
