@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::{lossy_excerpt, Error, ProtocolError, Result};
 use crate::message::{Message, TextEncoding};
@@ -618,6 +618,10 @@ fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
         .map(|i| base + i)
 }
 
+/// Modes 2 and 4: a block of at most this many characters whose end is in the input
+/// where it starts is decoded whole, not as it comes.
+const SMALL_BLOCK: usize = 2048;
+
 /// Above this capacity an empty buffer is released rather than kept for the next block.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
@@ -637,6 +641,13 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// a message collected over several blocks) that grows beyond it is reported once as
 /// [`ProtocolError::TooLarge`], with `size` = limit + 1 (the point where it crossed, the
 /// same whatever the chunking), dropped, and skipped up to the next `0x1F`.
+///
+/// The bytes of small base85 messages (modes 2 to 5, below 16 KiB decoded) are decoded
+/// into chunks of 64 KiB and cut out of them: one allocation per chunk, not one per
+/// message. Such a message keeps its chunk alive while it lives (at most 64 KiB more
+/// than itself; the messages decoded with it share it); once every message cut from a
+/// chunk is gone, the decoder reuses it. A program that keeps a few small messages for
+/// long and drops the rest can copy them (`Bytes::copy_from_slice`).
 ///
 /// ```
 /// use serpy::protocol::v1::Decoder;
@@ -677,6 +688,8 @@ pub struct Decoder {
     b85_hint: usize,
     /// The same for the last large mode 0 block handed over whole.
     raw_hint: usize,
+    /// Small base85 payloads are decoded into this chunk and cut out of it (see [`cut`]).
+    chunk: BytesMut,
 }
 
 impl Decoder {
@@ -698,6 +711,7 @@ impl Decoder {
             b85_text: 0,
             b85_hint: 0,
             raw_hint: 0,
+            chunk: BytesMut::new(),
         }
     }
 
@@ -715,13 +729,21 @@ impl Decoder {
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<Frame>) {
         let mut rest = input;
         while !rest.is_empty() {
+            let mut sep = None;
             if self.streams_base85() {
-                rest = self.stream_base85(rest);
-                if rest.is_empty() {
-                    break;
+                // A small block that starts here and ends in this input is decoded whole,
+                // straight into the chunk its message is cut from.
+                if self.b85_text == 0 && self.buf.is_empty() {
+                    sep = find_byte(SEP, &rest[..rest.len().min(SMALL_BLOCK)]);
+                }
+                if sep.is_none() {
+                    rest = self.stream_base85(rest);
+                    if rest.is_empty() {
+                        break;
+                    }
                 }
             }
-            let (part, complete) = match find_byte(SEP, rest) {
+            let (part, complete) = match sep.or_else(|| find_byte(SEP, rest)) {
                 Some(i) => {
                     let part = &rest[..i];
                     rest = &rest[i + 1..];
@@ -800,7 +822,13 @@ impl Decoder {
                     // Fast path: deliver straight from the input, keep what follows the last 0x04.
                     let mut msg = part;
                     while let Some(i) = find_byte(EOT, msg) {
-                        payload(self.mode, self.max_message_size, &msg[..i], out);
+                        payload(
+                            self.mode,
+                            self.max_message_size,
+                            &mut self.chunk,
+                            &msg[..i],
+                            out,
+                        );
                         msg = &msg[i + 1..];
                     }
                     self.hold(msg);
@@ -810,7 +838,13 @@ impl Decoder {
                     let mut from = start; // the collected part holds no 0x04
                     while let Some(i) = find_byte(EOT, &self.buf[from..]) {
                         let end = from + i;
-                        payload(self.mode, self.max_message_size, &self.buf[begin..end], out);
+                        payload(
+                            self.mode,
+                            self.max_message_size,
+                            &mut self.chunk,
+                            &self.buf[begin..end],
+                            out,
+                        );
                         begin = end + 1;
                         from = begin;
                     }
@@ -820,7 +854,7 @@ impl Decoder {
             }
             Some(_) => {
                 if in_input {
-                    payload(self.mode, self.max_message_size, part, out);
+                    payload(self.mode, self.max_message_size, &mut self.chunk, part, out);
                 } else if self.mode == Mode::Plain
                     && start == 0
                     && self.buf.len() + part.len() >= SHARE_THRESHOLD
@@ -840,7 +874,13 @@ impl Decoder {
                     });
                 } else {
                     self.hold(part);
-                    payload(self.mode, self.max_message_size, &self.buf[start..], out);
+                    payload(
+                        self.mode,
+                        self.max_message_size,
+                        &mut self.chunk,
+                        &self.buf[start..],
+                        out,
+                    );
                     self.buf.truncate(start);
                 }
             }
@@ -1026,8 +1066,35 @@ fn finish_base85(
     Some(len)
 }
 
-/// Delivers the payload of one message that arrived in `mode`.
-fn payload(mode: Mode, max: usize, raw: &[u8], out: &mut Vec<Frame>) {
+/// Small base85 payloads (below [`SHARE_THRESHOLD`]) are cut out of chunks of this many
+/// bytes.
+const CHUNK: usize = 64 * 1024;
+
+/// A payload of `len` bytes (below [`SHARE_THRESHOLD`]) that `fill` writes, cut out of
+/// `chunk`: one allocation per chunk, not one per message. A new chunk is taken when the
+/// room left is too small, unless every payload cut out of the current one is gone, in
+/// which case it is reused. If `fill` fails, nothing is cut.
+fn cut<E>(
+    chunk: &mut BytesMut,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<Bytes, E> {
+    if chunk.capacity() < len && !chunk.try_reclaim(CHUNK) {
+        *chunk = BytesMut::with_capacity(CHUNK);
+    }
+    chunk.resize(len, 0);
+    match fill(&mut chunk[..]) {
+        Ok(()) => Ok(chunk.split().freeze()),
+        Err(e) => {
+            chunk.clear();
+            Err(e)
+        }
+    }
+}
+
+/// Delivers the payload of one message that arrived in `mode`; the bytes of a small
+/// base85 one are decoded into `chunk` and cut out of it ([`cut`]).
+fn payload(mode: Mode, max: usize, chunk: &mut BytesMut, raw: &[u8], out: &mut Vec<Frame>) {
     let too_large = |size: usize| {
         Frame::Error(ProtocolError::TooLarge {
             size: size as u64,
@@ -1038,6 +1105,8 @@ fn payload(mode: Mode, max: usize, raw: &[u8], out: &mut Vec<Frame>) {
         out.push(if raw.len() > max {
             too_large(raw.len())
         } else {
+            // Copied, not cut out of the chunk: measured no faster for raw payloads
+            // (the chunk's shared count moves between threads where an allocation does not).
             Frame::Data {
                 message: Message::Bytes(Bytes::copy_from_slice(raw)),
                 mode: Some(mode),
@@ -1051,19 +1120,27 @@ fn payload(mode: Mode, max: usize, raw: &[u8], out: &mut Vec<Frame>) {
         out.push(too_large(size));
         return;
     }
-    let mut bytes = Vec::new();
-    out.push(match decode_base85(raw, &mut bytes) {
-        Ok(()) => {
-            let bytes = Bytes::from(bytes);
-            Frame::Data {
-                message: if mode.is_pickle() {
-                    Message::Pickle(bytes)
-                } else {
-                    Message::Bytes(bytes)
-                },
-                mode: Some(mode),
-            }
+    let decoded = match base85_decoded_len(raw.len()) {
+        Some(len) if len < SHARE_THRESHOLD => {
+            let groups = raw.len() / 5 * 5;
+            cut(chunk, len, |o| {
+                decode_base85_to_slice(&raw[..groups], &raw[groups..], o)
+            })
         }
+        _ => {
+            let mut bytes = Vec::new();
+            decode_base85(raw, &mut bytes).map(|()| Bytes::from(bytes))
+        }
+    };
+    out.push(match decoded {
+        Ok(bytes) => Frame::Data {
+            message: if mode.is_pickle() {
+                Message::Pickle(bytes)
+            } else {
+                Message::Bytes(bytes)
+            },
+            mode: Some(mode),
+        },
         Err(e) => Frame::Error(ProtocolError::BadBase85 {
             mode,
             detail: e.to_string(),
@@ -1455,6 +1532,60 @@ mod tests {
         encode_base85(b"abc", &mut v);
         decode_base85(b"VPaz", &mut v).unwrap();
         assert_eq!(v, b"xVPazabc");
+    }
+
+    /// Python's `b85encode`, one digit at a time: the reference for the encoder.
+    fn b85_reference(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in data.chunks(4) {
+            let mut g = [0u8; 4];
+            g[..chunk.len()].copy_from_slice(chunk);
+            let mut v = u32::from_be_bytes(g);
+            let mut five = [0u8; 5];
+            for c in five.iter_mut().rev() {
+                *c = B85_ALPHABET[(v % 85) as usize];
+                v /= 85;
+            }
+            out.extend_from_slice(&five[..chunk.len() + 1]);
+        }
+        out
+    }
+
+    #[test]
+    fn base85_encoder_matches_the_reference_at_every_length() {
+        // Every length up to 300 (each remainder after the pairs of groups) and some
+        // longer ones, random bytes and the extremes, appended after a prefix to check
+        // the offset too.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 32) as u8
+                })
+                .collect()
+        };
+        for len in (0..300).chain([511, 512, 515, 1031, 4099, 70_001]) {
+            for data in [noise(len), vec![0xFF; len], vec![0; len], noise(len)] {
+                let mut ours = b"prefix".to_vec();
+                encode_base85(&data, &mut ours);
+                assert_eq!(&ours[..6], b"prefix");
+                assert_eq!(ours[6..], b85_reference(&data), "{data:?}");
+                assert_eq!(unb85(&ours[6..]).unwrap(), data);
+            }
+        }
+        // Group values at the edges of the digit ranges.
+        for v in [
+            0u32, 84, 85, 7224, 7225, 614_124, 614_125, 52_200_624, 52_200_625,
+        ]
+        .into_iter()
+        .chain([u32::MAX - 1, u32::MAX, 0x8000_0000, 0x7FFF_FFFF])
+        {
+            let data = [v.to_be_bytes(), (!v).to_be_bytes()].concat();
+            assert_eq!(b85(&data), b85_reference(&data), "{v}");
+        }
     }
 
     #[test]
@@ -1968,6 +2099,73 @@ mod tests {
             }
             assert_eq!(out, want, "chunks of {chunk}");
             assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    /// The payload of a data frame.
+    fn data(f: &Frame) -> &Bytes {
+        match f {
+            Frame::Data {
+                message: Message::Bytes(b) | Message::Pickle(b),
+                ..
+            } => b,
+            other => panic!("not a data frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn small_base85_payloads_are_cut_out_of_one_chunk_which_is_reused_once_they_are_gone() {
+        // Small mode 2 (decoded whole, not as they come) and mode 3 messages.
+        for (mode, setmode) in [
+            (Mode::Base85, &b"\x01SETMODE2\x1f"[..]),
+            (Mode::Base85Ack, b"\x01SETMODE3\x1f"),
+        ] {
+            let mut d = Decoder::new(1 << 20);
+            let mut out = Vec::new();
+            d.decode(setmode, &mut out);
+            out.clear();
+            let mut e = enc();
+            let mut input = Vec::new();
+            let mut want = Vec::new();
+            let mut one_wire = Vec::new();
+            for i in 0..100u32 {
+                let msg = format!("message {i} {}", "x".repeat(i as usize));
+                let mut w = WireBuf::new();
+                e.encode(&Message::from(msg.as_str()), mode, &mut w)
+                    .unwrap();
+                let wire = w.to_vec();
+                // The SETMODE the encoder writes first was fed above.
+                input.extend_from_slice(if i == 0 {
+                    &wire[setmode.len()..]
+                } else {
+                    &wire[..]
+                });
+                one_wire = wire;
+                want.push(bytes_frame(msg.as_bytes(), mode));
+            }
+            d.decode(&input, &mut out);
+            assert_eq!(out, want, "{mode}");
+            // One after the other in one chunk.
+            let first = data(&out[0]).as_ptr() as usize;
+            for f in &out {
+                let at = data(f).as_ptr() as usize;
+                assert!(at >= first && at - first < CHUNK, "{mode}");
+            }
+            // Once they are gone, the chunk is used again: over many more messages than
+            // one chunk holds, each dropped before the next arrives, every one is cut
+            // from the same chunk.
+            drop(out);
+            let mut spots = Vec::new();
+            let one = &want[99];
+            for _ in 0..4 * CHUNK / one_wire.len() {
+                let mut out = Vec::new();
+                d.decode(&one_wire, &mut out);
+                assert_eq!(out, std::slice::from_ref(one), "{mode}");
+                spots.push(data(&out[0]).as_ptr() as usize);
+            }
+            let (lo, hi) = (spots.iter().min().unwrap(), spots.iter().max().unwrap());
+            assert!(hi - lo < CHUNK, "{mode}: {lo:#x}..{hi:#x}");
+            assert!(d.chunk.capacity() <= CHUNK, "{mode}");
         }
     }
 
