@@ -541,7 +541,7 @@ impl Connection {
         if outgoing::send_small(shared, &message, mode) {
             return Ok(());
         }
-        let payload = outgoing::prepare_send(shared, &message, mode)?;
+        let payload = outgoing::prepare_send(shared, message, mode)?;
         outgoing::enqueue(shared, payload, deadline)
     }
 

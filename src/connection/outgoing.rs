@@ -87,7 +87,7 @@ fn strip_front(parts: &mut Vec<Bytes>, mut n: usize) {
 }
 
 /// Checks that a send may go ahead, then encodes it (the first half of `send_data`).
-pub(crate) fn prepare_send(shared: &Shared, message: &Message, mode: Mode) -> Result<Payload> {
+pub(crate) fn prepare_send(shared: &Shared, message: Message, mode: Mode) -> Result<Payload> {
     if let Some(e) = shared.life.refusal() {
         return Err(e);
     }
@@ -100,7 +100,18 @@ pub(crate) fn prepare_send(shared: &Shared, message: &Message, mode: Mode) -> Re
             ),
         });
     }
-    prepare(protocol, &shared.cfg, message, mode)
+    if protocol == Protocol::V2 {
+        // What `prepare` does, with the payload moved out of the message.
+        if message.len() > shared.cfg.max_message_size {
+            return Err(Error::MessageTooLarge {
+                size: message.len() as u64,
+                max: shared.cfg.max_message_size,
+            });
+        }
+        let (header, body) = v2::encode_parts_owned(message)?;
+        return Ok(Payload::V2 { header, body });
+    }
+    prepare(protocol, &shared.cfg, &message, mode)
 }
 
 /// The fast path of `send_data` for a small plain message while messages stream out
