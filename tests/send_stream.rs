@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 
 use common::T;
 use serpy::protocol::{v1, v2, WireBuf};
-use serpy::{Bytes, Connection, Error, Message, Mode, Protocol, TextEncoding};
+use serpy::{Bytes, Connection, Error, FullQueue, Message, Mode, Protocol, TextEncoding};
 
 /// A listener whose accepted sockets have a small receive buffer, so that a large first
 /// message keeps the client's writer busy until the test reads.
@@ -113,5 +113,40 @@ fn a_v1_stream_behind_a_large_message_is_the_codecs_bytes_in_order() {
     let want = want.to_vec();
     let got = read_all(&mut raw, want.len());
     assert!(got == want, "the blocks arrive whole, in order, as encoded");
+    client.close();
+}
+
+/// Reads one v2 frame: its payload.
+fn read_frame(raw: &mut TcpStream) -> Vec<u8> {
+    let header = read_all(raw, v2::HEADER_LEN);
+    let len = u32::from_le_bytes(header[10..14].try_into().unwrap()) as usize;
+    read_all(raw, len)
+}
+
+#[test]
+fn keep_latest_holds_its_bound_for_small_sends_behind_a_large_message() {
+    let l = listener();
+    let client = Connection::builder()
+        .protocol(Protocol::V2)
+        .outgoing_capacity(1000)
+        .full_queue(FullQueue::KeepLatest(4))
+        .connect(l.local_addr().unwrap())
+        .unwrap();
+    let mut raw = accept(&l);
+    client.send(Bytes::from(vec![7u8; HEAD])).unwrap();
+    for i in 0..100 {
+        client.send(format!("m{i}")).unwrap();
+    }
+    assert_eq!(read_frame(&mut raw).len(), HEAD);
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("m99") {
+        got.push(String::from_utf8(read_frame(&mut raw)).unwrap());
+    }
+    // At most 4 wait in the queue; a few may have left it with the large message.
+    assert!(got.len() < 50, "{} of 100 kept: {got:?}", got.len());
+    assert_eq!(&got[got.len() - 4..], ["m96", "m97", "m98", "m99"]);
+    let order: Vec<usize> = got.iter().map(|m| m[1..].parse().unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    assert_eq!(client.stats().dropped + got.len() as u64, 100);
     client.close();
 }

@@ -357,20 +357,23 @@ impl Outbox {
     /// given as the two pieces of its wire bytes (`pieces[0] ++ pieces[1]`, what
     /// `Payload::V2` or a `Payload::V1` of `mode` would put on the wire): copied into
     /// the last run under one lock holding, with no [`Outgoing`] made and nothing else
-    /// counted. Declines (returns false, nothing queued) whenever the general path
-    /// has something to do: the writer has ended, a bound is reached (it waits, drops
-    /// or fails by the policy), or the queue is empty while the writer writes nothing
-    /// (`pending` is zero: the message may be written at once, see `inline.rs`).
+    /// counted. `cap` is the count the policy lets the queue reach (the count bound, or
+    /// less under `FullQueue::KeepLatest`). Declines (returns false, nothing queued)
+    /// whenever the general path has something to do: the writer has ended, a bound or
+    /// `cap` is reached (it waits, drops or fails by the policy), or the queue is empty
+    /// while the writer writes nothing (`pending` is zero: the message may be written
+    /// at once, see `inline.rs`).
     pub fn try_push_small(
         &self,
         mode: Option<Mode>,
         pieces: [&[u8]; 2],
         pending: &AtomicUsize,
+        cap: usize,
     ) -> bool {
         let size = pieces[0].len() + pieces[1].len();
         debug_assert!(size < SMALL + v2::HEADER_LEN);
         let mut q = lock(&self.q);
-        if q.gone || !self.fits(&q, size) || q.count >= self.capacity {
+        if q.gone || !self.fits(&q, size) || q.count >= self.capacity.min(cap) {
             return false;
         }
         let wake = q.is_empty();
@@ -596,18 +599,18 @@ mod tests {
         let h = [7u8; v2::HEADER_LEN];
         // Empty queue, nothing being written: the message may go out at once, so the
         // fast path leaves it to the general one.
-        assert!(!o.try_push_small(None, [&h, b"a"], &pending));
+        assert!(!o.try_push_small(None, [&h, b"a"], &pending, usize::MAX));
         assert_eq!(o.len(), 0);
         let (item, size) = v2_item(b"first");
         assert!(o.try_push(item, size).is_ok());
-        assert!(o.try_push_small(None, [&h, b"bc"], &pending));
-        assert!(o.try_push_small(None, [&h, b"d"], &pending));
+        assert!(o.try_push_small(None, [&h, b"bc"], &pending, usize::MAX));
+        assert!(o.try_push_small(None, [&h, b"d"], &pending, usize::MAX));
         assert_eq!(
             (o.len(), o.queued()),
             (3, 3 * MESSAGE_OVERHEAD + 3 * 14 + 8)
         );
         // The count bound: a fourth is declined (the general path waits or drops).
-        assert!(!o.try_push_small(None, [&h, b"e"], &pending));
+        assert!(!o.try_push_small(None, [&h, b"e"], &pending, usize::MAX));
         assert_eq!(o.len(), 3);
         let mut out = Vec::new();
         assert_eq!(o.take(&mut out, usize::MAX, usize::MAX, &mut Vec::new()), 3);
@@ -622,11 +625,15 @@ mod tests {
         // While the writer writes (pending), an empty queue takes it, in a run of its
         // v1 mode.
         pending.store(1, Ordering::Release);
-        assert!(o.try_push_small(Some(Mode::Plain), [b"x", &[0x1f]], &pending));
+        assert!(o.try_push_small(Some(Mode::Plain), [b"x", &[0x1f]], &pending, usize::MAX));
+        // A keep-latest cap below the count bound: at the cap, declined (the general
+        // path drops the oldest).
+        assert!(o.try_push_small(Some(Mode::Plain), [b"y", &[0x1f]], &pending, 2));
+        assert!(!o.try_push_small(Some(Mode::Plain), [b"z", &[0x1f]], &pending, 2));
         out.clear();
-        assert_eq!(o.take(&mut out, usize::MAX, usize::MAX, &mut Vec::new()), 1);
+        assert_eq!(o.take(&mut out, usize::MAX, usize::MAX, &mut Vec::new()), 2);
         assert!(
-            matches!(&out[0].payload, Payload::Run(r) if r.mode == Some(Mode::Plain) && &r.bytes[..] == b"x\x1f")
+            matches!(&out[0].payload, Payload::Run(r) if r.mode == Some(Mode::Plain) && &r.bytes[..] == b"x\x1fy\x1f")
         );
     }
 
@@ -636,11 +643,11 @@ mod tests {
         let o = Outbox::new(2 * charge(size), 100);
         let pending = AtomicUsize::new(1);
         let h = [0u8; v2::HEADER_LEN];
-        assert!(o.try_push_small(None, [&h, &[1; 10]], &pending));
-        assert!(o.try_push_small(None, [&h, &[2; 10]], &pending));
-        assert!(!o.try_push_small(None, [&h, &[3; 10]], &pending));
+        assert!(o.try_push_small(None, [&h, &[1; 10]], &pending, usize::MAX));
+        assert!(o.try_push_small(None, [&h, &[2; 10]], &pending, usize::MAX));
+        assert!(!o.try_push_small(None, [&h, &[3; 10]], &pending, usize::MAX));
         assert_eq!(o.queued(), 2 * charge(size));
         assert_eq!(o.take_all(true).len(), 1, "one run");
-        assert!(!o.try_push_small(None, [&h, &[4; 10]], &pending));
+        assert!(!o.try_push_small(None, [&h, &[4; 10]], &pending, usize::MAX));
     }
 }

@@ -135,6 +135,11 @@ pub(crate) fn send_small(shared: &Shared, message: &Message, mode: Mode) -> bool
     {
         return false;
     }
+    // Under KeepLatest(n) the queue holds at most n: at n, the general path drops.
+    let cap = match shared.cfg.full_queue {
+        FullQueue::KeepLatest(n) => n,
+        _ => usize::MAX,
+    };
     match shared.protocol() {
         Protocol::V2 => {
             let code = match message {
@@ -144,7 +149,7 @@ pub(crate) fn send_small(shared: &Shared, message: &Message, mode: Mode) -> bool
             let header = v2::header(code, body);
             shared
                 .outbox
-                .try_push_small(None, [&header, body], &shared.pending)
+                .try_push_small(None, [&header, body], &shared.pending, cap)
         }
         Protocol::V1 => {
             // What `v1::Encoder` sends as it is in mode 0: non-empty UTF-8 text that
@@ -158,6 +163,7 @@ pub(crate) fn send_small(shared: &Shared, message: &Message, mode: Mode) -> bool
                 Some(Mode::Plain),
                 [body, &[v1::SEP]],
                 &shared.pending,
+                cap,
             )
         }
         Protocol::Auto => false,
