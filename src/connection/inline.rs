@@ -67,7 +67,7 @@ fn hand_over(link: &mut Link, shared: &Shared, item: Outgoing, e: &io::Error) {
     not(serpy_portable_send)
 ))]
 pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) -> Option<Outgoing> {
-    if !link.idle(&shared.pending)
+    if !link.idle(&shared.pending, &shared.outbox)
         || !link.wire.is_empty()
         || link.partial.is_some()
         || item.ack.is_some()

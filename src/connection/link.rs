@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::outbox::{Spare, SPARE_CAPACITY};
+use super::outbox::{Outbox, Spare, SPARE_CAPACITY};
 use super::vocab::{Outgoing, Payload};
 use crate::protocol::{v1, Mode, WireBuf};
 use crate::stats::Counters;
@@ -83,12 +83,14 @@ impl Link {
     }
 
     /// True when a thread other than the writer may write now: the link is up, and no
-    /// message accepted earlier is still waiting to be written (`pending` counts those).
-    pub fn idle(&self, pending: &AtomicUsize) -> bool {
+    /// message accepted earlier is still waiting to be written (in the outgoing queue,
+    /// or counted in `pending`: taken out of it, or to go again).
+    pub fn idle(&self, pending: &AtomicUsize, outbox: &Outbox) -> bool {
         self.stream.is_some()
             && self.broken.is_none()
             && self.retry.is_empty()
             && pending.load(Ordering::Acquire) == 0
+            && outbox.is_empty()
     }
 
     /// Starts a new link over `stream`: a new epoch, mode 0, nothing left of the old one

@@ -32,12 +32,16 @@
 //!
 //! # 3. What `pending` counts
 //!
-//! `Shared::pending` counts the messages a send accepted and that are not yet written
-//! whole or failed: those in the outgoing queue, in `Link::retry`, and `Link::partial`.
-//! A caller adds one before it queues (or when an inline write hands its message over);
-//! the writer takes them off once written. The fast paths (`inline.rs`) write only while
-//! it is zero: otherwise a message written from the caller would overtake one accepted
-//! earlier and still queued, and the order of messages on a connection is a promise.
+//! `Shared::pending` counts the messages a send accepted that have left the outgoing
+//! queue and are not yet written whole or failed: those the writer took out and is
+//! writing, those in `Link::retry`, and `Link::partial`. The writer adds what it takes
+//! out of the queue (a caller adds one when an inline write hands its message over), and
+//! takes them off once written; what is still in the queue is counted by the queue
+//! itself (`Outbox::len`), so that a send into a busy queue touches nothing but its lock.
+//! The fast paths (`inline.rs`) write only while `pending` is zero and the queue empty
+//! (`Link::idle`): otherwise a message written from the caller would overtake one
+//! accepted earlier and still queued, and the order of messages on a connection is a
+//! promise.
 //!
 //! # 4. Epochs
 //!
@@ -56,9 +60,13 @@
 //! 1. `Connection::send_data` → `outgoing::prepare_send`: the lifecycle may refuse
 //!    (`Lifecycle::refusal`); `outgoing::prepare` encodes (a v1 block without its
 //!    SETMODE, a v2 frame, or the message itself for an auto server before detection).
+//!    A small plain text or bytes message while the queue is busy skips both steps
+//!    (`outgoing::send_small`): its frame is copied straight into the queue's last run
+//!    (`Outbox::try_push_small`), under one lock holding; any other case, and a full
+//!    queue, goes the general way.
 //! 2. `outgoing::enqueue`: an acknowledged send on an idle link → `inline::write_now`; a
-//!    plain send on an idle, quiet link → `inline::try_write_now`; otherwise one more in
-//!    `pending` and into the outgoing queue (`outgoing::queue` → `Shared::outbox`, see
+//!    plain send on an idle, quiet link → `inline::try_write_now`; otherwise into the
+//!    outgoing queue (`outgoing::queue` → `Shared::outbox`, see
 //!    `outbox.rs`), within its count bound and its byte budget, both counted under the
 //!    queue's lock. A small plain message (payload under `outbox::SMALL`) is copied into
 //!    the queue, after the small messages sent just before it, in one buffer (a run); a larger,
@@ -530,7 +538,10 @@ impl Connection {
 
     fn send_impl(&self, message: Message, mode: Mode, deadline: Deadline) -> Result<()> {
         let shared = &self.inner.shared;
-        let payload = outgoing::prepare_send(shared, &message, mode)?;
+        if outgoing::send_small(shared, &message, mode) {
+            return Ok(());
+        }
+        let payload = outgoing::prepare_send(shared, message, mode)?;
         outgoing::enqueue(shared, payload, deadline)
     }
 

@@ -10,6 +10,9 @@
 //! ([`Outgoing`]), their payload shared, never copied. Runs and those items sit in one
 //! deque, in the order they were sent.
 //!
+//! The send path's fast path ([`Outbox::try_push_small`]) copies a small message's frame
+//! into the last run from the caller's own bytes, without making an [`Outgoing`] first.
+//!
 //! The bounds are exact: a message is counted in when it enters the queue, under the
 //! lock, and counted out when the writer takes it (one update for all it takes). A
 //! caller that waits for room is woken by the writer's take ([`Outbox::room_rx`]); the
@@ -26,7 +29,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::vocab::{Outgoing, Payload, Run};
-use crate::protocol::Mode;
+use crate::protocol::{v2, Mode};
 use crate::sync::lock;
 
 /// Payloads under this many bytes are copied into the queue at send time (see the
@@ -312,43 +315,82 @@ impl Outbox {
             q.entries.push_back(Entry::Item(item));
             return None;
         };
-        let open = match q.entries.back_mut() {
-            Some(Entry::Run(run))
-                if run.mode == mode
-                    && run.ends.len() < BATCH_MESSAGES
-                    && run.buf.len() + size <= RUN_BYTES =>
-            {
-                Some(run)
-            }
-            _ => None,
-        };
-        let run = match open {
-            Some(run) => run,
-            None => {
-                let (buf, ends) = q.spare.pop().unwrap_or_else(|| {
-                    (
-                        Vec::with_capacity((size * 16).clamp(4096, RUN_BYTES)),
-                        Vec::with_capacity(16),
-                    )
-                });
-                q.entries.push_back(Entry::Run(Building {
-                    mode,
-                    buf,
-                    ends,
-                    dropped: 0,
-                }));
-                match q.entries.back_mut() {
-                    Some(Entry::Run(run)) => run,
-                    _ => unreachable!("a run was just pushed"),
-                }
-            }
-        };
+        let run = Self::open_run(q, mode, size);
         run.buf.extend_from_slice(head);
         for p in parts {
             run.buf.extend_from_slice(p);
         }
         run.ends.push(run.buf.len());
         Some(item)
+    }
+
+    /// The run a small message of `mode` and `size` bytes goes into: the last one if it
+    /// is of that mode and has room, else a new one.
+    fn open_run(q: &mut Queue, mode: Option<Mode>, size: usize) -> &mut Building {
+        let open = matches!(
+            q.entries.back(),
+            Some(Entry::Run(run)) if run.mode == mode
+                && run.ends.len() < BATCH_MESSAGES
+                && run.buf.len() + size <= RUN_BYTES
+        );
+        if !open {
+            let (buf, ends) = q.spare.pop().unwrap_or_else(|| {
+                (
+                    Vec::with_capacity((size * 16).clamp(4096, RUN_BYTES)),
+                    Vec::with_capacity(16),
+                )
+            });
+            q.entries.push_back(Entry::Run(Building {
+                mode,
+                buf,
+                ends,
+                dropped: 0,
+            }));
+        }
+        match q.entries.back_mut() {
+            Some(Entry::Run(run)) => run,
+            _ => unreachable!("the last entry is a run"),
+        }
+    }
+
+    /// The fast path of a small plain message (under [`SMALL`] bytes, not acknowledged),
+    /// given as the two pieces of its wire bytes (`pieces[0] ++ pieces[1]`, what
+    /// `Payload::V2` or a `Payload::V1` of `mode` would put on the wire): copied into
+    /// the last run under one lock holding, with no [`Outgoing`] made and nothing else
+    /// counted. `cap` is the count the policy lets the queue reach (the count bound, or
+    /// less under `FullQueue::KeepLatest`). Declines (returns false, nothing queued)
+    /// whenever the general path has something to do: the writer has ended, a bound or
+    /// `cap` is reached (it waits, drops or fails by the policy), or the queue is empty
+    /// while the writer writes nothing (`pending` is zero: the message may be written
+    /// at once, see `inline.rs`).
+    pub fn try_push_small(
+        &self,
+        mode: Option<Mode>,
+        pieces: [&[u8]; 2],
+        pending: &AtomicUsize,
+        cap: usize,
+    ) -> bool {
+        let size = pieces[0].len() + pieces[1].len();
+        debug_assert!(size < SMALL + v2::HEADER_LEN);
+        let mut q = lock(&self.q);
+        if q.gone || !self.fits(&q, size) || q.count >= self.capacity.min(cap) {
+            return false;
+        }
+        let wake = q.is_empty();
+        if wake && pending.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        q.count += 1;
+        q.bytes += charge(size);
+        let run = Self::open_run(&mut q, mode, size);
+        run.buf.extend_from_slice(pieces[0]);
+        run.buf.extend_from_slice(pieces[1]);
+        run.ends.push(run.buf.len());
+        drop(q);
+        if wake {
+            let _ = self.wake_tx.try_send(());
+        }
+        true
     }
 
     /// Moves what the writer is to write next into `out`: the kept acknowledged
@@ -454,7 +496,6 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::v2;
 
     fn v2_item(body: &[u8]) -> (Outgoing, usize) {
         let body = Bytes::copy_from_slice(body);
@@ -549,5 +590,64 @@ mod tests {
         assert_eq!(o.take_all(true).len(), 1);
         let (item, size) = v2_item(b"x");
         assert!(matches!(o.try_push(item, size), Err(Refused::Gone)));
+    }
+
+    #[test]
+    fn the_fast_path_declines_an_idle_queue_and_keeps_the_order_and_the_bounds() {
+        let o = Outbox::new(1 << 30, 3);
+        let pending = AtomicUsize::new(0);
+        let h = [7u8; v2::HEADER_LEN];
+        // Empty queue, nothing being written: the message may go out at once, so the
+        // fast path leaves it to the general one.
+        assert!(!o.try_push_small(None, [&h, b"a"], &pending, usize::MAX));
+        assert_eq!(o.len(), 0);
+        let (item, size) = v2_item(b"first");
+        assert!(o.try_push(item, size).is_ok());
+        assert!(o.try_push_small(None, [&h, b"bc"], &pending, usize::MAX));
+        assert!(o.try_push_small(None, [&h, b"d"], &pending, usize::MAX));
+        assert_eq!(
+            (o.len(), o.queued()),
+            (3, 3 * MESSAGE_OVERHEAD + 3 * 14 + 8)
+        );
+        // The count bound: a fourth is declined (the general path waits or drops).
+        assert!(!o.try_push_small(None, [&h, b"e"], &pending, usize::MAX));
+        assert_eq!(o.len(), 3);
+        let mut out = Vec::new();
+        assert_eq!(o.take(&mut out, usize::MAX, usize::MAX, &mut Vec::new()), 3);
+        let mut want = [0u8; v2::HEADER_LEN].to_vec();
+        want.extend_from_slice(b"first");
+        for b in [&b"bc"[..], b"d"] {
+            want.extend_from_slice(&h);
+            want.extend_from_slice(b);
+        }
+        assert_eq!(wire(&out), want);
+        assert!(matches!(&out[0].payload, Payload::Run(r) if r.ends == [19, 35, 50]));
+        // While the writer writes (pending), an empty queue takes it, in a run of its
+        // v1 mode.
+        pending.store(1, Ordering::Release);
+        assert!(o.try_push_small(Some(Mode::Plain), [b"x", &[0x1f]], &pending, usize::MAX));
+        // A keep-latest cap below the count bound: at the cap, declined (the general
+        // path drops the oldest).
+        assert!(o.try_push_small(Some(Mode::Plain), [b"y", &[0x1f]], &pending, 2));
+        assert!(!o.try_push_small(Some(Mode::Plain), [b"z", &[0x1f]], &pending, 2));
+        out.clear();
+        assert_eq!(o.take(&mut out, usize::MAX, usize::MAX, &mut Vec::new()), 2);
+        assert!(
+            matches!(&out[0].payload, Payload::Run(r) if r.mode == Some(Mode::Plain) && &r.bytes[..] == b"x\x1fy\x1f")
+        );
+    }
+
+    #[test]
+    fn the_fast_path_meets_the_byte_budget_exactly_and_nothing_once_gone() {
+        let size = v2::HEADER_LEN + 10;
+        let o = Outbox::new(2 * charge(size), 100);
+        let pending = AtomicUsize::new(1);
+        let h = [0u8; v2::HEADER_LEN];
+        assert!(o.try_push_small(None, [&h, &[1; 10]], &pending, usize::MAX));
+        assert!(o.try_push_small(None, [&h, &[2; 10]], &pending, usize::MAX));
+        assert!(!o.try_push_small(None, [&h, &[3; 10]], &pending, usize::MAX));
+        assert_eq!(o.queued(), 2 * charge(size));
+        assert_eq!(o.take_all(true).len(), 1, "one run");
+        assert!(!o.try_push_small(None, [&h, &[4; 10]], &pending, usize::MAX));
     }
 }

@@ -10,13 +10,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::inline;
-use super::outbox::{Full, Refused};
+use super::outbox::{Full, Refused, SMALL};
 use super::state::{Shared, DROP_REPORT_EVERY};
 use super::vocab::{Outgoing, Payload};
 use crate::config::{Config, FullQueue};
 use crate::error::{Error, Result};
 use crate::event::EventKind;
-use crate::message::Message;
+use crate::message::{Message, TextEncoding};
 use crate::protocol::{v1, v2, Mode, Protocol, WireBuf};
 use crate::sync::{lock, try_lock, Deadline};
 
@@ -87,7 +87,7 @@ fn strip_front(parts: &mut Vec<Bytes>, mut n: usize) {
 }
 
 /// Checks that a send may go ahead, then encodes it (the first half of `send_data`).
-pub(crate) fn prepare_send(shared: &Shared, message: &Message, mode: Mode) -> Result<Payload> {
+pub(crate) fn prepare_send(shared: &Shared, message: Message, mode: Mode) -> Result<Payload> {
     if let Some(e) = shared.life.refusal() {
         return Err(e);
     }
@@ -100,7 +100,74 @@ pub(crate) fn prepare_send(shared: &Shared, message: &Message, mode: Mode) -> Re
             ),
         });
     }
-    prepare(protocol, &shared.cfg, message, mode)
+    if protocol == Protocol::V2 {
+        // What `prepare` does, with the payload moved out of the message.
+        if message.len() > shared.cfg.max_message_size {
+            return Err(Error::MessageTooLarge {
+                size: message.len() as u64,
+                max: shared.cfg.max_message_size,
+            });
+        }
+        let (header, body) = v2::encode_parts_owned(message)?;
+        return Ok(Payload::V2 { header, body });
+    }
+    prepare(protocol, &shared.cfg, &message, mode)
+}
+
+/// The fast path of `send_data` for a small plain message while messages stream out
+/// (the outgoing queue holds some, or the writer is writing): a text message, or a
+/// bytes message over v2, under [`SMALL`] bytes, that the encoder would send as it is
+/// (v1: UTF-8 text in mode 0 that needs no base85). Its frame goes straight into the
+/// queue's last run under one lock holding: no encoding into pieces, no shared
+/// reference taken, nothing else counted. Returns false, having done nothing, when the
+/// message or the moment is for the general path (`prepare_send`, `enqueue`), which
+/// then does all the checks and takes all the decisions.
+pub(crate) fn send_small(shared: &Shared, message: &Message, mode: Mode) -> bool {
+    let body = match message {
+        Message::Text(t) => t.as_bytes(),
+        Message::Bytes(b) => b,
+        _ => return false,
+    };
+    if mode != Mode::Plain
+        || body.len() >= SMALL
+        || body.len() > shared.cfg.max_message_size
+        || shared.life.refusal().is_some()
+    {
+        return false;
+    }
+    // Under KeepLatest(n) the queue holds at most n: at n, the general path drops.
+    let cap = match shared.cfg.full_queue {
+        FullQueue::KeepLatest(n) => n,
+        _ => usize::MAX,
+    };
+    match shared.protocol() {
+        Protocol::V2 => {
+            let code = match message {
+                Message::Text(_) => v2::TYPE_TEXT,
+                _ => v2::TYPE_BYTES,
+            };
+            let header = v2::header(code, body);
+            shared
+                .outbox
+                .try_push_small(None, [&header, body], &shared.pending, cap)
+        }
+        Protocol::V1 => {
+            // What `v1::Encoder` sends as it is in mode 0: non-empty UTF-8 text that
+            // cannot be read as a control block and has no separator in it.
+            let raw = matches!(message, Message::Text(_))
+                && shared.cfg.encoding == TextEncoding::Utf8
+                && !body.is_empty()
+                && body[0] != v1::CTRL
+                && !body.contains(&v1::SEP);
+            raw && shared.outbox.try_push_small(
+                Some(Mode::Plain),
+                [body, &[v1::SEP]],
+                &shared.pending,
+                cap,
+            )
+        }
+        Protocol::Auto => false,
+    }
 }
 
 /// Hands `payload` to the writer (or writes it at once, see `inline.rs`), and waits for
@@ -126,7 +193,9 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
         // The caller waits for the peer anyway: when nothing accepted earlier is still
         // waiting and the writer thread is idle, write from here.
         if let Some(mut link) = try_lock(&shared.link) {
-            if link.idle(&shared.pending) && matches!(item.payload, Payload::V1 { .. }) {
+            if link.idle(&shared.pending, &shared.outbox)
+                && matches!(item.payload, Payload::V1 { .. })
+            {
                 inline::write_now(&mut link, shared, item);
                 drop(link);
                 return answered(shared, started, await_answer(shared, answer, deadline));
@@ -153,22 +222,17 @@ fn answered(shared: &Shared, started: Option<Instant>, r: Result<()>) -> Result<
     r
 }
 
-/// Puts `item` in the outgoing queue (counting it in `pending`), under the connection's
+/// Puts `item` in the outgoing queue, under the connection's
 /// `FullQueue` policy: waiting for room until `deadline` (`Block`, `Disconnect`), or
 /// dropping older plain messages (`KeepLatest`). Without a deadline (`None`: the server's
 /// sends) it never waits: a full queue is an error. Returns how many older messages it
 /// dropped.
 fn queue(shared: &Shared, item: Outgoing, deadline: Option<Deadline>) -> Result<u64> {
-    shared.pending.fetch_add(1, Ordering::AcqRel);
     let size = item.payload_len();
-    let r = match shared.cfg.full_queue {
+    match shared.cfg.full_queue {
         FullQueue::KeepLatest(n) => keep_latest(shared, item, size, n),
         _ => queue_waiting(shared, item, size, deadline).map(|()| 0),
-    };
-    if r.is_err() {
-        shared.pending.fetch_sub(1, Ordering::AcqRel);
     }
-    r
 }
 
 /// `FullQueue::Block` and `Disconnect`: waits for room by count and by bytes.
@@ -244,7 +308,6 @@ fn keep_latest(shared: &Shared, item: Outgoing, size: usize, n: usize) -> Result
         Err(_) => return Err(shared.life.gone_error()),
     };
     if dropped > 0 {
-        shared.pending.fetch_sub(dropped, Ordering::AcqRel);
         report_drops(shared, dropped as u64);
     }
     Ok(dropped as u64)

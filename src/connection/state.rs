@@ -237,9 +237,9 @@ pub(crate) struct Shared {
     pub replies: Mutex<Replies>,
     /// The write side of the link; see `link.rs` for who may hold it.
     pub link: Mutex<Link>,
-    /// Messages accepted (queued, in `Link::retry`, or `Link::partial`) and not yet
-    /// written or failed. Callers add one before queueing; the writer takes it off once
-    /// written. Writes outside the writer thread need it at zero, so that they never
+    /// Messages out of the outgoing queue (taken by the writer, in `Link::retry`, or
+    /// `Link::partial`) and not yet written or failed; the queue counts its own. Writes
+    /// outside the writer thread need it at zero and the queue empty, so that they never
     /// overtake a message accepted earlier.
     pub pending: AtomicUsize,
     /// To the writer thread (wake-ups, link down, detection).

@@ -281,10 +281,14 @@ impl Writer {
             return Next::Go;
         }
         let mut items: Vec<Outgoing> = link.retry.drain(..).collect();
-        // Out of the queue's bounds, all at once.
-        self.shared
-            .outbox
-            .take(&mut items, BATCH_BYTES, BATCH_MESSAGES, &mut link.spare);
+        // Out of the queue's bounds, all at once, and pending until written.
+        let taken =
+            self.shared
+                .outbox
+                .take(&mut items, BATCH_BYTES, BATCH_MESSAGES, &mut link.spare);
+        if taken > 0 {
+            self.shared.pending.fetch_add(taken, Ordering::AcqRel);
+        }
         if items.is_empty() && link.wire.is_empty() {
             return Next::Go;
         }
@@ -467,7 +471,11 @@ impl Writer {
             ));
         }
         let mut rest: Vec<Outgoing> = link.retry.drain(..).collect();
-        rest.extend(self.shared.outbox.take_all(false));
+        let queued = self.shared.outbox.take_all(false);
+        // Out of the queue, pending until written (as `write_batch` counts them).
+        let taken: usize = queued.iter().map(Outgoing::messages).sum();
+        self.shared.pending.fetch_add(taken, Ordering::AcqRel);
+        rest.extend(queued);
         for item in &mut rest {
             if let Some(ack) = item.ack.take() {
                 let _ = ack.send(Err(Error::Closed));

@@ -258,6 +258,19 @@ pub fn encode_parts(message: &Message) -> Result<([u8; HEADER_LEN], Bytes)> {
     Ok((header(code, &payload), payload))
 }
 
+/// [`encode_parts`] for a message its caller gives up (a send): a text or bytes payload
+/// is moved out of it, so that no new reference to its buffer is taken (and none
+/// dropped later). The same pieces and the same errors as [`encode_parts`].
+pub(crate) fn encode_parts_owned(message: Message) -> Result<([u8; HEADER_LEN], Bytes)> {
+    let (code, payload) = match message {
+        Message::Text(text) => (TYPE_TEXT, text.into_bytes()),
+        Message::Bytes(bytes) => (TYPE_BYTES, bytes),
+        other => return encode_parts(&other),
+    };
+    check_payload_len(payload.len())?;
+    Ok((header(code, &payload), payload))
+}
+
 /// Where the decoder is in the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -919,6 +932,29 @@ mod tests {
         let pickle = Message::Pickle(Bytes::from_static(b"\x80\x03N."));
         assert!(matches!(
             encode_parts(&pickle),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn encode_parts_owned_moves_the_payload_and_is_encode_parts() {
+        let blob = Bytes::from(vec![3u8; 5000]);
+        let (header, payload) = encode_parts_owned(Message::Bytes(blob.clone())).unwrap();
+        assert_eq!(payload.as_ptr(), blob.as_ptr(), "moved, not copied");
+        assert_eq!(
+            (header, payload),
+            encode_parts(&Message::Bytes(blob)).unwrap()
+        );
+        for m in [Message::from("µ"), Message::Int(7), Message::Float(0.5)] {
+            assert_eq!(
+                encode_parts_owned(m.clone()).unwrap(),
+                encode_parts(&m).unwrap(),
+                "{m:?}"
+            );
+        }
+        let pickle = Message::Pickle(Bytes::from_static(b"\x80\x03N."));
+        assert!(matches!(
+            encode_parts_owned(pickle),
             Err(Error::Unsupported { .. })
         ));
     }

@@ -1,0 +1,152 @@
+//! Streams of sends while the writer is busy: what a client puts on the wire for many
+//! messages queued behind a large one (the small ones go into the outgoing queue's runs,
+//! by the send path's fast path) is exactly what the codec writes for the same
+//! messages, in the same order, SETMODE blocks included.
+
+mod common;
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+
+use common::T;
+use serpy::protocol::{v1, v2, WireBuf};
+use serpy::{Bytes, Connection, Error, FullQueue, Message, Mode, Protocol, TextEncoding};
+
+/// A listener whose accepted sockets have a small receive buffer, so that a large first
+/// message keeps the client's writer busy until the test reads.
+fn listener() -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    socket2::SockRef::from(&listener)
+        .set_recv_buffer_size(64 * 1024)
+        .unwrap();
+    listener
+}
+
+fn accept(listener: &TcpListener) -> TcpStream {
+    let (raw, _) = listener.accept().unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    raw
+}
+
+/// Larger than what the socket buffers hold, so the sends after it are queued.
+const HEAD: usize = 8 << 20;
+
+/// The messages sent after the head, in order: small ones of each kind, ones the v1
+/// encoder must send in base85, ones above the small-run size, and a few one byte long.
+fn stream() -> Vec<Message> {
+    let mut out = Vec::new();
+    for i in 0..3000usize {
+        out.push(match i % 9 {
+            0 => Message::from(format!("text {i}")),
+            1 => Message::Bytes(Bytes::from(vec![i as u8; i % 200 + 1])),
+            2 => Message::from(format!("sep\x1f{i}")),
+            3 => Message::from("\x01starts like a control block"),
+            4 => Message::from("x".repeat(3000 + i)),
+            5 => Message::Int(i as i64),
+            6 => Message::from("µ".repeat(i % 1000 + 1)),
+            7 => Message::from("y"),
+            _ => Message::from("z".repeat(2047)),
+        });
+    }
+    out
+}
+
+fn read_all(raw: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    raw.read_exact(&mut buf)
+        .expect("the expected bytes within the timeout");
+    buf
+}
+
+#[test]
+fn a_v2_stream_behind_a_large_message_is_the_codecs_bytes_in_order() {
+    let l = listener();
+    let client = Connection::builder()
+        .protocol(Protocol::V2)
+        .outgoing_capacity(10_000)
+        .connect(l.local_addr().unwrap())
+        .unwrap();
+    let mut raw = accept(&l);
+    let head = Message::Bytes(Bytes::from(vec![7u8; HEAD]));
+    let mut want = WireBuf::new();
+    v2::encode(&head, &mut want).unwrap();
+    client.send(head).unwrap();
+    for m in stream() {
+        v2::encode(&m, &mut want).unwrap();
+        client.send(m).unwrap();
+    }
+    let want = want.to_vec();
+    let got = read_all(&mut raw, want.len());
+    assert!(got == want, "the frames arrive whole, in order, as encoded");
+    client.close();
+}
+
+#[test]
+fn a_v1_stream_behind_a_large_message_is_the_codecs_bytes_in_order() {
+    let l = listener();
+    let client = Connection::builder()
+        .protocol(Protocol::V1)
+        .outgoing_capacity(10_000)
+        .connect(l.local_addr().unwrap())
+        .unwrap();
+    let mut raw = accept(&l);
+    let mut enc = v1::Encoder::new(TextEncoding::Utf8, usize::MAX);
+    let mut want = WireBuf::new();
+    let head = Message::from("h".repeat(HEAD));
+    enc.encode(&head, Mode::Plain, &mut want).unwrap();
+    client.send_data(head, Mode::Plain).unwrap();
+    for (i, m) in stream().into_iter().enumerate() {
+        // Some in base85 on purpose, so that the link changes mode back and forth.
+        let mode = if i % 13 == 0 {
+            Mode::Base85
+        } else {
+            Mode::Plain
+        };
+        enc.encode(&m, mode, &mut want).unwrap();
+        client.send_data(m, mode).unwrap();
+    }
+    // Refused, and nothing of it on the wire.
+    assert!(matches!(
+        client.send_data("", Mode::Plain),
+        Err(Error::EmptyMessage { .. })
+    ));
+    let want = want.to_vec();
+    let got = read_all(&mut raw, want.len());
+    assert!(got == want, "the blocks arrive whole, in order, as encoded");
+    client.close();
+}
+
+/// Reads one v2 frame: its payload.
+fn read_frame(raw: &mut TcpStream) -> Vec<u8> {
+    let header = read_all(raw, v2::HEADER_LEN);
+    let len = u32::from_le_bytes(header[10..14].try_into().unwrap()) as usize;
+    read_all(raw, len)
+}
+
+#[test]
+fn keep_latest_holds_its_bound_for_small_sends_behind_a_large_message() {
+    let l = listener();
+    let client = Connection::builder()
+        .protocol(Protocol::V2)
+        .outgoing_capacity(1000)
+        .full_queue(FullQueue::KeepLatest(4))
+        .connect(l.local_addr().unwrap())
+        .unwrap();
+    let mut raw = accept(&l);
+    client.send(Bytes::from(vec![7u8; HEAD])).unwrap();
+    for i in 0..100 {
+        client.send(format!("m{i}")).unwrap();
+    }
+    assert_eq!(read_frame(&mut raw).len(), HEAD);
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("m99") {
+        got.push(String::from_utf8(read_frame(&mut raw)).unwrap());
+    }
+    // At most 4 wait in the queue; a few may have left it with the large message.
+    assert!(got.len() < 50, "{} of 100 kept: {got:?}", got.len());
+    assert_eq!(&got[got.len() - 4..], ["m96", "m97", "m98", "m99"]);
+    let order: Vec<usize> = got.iter().map(|m| m[1..].parse().unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    assert_eq!(client.stats().dropped + got.len() as u64, 100);
+    client.close();
+}
