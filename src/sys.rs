@@ -9,8 +9,12 @@
 //! - [`FAILED_WRITE_HIDES_PROGRESS`]: whether a write that fails may have sent part of
 //!   its bytes without saying so.
 //!
+//! - [`recv_now`] (Linux and Android): a read that does not block on a socket that other
+//!   threads read with blocking calls (`MSG_DONTWAIT`; switching the socket to
+//!   non-blocking mode would change it for every thread).
+//!
 //! This is the only module of the crate with `unsafe` code (one foreign call, Windows
-//! only).
+//! only; one slice cast, Linux and Android only).
 
 use std::io;
 use std::net::Shutdown;
@@ -47,6 +51,22 @@ fn cancel_io<S: AsSock>(socket: &S) {
     // handle" and is documented as valid; nothing is written through either pointer.
     // A failure (no call pending: ERROR_NOT_FOUND) changes nothing and is ignored.
     let _ = unsafe { CancelIoEx(handle, std::ptr::null()) };
+}
+
+/// Reads what the socket holds now into `buf`, without blocking: `WouldBlock` when it
+/// holds nothing (also when another thread blocks in a read of it). `Ok(0)` at the end
+/// of the peer's data, as `read`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+pub(crate) fn recv_now(socket: &std::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::mem::MaybeUninit;
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and every byte of `buf` is
+    // initialised. Such a cast is unsound only if the callee may write uninitialised
+    // bytes through it; `recv_with_flags` hands the pointer to recv(2), which writes
+    // only bytes it received (socket2's own `Read for Socket` makes the same cast for
+    // the same reason). The borrow of `buf` outlives the call.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    socket2::SockRef::from(socket).recv_with_flags(uninit, libc::MSG_DONTWAIT)
 }
 
 /// Whether `e` is what a call freed by [`wake_blocked`] returns on Windows

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use super::reader::ReadSide;
 use super::vocab::Incoming;
 use crate::sync::lock;
 
@@ -59,13 +61,56 @@ struct State {
     armed: bool,
     /// Run once when the queue closes (see [`InboxTx::at_close`]).
     at_close: Option<Box<dyn FnOnce() + Send>>,
+    /// The read role (Linux and Android, see `direct.rs`).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    role: RoleSlot,
 }
+
+/// The read role of the current link (see `direct.rs`), under the queue's lock: a taker
+/// waits for a message or for the role at once, and no wake-up is lost between the two.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[derive(Default)]
+struct RoleSlot {
+    /// The link's read side while nobody holds it; `None` while a thread does, or while
+    /// the link's reader thread does not share it.
+    side: Option<Box<ReadSide>>,
+    /// Takers waiting that would take the read side ([`Inbox::take_or_side`]).
+    side_takers: usize,
+    /// The read side was given back for those takers: the reader thread leaves it to
+    /// them (while some wait).
+    offered: bool,
+    /// The reader thread waits on `Inbox::back`, to be woken when the side comes back.
+    reader_waits: bool,
+    /// When a caller last gave the read side back, if one did since the reader thread
+    /// last took it.
+    caller_left: Option<Instant>,
+}
+
+/// What [`Inbox::take_or_side`] got.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) enum Got {
+    Message(Incoming),
+    /// The read role: read the socket, then give it back ([`Inbox::caller_put_back`]).
+    Side(Box<ReadSide>),
+}
+
+/// After a caller gave the read side back, the reader thread leaves it this long before
+/// it takes it again to wait for bytes itself: a program that reads again within that
+/// time (a request and its answer, in a loop) finds it free, and the reader thread is
+/// not woken for each message. What comes meanwhile waits in the socket, where a caller
+/// of `get_data` reads it at once; other takers (`Select`, `recv_any`, `try_get_data`)
+/// see it at most this much later.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
 /// The incoming queue; see the module doc.
 pub(crate) struct Inbox {
     state: Mutex<State>,
-    /// Wakes takers: a message came, or the queue closed.
+    /// Wakes takers: a message came, or the queue closed (or the read role is offered).
     data: Condvar,
+    /// Wakes the reader thread waiting for the read role.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    back: Condvar,
     /// Wakes the reader waiting for room (a coalesced signal: capacity 1). A channel, not
     /// a condition variable, so that the reader can wait on shutdown at the same time.
     room_tx: Sender<()>,
@@ -94,8 +139,12 @@ impl Inbox {
                 ready_tx: Some(ready_tx),
                 armed: false,
                 at_close: None,
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                role: RoleSlot::default(),
             }),
             data: Condvar::new(),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            back: Condvar::new(),
             room_tx,
             room_rx,
             ready_rx,
@@ -161,6 +210,46 @@ impl Inbox {
         (n, acked)
     }
 
+    /// Moves every message of `items` into the queue, in order, beyond its bounds if
+    /// need be; returns how many went and how many came in an acknowledged mode. For a
+    /// caller that reads the socket itself (`direct.rs`), which must not wait for room
+    /// that only its own takes would make: its reads are sized so that what they decode
+    /// fits ([`room`](Self::room)), and this keeps a message from being lost should more
+    /// come all the same.
+    pub fn push_all<I: Iterator<Item = Incoming>>(&self, items: &mut Peekable<I>) -> (usize, u64) {
+        let (mut n, mut acked) = self.push_some(items);
+        if items.peek().is_some() {
+            let mut s = lock(&self.state);
+            s.reader_needs = None;
+            for item in items {
+                acked += u64::from(item.1.is_some_and(|m| m.is_acked()));
+                s.bytes += charge(item.0.len());
+                s.queue.push_back(item);
+                n += 1;
+            }
+            if !s.armed {
+                if let Some(tx) = &s.ready_tx {
+                    let _ = tx.try_send(());
+                    s.armed = true;
+                }
+            }
+            drop(s);
+            self.data.notify_all();
+        }
+        (n, acked)
+    }
+
+    /// The room left now: how many more messages the count bound lets in, and how many
+    /// more bytes (as charged) the byte budget does. What fits in both goes in at once.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn room(&self) -> (usize, usize) {
+        let s = lock(&self.state);
+        (
+            self.capacity.saturating_sub(s.queue.len()),
+            self.limit.saturating_sub(s.bytes),
+        )
+    }
+
     /// Waits until the reader may push again (the queue drained to its low-water mark),
     /// woken by takers; false if `stop` fired first.
     pub fn wait_for_room(&self, stop: &Receiver<()>) -> bool {
@@ -218,26 +307,47 @@ impl Inbox {
     }
 
     /// The oldest message, waiting for one as long as it takes (`None`), or at most
-    /// `timeout`. The clock is read only when the queue is empty.
+    /// `timeout`. The clock is read only when the queue is empty. (On Linux and Android
+    /// `get_data` waits with [`take_or_side`](Self::take_or_side) instead.)
+    #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
     pub fn take(&self, timeout: Option<Duration>) -> Result<Incoming, Empty> {
+        self.wait_for(timeout, |me, s| me.take_locked(s), |_, _| {})
+    }
+
+    /// Waits until `ready` gives something (it runs with the lock held, first at once,
+    /// then after each wake-up), the queue is closed (`Gone`, once `ready` gave nothing),
+    /// or `timeout` passes (`Now`). `waiting(state, true)` runs as the taker starts to
+    /// wait, `waiting(state, false)` as it stops. The clock is read only if it waits.
+    fn wait_for<T>(
+        &self,
+        timeout: Option<Duration>,
+        mut ready: impl FnMut(&Self, &mut State) -> Option<T>,
+        mut waiting: impl FnMut(&mut State, bool),
+    ) -> Result<T, Empty> {
         let mut s = lock(&self.state);
-        if let Some(item) = self.take_locked(&mut s) {
-            return Ok(item);
+        if let Some(got) = ready(self, &mut s) {
+            return Ok(got);
         }
         let deadline = timeout.map(|t| Instant::now().checked_add(t));
         loop {
             if s.senders == 0 {
                 return Err(Empty::Gone);
             }
-            s.takers += 1;
-            s = match deadline {
-                None | Some(None) => self.data.wait(s).unwrap_or_else(|p| p.into_inner()),
+            let left = match deadline {
+                None | Some(None) => None,
                 Some(Some(at)) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        s.takers -= 1;
                         return Err(Empty::Now);
                     }
+                    Some(left)
+                }
+            };
+            s.takers += 1;
+            waiting(&mut s, true);
+            s = match left {
+                None => self.data.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(left) => {
                     self.data
                         .wait_timeout(s, left)
                         .unwrap_or_else(|p| p.into_inner())
@@ -245,8 +355,9 @@ impl Inbox {
                 }
             };
             s.takers -= 1;
-            if let Some(item) = self.take_locked(&mut s) {
-                return Ok(item);
+            waiting(&mut s, false);
+            if let Some(got) = ready(self, &mut s) {
+                return Ok(got);
             }
         }
     }
@@ -278,12 +389,162 @@ impl Inbox {
     }
 }
 
+/// The read role (see `direct.rs` for how the threads share it).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Inbox {
+    /// The reader thread shares its link's read side from now on (takers waiting for
+    /// it are woken).
+    pub fn install_side(&self, side: Box<ReadSide>) {
+        let mut s = lock(&self.state);
+        s.role.side = Some(side);
+        s.role.caller_left = None;
+        s.role.offered = s.role.side_takers > 0;
+        let offer = s.role.offered;
+        drop(s);
+        if offer {
+            self.data.notify_all();
+        }
+    }
+
+    /// The oldest message, or the read side if it is free and no message waits (only
+    /// if `want_side`), waiting for either as [`take`](Self::take) waits.
+    pub fn take_or_side(&self, timeout: Option<Duration>, want_side: bool) -> Result<Got, Empty> {
+        self.wait_for(
+            timeout,
+            |me, s| {
+                if let Some(item) = me.take_locked(s) {
+                    return Some(Got::Message(item));
+                }
+                if want_side {
+                    return Self::usable_side(s).map(Got::Side);
+                }
+                None
+            },
+            |s, starts| {
+                if !want_side {
+                    return;
+                }
+                let r = &mut s.role;
+                if starts {
+                    r.side_takers += 1;
+                    return;
+                }
+                r.side_takers -= 1;
+                if r.side_takers == 0 && r.offered {
+                    // Nobody is left to take what was offered: the reader thread does.
+                    r.offered = false;
+                    if std::mem::take(&mut r.reader_waits) {
+                        self.back.notify_one();
+                    }
+                }
+            },
+        )
+    }
+
+    /// The read side, if it is free and its link's reading is not over.
+    fn usable_side(s: &mut State) -> Option<Box<ReadSide>> {
+        match &s.role.side {
+            Some(side) if side.seen.is_none() => {
+                s.role.offered = false;
+                s.role.side.take()
+            }
+            _ => None,
+        }
+    }
+
+    /// The read side if it is free (an acknowledged send looking for its answer).
+    pub fn try_take_side(&self) -> Option<Box<ReadSide>> {
+        Self::usable_side(&mut lock(&self.state))
+    }
+
+    /// A caller gives the read side back: to another taker that waits for it, else to
+    /// the reader thread (woken if it waits; it takes the side once [`LINGER`] has
+    /// passed, or at once if the caller met the end of the link).
+    pub fn caller_put_back(&self, side: Box<ReadSide>) {
+        let mut s = lock(&self.state);
+        let over = side.seen.is_some();
+        let r = &mut s.role;
+        r.side = Some(side);
+        r.caller_left = Some(Instant::now());
+        r.offered = !over && r.side_takers > 0;
+        let offer = r.offered;
+        // What the caller met is for the reader thread at once, even while it lingers.
+        let wake_reader = over || (r.reader_waits && !offer);
+        if wake_reader {
+            r.reader_waits = false;
+        }
+        drop(s);
+        if offer {
+            self.data.notify_all();
+        }
+        if wake_reader {
+            self.back.notify_one();
+        }
+    }
+
+    /// The reader thread takes the read side: at once if a caller met the end of the
+    /// link; else once [`LINGER`] has passed since a caller last gave it back (whether
+    /// a caller holds it again meanwhile or not: a program reading in a loop wakes the
+    /// reader thread about once per `LINGER`, not once per message), and it is free and
+    /// not offered to waiting takers. Callers hold it only while they read (a blocking
+    /// read that bytes, its timeout or a shutdown of the socket ends) and deliver (which
+    /// never waits).
+    pub fn reader_take_side(&self) -> Box<ReadSide> {
+        let mut s = lock(&self.state);
+        loop {
+            let r = &mut s.role;
+            let over = r.side.as_ref().is_some_and(|side| side.seen.is_some());
+            let linger = r
+                .caller_left
+                .and_then(|at| at.checked_add(LINGER))
+                .and_then(|end| end.checked_duration_since(Instant::now()))
+                .filter(|left| !left.is_zero() && !over);
+            let free = r.side.is_some() && (over || !r.offered || r.side_takers == 0);
+            if free && linger.is_none() {
+                r.offered = false;
+                r.caller_left = None;
+                if let Some(side) = r.side.take() {
+                    return side;
+                }
+            }
+            s = match linger {
+                Some(left) => {
+                    self.back
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => {
+                    r.reader_waits = true;
+                    self.back.wait(s).unwrap_or_else(|p| p.into_inner())
+                }
+            };
+        }
+    }
+
+    /// The reader thread gives the read side back, having found the socket empty.
+    /// Returns true if takers wait for it (they are woken): the reader thread then waits
+    /// for it to come back rather than for bytes.
+    pub fn reader_put_back(&self, side: Box<ReadSide>) -> bool {
+        let mut s = lock(&self.state);
+        s.role.side = Some(side);
+        s.role.offered = s.role.side_takers > 0;
+        let offer = s.role.offered;
+        drop(s);
+        if offer {
+            self.data.notify_all();
+        }
+        offer
+    }
+}
+
 /// A sender's hold on the queue: the writer keeps one for the connection's life and
 /// hands a clone to each reader. The queue closes when the last one goes.
 pub(crate) struct InboxTx(Arc<Inbox>);
 
 impl InboxTx {
     /// The queue.
+    #[cfg(test)]
     pub fn inbox(&self) -> &Inbox {
         &self.0
     }

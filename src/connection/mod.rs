@@ -3,16 +3,18 @@
 //! The files of this module are layered, each using only those below it:
 //! `vocab` (plain data) ← `inbox` (the incoming queue), `outbox` (the outgoing queue) ←
 //! `link` (the write side of one TCP link) ← `state` (what the threads share) ← `inline`,
-//! `reader`, `session`, `outgoing`, `writer` ← `mod` (this
-//! file: the public handle, starting and closing) ← `builder`.
+//! `reader`, `direct`, `session`, `outgoing`, `writer` ← `mod` (this
+//! file: the public handle, starting and closing) ← `builder`. (The incoming queue also
+//! keeps the link's read side, `reader::ReadSide`, for the read role: one lock for both,
+//! see `direct.rs`.)
 //!
 //! # 1. Threads
 //!
 //! | thread | owns | blocks on |
 //! |---|---|---|
-//! | callers (any thread with a handle) | nothing between calls; a send encodes its message in the caller's thread (`outgoing::prepare`) | room in the outgoing queue (or shutdown); the answer of an acknowledged send; the incoming queue's condition variable, only while it is empty (`get_data`) |
+//! | callers (any thread with a handle) | nothing between calls; a send encodes its message in the caller's thread (`outgoing::prepare`); on Linux, the link's read side while a `get_data` or an acknowledged send reads the socket itself (`direct.rs`) | room in the outgoing queue (or shutdown); the answer of an acknowledged send; the incoming queue's condition variable, only while it is empty (`get_data`); on Linux, a socket read while holding the read side (its timeout the socket's receive timeout; `close()` ends it by shutting the socket down) |
 //! | writer `serpy-wr-N`, one per connection for its whole life | the link (`Shared::link`) while it works; the session: it takes broken links down and reconnects (`session`), and makes the first connect of a client built with `connect_in_background` (`session::connect_first`) | `select!` on the control channel, the outgoing queue's wake-up (`Outbox::wake_rx`, only while the link is writable) and shutdown, with a timeout when a probe or a v1 keep-alive is due (`session::keepalive_due`); socket writes; a connect attempt; the backoff wait (shutdown, with a timeout) |
-//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder | the socket read, whose receive timeout is the idle timer (and, for a server's connection, the first-message deadline until the peer has spoken); room in the incoming queue (`Inbox::wait_for_room`: woken once the queue has drained to its low-water mark, or by shutdown); handing `Control` to the writer (or shutdown) |
+//! | reader `serpy-rd-N`, one per TCP link | the read half of the socket and the decoder (`reader::ReadSide`), shared on Linux once the first bytes are checked and no idle timer runs (`direct.rs`) | the socket read, whose receive timeout is the idle timer (and, for a server's connection, the first-message deadline until the peer has spoken); when shared: a one-byte `MSG_PEEK` without the read side, and the read side's return (`Inbox::reader_take_side`); room in the incoming queue (`Inbox::wait_for_room`: woken once the queue has drained to its low-water mark, or by shutdown); handing `Control` to the writer (or shutdown) |
 //!
 //! The handle (`Inner`) owns the writer's `JoinHandle`; `Shared::reader` holds the newest
 //! reader's, and each reader joins the one before it.
@@ -106,14 +108,19 @@
 //! 3. `Reader::reply` writes the owed replies at once if the link is free
 //!    (`inline::write_replies_now`), else wakes the writer (`Control::Wake` →
 //!    `Writer::write_replies`).
-//! 4. The program takes the message (`get_data` and friends, `recv_any`): `Inbox::take`
+//! 4. On Linux, a caller of `get_data` that finds the queue empty waits for a message
+//!    or for the read role, whichever comes first (`Inbox::take_or_side`); with the
+//!    role it reads the socket itself and runs steps 1 to 3 in its own thread
+//!    (`direct.rs`), which saves the reader thread's wake-up and the hand-over; an
+//!    acknowledged send waiting for its answer does the same if the role is free.
+//! 5. The program takes the message (`get_data` and friends, `recv_any`): `Inbox::take`
 //!    takes it under the lock without reading the clock (a deadline is made only when
 //!    the queue is empty and the caller must wait), gives its bytes back to the budget,
 //!    empties the readiness token when the queue becomes empty, and wakes a waiting
 //!    reader only once the queue has drained to half of each bound (or is empty): the
 //!    reader then fills it again in a few large pushes, instead of the two threads
 //!    waking each other once per message.
-//! 5. The link ends: a read error, or a message in an acknowledged mode that must be
+//! 6. The link ends: a read error, or a message in an acknowledged mode that must be
 //!    dropped (`Reader::unackable`), sends `Control::LinkDown` → `session::link_down`.
 //!    The end of the peer's data sends `Control::PeerDone` → `Writer::peer_done`: a v1
 //!    link stays up for writing, probed by empty blocks (`Writer::probe`) until a write
@@ -157,6 +164,8 @@ use crate::stats::{Counters, Stats};
 use crate::sync::{lock, Deadline};
 
 mod builder;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod direct;
 mod inbox;
 mod inline;
 mod link;
@@ -612,6 +621,16 @@ impl Connection {
     ///
     /// v1 delivers bytes (read text with [`Message::as_str`]); v2 delivers typed values.
     ///
+    /// On Linux, when nothing waits and no other thread is reading the link, this call
+    /// reads the socket in its own thread instead of waiting for the reader thread to
+    /// wake it (a request and its answer then cost one thread wake-up on each side, as
+    /// with a plain socket). Without an idle timeout only; and for about a millisecond
+    /// after such a call, what arrives waits in the socket for the next `get_data`
+    /// rather than in the incoming queue, so other ways of taking messages
+    /// ([`try_get_data`](Connection::try_get_data), [`Select`](crate::Select),
+    /// [`Server::recv_any`](crate::Server::recv_any)) may see
+    /// it up to that much later.
+    ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
     /// # let server = serpy::Server::bind("127.0.0.1:0")?;
@@ -683,18 +702,13 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn get_data_with_mode(&self, timeout: Option<Duration>) -> Result<(Message, Option<Mode>)> {
-        // The clock is read only if nothing waits (for the deadline).
-        self.inner
-            .shared
-            .inbox
-            .take(timeout)
-            .map_err(|e| match (e, timeout) {
-                (inbox::Empty::Now, Some(after)) => Error::Timeout {
-                    operation: "get_data",
-                    after,
-                },
-                _ => self.gone(),
-            })
+        take_incoming(&self.inner.shared, timeout).map_err(|e| match (e, timeout) {
+            (inbox::Empty::Now, Some(after)) => Error::Timeout {
+                operation: "get_data",
+                after,
+            },
+            _ => self.gone(),
+        })
     }
 
     fn gone(&self) -> Error {
@@ -993,8 +1007,28 @@ impl Iterator for Messages<'_> {
     type Item = Message;
 
     fn next(&mut self) -> Option<Message> {
-        self.shared.inbox.take(None).ok().map(|(m, _)| m)
+        take_incoming(self.shared, None).ok().map(|(m, _)| m)
     }
+}
+
+/// The next received message, waiting at most `timeout` (as long as it takes if
+/// `None`): from the incoming queue if one waits; else, on Linux, read from the socket by
+/// this thread if it can take the read role (`direct.rs`); else from the incoming queue
+/// once the reader thread has put one there. The clock is read only if nothing waits
+/// (for the deadline).
+fn take_incoming(
+    shared: &Shared,
+    timeout: Option<Duration>,
+) -> std::result::Result<vocab::Incoming, inbox::Empty> {
+    let timeout = match shared.inbox.try_take() {
+        Ok((item, _)) => return Ok(item),
+        Err(inbox::Empty::Gone) => return Err(inbox::Empty::Gone),
+        Err(inbox::Empty::Now) => timeout,
+    };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return direct::take(shared, timeout);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    shared.inbox.take(timeout)
 }
 
 #[cfg(test)]

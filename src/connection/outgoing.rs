@@ -395,6 +395,11 @@ pub(crate) fn await_answer(
     let Some(answer) = answer else {
         return Ok(());
     };
+    // Read the answer from the socket in this thread if nobody else reads (direct.rs).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(r) = super::direct::await_answer(shared, &answer, deadline) {
+        return r;
+    }
     let got = match deadline.at {
         None => answer.recv().map_err(|_| RecvTimeoutError::Disconnected),
         Some(d) => answer.recv_deadline(d),

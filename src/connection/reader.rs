@@ -1,8 +1,17 @@
 //! The reader thread of one link: detect the protocol (auto servers), read, decode,
 //! deliver data to the incoming queue, match acknowledgements, owe replies.
 //!
+//! What a read needs (the socket, the decoder, the link's receive mode...) is the
+//! link's [`ReadSide`], and what is done with what a read decoded is its
+//! [`deliver`](ReadSide::deliver): the same code whichever thread read. On Linux, once
+//! the first bytes are checked and no idle or first-message timer runs, the reader
+//! shares the read side with the program's threads (see `direct.rs`): it waits for
+//! bytes without holding it (a one-byte `MSG_PEEK`), reads without blocking while it
+//! holds it, and a caller of `get_data` (or an acknowledged send waiting for its
+//! answer) that finds it free reads the socket itself, without a thread hop.
+//!
 //! Threads: reader (one per link; each joins the one before it, so messages stay in
-//! order across reconnects).
+//! order across reconnects); on Linux, callers too, through `direct.rs`.
 
 use std::io::{self, Read};
 use std::net::TcpStream;
@@ -32,16 +41,25 @@ const FIRST_CHUNK: usize = 4 * 1024;
 pub(crate) struct Reader {
     /// What the connection's threads share.
     pub shared: Arc<Shared>,
-    /// The read half of the link's socket.
-    pub stream: TcpStream,
-    /// The link this reader reads.
-    pub epoch: u64,
-    /// The reader's hold on the incoming queue.
-    pub in_tx: InboxTx,
+    /// The reader's hold on the incoming queue: it stays open while a reader lives.
+    pub _in_tx: InboxTx,
     /// To the writer.
     pub ctl_tx: Sender<Control>,
     /// The reader of the previous link: joined first, so messages stay in order.
     pub previous: Option<JoinHandle<()>>,
+    /// What reading the link needs.
+    pub side: Box<ReadSide>,
+}
+
+/// What reading one link needs, and what a read decoded until it is delivered: owned by
+/// the reader thread, or (Linux, see `direct.rs`) by whichever thread holds the link's
+/// read role.
+pub(crate) struct ReadSide {
+    /// The read half of the link's socket (shared with the reader thread, which waits
+    /// on it for bytes without holding the read side).
+    pub stream: Arc<TcpStream>,
+    /// The link this side reads.
+    pub epoch: u64,
     /// The v1 mode the peer sends in on this link (every link starts in mode 0).
     pub recv_mode: Mode,
     /// Servers with a first-message timeout: when the peer must have sent a whole
@@ -50,10 +68,37 @@ pub(crate) struct Reader {
     /// A server's connection whose peer has not sent a whole message or control block
     /// yet (see `Shared::proven`).
     pub unproven: bool,
+    /// The link's decoder (v1 until an auto server has detected the protocol).
+    pub decoder: Decoder,
+    /// What the last read decoded, until delivered.
+    pub frames: Vec<Frame>,
+    /// The buffer of v1 reads (v2 reads straight into the decoder's).
+    pub buf: Vec<u8>,
+    /// (Linux and Android) The end of the link as a caller reading it met it (the end of the peer's data,
+    /// a failed read, a message that ends the link), for the reader thread to report
+    /// as if it had met it itself.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub seen: Option<Seen>,
+    /// (Linux and Android) The socket's receive timeout as last set while the read side was shared (the
+    /// callers' reads wait with it).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub timeout: Option<Duration>,
+}
+
+/// How a caller's read met the end of its link.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[derive(Debug)]
+pub(crate) enum Seen {
+    /// The peer sends no more (or the socket was shut down).
+    Eof,
+    /// The read failed.
+    Failed(io::Error),
+    /// What was read ends the link (the reason, in words).
+    Broken(String),
 }
 
 /// Why a read loop ended without the peer closing.
-enum ReadEnd {
+pub(crate) enum ReadEnd {
     Io(io::Error),
     /// The connection stops (close, or the writer ended): nothing to report.
     Stopped,
@@ -70,7 +115,9 @@ impl Reader {
         let reason = match self.read_loop() {
             Ok(()) => {
                 // The peer sends no more; it may still read: the writer goes on.
-                let _ = self.ctl(Control::PeerDone { epoch: self.epoch });
+                let _ = self.ctl(Control::PeerDone {
+                    epoch: self.side_epoch(),
+                });
                 return;
             }
             Err(ReadEnd::Io(e)) => format!("read failed: {e}"),
@@ -78,128 +125,80 @@ impl Reader {
             Err(ReadEnd::Stopped) => return,
         };
         let _ = self.ctl(Control::LinkDown {
-            epoch: self.epoch,
+            epoch: self.side_epoch(),
             reason,
         });
     }
 
+    fn side_epoch(&self) -> u64 {
+        self.side.epoch
+    }
+
     /// Reads until the peer closes (`Ok`), the socket fails, or the connection stops.
     fn read_loop(&mut self) -> Result<(), ReadEnd> {
-        let mut frames = Vec::new();
-        let mut buf = vec![0u8; FIRST_CHUNK];
+        self.side.buf = vec![0u8; FIRST_CHUNK];
         let (protocol, first, mut sniffer) = match self.shared.protocol() {
-            Protocol::Auto => match self.detect(&mut buf)? {
+            Protocol::Auto => match self.detect()? {
                 Some((p, first)) => (p, first, Sniffer::done()),
                 None => return Ok(()),
             },
             p => (p, Vec::new(), Sniffer::new(p)),
         };
-        let mut decoder = Decoder::new(protocol, self.shared.cfg.max_message_size);
-        decoder.decode(&first, &mut frames);
-        self.deliver(&mut frames)?;
-        self.arm_timer();
+        let shared = &*self.shared;
+        let side = &mut *self.side;
+        side.decoder = Decoder::new(protocol, shared.cfg.max_message_size);
+        side.decoder.decode(&first, &mut side.frames);
+        side.deliver(shared, true)?;
+        side.arm_timer(shared);
         loop {
-            if self.first_by.is_some() {
+            if sniffer.is_done() && side.first_by.is_none() && shared_reads(shared) {
+                return self.read_shared();
+            }
+            if side.first_by.is_some() {
                 // Until the first message, the receive timeout also runs out at its
                 // deadline (one clock read per read, for these reads only).
-                self.arm_timer();
+                side.arm_timer(shared);
             }
-            let n = match &mut decoder {
+            let n = match &mut side.decoder {
                 // Once the first bytes are checked, v2 reads straight into the decoder's
                 // buffer: large payloads are handed to the program without a copy.
-                Decoder::V2(d) if sniffer.is_done() => d.read_from(&mut self.stream, &mut frames),
-                d => self.stream.read(&mut buf).inspect(|&n| {
-                    if n > 0 {
-                        sniffer.check(&buf[..n], |bytes| d.decode(bytes, &mut frames));
-                    }
-                }),
+                Decoder::V2(d) if sniffer.is_done() => {
+                    d.read_from(&mut &*side.stream, &mut side.frames)
+                }
+                d => {
+                    let (buf, frames) = (&mut side.buf, &mut side.frames);
+                    (&*side.stream).read(buf).inspect(|&n| {
+                        if n > 0 {
+                            sniffer.check(&buf[..n], |bytes| d.decode(bytes, frames));
+                        }
+                    })
+                }
             };
             match n {
-                Ok(0) => return self.ended(&decoder, Ok(())),
-                Ok(n) => {
-                    self.shared.stats.read(n);
-                    if n == buf.len() && n < READ_CHUNK {
-                        buf.resize(READ_CHUNK, 0);
-                    }
-                }
+                Ok(0) => return side.ended(shared, Ok(())),
+                Ok(n) => side.got(shared, n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) && self.timer().is_some() => {
-                    return self.ended(&decoder, Err(self.silent()))
+                Err(e) if is_timeout(&e) && side.timer(shared).is_some() => {
+                    let silent = side.silent(shared);
+                    return side.ended(shared, Err(silent));
                 }
-                Err(e) => return self.ended(&decoder, Err(ReadEnd::Io(e))),
+                Err(e) => return side.ended(shared, Err(ReadEnd::Io(e))),
             }
             if let Some(found) = sniffer.wrong() {
-                return Err(self.wrong_protocol(protocol, found));
+                return Err(side.wrong_protocol(shared, protocol, found));
             }
-            self.deliver(&mut frames)?;
+            side.deliver(shared, true)?;
         }
-    }
-
-    /// How long the next read may wait for bytes: the idle timeout, or less, until the
-    /// first-message deadline; `None`: as long as it takes.
-    fn timer(&self) -> Option<Duration> {
-        let idle = self.shared.cfg.idle_timeout;
-        let first = self.first_by.map(|at| {
-            at.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
-        });
-        match (idle, first) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Sets the socket's receive timeout to [`timer`](Self::timer): the idle timer is
-    /// the socket's, so that it costs nothing per message.
-    fn arm_timer(&self) {
-        let _ = self.stream.set_read_timeout(self.timer());
-    }
-
-    /// A read waited its whole timer and nothing came: the first-message deadline
-    /// passed, or the idle timeout did. Reports it; the link ends.
-    fn silent(&self) -> ReadEnd {
-        if let Some(at) = self.first_by {
-            if Instant::now() >= at {
-                let after = self.shared.cfg.first_message_timeout.unwrap_or_default();
-                let reason = format!(
-                    "the peer sent no whole message within the first-message timeout ({after:?})"
-                );
-                self.shared.event(EventKind::Unproven {
-                    reason: reason.clone(),
-                });
-                return ReadEnd::Broken(reason);
-            }
-        }
-        let after = self.shared.cfg.idle_timeout.unwrap_or_default();
-        self.shared.event(EventKind::IdleTimeout { after });
-        ReadEnd::Broken(format!(
-            "nothing was received for {after:?}, the idle timeout: the peer is taken as dead"
-        ))
-    }
-
-    /// The link ended (`end`): a message cut short in the decoder is reported.
-    fn ended(&self, decoder: &Decoder, end: Result<(), ReadEnd>) -> Result<(), ReadEnd> {
-        let bytes = decoder.cut_bytes();
-        if bytes > 0 {
-            self.protocol_error(ProtocolError::CutShort { bytes });
-        }
-        end
-    }
-
-    /// The peer speaks `found`, not `expected`: say so, and end the link.
-    fn wrong_protocol(&self, expected: Protocol, found: Protocol) -> ReadEnd {
-        self.protocol_error(ProtocolError::WrongProtocol { expected, found });
-        ReadEnd::Broken(format!(
-            "the peer speaks {found}, but this connection speaks {expected}"
-        ))
     }
 
     /// Auto servers: reads until the first bytes tell the protocol; returns it with the
     /// bytes read so far, or `None` if the peer closed first.
-    fn detect(&mut self, buf: &mut [u8]) -> Result<Option<(Protocol, Vec<u8>)>, ReadEnd> {
+    fn detect(&mut self) -> Result<Option<(Protocol, Vec<u8>)>, ReadEnd> {
         let mut seen = Vec::new();
         let started = Instant::now();
         let timeout = self.shared.cfg.detect_timeout;
+        let shared = &*self.shared;
+        let side = &mut *self.side;
         let protocol = loop {
             match protocol::detect(&seen) {
                 Detection::V1 => break Protocol::V1,
@@ -210,25 +209,25 @@ impl Reader {
             // first byte, the peer may be silent for as long as the idle and
             // first-message timeouts let it (without them, for as long as it likes).
             let wait = if seen.is_empty() {
-                self.timer()
+                side.timer(shared)
             } else {
                 match timeout.checked_sub(started.elapsed()) {
                     Some(left) if !left.is_zero() => Some(left),
                     _ => {
-                        self.protocol_error(ProtocolError::DetectionTimeout);
+                        side.protocol_error(shared, ProtocolError::DetectionTimeout);
                         break Protocol::V1;
                     }
                 }
             };
-            let _ = self.stream.set_read_timeout(wait);
-            match self.stream.read(buf) {
+            let _ = side.stream.set_read_timeout(wait);
+            match (&*side.stream).read(&mut side.buf) {
                 Ok(0) => return Ok(None),
                 Ok(n) => {
-                    self.shared.stats.read(n);
-                    seen.extend_from_slice(&buf[..n]);
+                    shared.stats.read(n);
+                    seen.extend_from_slice(&side.buf[..n]);
                 }
                 Err(e) if seen.is_empty() && is_timeout(&e) && wait.is_some() => {
-                    return Err(self.silent())
+                    return Err(side.silent(shared))
                 }
                 Err(e)
                     if !crate::sys::is_cancelled(&e)
@@ -246,20 +245,259 @@ impl Reader {
         Ok(Some((protocol, seen)))
     }
 
-    fn protocol_error(&self, e: ProtocolError) {
-        self.shared.event(EventKind::ProtocolError(e));
+    fn ctl(&self, c: Control) -> Result<(), ReadEnd> {
+        select! {
+            send(self.ctl_tx, c) -> r => r.map_err(|_| ReadEnd::Stopped),
+            recv(self.shared.shutdown_rx) -> _ => Err(ReadEnd::Stopped),
+        }
     }
 
-    /// Hands what the decoder found to the program, the ack queue, and the replies.
-    fn deliver(&mut self, frames: &mut Vec<Frame>) -> Result<(), ReadEnd> {
-        if self.unproven && frames.iter().any(|f| !matches!(f, Frame::Error(_))) {
-            // The first whole message or control block: the peer has spoken.
-            self.unproven = false;
-            self.shared.proven.store(true, Ordering::Release);
-            if self.first_by.take().is_some() {
-                self.arm_timer();
+    /// Without the shared read path (other platforms, or while a timer runs).
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn read_shared(&mut self) -> Result<(), ReadEnd> {
+        unreachable!("shared_reads() is false here")
+    }
+
+    /// Reads the link with its read side shared with the callers (see `direct.rs`):
+    /// holding it, reads without blocking and delivers until the socket is empty; then
+    /// gives it back and waits for bytes with a one-byte `MSG_PEEK`, which leaves them
+    /// for whoever holds the read side when they come.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn read_shared(&mut self) -> Result<(), ReadEnd> {
+        let shared = &*self.shared;
+        let inbox = &shared.inbox;
+        let stream = self.side.stream.clone();
+        // The socket's receive timeout is none here (no timer runs): say so, whatever
+        // the detection left.
+        let _ = stream.set_read_timeout(None);
+        self.side.timeout = None;
+        let side = std::mem::replace(&mut self.side, Box::new(ReadSide::new(stream.clone(), 0)));
+        inbox.install_side(side);
+        // What the last wait for bytes met: an error (the peek took it from the socket),
+        // or the receive timeout a caller had set.
+        let mut met: Option<io::Error> = None;
+        let mut timed_out = false;
+        loop {
+            let mut side = inbox.reader_take_side();
+            if let Some(end) = side.reader_turn(shared, met.take(), &mut timed_out) {
+                // The read side is not given back: callers read no more on this link.
+                self.side = side;
+                return end;
+            }
+            if inbox.reader_put_back(side) {
+                // Callers wait for the read side: one of them reads next.
+                continue;
+            }
+            let mut byte = [0u8; 1];
+            match stream.peek(&mut byte) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => timed_out = true,
+                Err(e) => met = Some(e),
             }
         }
+    }
+}
+
+/// True when the reader may share the link's read side with the callers: on Linux,
+/// without an idle timeout (the reader's timer is the socket's receive timeout, which
+/// the callers' reads would change).
+fn shared_reads(shared: &Shared) -> bool {
+    cfg!(any(target_os = "linux", target_os = "android")) && shared.cfg.idle_timeout.is_none()
+}
+
+impl ReadSide {
+    /// The read side of a new link over `stream`, before its first byte.
+    pub fn new(stream: Arc<TcpStream>, epoch: u64) -> Self {
+        ReadSide {
+            stream,
+            epoch,
+            recv_mode: Mode::Plain,
+            first_by: None,
+            unproven: false,
+            decoder: Decoder::new(Protocol::V1, 0),
+            frames: Vec::new(),
+            buf: Vec::new(),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            seen: None,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            timeout: None,
+        }
+    }
+
+    /// Accounts for a read of `n` bytes (not zero): the statistics, and a v1 buffer that
+    /// the read filled grows to its full size.
+    pub fn got(&mut self, shared: &Shared, n: usize) {
+        shared.stats.read(n);
+        if n == self.buf.len() && n < READ_CHUNK {
+            self.buf.resize(READ_CHUNK, 0);
+        }
+    }
+
+    /// Reads what the socket holds without blocking (at most one buffer) and decodes it
+    /// into `frames`; `WouldBlock` when it holds nothing.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn read_now(&mut self) -> io::Result<usize> {
+        let stream = self.stream.clone();
+        self.read_with(&mut NoWait(&stream), usize::MAX)
+    }
+
+    /// Reads with `reader` (at most `most` bytes; it may read less) and decodes what came
+    /// into `frames`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn read_with(&mut self, reader: &mut impl Read, most: usize) -> io::Result<usize> {
+        match &mut self.decoder {
+            Decoder::V2(d) => d.read_from(&mut Limited(reader, most), &mut self.frames),
+            d => {
+                let to = self.buf.len().min(most);
+                let n = loop {
+                    match reader.read(&mut self.buf[..to]) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        r => break r?,
+                    }
+                };
+                d.decode(&self.buf[..n], &mut self.frames);
+                Ok(n)
+            }
+        }
+    }
+
+    /// The reader thread's turn with the read side (shared reads): reports what a caller
+    /// met or what the last wait for bytes met, else reads and delivers until the socket
+    /// is empty. `Some` when the link's reading is over.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn reader_turn(
+        &mut self,
+        shared: &Shared,
+        met: Option<io::Error>,
+        timed_out: &mut bool,
+    ) -> Option<Result<(), ReadEnd>> {
+        if let Some(e) = met {
+            // The error came before anything a caller may have met after it.
+            return Some(self.ended(shared, Err(ReadEnd::Io(e))));
+        }
+        match self.seen.take() {
+            Some(Seen::Eof) => return Some(self.ended(shared, Ok(()))),
+            Some(Seen::Failed(e)) => return Some(self.ended(shared, Err(ReadEnd::Io(e)))),
+            Some(Seen::Broken(reason)) => return Some(Err(ReadEnd::Broken(reason))),
+            None => {}
+        }
+        if std::mem::take(timed_out) && self.timeout.is_some() {
+            // A caller's receive timeout ran out on the reader's wait: the reader waits
+            // without one.
+            if self.stream.set_read_timeout(None).is_ok() {
+                self.timeout = None;
+            }
+        }
+        loop {
+            match self.read_now() {
+                Ok(0) => return Some(self.ended(shared, Ok(()))),
+                Ok(n) => {
+                    self.got(shared, n);
+                    if let Err(end) = self.deliver(shared, true) {
+                        return Some(Err(end));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) => return Some(self.ended(shared, Err(ReadEnd::Io(e)))),
+            }
+        }
+    }
+
+    /// How long the next read may wait for bytes: the idle timeout, or less, until the
+    /// first-message deadline; `None`: as long as it takes.
+    fn timer(&self, shared: &Shared) -> Option<Duration> {
+        let idle = shared.cfg.idle_timeout;
+        let first = self.first_by.map(|at| {
+            at.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        match (idle, first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sets the socket's receive timeout to [`timer`](Self::timer): the idle timer is
+    /// the socket's, so that it costs nothing per message.
+    fn arm_timer(&self, shared: &Shared) {
+        let _ = self.stream.set_read_timeout(self.timer(shared));
+    }
+
+    /// A read waited its whole timer and nothing came: the first-message deadline
+    /// passed, or the idle timeout did. Reports it; the link ends.
+    fn silent(&self, shared: &Shared) -> ReadEnd {
+        if let Some(at) = self.first_by {
+            if Instant::now() >= at {
+                let after = shared.cfg.first_message_timeout.unwrap_or_default();
+                let reason = format!(
+                    "the peer sent no whole message within the first-message timeout ({after:?})"
+                );
+                shared.event(EventKind::Unproven {
+                    reason: reason.clone(),
+                });
+                return ReadEnd::Broken(reason);
+            }
+        }
+        let after = shared.cfg.idle_timeout.unwrap_or_default();
+        shared.event(EventKind::IdleTimeout { after });
+        ReadEnd::Broken(format!(
+            "nothing was received for {after:?}, the idle timeout: the peer is taken as dead"
+        ))
+    }
+
+    /// The link ended (`end`): a message cut short in the decoder is reported.
+    fn ended(&self, shared: &Shared, end: Result<(), ReadEnd>) -> Result<(), ReadEnd> {
+        let bytes = self.decoder.cut_bytes();
+        if bytes > 0 {
+            self.protocol_error(shared, ProtocolError::CutShort { bytes });
+        }
+        end
+    }
+
+    /// The peer speaks `found`, not `expected`: say so, and end the link.
+    fn wrong_protocol(&self, shared: &Shared, expected: Protocol, found: Protocol) -> ReadEnd {
+        self.protocol_error(shared, ProtocolError::WrongProtocol { expected, found });
+        ReadEnd::Broken(format!(
+            "the peer speaks {found}, but this connection speaks {expected}"
+        ))
+    }
+
+    fn protocol_error(&self, shared: &Shared, e: ProtocolError) {
+        shared.event(EventKind::ProtocolError(e));
+    }
+
+    /// Hands what the decoder found (`frames`) to the program, the ack queue, and the
+    /// replies. `may_wait`: the reader thread, which waits for room in the incoming
+    /// queue; a caller never does (see [`queue`](Self::queue)).
+    pub fn deliver(&mut self, shared: &Shared, may_wait: bool) -> Result<(), ReadEnd> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        if self.unproven && self.frames.iter().any(|f| !matches!(f, Frame::Error(_))) {
+            // The first whole message or control block: the peer has spoken.
+            self.unproven = false;
+            shared.proven.store(true, Ordering::Release);
+            if self.first_by.take().is_some() {
+                self.arm_timer(shared);
+            }
+        }
+        let mut taken = std::mem::take(&mut self.frames);
+        let r = self.deliver_frames(shared, &mut taken, may_wait);
+        // The vector is kept for the next read (what it holds was delivered, or the
+        // link ends).
+        taken.clear();
+        self.frames = taken;
+        r
+    }
+
+    fn deliver_frames(
+        &mut self,
+        shared: &Shared,
+        frames: &mut Vec<Frame>,
+        may_wait: bool,
+    ) -> Result<(), ReadEnd> {
         let mut frames = frames.drain(..).peekable();
         while let Some(frame) = frames.next() {
             match frame {
@@ -272,17 +510,17 @@ impl Reader {
                             _ => None,
                         }
                     });
-                    self.queue(&mut first.chain(rest).peekable())?;
+                    self.queue(shared, &mut first.chain(rest).peekable(), may_wait)?;
                 }
                 Frame::SetMode(mode) => {
                     self.recv_mode = mode;
-                    self.reply(|r| r.ack_mode_change += 1)
+                    self.reply(shared, |r| r.ack_mode_change += 1)
                 }
                 Frame::AckModeChange => {}
-                Frame::AckEot => self.acknowledged(),
+                Frame::AckEot => self.acknowledged(shared),
                 Frame::Error(e) => {
                     let unackable = self.unackable(&e);
-                    self.protocol_error(e);
+                    self.protocol_error(shared, e);
                     if let Some(reason) = unackable {
                         return Err(ReadEnd::Broken(reason));
                     }
@@ -318,33 +556,42 @@ impl Reader {
 
     /// Puts received messages in the incoming queue, in order, within its bounds: as
     /// many as fit in one go, then (if some are left) waits for room and goes on. An
-    /// ACKEOT is owed for each acknowledged one once it is in the queue.
+    /// ACKEOT is owed for each acknowledged one once it is in the queue. A caller
+    /// (`may_wait` false) must not wait for room that only its own takes would make: its
+    /// reads are sized so that what they decode fits (`direct::read_cap`), and should
+    /// more come all the same, it goes in beyond the bounds rather than be lost.
     fn queue<I: Iterator<Item = Incoming>>(
         &self,
+        shared: &Shared,
         items: &mut std::iter::Peekable<I>,
+        may_wait: bool,
     ) -> Result<(), ReadEnd> {
-        let inbox = self.in_tx.inbox();
+        let inbox = &shared.inbox;
         loop {
-            let (n, acked) = inbox.push_some(items);
+            let (n, acked) = if may_wait {
+                inbox.push_some(items)
+            } else {
+                inbox.push_all(items)
+            };
             if n > 0 {
-                self.shared.stats.received_many(n);
-                self.shared.notify();
+                shared.stats.received_many(n);
+                shared.notify();
             }
             if acked > 0 {
-                self.reply(|r| r.ack_eot += acked);
+                self.reply(shared, |r| r.ack_eot += acked);
             }
             if items.peek().is_none() {
                 return Ok(());
             }
-            if !inbox.wait_for_room(&self.shared.shutdown_rx) {
+            if !inbox.wait_for_room(&shared.shutdown_rx) {
                 return Err(ReadEnd::Stopped);
             }
         }
     }
 
     /// The peer acknowledged the oldest acknowledged message written on this link.
-    fn acknowledged(&self) {
-        let mut acks = lock(&self.shared.acks);
+    fn acknowledged(&self, shared: &Shared) {
+        let mut acks = lock(&shared.acks);
         if acks.epoch != self.epoch {
             return;
         }
@@ -354,10 +601,10 @@ impl Reader {
             }
             None => {
                 // A peer can send these without end: rate-limited.
-                if let Some(n) = self.shared.stray_acks.hit() {
+                if let Some(n) = shared.stray_acks.hit() {
                     log::warn!(
                         "serpy {}: the peer acknowledged a message that was not sent in an acknowledged mode; ignored ({n} so far on this connection)",
-                        self.shared.label()
+                        shared.label()
                     )
                 }
             }
@@ -365,9 +612,9 @@ impl Reader {
     }
 
     /// Owes the peer a control reply; the writer sends it as soon as it can.
-    fn reply(&self, owe: impl FnOnce(&mut Replies)) {
+    fn reply(&self, shared: &Shared, owe: impl FnOnce(&mut Replies)) {
         {
-            let mut r = lock(&self.shared.replies);
+            let mut r = lock(&shared.replies);
             if r.epoch != self.epoch {
                 return;
             }
@@ -375,20 +622,37 @@ impl Reader {
         }
         // While the writer thread is idle, write the reply from here without blocking,
         // which saves waking it; otherwise (and for what could not go at once) wake it.
-        if let Some(mut link) = try_lock(&self.shared.link) {
-            if inline::write_replies_now(&mut link, &self.shared, self.epoch) {
+        if let Some(mut link) = try_lock(&shared.link) {
+            if inline::write_replies_now(&mut link, shared, self.epoch) {
                 return;
             }
         }
         // One wake-up waiting is enough: the writer reads the counters.
-        let _ = self.ctl_tx.try_send(Control::Wake);
+        let _ = shared.ctl_tx.try_send(Control::Wake);
     }
+}
 
-    fn ctl(&self, c: Control) -> Result<(), ReadEnd> {
-        select! {
-            send(self.ctl_tx, c) -> r => r.map_err(|_| ReadEnd::Stopped),
-            recv(self.shared.shutdown_rx) -> _ => Err(ReadEnd::Stopped),
-        }
+/// A reader that reads at most `.1` bytes at a time from `.0`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+struct Limited<'a, R>(&'a mut R, usize);
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl<R: Read> Read for Limited<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let to = buf.len().min(self.1);
+        self.0.read(&mut buf[..to])
+    }
+}
+
+/// Reads from the socket without blocking (`WouldBlock` when it holds nothing), though
+/// other threads may block on it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+struct NoWait<'a>(&'a TcpStream);
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Read for NoWait<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::sys::recv_now(self.0, buf)
     }
 }
 

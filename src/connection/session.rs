@@ -16,7 +16,7 @@ use crossbeam_channel::select;
 
 use super::inbox::InboxTx;
 use super::link::Link;
-use super::reader::Reader;
+use super::reader::{ReadSide, Reader};
 use super::state::{Phase, Replies, Shared};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -133,21 +133,20 @@ pub(crate) fn attach(
     *lock(&shared.peer) = peer;
     shared.life.set(Phase::Up);
     let previous = lock(&shared.reader).take();
+    let mut side = ReadSide::new(Arc::new(read_half), epoch);
+    side.first_by = match shared.cfg.first_message_timeout {
+        Some(t) if !shared.is_client && !shared.proven.load(Ordering::Acquire) => {
+            Instant::now().checked_add(t)
+        }
+        _ => None,
+    };
+    side.unproven = !shared.is_client && !shared.proven.load(Ordering::Acquire);
     let reader = Reader {
         shared: shared.clone(),
-        stream: read_half,
-        epoch,
-        in_tx: in_tx.clone(),
+        _in_tx: in_tx.clone(),
         ctl_tx: shared.ctl_tx.clone(),
         previous,
-        recv_mode: crate::protocol::Mode::Plain,
-        first_by: match shared.cfg.first_message_timeout {
-            Some(t) if !shared.is_client && !shared.proven.load(Ordering::Acquire) => {
-                Instant::now().checked_add(t)
-            }
-            _ => None,
-        },
-        unproven: !shared.is_client && !shared.proven.load(Ordering::Acquire),
+        side: Box::new(side),
     };
     let handle = thread::Builder::new()
         .name(format!("serpy-rd-{}", shared.id))

@@ -1,0 +1,386 @@
+//! Reads made by the program's own threads (Linux and Android): a caller of `get_data`
+//! that finds the incoming queue empty, or an acknowledged send waiting for its answer,
+//! reads the socket itself when nobody else does, instead of waiting for the reader
+//! thread to read and wake it. Each message that comes then costs one thread wake-up
+//! (the caller's, by the socket), not two (the reader's, then the caller's).
+//!
+//! The link's [`ReadSide`] (its socket, decoder and receive mode) is the read role:
+//! whoever holds it reads, decodes and delivers, with the same code
+//! (`ReadSide::deliver`: acknowledgements matched, replies owed and written, events,
+//! the queue's bounds). The [`Role`] holds it while nobody does. The reader thread
+//! takes it to read without blocking until the socket is empty, gives it back, and
+//! waits for bytes without it (a one-byte `MSG_PEEK`); when the bytes come, it takes the
+//! role again, waiting for a caller that holds it to give it back.
+//!
+//! A caller that takes the role:
+//! - reads with a blocking `recv`, its timeout as the socket's receive timeout (set only
+//!   when it differs much from the one in place, see [`ReadSide::wait_with`]);
+//! - reads at most what fits in the incoming queue whatever it holds ([`read_cap`]): it
+//!   never waits for room, which only its own takes would make;
+//! - puts what it decoded in the queue and takes the oldest message (or, for an
+//!   acknowledged send, looks for its answer), and gives the role back;
+//! - when the read meets the end of the link (the end of the peer's data, an error, a
+//!   message that ends the link), records it in `ReadSide::seen` for the reader thread,
+//!   which reports it as if it had met it itself (a failed read also shuts the socket's
+//!   reading down, which ends the reader's wait for bytes), gives the role back, and
+//!   waits as before: on the incoming queue, or on the answer.
+//!
+//! The reader thread alone installs the role (once the link's first bytes are checked,
+//! and only without an idle timeout, whose timer is the socket's receive timeout) and
+//! alone ends it: the read side is not given back once its link's reading is over.
+//! `close()` shuts the socket down, which ends a caller's `recv` as it ends the reader's.
+//!
+//! Threads: callers; the reader.
+
+use std::io;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use super::inbox::{Empty, Got};
+use super::reader::{ReadEnd, ReadSide, Seen};
+use super::state::Shared;
+use super::vocab::{Incoming, MESSAGE_OVERHEAD};
+use crate::error::Result;
+use crate::protocol::{v2, Decoder};
+use crate::sync::Deadline;
+
+/// A caller reads the socket only if it may read at least this many bytes at once
+/// (a nearly full incoming queue, or one bounded to a few messages, leaves it to the
+/// reader thread).
+const LEAST_CALLER_READ: usize = 1024;
+
+/// A caller reads at most this much at once.
+const MOST_CALLER_READ: usize = 256 * 1024;
+
+/// What a caller's read did.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// It read bytes and delivered what they completed (maybe nothing).
+    Read,
+    /// Its timeout ran out (or a signal interrupted it): look again.
+    Again,
+    /// It met the end of the link (recorded for the reader thread), or may not read (too
+    /// little room in the incoming queue, or the timeout could not be set).
+    Stop,
+}
+
+/// The most a caller may read at once so that whatever the bytes decode to fits in the
+/// incoming queue: `count_room` more messages and `bytes_room` more bytes of charge (see
+/// `Inbox::room`), with `held` bytes of an unfinished message in the decoder already,
+/// and frames of at least `least_frame` bytes on the wire. A read of `n` bytes completes
+/// at most `(held > 0) + n / least_frame` messages, whose payloads (as charged, less the
+/// overhead per message) add up to at most `held + n`.
+pub(crate) fn read_cap(
+    count_room: usize,
+    bytes_room: usize,
+    held: usize,
+    least_frame: usize,
+) -> usize {
+    let unfinished = usize::from(held > 0);
+    let by_count = count_room
+        .saturating_sub(unfinished)
+        .saturating_mul(least_frame);
+    let fixed = held.saturating_add(MESSAGE_OVERHEAD * unfinished);
+    let by_bytes = bytes_room.saturating_sub(fixed).saturating_mul(least_frame)
+        / (least_frame + MESSAGE_OVERHEAD);
+    by_count.min(by_bytes)
+}
+
+/// The fewest bytes a whole data message takes on the wire.
+fn least_frame(decoder: &Decoder) -> usize {
+    match decoder {
+        // A header and an empty payload.
+        Decoder::V2(_) => v2::HEADER_LEN,
+        // One byte and the 0x1F that ends the block.
+        _ => 2,
+    }
+}
+
+impl ReadSide {
+    /// Sets the socket's receive timeout for a caller that waits at most `wait` (`None`:
+    /// as long as it takes), unless the one in place already ends between half of it and
+    /// all of it (a repeated `get_data_timeout` costs no system call; a wait cut short
+    /// is taken again). False if it could not be set.
+    fn wait_with(&mut self, wait: Option<Duration>) -> bool {
+        let keep = match (self.timeout, wait) {
+            (None, None) => true,
+            (Some(t), Some(w)) => t <= w && t >= w / 2,
+            _ => false,
+        };
+        if keep {
+            return true;
+        }
+        // std refuses a zero timeout; the deadline is checked by the caller anyway.
+        let set = wait.map(|w| w.max(Duration::from_micros(1)));
+        match self.stream.set_read_timeout(set) {
+            Ok(()) => {
+                self.timeout = set;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// One read by a caller, waiting at most `wait`: reads what fits in the incoming
+    /// queue, decodes and delivers it.
+    fn read_for_caller(&mut self, shared: &Shared, wait: Option<Duration>) -> Step {
+        let (count_room, bytes_room) = shared.inbox.room();
+        let cap = read_cap(
+            count_room,
+            bytes_room,
+            self.decoder.buffered(),
+            least_frame(&self.decoder),
+        )
+        .min(MOST_CALLER_READ);
+        if cap < LEAST_CALLER_READ || !self.wait_with(wait) {
+            return Step::Stop;
+        }
+        let stream = self.stream.clone();
+        let read = self.read_with(&mut &*stream, cap);
+        match read {
+            Ok(0) => {
+                self.seen = Some(Seen::Eof);
+                Step::Stop
+            }
+            Ok(n) => {
+                self.got(shared, n);
+                match self.deliver(shared, false) {
+                    Ok(()) => Step::Read,
+                    Err(end) => {
+                        self.seen = Some(match end {
+                            ReadEnd::Broken(reason) => Seen::Broken(reason),
+                            ReadEnd::Io(e) => Seen::Failed(e),
+                            // Not reached: a caller never waits, so nothing stops it.
+                            ReadEnd::Stopped => Seen::Eof,
+                        });
+                        self.end_reader_wait();
+                        Step::Stop
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Step::Again
+            }
+            Err(e) => {
+                self.seen = Some(Seen::Failed(e));
+                self.end_reader_wait();
+                Step::Stop
+            }
+        }
+    }
+
+    /// After a caller met an error or a message that ends the link: the reader thread,
+    /// which may be waiting for bytes that will not come (the caller took the error from
+    /// the socket), must see it. Shutting the socket's reading down ends that wait.
+    fn end_reader_wait(&self) {
+        let _ = self.stream.shutdown(Shutdown::Read);
+    }
+}
+
+/// For `get_data` and friends, once the incoming queue was found empty: the next
+/// message, waiting at most `timeout` (as long as it takes if `None`). It waits for a
+/// message or for the read role, whichever comes first; with the role, it reads the
+/// socket itself until a message is in the queue, then gives the role back. Once a read
+/// met the end of the link (or found too little room), it leaves the reading to the
+/// reader thread and waits for a message only.
+pub(crate) fn take(
+    shared: &Shared,
+    timeout: Option<Duration>,
+) -> std::result::Result<Incoming, Empty> {
+    let inbox = &shared.inbox;
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let mut want_side = true;
+    loop {
+        let left = match (timeout, deadline) {
+            (Some(_), Some(at)) => Some(at.saturating_duration_since(Instant::now())),
+            (t, _) => t,
+        };
+        let mut side = match inbox.take_or_side(left, want_side)? {
+            Got::Message(item) => return Ok(item),
+            Got::Side(side) => side,
+        };
+        let got = read_until_taken(shared, &mut side, deadline);
+        inbox.caller_put_back(side);
+        match got {
+            Taken::Message(item) => return Ok(item),
+            Taken::Gone => return Err(Empty::Gone),
+            Taken::TimedOut => return Err(Empty::Now),
+            Taken::Stopped => want_side = false,
+        }
+    }
+}
+
+/// How [`read_until_taken`] ended.
+enum Taken {
+    Message(Incoming),
+    /// The incoming queue is closed and empty.
+    Gone,
+    /// The deadline passed.
+    TimedOut,
+    /// The read met the end of the link, or may not read.
+    Stopped,
+}
+
+/// Reads the socket with the read side until a message can be taken from the incoming
+/// queue (a message this read put there may go to another taker first: then it reads
+/// on), or until `deadline`.
+fn read_until_taken(shared: &Shared, side: &mut ReadSide, deadline: Option<Instant>) -> Taken {
+    loop {
+        match shared.inbox.try_take() {
+            Ok((item, _)) => return Taken::Message(item),
+            Err(Empty::Gone) => return Taken::Gone,
+            Err(Empty::Now) => {}
+        }
+        let wait = match deadline {
+            Some(at) => match at.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Taken::TimedOut,
+            },
+            None => None,
+        };
+        if side.read_for_caller(shared, wait) == Step::Stop {
+            return Taken::Stopped;
+        }
+    }
+}
+
+/// For an acknowledged send waiting for its answer: the answer, reading the socket in
+/// this thread (which also delivers whatever else comes) while it can take the read
+/// role; `None` when it cannot (any more), for the wait on `answer`.
+pub(crate) fn await_answer(
+    shared: &Shared,
+    answer: &Receiver<Result<()>>,
+    deadline: Deadline,
+) -> Option<Result<()>> {
+    if let Ok(r) = answer.try_recv() {
+        return Some(r);
+    }
+    let mut side = shared.inbox.try_take_side()?;
+    let got = loop {
+        match answer.try_recv() {
+            Ok(r) => break Some(r),
+            Err(TryRecvError::Disconnected) => break None,
+            Err(TryRecvError::Empty) => {}
+        }
+        let wait = match deadline.at {
+            Some(at) => match at.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => break None,
+            },
+            None => None,
+        };
+        if side.read_for_caller(shared, wait) == Step::Stop {
+            break None;
+        }
+    };
+    shared.inbox.caller_put_back(side);
+    got
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{v1, Frame, Mode, Protocol, WireBuf};
+    use crate::Message;
+
+    /// The charge of what `frames` holds, and how many data messages.
+    fn charged(frames: &[Frame]) -> (usize, usize) {
+        frames.iter().fold((0, 0), |(b, n), f| match f {
+            Frame::Data { message, .. } => (b + message.len() + MESSAGE_OVERHEAD, n + 1),
+            _ => (b, n),
+        })
+    }
+
+    /// Feeds `wire` to `decoder` in reads of at most `read_cap` bytes, checking at each
+    /// read that what it decodes stays within the room the cap was computed for (as if
+    /// the queue were drained between reads). Where the cap is zero (an unfinished
+    /// message as large as the room), the bytes are fed as the reader thread would read
+    /// them, unchecked. Returns how many reads were checked.
+    fn check_cap(mut decoder: Decoder, wire: &[u8], count_room: usize, bytes_room: usize) -> usize {
+        let least = least_frame(&decoder);
+        let (mut at, mut checked) = (0, 0);
+        let mut frames = Vec::new();
+        while at < wire.len() {
+            let cap = read_cap(count_room, bytes_room, decoder.buffered(), least);
+            let n = if cap == 0 { 64 } else { cap }.min(wire.len() - at);
+            frames.clear();
+            decoder.decode(&wire[at..at + n], &mut frames);
+            let (bytes, count) = charged(&frames);
+            if cap > 0 {
+                checked += 1;
+                assert!(
+                    count <= count_room && bytes <= bytes_room,
+                    "a read of {n} bytes decoded {count} messages of {bytes} bytes, room {count_room} and {bytes_room}"
+                );
+            }
+            at += n;
+        }
+        checked
+    }
+
+    #[test]
+    fn what_a_capped_read_decodes_fits_the_room_it_was_capped_for() {
+        // The densest v1: one-byte blocks; and a long block that ends in a later read.
+        let mut dense = b"x\x1f".repeat(5000);
+        dense.extend_from_slice(&[b'y'; 3000]);
+        dense.extend_from_slice(b"\x1f");
+        dense.extend(b"ab\x1f".repeat(1000));
+        for (count, bytes) in [(100, usize::MAX), (usize::MAX, 20_000), (7, 1000), (1, 200)] {
+            let checked = check_cap(Decoder::new(Protocol::V1, 1 << 20), &dense, count, bytes);
+            assert!(checked > 10, "{checked} reads checked");
+        }
+        // v1 base85 in an acknowledged mode: SETMODE blocks and shorter payloads.
+        let mut enc = v1::Encoder::new(crate::TextEncoding::Utf8, 1 << 20);
+        let mut wire = WireBuf::new();
+        for i in 0..500u32 {
+            let m = Message::from(i.to_le_bytes().to_vec());
+            enc.encode(&m, Mode::Base85Ack, &mut wire).unwrap();
+        }
+        assert!(
+            check_cap(
+                Decoder::new(Protocol::V1, 1 << 20),
+                &wire.to_vec(),
+                50,
+                10_000
+            ) > 10
+        );
+        // The densest v2: empty payloads; numbers, whose messages count 8 bytes each;
+        // and a large payload that takes many reads.
+        let mut wire = WireBuf::new();
+        for i in 0..3000 {
+            let m = match i % 3 {
+                0 => Message::from(""),
+                1 => Message::Int(i),
+                _ => Message::Float(0.5),
+            };
+            v2::encode(&m, &mut wire).unwrap();
+        }
+        v2::encode(&Message::from(vec![7u8; 100_000]), &mut wire).unwrap();
+        v2::encode(&Message::from("after"), &mut wire).unwrap();
+        let wire = wire.to_vec();
+        for (count, bytes) in [(100, usize::MAX), (usize::MAX, 20_000), (3, 500)] {
+            let checked = check_cap(Decoder::new(Protocol::V2, 1 << 20), &wire, count, bytes);
+            assert!(checked > 10, "{checked} reads checked");
+        }
+    }
+
+    #[test]
+    fn the_cap_never_overflows_and_is_zero_without_room() {
+        assert_eq!(read_cap(0, usize::MAX, 0, 2), 0);
+        assert_eq!(read_cap(usize::MAX, 0, 0, 14), 0);
+        // A message larger than the room is held: nothing more may be read.
+        assert_eq!(read_cap(usize::MAX, 1000, 5000, 2), 0);
+        assert!(read_cap(usize::MAX, usize::MAX, 0, 14) > MOST_CALLER_READ);
+        // One message of room, none held: less than two frames' worth.
+        assert!(read_cap(1, usize::MAX, 0, 14) < 2 * 14);
+    }
+}
