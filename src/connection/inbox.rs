@@ -459,17 +459,19 @@ impl Inbox {
 
     /// A caller gives the read side back: to another taker that waits for it, else to
     /// the reader thread (woken if it waits; it takes the side once [`LINGER`] has
-    /// passed, or at once if the caller met the end of the link).
-    pub fn caller_put_back(&self, side: Box<ReadSide>) {
+    /// passed, or at once if the caller met the end of the link or `linger` is false).
+    pub fn caller_put_back(&self, side: Box<ReadSide>, linger: bool) {
         let mut s = lock(&self.state);
         let over = side.seen.is_some();
         let r = &mut s.role;
         r.side = Some(side);
-        r.caller_left = Some(Instant::now());
+        r.caller_left = linger.then(Instant::now);
         r.offered = !over && r.side_takers > 0;
         let offer = r.offered;
         // What the caller met is for the reader thread at once, even while it lingers.
-        let wake_reader = over || (r.reader_waits && !offer);
+        // Without the linger (`linger` false) the reader thread takes it at once: woken
+        // also from a linger of an earlier caller.
+        let wake_reader = over || (!offer && (r.reader_waits || !linger));
         if wake_reader {
             r.reader_waits = false;
         }

@@ -83,6 +83,14 @@ pub(crate) struct ReadSide {
     /// callers' reads wait with it).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub timeout: Option<Duration>,
+    /// (Linux and Android) The bytes the caller holding the read side read since it took
+    /// it (see `direct::take`: a caller that read none, or a stream's worth, gives it
+    /// back without the linger).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub caller_read: usize,
+    /// (Linux and Android) The caller's last read filled all it could take.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub caller_full: bool,
 }
 
 /// How a caller's read met the end of its link.
@@ -322,6 +330,10 @@ impl ReadSide {
             seen: None,
             #[cfg(any(target_os = "linux", target_os = "android"))]
             timeout: None,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            caller_read: 0,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            caller_full: false,
         }
     }
 
