@@ -142,7 +142,8 @@
 //! they started have ended.
 //!
 //! The codecs in [`protocol`] are pure (bytes in, frames out) and usable on their own.
-// Unsafe code only where the platform leaves no other way: src/sys.rs (Windows).
+// Unsafe code only where the platform leaves no other way: src/sys.rs (a foreign call on
+// Windows, a slice cast for a non-blocking recv on Linux).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -22,6 +22,42 @@ fn n_of(m: &Message) -> u64 {
         .unwrap_or_else(|_| panic!("not a number: {m:?}"))
 }
 
+/// Spawns `f` (a caller about to wait in `get_data`) and returns once its thread is
+/// asleep: it reached its wait, in the socket or on the incoming queue (Linux: the
+/// thread's state in /proc, looked at until it says so, `T` at most). The tests that use
+/// it hold whichever wait the caller is in; this makes them meet the wait, not a caller
+/// still on its way to it.
+fn spawn_waiting<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> thread::JoinHandle<R> {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let handle = thread::spawn(move || {
+        // The thread's own id, as /proc/thread-self names it.
+        let tid = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let _ = tid_tx.send(tid);
+        f()
+    });
+    if let Ok(Some(tid)) = tid_rx.recv_timeout(T) {
+        let stat = format!("/proc/self/task/{tid}/stat");
+        let deadline = Instant::now() + T;
+        while Instant::now() < deadline {
+            let asleep = std::fs::read_to_string(&stat)
+                .map(|s| {
+                    s.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('S'))
+                })
+                .unwrap_or(true);
+            if asleep {
+                break;
+            }
+            thread::yield_now();
+        }
+    }
+    handle
+}
+
 fn v2_pair() -> (Server, Connection, Connection) {
     let s = server(Server::builder().protocol(Protocol::V2));
     let (c, p) = pair(&s, Connection::builder().protocol(Protocol::V2));
@@ -266,12 +302,8 @@ fn close_ends_a_caller_waiting_for_data() {
     assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("first"));
     let waiting = {
         let peer = peer.clone();
-        thread::spawn(move || peer.get_data())
+        spawn_waiting(move || peer.get_data())
     };
-    // Let the caller reach its wait (a bound, not a pause the test relies on: either
-    // way it must end with Closed).
-    let (_tx, rx) = std::sync::mpsc::channel::<()>();
-    let _ = rx.recv_timeout(Duration::from_millis(50));
     let started = Instant::now();
     peer.close();
     assert!(matches!(waiting.join().unwrap(), Err(Error::Closed)));
@@ -293,10 +325,8 @@ fn a_reset_met_by_a_waiting_caller_is_reported_as_the_reader_would() {
     assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("x"));
     let waiting = {
         let peer = peer.clone();
-        thread::spawn(move || peer.get_data())
+        spawn_waiting(move || peer.get_data())
     };
-    let (_tx, rx) = std::sync::mpsc::channel::<()>();
-    let _ = rx.recv_timeout(Duration::from_millis(50));
     // SO_LINGER 0: closing sends a reset.
     socket2::SockRef::from(&raw)
         .set_linger(Some(Duration::ZERO))
@@ -369,10 +399,8 @@ fn a_caller_waiting_through_a_reconnect_gets_the_next_link_s_message() {
     assert_eq!(client.get_data_timeout(T).unwrap().as_str(), Some("one"));
     let waiting = {
         let client = client.clone();
-        thread::spawn(move || client.get_data_timeout(T))
+        spawn_waiting(move || client.get_data_timeout(T))
     };
-    let (_tx, rx) = std::sync::mpsc::channel::<()>();
-    let _ = rx.recv_timeout(Duration::from_millis(50));
     drop(first);
     let (second, _) = listener.accept().unwrap();
     let mut wire = serpy::protocol::WireBuf::new();

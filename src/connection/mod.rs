@@ -629,7 +629,10 @@ impl Connection {
     /// rather than in the incoming queue, so other ways of taking messages
     /// ([`try_get_data`](Connection::try_get_data), [`Select`](crate::Select),
     /// [`Server::recv_any`](crate::Server::recv_any)) may see
-    /// it up to that much later.
+    /// it up to that much later. When messages come faster than one at a time (a read
+    /// fills what the queue can take, or more than 16 KiB come in one call), the call
+    /// leaves the reading to the reader thread at once, which then reads in parallel
+    /// with the program.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {
