@@ -309,9 +309,12 @@ impl Reader {
 
 /// True when the reader may share the link's read side with the callers: on Linux,
 /// without an idle timeout (the reader's timer is the socket's receive timeout, which
-/// the callers' reads would change).
+/// the callers' reads would change), unless built with `--cfg serpy_threaded_reads`
+/// (the other platforms' path, for CI to test it on Linux too).
 fn shared_reads(shared: &Shared) -> bool {
-    cfg!(any(target_os = "linux", target_os = "android")) && shared.cfg.idle_timeout.is_none()
+    cfg!(any(target_os = "linux", target_os = "android"))
+        && !cfg!(serpy_threaded_reads)
+        && shared.cfg.idle_timeout.is_none()
 }
 
 impl ReadSide {
