@@ -58,6 +58,14 @@ fn spawn_waiting<R: Send + 'static>(
     handle
 }
 
+/// Writes `text` as one v2 frame to a raw socket (a peer made by hand).
+fn write_v2(stream: &TcpStream, text: &str) {
+    let mut wire = serpy::protocol::WireBuf::new();
+    serpy::protocol::v2::encode(&Message::from(text), &mut wire).unwrap();
+    let mut stream = stream;
+    stream.write_all(&wire.to_vec()).unwrap();
+}
+
 fn v2_pair() -> (Server, Connection, Connection) {
     let s = server(Server::builder().protocol(Protocol::V2));
     let (c, p) = pair(&s, Connection::builder().protocol(Protocol::V2));
@@ -319,9 +327,7 @@ fn a_reset_met_by_a_waiting_caller_is_reported_as_the_reader_would() {
     let raw = TcpStream::connect(s.local_addr()).unwrap();
     let peer = s.get_connection_timeout(T).unwrap();
     // A first frame, so that the link's reads are shared.
-    let mut wire = serpy::protocol::WireBuf::new();
-    serpy::protocol::v2::encode(&Message::from("x"), &mut wire).unwrap();
-    (&raw).write_all(&wire.to_vec()).unwrap();
+    write_v2(&raw, "x");
     assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("x"));
     let waiting = {
         let peer = peer.clone();
@@ -393,9 +399,7 @@ fn a_caller_waiting_through_a_reconnect_gets_the_next_link_s_message() {
         .connect(addr)
         .unwrap();
     let (first, _) = listener.accept().unwrap();
-    let mut wire = serpy::protocol::WireBuf::new();
-    serpy::protocol::v2::encode(&Message::from("one"), &mut wire).unwrap();
-    (&first).write_all(&wire.to_vec()).unwrap();
+    write_v2(&first, "one");
     assert_eq!(client.get_data_timeout(T).unwrap().as_str(), Some("one"));
     let waiting = {
         let client = client.clone();
@@ -403,9 +407,7 @@ fn a_caller_waiting_through_a_reconnect_gets_the_next_link_s_message() {
     };
     drop(first);
     let (second, _) = listener.accept().unwrap();
-    let mut wire = serpy::protocol::WireBuf::new();
-    serpy::protocol::v2::encode(&Message::from("two"), &mut wire).unwrap();
-    (&second).write_all(&wire.to_vec()).unwrap();
+    write_v2(&second, "two");
     assert_eq!(waiting.join().unwrap().unwrap().as_str(), Some("two"));
     client.close();
 }
