@@ -679,6 +679,51 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_is_woken_once_after_it_found_nothing_and_not_while_it_takes() {
+        let o = Outbox::new(1 << 30, 100);
+        let pending = AtomicUsize::new(1);
+        let h = [0u8; v2::HEADER_LEN];
+        let mut out = Vec::new();
+        let take = |out: &mut Vec<Outgoing>| {
+            out.clear();
+            o.take(out, usize::MAX, usize::MAX, &mut Vec::new())
+        };
+        // Before the writer's first take, the first message wakes it, the next do not.
+        let (item, size) = v2_item(b"a");
+        assert!(o.try_push(item, size).is_ok());
+        assert!(o.try_push_small(None, [&h, b"b"], &pending, usize::MAX));
+        assert!(o.wake_rx.try_recv().is_ok());
+        assert!(o.wake_rx.try_recv().is_err(), "one wake-up");
+        // The writer takes them and writes: what enters meanwhile sends no wake-up
+        // (the writer takes again when its write is done).
+        assert_eq!(take(&mut out), 2);
+        assert!(o.try_push_small(None, [&h, b"c"], &pending, usize::MAX));
+        assert!(o.wake_rx.try_recv().is_err());
+        assert_eq!(take(&mut out), 1);
+        // It finds nothing: asleep, the next message wakes it, once.
+        assert_eq!(take(&mut out), 0);
+        let (item, size) = v2_item(b"d");
+        assert!(o.try_push(item, size).is_ok());
+        let (item, size) = v2_item(b"e");
+        assert!(o.try_push(item, size).is_ok());
+        assert!(o.wake_rx.try_recv().is_ok());
+        assert!(o.wake_rx.try_recv().is_err());
+        // Before waiting, `park` refuses while messages are left, and agrees once
+        // they are taken; then the next message wakes it again.
+        assert!(!o.park());
+        assert_eq!(take(&mut out), 2);
+        assert!(o.park());
+        assert!(o.try_push_small(None, [&h, b"f"], &pending, usize::MAX));
+        assert!(o.wake_rx.try_recv().is_ok());
+        // A keep-latest push into a queue the writer left asleep wakes it too.
+        assert_eq!(take(&mut out), 1);
+        assert!(o.park());
+        let (item, size) = v2_item(b"g");
+        assert!(matches!(o.push_keep_latest(item, size, 10), Ok(0)));
+        assert!(o.wake_rx.try_recv().is_ok());
+    }
+
+    #[test]
     fn the_fast_path_meets_the_byte_budget_exactly_and_nothing_once_gone() {
         let size = v2::HEADER_LEN + 10;
         let o = Outbox::new(2 * charge(size), 100);
