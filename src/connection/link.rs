@@ -61,6 +61,9 @@ pub(crate) struct Link {
     /// Buffers of runs written whole, to give back to the outgoing queue
     /// (`Outbox::take`); the writer thread's alone.
     pub spare: Vec<Spare>,
+    /// The writer's last take found nothing and marked it asleep in the outgoing
+    /// queue (`Outbox::park`): it may wait for a wake-up. The writer thread's alone.
+    pub parked: bool,
 }
 
 impl Link {
@@ -79,6 +82,7 @@ impl Link {
             stats,
             write_timeout,
             spare: Vec::new(),
+            parked: false,
         }
     }
 

@@ -16,7 +16,8 @@
 //! The bounds are exact: a message is counted in when it enters the queue, under the
 //! lock, and counted out when the writer takes it (one update for all it takes). A
 //! caller that waits for room is woken by the writer's take ([`Outbox::room_rx`]); the
-//! writer is woken when a message enters an empty queue ([`Outbox::wake_rx`]).
+//! writer is woken ([`Outbox::wake_rx`]) only by the first message in after it found
+//! nothing to take: while it writes, it takes again by itself when done.
 //!
 //! Threads: callers push (and, under `FullQueue::KeepLatest`, drop the oldest); the
 //! writer takes.
@@ -133,7 +134,6 @@ enum Entry {
 }
 
 /// What the lock guards.
-#[derive(Default)]
 struct Queue {
     entries: VecDeque<Entry>,
     /// Messages in `entries` (at most `Outbox::capacity`).
@@ -148,11 +148,36 @@ struct Queue {
     /// Run buffers the writer gave back: a new run takes one instead of allocating
     /// (and the buffer is not freed by another thread than the one that made it).
     spare: Vec<Spare>,
+    /// Set when the writer found nothing to take and is about to wait for a wake-up;
+    /// cleared by the first message in after that, which sends the wake-up. While it
+    /// is clear the writer comes back for more by itself (it takes again after each
+    /// write), so no wake-up is sent.
+    asleep: bool,
 }
 
 impl Queue {
     fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.kept.is_empty()
+    }
+
+    /// A message entered: true if it is the one that must wake the writer.
+    fn wake(&mut self) -> bool {
+        std::mem::take(&mut self.asleep)
+    }
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            entries: VecDeque::new(),
+            count: 0,
+            bytes: 0,
+            kept: VecDeque::new(),
+            gone: false,
+            spare: Vec::new(),
+            // The writer has not started taking: the first message wakes it.
+            asleep: true,
+        }
     }
 }
 
@@ -169,8 +194,8 @@ pub(crate) struct Outbox {
     /// it on while others wait and room is left).
     room_tx: Sender<()>,
     pub room_rx: Receiver<()>,
-    /// Wakes the writer: a message entered an empty queue, or the writer left some
-    /// behind (a coalesced signal: capacity 1).
+    /// Wakes the writer: a message entered after it found nothing to take, or it
+    /// left some behind (a coalesced signal: capacity 1).
     wake_tx: Sender<()>,
     pub wake_rx: Receiver<()>,
 }
@@ -239,7 +264,7 @@ impl Outbox {
         if q.count >= self.capacity {
             return Err(Refused::Full(Full::Count, item));
         }
-        let wake = q.is_empty();
+        let wake = q.wake();
         let rest = Self::insert(&mut q, item, size);
         drop(q);
         drop(rest);
@@ -295,7 +320,7 @@ impl Outbox {
                 None => break,
             }
         }
-        let wake = q.is_empty();
+        let wake = q.wake();
         let rest = Self::insert(&mut q, item, size);
         drop(q);
         drop(rest);
@@ -376,10 +401,10 @@ impl Outbox {
         if q.gone || !self.fits(&q, size) || q.count >= self.capacity.min(cap) {
             return false;
         }
-        let wake = q.is_empty();
-        if wake && pending.load(Ordering::Acquire) == 0 {
+        if q.is_empty() && pending.load(Ordering::Acquire) == 0 {
             return false;
         }
+        let wake = q.wake();
         q.count += 1;
         q.bytes += charge(size);
         let run = Self::open_run(&mut q, mode, size);
@@ -395,10 +420,13 @@ impl Outbox {
 
     /// Moves what the writer is to write next into `out`: the kept acknowledged
     /// messages, then runs and messages from the front, about `max_bytes` and at most
-    /// `max_messages` (at least one). Counts them out of both bounds at once, wakes a
-    /// caller waiting for room, and re-arms the writer's wake-up if some are left.
-    /// Keeps some of the emptied run buffers of `spare` for the next runs. Returns how
-    /// many messages it took.
+    /// `max_messages` (at least one). Counts them out of both bounds at once and wakes a
+    /// caller waiting for room. Keeps some of the emptied run buffers of `spare` for the
+    /// next runs. Returns how many messages it took.
+    ///
+    /// The writer calls it again after each write until it takes nothing: no wake-up
+    /// is sent for what enters meanwhile. Taking nothing marks the writer asleep (the
+    /// next message in wakes it, see [`Outbox::park`]).
     pub fn take(
         &self,
         out: &mut Vec<Outgoing>,
@@ -415,6 +443,7 @@ impl Outbox {
                 None => break,
             }
         }
+        let kept = q.kept.len();
         out.extend(q.kept.drain(..));
         let (mut messages, mut bytes, mut charged) = (0, 0, 0);
         while messages < max_messages && bytes < max_bytes {
@@ -432,11 +461,10 @@ impl Outbox {
         }
         q.count -= messages;
         q.bytes = q.bytes.saturating_sub(charged);
-        let more = !q.entries.is_empty();
-        drop(q);
-        if more {
-            let _ = self.wake_tx.try_send(());
+        if kept == 0 && entries.is_empty() {
+            q.asleep = true;
         }
+        drop(q);
         if messages > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
             let _ = self.room_tx.try_send(());
         }
@@ -468,7 +496,20 @@ impl Outbox {
         out
     }
 
-    /// Wakes the writer (it took a wake-up it could not act on).
+    /// The writer is about to wait for a wake-up: true if it may (nothing to take; the
+    /// next message in wakes it), false if it has something to take first.
+    pub fn park(&self) -> bool {
+        let mut q = lock(&self.q);
+        if q.is_empty() {
+            q.asleep = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Wakes the writer (it took a wake-up it could not act on, or leaves the queue
+    /// for the moment with messages in it).
     pub fn wake(&self) {
         let _ = self.wake_tx.try_send(());
     }
@@ -635,6 +676,51 @@ mod tests {
         assert!(
             matches!(&out[0].payload, Payload::Run(r) if r.mode == Some(Mode::Plain) && &r.bytes[..] == b"x\x1fy\x1f")
         );
+    }
+
+    #[test]
+    fn the_writer_is_woken_once_after_it_found_nothing_and_not_while_it_takes() {
+        let o = Outbox::new(1 << 30, 100);
+        let pending = AtomicUsize::new(1);
+        let h = [0u8; v2::HEADER_LEN];
+        let mut out = Vec::new();
+        let take = |out: &mut Vec<Outgoing>| {
+            out.clear();
+            o.take(out, usize::MAX, usize::MAX, &mut Vec::new())
+        };
+        // Before the writer's first take, the first message wakes it, the next do not.
+        let (item, size) = v2_item(b"a");
+        assert!(o.try_push(item, size).is_ok());
+        assert!(o.try_push_small(None, [&h, b"b"], &pending, usize::MAX));
+        assert!(o.wake_rx.try_recv().is_ok());
+        assert!(o.wake_rx.try_recv().is_err(), "one wake-up");
+        // The writer takes them and writes: what enters meanwhile sends no wake-up
+        // (the writer takes again when its write is done).
+        assert_eq!(take(&mut out), 2);
+        assert!(o.try_push_small(None, [&h, b"c"], &pending, usize::MAX));
+        assert!(o.wake_rx.try_recv().is_err());
+        assert_eq!(take(&mut out), 1);
+        // It finds nothing: asleep, the next message wakes it, once.
+        assert_eq!(take(&mut out), 0);
+        let (item, size) = v2_item(b"d");
+        assert!(o.try_push(item, size).is_ok());
+        let (item, size) = v2_item(b"e");
+        assert!(o.try_push(item, size).is_ok());
+        assert!(o.wake_rx.try_recv().is_ok());
+        assert!(o.wake_rx.try_recv().is_err());
+        // Before waiting, `park` refuses while messages are left, and agrees once
+        // they are taken; then the next message wakes it again.
+        assert!(!o.park());
+        assert_eq!(take(&mut out), 2);
+        assert!(o.park());
+        assert!(o.try_push_small(None, [&h, b"f"], &pending, usize::MAX));
+        assert!(o.wake_rx.try_recv().is_ok());
+        // A keep-latest push into a queue the writer left asleep wakes it too.
+        assert_eq!(take(&mut out), 1);
+        assert!(o.park());
+        let (item, size) = v2_item(b"g");
+        assert!(matches!(o.push_keep_latest(item, size, 10), Ok(0)));
+        assert!(o.wake_rx.try_recv().is_ok());
     }
 
     #[test]

@@ -75,12 +75,15 @@ impl Writer {
         let keep_latest = matches!(shared.cfg.full_queue, FullQueue::KeepLatest(_));
         loop {
             // The link is locked while the writer works, not while it waits.
-            let (ready, probe) = {
+            let (ready, probe, parked) = {
                 let mut link = lock(&shared.link);
                 match self.serve(&mut link) {
                     Some(ready) => (
                         ready,
                         probe_due(&link).min(session::keepalive_due(&shared, &link)),
+                        // Waits for a wake-up only with nothing left to take (a message
+                        // that enters afterwards sends one, see `Outbox::park`).
+                        !ready || link.parked || shared.outbox.park(),
                     ),
                     None => {
                         drop(link);
@@ -88,7 +91,10 @@ impl Writer {
                     }
                 }
             };
-            let next = if ready {
+            // (After a close, the select below, which sees it.)
+            let next = if !parked && !shared.life.is_closed() {
+                self.write_batch(&mut lock(&shared.link))
+            } else if ready {
                 // Under KeepLatest, drops may wait to be reported (`flush_drops`).
                 let report = if keep_latest {
                     flush_drops(&shared, false).unwrap_or(Duration::MAX)
@@ -273,14 +279,33 @@ impl Writer {
     }
 
     /// Encodes and writes what is to go again (`Link::retry`) and what is queued, in
-    /// few large writes.
+    /// few large writes: after each write it takes what entered the queue meanwhile
+    /// (callers send no wake-up while it writes), until it finds nothing (it then waits
+    /// for the next wake-up), a write fails, or control or a close wants the thread
+    /// (control first: replies never wait behind a stream of data).
     fn write_batch(&self, link: &mut Link) -> Next {
+        loop {
+            if let Some(next) = self.write_once(link) {
+                return next;
+            }
+            if !self.ctl_rx.is_empty() || self.shared.life.is_closed() {
+                // The main loop serves it, then comes back for the rest.
+                link.parked = false;
+                return Next::Go;
+            }
+        }
+    }
+
+    /// One batch of [`Writer::write_batch`]: `None` when it was written whole.
+    fn write_once(&self, link: &mut Link) -> Option<Next> {
+        link.parked = false;
         if link.stream.is_none() || self.shared.protocol() == Protocol::Auto {
             // Not writable now: later, when the link is (the wake-up is kept for then).
             self.shared.outbox.wake();
-            return Next::Go;
+            return Some(Next::Go);
         }
         let mut items: Vec<Outgoing> = link.retry.drain(..).collect();
+        let again = items.len();
         // Out of the queue's bounds, all at once, and pending until written.
         let taken =
             self.shared
@@ -289,8 +314,10 @@ impl Writer {
         if taken > 0 {
             self.shared.pending.fetch_add(taken, Ordering::AcqRel);
         }
+        // Nothing taken: the queue marked the writer asleep.
+        link.parked = items.len() == again;
         if items.is_empty() && link.wire.is_empty() {
-            return Next::Go;
+            return Some(Next::Go);
         }
         let mut batch = self.encode(link, items);
         let (written, result) = link.write_wire(&self.shared.pending);
@@ -302,7 +329,7 @@ impl Writer {
                     .pending
                     .fetch_sub(messages + batch.failed, Ordering::AcqRel);
                 link.recycle(&mut batch.kept);
-                Next::Go
+                None
             }
             Err(e) => {
                 // Messages not fully handed to the socket go out again on the next link;
@@ -344,7 +371,7 @@ impl Writer {
                 drop(acks);
                 link.retry.extend(batch.kept.drain(done..));
                 let reason = write_failed(link, &e);
-                self.link_down(link, reason)
+                Some(self.link_down(link, reason))
             }
         }
     }
