@@ -38,12 +38,16 @@
 //! The decoder's buffers grow with the bytes that arrive, never with what a header
 //! claims. Headers and small payloads go through a receive buffer of about
 //! [`CHUNK`] bytes plus one small frame. A payload of [`SHARE_THRESHOLD`] bytes or
-//! more is collected in a buffer of its own, which grows by at most what already arrived
+//! more is collected in a buffer of its own (with room for its header before it), which
+//! grows by at most what already arrived
 //! of it (at least [`MIN_READ`] at a time) and which the message
 //! then takes along, without a copy: with [`Decoder::read_from`], the bytes that arrive
-//! after the header's read go from the socket into the message directly. Between calls
-//! the decoder holds less than one frame ([`Decoder::buffered`] is at most
-//! `max(max_message_size, HEADER_LEN)`); during a call, at most [`MIN_READ`] bytes more.
+//! after the header's read go from the socket into the message directly, and after a
+//! large frame the next header is read together with its payload into such a buffer
+//! (the next frame is expected to be as long; if it is not, its bytes are decoded as
+//! they came). Between calls the decoder holds less than one frame ([`Decoder::buffered`]
+//! is at most `max(max_message_size, HEADER_LEN)`); during a call, at most [`MIN_READ`]
+//! plus [`HEADER_LEN`] bytes more.
 //! An oversized frame is thrown away as it arrives and never stored (its bytes only pass
 //! through room already allocated).
 //!
@@ -107,7 +111,8 @@ const PIECE: usize = 256 * 1024;
 /// See [`PIECE`].
 const PIECE_FROM: usize = 2 * 1024 * 1024;
 /// The most bytes of payload buffers, given back by messages the program has let go of,
-/// that a decoder keeps to receive the next large payloads into.
+/// that a decoder keeps to receive the next large payloads into (and a header each, see
+/// [`Decoder::read_from`]).
 pub const RETAIN_MAX: usize = 32 * 1024 * 1024;
 /// The most payload buffers a decoder keeps (see [`RETAIN_MAX`]).
 const POOL_BUFFERS: usize = 16;
@@ -283,13 +288,24 @@ enum State {
     Discard { remaining: u64 },
 }
 
-/// A large payload being collected in a buffer of its own: `vec[..filled]` has arrived,
-/// `sum` is their checksum, and `vec[filled..]` is initialized room.
+/// A large payload being collected in a buffer of its own: `vec[at..at + filled]` has
+/// arrived, `sum` is their checksum, and `vec[at + filled..]` is initialized room. `at`
+/// is [`HEADER_LEN`] (0 only while no payload is collected): room for the frame's
+/// header, which is read into the buffer with the payload when the frame was expected
+/// (see [`Decoder::read_from`]).
 #[derive(Default)]
 struct Own {
     vec: Vec<u8>,
+    at: usize,
     filled: usize,
     sum: u32,
+}
+
+impl Own {
+    /// The end of what arrived, in `vec`.
+    fn end(&self) -> usize {
+        self.at + self.filled
+    }
 }
 
 /// Buffers of large payloads that the program has let go of, kept for the next ones.
@@ -320,8 +336,10 @@ impl Pool {
     /// Keeps `vec` for a later payload if there is room for it.
     fn give(&self, vec: Vec<u8>) {
         let mut free = self.lock();
-        let kept: usize = free.iter().map(Vec::capacity).sum();
-        if free.len() < POOL_BUFFERS && kept + vec.capacity() <= RETAIN_MAX {
+        // Payload room: a buffer that also held its frame's header counts without it.
+        let room = |v: &Vec<u8>| v.capacity().saturating_sub(HEADER_LEN);
+        let kept: usize = free.iter().map(room).sum();
+        if free.len() < POOL_BUFFERS && kept + room(&vec) <= RETAIN_MAX {
             free.push(vec);
         }
     }
@@ -331,13 +349,15 @@ impl Pool {
 /// decoder's pool (if the decoder still exists) when the last copy of the message goes.
 struct Recycled {
     vec: Vec<u8>,
+    /// The payload is `vec[at..at + len]`.
+    at: usize,
     len: usize,
     pool: Weak<Pool>,
 }
 
 impl AsRef<[u8]> for Recycled {
     fn as_ref(&self) -> &[u8] {
-        &self.vec[..self.len]
+        &self.vec[self.at..self.at + self.len]
     }
 }
 
@@ -395,6 +415,9 @@ pub struct Decoder {
     /// The payload being collected, when it is large.
     own: Own,
     pool: Arc<Pool>,
+    /// The length of the last frame, when it was large and complete: the next read
+    /// between frames expects a frame of that length (see [`Decoder::read_from`]).
+    expect: usize,
     /// Bytes of garbage thrown away in this call and not reported yet.
     garbage: usize,
 }
@@ -422,6 +445,7 @@ impl Decoder {
             state: State::Header,
             own: Own::default(),
             pool: Arc::default(),
+            expect: 0,
             garbage: 0,
         }
     }
@@ -465,7 +489,12 @@ impl Decoder {
     /// signal is retried).
     ///
     /// Outside a large payload it offers the reader the room left in its receive chunk
-    /// (at most [`CHUNK`] bytes; a new chunk when less than 16 KiB is left). Inside a payload of
+    /// (at most [`CHUNK`] bytes; a new chunk when less than 16 KiB is left), except right
+    /// after a large frame: then it reads the next header and as much of a payload as
+    /// long as the last one as it would read of that payload (at most [`MIN_READ`] bytes
+    /// of it into a new buffer) into a payload buffer, the payload going to the message
+    /// without a copy if the frame is one of [`SHARE_THRESHOLD`] bytes or more that the
+    /// read did not overrun. Inside a payload of
     /// [`SHARE_THRESHOLD`] bytes or more it reads into the payload's own buffer, at most
     /// the rest of the payload and at most [`MAX_READ`] bytes (256 KiB in a payload of
     /// more than 2 MiB, so that the checksum reads them from the cache); that buffer
@@ -499,19 +528,21 @@ impl Decoder {
             State::Payload { len, .. } if len >= SHARE_THRESHOLD => {
                 let own = &mut self.own;
                 let rest = len - own.filled;
-                let want = rest.min(if len > PIECE_FROM { PIECE } else { MAX_READ });
-                if own.vec.len() - own.filled < want {
+                let want = rest.min(read_size(len));
+                if own.vec.len() - own.end() < want {
                     // By what arrived (not by the read's size: fewer reallocations).
                     let room = rest.min(own.filled.max(MIN_READ));
-                    grow(&mut own.vec, own.filled + room);
+                    let end = own.end();
+                    grow(&mut own.vec, end + room);
                 }
-                let to = own.vec.len().min(own.filled + want);
-                let n = read_retrying(reader, &mut own.vec[own.filled..to])?;
-                own.sum = own
-                    .sum
-                    .wrapping_add(checksum(&own.vec[own.filled..own.filled + n]));
+                let (from, to) = (own.end(), own.vec.len().min(own.end() + want));
+                let n = read_retrying(reader, &mut own.vec[from..to])?;
+                own.sum = own.sum.wrapping_add(checksum(&own.vec[from..from + n]));
                 own.filled += n;
                 n
+            }
+            State::Header if self.expect > 0 && self.held() == 0 => {
+                return self.read_expected(reader, out);
             }
             state => {
                 let most = match state {
@@ -529,6 +560,60 @@ impl Decoder {
         };
         self.process(out);
         self.report_garbage(out);
+        Ok(n)
+    }
+
+    /// [`read_from`](Self::read_from) between frames, after a large frame (of
+    /// `self.expect` bytes): the next one is likely as long, so its header and payload
+    /// are read into a payload buffer at once, the payload after the header, where the
+    /// message takes it from (one read per frame, and no copy out of the receive
+    /// buffer). If what came is not such a frame (another length, a small one, garbage),
+    /// it is decoded as if it had been read into the receive buffer.
+    fn read_expected<R: Read + ?Sized>(
+        &mut self,
+        reader: &mut R,
+        out: &mut Vec<Frame>,
+    ) -> io::Result<usize> {
+        let expect = self.expect;
+        let mut vec = self.pool.take(HEADER_LEN + expect).unwrap_or_default();
+        // No more than the last frame's length, and at most MIN_READ before anything
+        // came, unless a buffer given back holds more.
+        grow(&mut vec, HEADER_LEN + expect.min(MIN_READ));
+        let want = HEADER_LEN + expect.min(read_size(expect));
+        let to = vec.len().min(want);
+        let n = match read_retrying(reader, &mut vec[..to]) {
+            Ok(n) => n,
+            Err(e) => {
+                self.pool.give(vec);
+                return Err(e);
+            }
+        };
+        if n >= HEADER_LEN && vec.starts_with(&MAGIC) {
+            let (code, expected, len) = parse_header(&vec[..HEADER_LEN]);
+            let len = len as usize;
+            if (SHARE_THRESHOLD..=self.max).contains(&len) && n - HEADER_LEN <= len {
+                let filled = n - HEADER_LEN;
+                self.expect = 0;
+                self.own = Own {
+                    sum: checksum(&vec[HEADER_LEN..n]),
+                    vec,
+                    at: HEADER_LEN,
+                    filled,
+                };
+                self.state = State::Payload {
+                    code,
+                    checksum: expected,
+                    len,
+                };
+                self.process(out);
+                self.report_garbage(out);
+                return Ok(n);
+            }
+        }
+        // Not the frame expected: decoded as it comes.
+        self.expect = 0;
+        self.decode(&vec[..n], out);
+        self.pool.give(vec);
         Ok(n)
     }
 
@@ -592,11 +677,12 @@ impl Decoder {
     fn own_push(&mut self, data: &[u8], len: usize) {
         let own = &mut self.own;
         let need = own.filled + data.len();
-        if own.vec.len() < need {
+        if own.vec.len() < own.at + need {
             // By at most what already arrived (or what this call brings), up to the payload.
-            grow(&mut own.vec, need.max(own.filled * 2).min(len));
+            grow(&mut own.vec, own.at + need.max(own.filled * 2).min(len));
         }
-        own.vec[own.filled..need].copy_from_slice(data);
+        let from = own.end();
+        own.vec[from..own.at + need].copy_from_slice(data);
         own.sum = own.sum.wrapping_add(checksum(data));
         own.filled = need;
     }
@@ -639,18 +725,22 @@ impl Decoder {
                     if !self.find_magic(out) || self.held() < HEADER_LEN {
                         return;
                     }
-                    let h = &self.buf[self.start..self.start + HEADER_LEN];
-                    let code = h[5];
-                    let checksum = u32::from_le_bytes([h[6], h[7], h[8], h[9]]);
-                    let len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]);
+                    let (code, checksum, len) =
+                        parse_header(&self.buf[self.start..self.start + HEADER_LEN]);
                     self.consume(HEADER_LEN);
+                    self.expect = 0;
                     match usize::try_from(len) {
                         Ok(len) if len <= self.max => {
                             if len >= SHARE_THRESHOLD {
+                                // Room for the header before the payload, as when
+                                // the header is read into the buffer (`read_expected`):
+                                // every payload buffer fits either way.
+                                let mut vec = self.pool.take(HEADER_LEN + len).unwrap_or_default();
+                                grow(&mut vec, HEADER_LEN);
                                 self.own = Own {
-                                    vec: self.pool.take(len).unwrap_or_default(),
-                                    filled: 0,
-                                    sum: 0,
+                                    vec,
+                                    at: HEADER_LEN,
+                                    ..Own::default()
                                 };
                             }
                             self.state = State::Payload {
@@ -769,21 +859,43 @@ impl Decoder {
     /// along (and gives back to the pool when it goes).
     fn take_own(&mut self, code: u8, expected: u32, len: usize) -> Frame {
         let own = std::mem::take(&mut self.own);
-        match check(code, expected, own.sum, &own.vec[..len]) {
+        match check(code, expected, own.sum, &own.vec[own.at..own.at + len]) {
             Some(frame) => {
                 self.pool.give(own.vec);
                 frame
             }
-            None => typed(
-                code,
-                Bytes::from_owner(Recycled {
-                    vec: own.vec,
-                    len,
-                    pool: Arc::downgrade(&self.pool),
-                }),
-            ),
+            None => {
+                self.expect = len;
+                typed(
+                    code,
+                    Bytes::from_owner(Recycled {
+                        vec: own.vec,
+                        at: own.at,
+                        len,
+                        pool: Arc::downgrade(&self.pool),
+                    }),
+                )
+            }
         }
     }
+}
+
+/// The most [`Decoder::read_from`] reads at once of a payload of `len` bytes.
+fn read_size(len: usize) -> usize {
+    if len > PIECE_FROM {
+        PIECE
+    } else {
+        MAX_READ
+    }
+}
+
+/// The type code, checksum and payload length of a header (whose magic is checked
+/// elsewhere).
+fn parse_header(h: &[u8]) -> (u8, u32, u32) {
+    let code = h[5];
+    let checksum = u32::from_le_bytes([h[6], h[7], h[8], h[9]]);
+    let len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]);
+    (code, checksum, len)
 }
 
 /// Grows `vec` to `len` initialized bytes, allocating no more than that.
@@ -1294,8 +1406,9 @@ mod tests {
                 (MIN_READ..=PIECE).contains(&asked) || asked == rest,
                 "{asked}"
             );
+            // (A header more: once the frame is in, the next read expects another.)
             assert!(
-                asked <= before.max(MIN_READ),
+                asked <= before.max(MIN_READ) + HEADER_LEN,
                 "asked {asked} with {before} buffered"
             );
             total += n;
@@ -1418,6 +1531,95 @@ mod tests {
     }
 
     #[test]
+    fn after_a_large_frame_the_next_is_read_whole_into_its_own_buffer() {
+        // As long as the most a new buffer takes before anything came (MIN_READ): no
+        // buffer grows, so each stays where its first read put the bytes.
+        let len = MIN_READ;
+        let mut input = Vec::new();
+        for i in 0..4u8 {
+            input.extend(wire(&Message::from(vec![i; len])));
+        }
+        let mut reader = Spy {
+            data: &input,
+            first: usize::MAX,
+            reads: Vec::new(),
+        };
+        let mut d = Decoder::new(1 << 20);
+        let mut out = Vec::new();
+        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+        assert_eq!(out.len(), 4);
+        for (i, f) in out.iter().enumerate() {
+            assert_eq!(*f, data(Message::from(vec![i as u8; len])));
+        }
+        // From the second frame on: header and payload in one read, the header just
+        // before the payload the message holds.
+        let last = reader.reads.len() - 1; // the read that met the end
+        assert_eq!(
+            reader.reads[last - 3..last],
+            (1..4)
+                .map(|i| (ptr(&out[i]) - HEADER_LEN, HEADER_LEN + len))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn a_frame_other_than_the_one_expected_is_decoded_as_it_comes() {
+        let big = |n: usize, b: u8| wire(&Message::from(vec![b; n]));
+        let mut input = big(20_000, 1);
+        // Longer, shorter (with the next frame read along), small, garbage, then a
+        // frame whose header comes in pieces.
+        input.extend(big(30_000, 2));
+        input.extend(big(SHARE_THRESHOLD, 3));
+        input.extend(wire(&Message::from("small")));
+        input.extend(big(20_000, 4));
+        input.extend(b"junk");
+        input.extend(big(20_000, 5));
+        input.extend(big(20_000, 6));
+        let expected = [
+            data(Message::from(vec![1u8; 20_000])),
+            data(Message::from(vec![2u8; 30_000])),
+            data(Message::from(vec![3u8; SHARE_THRESHOLD])),
+            data(Message::from("small")),
+            data(Message::from(vec![4u8; 20_000])),
+            err(ProtocolError::BadMagic { skipped: 4 }),
+            data(Message::from(vec![5u8; 20_000])),
+            data(Message::from(vec![6u8; 20_000])),
+        ];
+        for step in [usize::MAX, 7, 13, 5000] {
+            let mut reader = Trickle {
+                data: &input,
+                step,
+                asked: Vec::new(),
+            };
+            let mut d = Decoder::new(1 << 20);
+            let mut out = Vec::new();
+            while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+            assert_eq!(out, expected, "reads of at most {step}");
+            assert_eq!(d.buffered(), 0);
+        }
+        // Too large for this decoder: thrown away, as without the expectation.
+        let mut input = big(20_000, 1);
+        input.extend(big(40_000, 2));
+        input.extend(big(20_000, 3));
+        let mut reader = &input[..];
+        let mut d = Decoder::new(30_000);
+        let mut out = Vec::new();
+        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+        assert_eq!(
+            out,
+            [
+                data(Message::from(vec![1u8; 20_000])),
+                err(ProtocolError::TooLarge {
+                    size: 40_000,
+                    max: 30_000
+                }),
+                data(Message::from(vec![3u8; 20_000])),
+            ]
+        );
+    }
+
+    #[test]
     fn payload_buffers_are_recycled() {
         let len = 200_000;
         let one = wire(&Message::from(vec![3u8; len]));
@@ -1523,6 +1725,12 @@ mod tests {
         // Capacity that is never touched costs no memory here.
         for _ in 0..3 {
             pool.give(Vec::with_capacity(RETAIN_MAX / 2));
+        }
+        assert_eq!(pool.lock().len(), 2);
+        // Buffers that held their frame's header too count their payload room only.
+        let pool = Pool::default();
+        for _ in 0..3 {
+            pool.give(Vec::with_capacity(RETAIN_MAX / 2 + HEADER_LEN));
         }
         assert_eq!(pool.lock().len(), 2);
     }
