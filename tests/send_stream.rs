@@ -137,16 +137,29 @@ fn keep_latest_holds_its_bound_for_small_sends_behind_a_large_message() {
     for i in 0..100 {
         client.send(format!("m{i}")).unwrap();
     }
-    assert_eq!(read_frame(&mut raw).len(), HEAD);
+    // Where the caller writes the first message itself while the writer is idle
+    // (Linux), the large message has left the queue before the small ones come; where
+    // every write is the writer's (`--cfg serpy_portable_send`, the Windows and macOS
+    // path), it may still wait in the queue and be dropped as the oldest.
     let mut got = Vec::new();
+    let mut head = false;
     while got.last().map(String::as_str) != Some("m99") {
-        got.push(String::from_utf8(read_frame(&mut raw)).unwrap());
+        let frame = read_frame(&mut raw);
+        if frame.len() == HEAD {
+            assert!(got.is_empty() && !head, "the large message comes first, once");
+            head = true;
+        } else {
+            got.push(String::from_utf8(frame).unwrap());
+        }
     }
     // At most 4 wait in the queue; a few may have left it with the large message.
     assert!(got.len() < 50, "{} of 100 kept: {got:?}", got.len());
     assert_eq!(&got[got.len() - 4..], ["m96", "m97", "m98", "m99"]);
     let order: Vec<usize> = got.iter().map(|m| m[1..].parse().unwrap()).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
-    assert_eq!(client.stats().dropped + got.len() as u64, 100);
+    assert_eq!(
+        client.stats().dropped + got.len() as u64 + u64::from(head),
+        101
+    );
     client.close();
 }
