@@ -211,12 +211,6 @@ impl Inbox {
         (inbox, tx)
     }
 
-    /// True when a message of charge `cost` may go in now: within both bounds, or into
-    /// an empty queue whatever its size.
-    fn fits(&self, s: &State, cost: usize) -> bool {
-        s.count == 0 || (s.count < self.capacity && s.bytes.saturating_add(cost) <= self.limit)
-    }
-
     /// True when a reader waiting to put in a message of charge `cost` is to be woken:
     /// the queue has drained to half of each bound and the message fits, or is empty.
     fn drained(&self, s: &State, cost: usize) -> bool {
@@ -241,19 +235,26 @@ impl Inbox {
     /// call [`wait_for_room`](Self::wait_for_room) next.
     pub fn push_some<I: Iterator<Item = Incoming>>(&self, items: &mut Peekable<I>) -> (usize, u64) {
         let mut s = lock(&self.state);
-        let (mut n, mut acked) = (0, 0);
-        while let Some(item) = items.peek() {
-            let cost = charge(item.0.len());
-            if !self.fits(&s, cost) {
-                self.set_needs(&mut s, Some(cost));
-                break;
-            }
-            let item = items.next().expect("peeked");
+        let st = &mut *s;
+        // The counters stay in registers while the batch goes in.
+        let (mut count, mut bytes, mut acked) = (st.count, st.bytes, 0);
+        let (capacity, limit) = (self.capacity, self.limit);
+        // A message may go in now if it is within both bounds, or into an empty queue
+        // whatever its size.
+        let fits = |count: usize, bytes: usize, item: &Incoming| {
+            count == 0 || (count < capacity && bytes.saturating_add(charge(item.0.len())) <= limit)
+        };
+        while let Some(item) = items.next_if(|item| fits(count, bytes, item)) {
+            bytes += charge(item.0.len());
+            count += 1;
             acked += u64::from(item.1.is_some_and(|m| m.is_acked()));
-            s.bytes += cost;
-            s.count += 1;
-            s.queue.push_back(item);
-            n += 1;
+            st.queue.push_back(item);
+        }
+        let n = count - st.count;
+        (st.count, st.bytes) = (count, bytes);
+        if let Some(item) = items.peek() {
+            let cost = charge(item.0.len());
+            self.set_needs(&mut s, Some(cost));
         }
         if n > 0 {
             if !s.armed {
