@@ -4,7 +4,19 @@
 //!
 //! Threads: the readers push (one lock holding per socket read, whatever it decoded);
 //! the program's threads take (`get_data` and friends, `recv_any`); `Select` waits on
-//! [`Inbox::ready`]. The wake-ups are few by design:
+//! [`Inbox::ready`].
+//!
+//! The queue has two parts: the readers push at the back (`State::queue`, under the
+//! queue's lock); takers take from the front (`Front`, under a lock of its own that only
+//! takers hold), which they refill with everything the back holds, in one lock holding,
+//! whenever it runs empty. A taker then locks the queue's lock once per batch, not once
+//! per message, and that lock's cache line no longer moves between the reader and the
+//! taker at each message. The bounds count both parts: a message taken from the front
+//! gives its room back when the front runs empty, or, while a reader waits for room, as
+//! soon as the taken ones make the low-water mark (below), so the reader is woken at the
+//! same take as without the front.
+//!
+//! The wake-ups are few by design:
 //! - a taker waits on a condition variable only when the queue is empty, and reads the
 //!   clock only then (for its deadline); a push wakes waiting takers once per read;
 //! - a reader that found no room waits until the queue has drained to its low-water
@@ -19,7 +31,8 @@
 
 use std::collections::VecDeque;
 use std::iter::Peekable;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
@@ -27,7 +40,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use super::reader::ReadSide;
 use super::vocab::Incoming;
-use crate::sync::lock;
+use crate::sync::{lock, try_lock};
 
 use super::vocab::charge;
 
@@ -46,8 +59,12 @@ pub(crate) enum Empty {
 
 /// What the lock guards.
 struct State {
+    /// The back of the queue: what the readers pushed since the front was last refilled.
     queue: VecDeque<Incoming>,
-    /// Bytes of the queued messages, as charged ([`charge`]).
+    /// Messages counted against the count bound: those of `queue`, those of the front,
+    /// and those taken from the front that have not given their room back yet.
+    count: usize,
+    /// Bytes of the same messages, as charged ([`charge`]).
     bytes: usize,
     /// Live [`InboxTx`]; the queue is closed at zero.
     senders: usize,
@@ -86,12 +103,45 @@ struct RoleSlot {
     caller_left: Option<Instant>,
 }
 
+/// The front of the queue, under the takers' own lock (see the module doc).
+#[derive(Default)]
+struct Front {
+    /// The oldest messages, moved from `State::queue` in one go.
+    queue: VecDeque<Incoming>,
+    /// Messages taken from `queue` whose room is not given back yet (`State::count`
+    /// still counts them), and their bytes as charged.
+    taken: usize,
+    taken_bytes: usize,
+    /// While a reader waits for room: how many messages and bytes `taken` must reach
+    /// for the queue to have drained to its low-water mark (then a take gives the room
+    /// back and wakes the reader).
+    due: Option<(usize, usize)>,
+}
+
+/// What takers use at each take, on cache lines of their own: away from the queue's
+/// lock, which the readers write at each push.
+#[repr(align(64))]
+struct Taking {
+    /// The front of the queue (locked before `Inbox::state` when both are).
+    front: Mutex<Front>,
+    /// True while a reader waits for room (`State::reader_needs` is set): a taker then
+    /// computes when to give room back ([`Front::due`]).
+    reader_waits: AtomicBool,
+}
+
 /// What [`Inbox::take_or_side`] got.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) enum Got {
     Message(Incoming),
     /// The read role: read the socket, then give it back ([`Inbox::caller_put_back`]).
     Side(Box<ReadSide>),
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl From<Incoming> for Got {
+    fn from(item: Incoming) -> Self {
+        Got::Message(item)
+    }
 }
 
 /// After a caller gave the read side back, the reader thread leaves it this long before
@@ -105,6 +155,7 @@ pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
 /// The incoming queue; see the module doc.
 pub(crate) struct Inbox {
+    taking: Taking,
     state: Mutex<State>,
     /// Wakes takers: a message came, or the queue closed (or the read role is offered).
     data: Condvar,
@@ -130,8 +181,13 @@ impl Inbox {
         let (room_tx, room_rx) = crossbeam_channel::bounded(1);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let inbox = Arc::new(Inbox {
+            taking: Taking {
+                front: Mutex::new(Front::default()),
+                reader_waits: AtomicBool::new(false),
+            },
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                count: 0,
                 bytes: 0,
                 senders: 1,
                 takers: 0,
@@ -155,20 +211,22 @@ impl Inbox {
         (inbox, tx)
     }
 
-    /// True when a message of charge `cost` may go in now: within both bounds, or into
-    /// an empty queue whatever its size.
-    fn fits(&self, s: &State, cost: usize) -> bool {
-        s.queue.is_empty()
-            || (s.queue.len() < self.capacity && s.bytes.saturating_add(cost) <= self.limit)
-    }
-
     /// True when a reader waiting to put in a message of charge `cost` is to be woken:
     /// the queue has drained to half of each bound and the message fits, or is empty.
     fn drained(&self, s: &State, cost: usize) -> bool {
-        s.queue.is_empty()
-            || (s.queue.len() <= self.capacity / 2
+        s.count == 0
+            || (s.count <= self.capacity / 2
                 && s.bytes <= self.limit / 2
                 && s.bytes.saturating_add(cost) <= self.limit)
+    }
+
+    /// Marks the reader as waiting to put in a message of charge `cost` (`None`: not
+    /// waiting).
+    fn set_needs(&self, s: &mut State, needs: Option<usize>) {
+        s.reader_needs = needs;
+        self.taking
+            .reader_waits
+            .store(needs.is_some(), Ordering::Relaxed);
     }
 
     /// Moves messages from `items` into the queue, in order, as many as fit now; returns
@@ -177,22 +235,29 @@ impl Inbox {
     /// call [`wait_for_room`](Self::wait_for_room) next.
     pub fn push_some<I: Iterator<Item = Incoming>>(&self, items: &mut Peekable<I>) -> (usize, u64) {
         let mut s = lock(&self.state);
-        let was_empty = s.queue.is_empty();
-        let (mut n, mut acked) = (0, 0);
-        while let Some(item) = items.peek() {
-            let cost = charge(item.0.len());
-            if !self.fits(&s, cost) {
-                s.reader_needs = Some(cost);
-                break;
-            }
-            let item = items.next().expect("peeked");
+        let st = &mut *s;
+        // The counters stay in registers while the batch goes in.
+        let (mut count, mut bytes, mut acked) = (st.count, st.bytes, 0);
+        let (capacity, limit) = (self.capacity, self.limit);
+        // A message may go in now if it is within both bounds, or into an empty queue
+        // whatever its size.
+        let fits = |count: usize, bytes: usize, item: &Incoming| {
+            count == 0 || (count < capacity && bytes.saturating_add(charge(item.0.len())) <= limit)
+        };
+        while let Some(item) = items.next_if(|item| fits(count, bytes, item)) {
+            bytes += charge(item.0.len());
+            count += 1;
             acked += u64::from(item.1.is_some_and(|m| m.is_acked()));
-            s.bytes += cost;
-            s.queue.push_back(item);
-            n += 1;
+            st.queue.push_back(item);
+        }
+        let n = count - st.count;
+        (st.count, st.bytes) = (count, bytes);
+        if let Some(item) = items.peek() {
+            let cost = charge(item.0.len());
+            self.set_needs(&mut s, Some(cost));
         }
         if n > 0 {
-            if was_empty && !s.armed {
+            if !s.armed {
                 if let Some(tx) = &s.ready_tx {
                     let _ = tx.try_send(());
                     s.armed = true;
@@ -220,10 +285,11 @@ impl Inbox {
         let (mut n, mut acked) = self.push_some(items);
         if items.peek().is_some() {
             let mut s = lock(&self.state);
-            s.reader_needs = None;
+            self.set_needs(&mut s, None);
             for item in items {
                 acked += u64::from(item.1.is_some_and(|m| m.is_acked()));
                 s.bytes += charge(item.0.len());
+                s.count += 1;
                 s.queue.push_back(item);
                 n += 1;
             }
@@ -245,7 +311,7 @@ impl Inbox {
     pub fn room(&self) -> (usize, usize) {
         let s = lock(&self.state);
         (
-            self.capacity.saturating_sub(s.queue.len()),
+            self.capacity.saturating_sub(s.count),
             self.limit.saturating_sub(s.bytes),
         )
     }
@@ -265,45 +331,119 @@ impl Inbox {
             select! {
                 recv(self.room_rx) -> _ => {}
                 recv(stop) -> _ => {
-                    lock(&self.state).reader_needs = None;
+                    self.set_needs(&mut lock(&self.state), None);
                     return false;
                 }
             }
         }
     }
 
-    /// Takes the oldest message out, with the lock held: accounts for it, disarms the
-    /// readiness channel when the queue becomes empty, and wakes a waiting reader at the
-    /// low-water mark.
-    fn take_locked(&self, s: &mut State) -> Option<Incoming> {
-        let item = s.queue.pop_front()?;
-        s.bytes -= charge(item.0.len());
-        if s.queue.is_empty() {
-            if s.armed {
-                let _ = self.ready_rx.try_recv();
-                s.armed = false;
-            }
-            if s.queue.capacity() > KEEP_SLOTS {
-                s.queue.shrink_to(KEEP_SLOTS);
-            }
-        }
+    /// Settles the front with the back, both locks held: gives back the room of what
+    /// was taken from the front, wakes a waiting reader at the low-water mark (else
+    /// computes when the front's takes will make it), refills an empty front with
+    /// everything the back holds, and disarms the readiness channel when both are
+    /// empty.
+    #[inline(never)]
+    fn settle(&self, f: &mut Front, s: &mut State) {
+        s.count -= std::mem::take(&mut f.taken);
+        s.bytes -= std::mem::take(&mut f.taken_bytes);
+        f.due = None;
         if let Some(cost) = s.reader_needs {
             if self.drained(s, cost) {
-                s.reader_needs = None;
+                self.set_needs(s, None);
                 let _ = self.room_tx.try_send(());
+            } else {
+                // The reader pushes nothing while it waits, so the count and the bytes
+                // fall only by the front's takes (should they not, the next settling
+                // computes this again; the front running empty settles in any case).
+                let by_count = s.count.saturating_sub(self.capacity / 2);
+                let by_bytes = s
+                    .bytes
+                    .saturating_sub(self.limit / 2)
+                    .max(s.bytes.saturating_add(cost).saturating_sub(self.limit));
+                f.due = Some((by_count, by_bytes));
             }
         }
-        Some(item)
+        if f.queue.is_empty() {
+            if f.queue.capacity() > KEEP_SLOTS {
+                f.queue.shrink_to(KEEP_SLOTS);
+            }
+            if s.queue.is_empty() {
+                if s.armed {
+                    let _ = self.ready_rx.try_recv();
+                    s.armed = false;
+                }
+                if s.queue.capacity() > KEEP_SLOTS {
+                    s.queue.shrink_to(KEEP_SLOTS);
+                }
+            } else {
+                std::mem::swap(&mut f.queue, &mut s.queue);
+            }
+        }
+    }
+
+    /// Takes the oldest message from the front, if it holds one, counting its room as
+    /// taken; settles (locking the back) when that empties the front, or when the takes
+    /// made a waiting reader's low-water mark. With whether more wait after it.
+    #[inline]
+    fn pop(&self, f: &mut Front) -> Option<(Incoming, bool)> {
+        let item = f.queue.pop_front()?;
+        f.taken += 1;
+        f.taken_bytes += charge(item.0.len());
+        let due = match f.due {
+            Some((count, bytes)) => f.taken >= count && f.taken_bytes >= bytes,
+            None => self.taking.reader_waits.load(Ordering::Relaxed),
+        };
+        if f.queue.is_empty() || due {
+            self.settle(f, &mut lock(&self.state));
+        }
+        let more = !f.queue.is_empty();
+        Some((item, more))
+    }
+
+    /// The oldest message, if one waits (`None` also once the queue is closed and
+    /// empty): `get_data`'s first look, with nothing else to return.
+    #[inline]
+    pub fn take_now(&self) -> Option<Incoming> {
+        let mut f = lock(&self.taking.front);
+        match self.pop(&mut f) {
+            Some((item, _)) => Some(item),
+            None => self
+                .take_locked(&mut f, &mut lock(&self.state))
+                .map(|(item, _)| item),
+        }
     }
 
     /// The oldest message, if one waits; with whether more wait after it.
     pub fn try_take(&self) -> Result<(Incoming, bool), Empty> {
+        let mut f = lock(&self.taking.front);
+        if let Some(got) = self.pop(&mut f) {
+            return Ok(got);
+        }
         let mut s = lock(&self.state);
-        match self.take_locked(&mut s) {
-            Some(item) => Ok((item, !s.queue.is_empty())),
+        match self.take_locked(&mut f, &mut s) {
+            Some(got) => Ok(got),
             None if s.senders == 0 => Err(Empty::Gone),
             None => Err(Empty::Now),
         }
+    }
+
+    /// Takes the oldest message with both locks held and the front found empty:
+    /// refills the front from the back, takes from it, and settles again if that
+    /// emptied it.
+    fn take_locked(&self, f: &mut Front, s: &mut State) -> Option<(Incoming, bool)> {
+        self.settle(f, s);
+        let item = f.queue.pop_front()?;
+        f.taken += 1;
+        f.taken_bytes += charge(item.0.len());
+        if f.queue.is_empty()
+            || f.due
+                .is_some_and(|(c, b)| f.taken >= c && f.taken_bytes >= b)
+        {
+            self.settle(f, s);
+        }
+        let more = !f.queue.is_empty();
+        Some((item, more))
     }
 
     /// The oldest message, waiting for one as long as it takes (`None`), or at most
@@ -311,70 +451,104 @@ impl Inbox {
     /// `get_data` waits with [`take_or_side`](Self::take_or_side) instead.)
     #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
     pub fn take(&self, timeout: Option<Duration>) -> Result<Incoming, Empty> {
-        self.wait_for(timeout, |me, s| me.take_locked(s), |_, _| {})
+        self.wait_for(timeout, |_| None, |_, _| {})
     }
 
-    /// Waits until `ready` gives something (it runs with the lock held, first at once,
-    /// then after each wake-up), the queue is closed (`Gone`, once `ready` gave nothing),
-    /// or `timeout` passes (`Now`). `waiting(state, true)` runs as the taker starts to
+    /// Waits until a message can be taken (it is taken) or `other` gives something (it
+    /// runs with the queue's lock held, after the front and the back were found empty),
+    /// the queue is closed (`Gone`, once both are empty and `other` gave nothing), or
+    /// `timeout` passes (`Now`). `waiting(state, true)` runs as the taker starts to
     /// wait, `waiting(state, false)` as it stops. The clock is read only if it waits.
-    fn wait_for<T>(
+    fn wait_for<T: From<Incoming>>(
         &self,
         timeout: Option<Duration>,
-        mut ready: impl FnMut(&Self, &mut State) -> Option<T>,
+        mut other: impl FnMut(&mut State) -> Option<T>,
         mut waiting: impl FnMut(&mut State, bool),
     ) -> Result<T, Empty> {
-        let mut s = lock(&self.state);
-        if let Some(got) = ready(self, &mut s) {
-            return Ok(got);
-        }
-        let deadline = timeout.map(|t| Instant::now().checked_add(t));
-        loop {
-            if s.senders == 0 {
-                return Err(Empty::Gone);
+        let mut deadline = None;
+        'again: loop {
+            let mut f = lock(&self.taking.front);
+            if let Some((item, _)) = self.pop(&mut f) {
+                return Ok(item.into());
             }
-            let left = match deadline {
-                None | Some(None) => None,
-                Some(Some(at)) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Empty::Now);
+            let mut s = lock(&self.state);
+            loop {
+                if let Some((item, _)) = self.take_locked(&mut f, &mut s) {
+                    return Ok(item.into());
+                }
+                // Waiting takers do not hold the front: others may take meanwhile.
+                drop(f);
+                if let Some(got) = other(&mut s) {
+                    return Ok(got);
+                }
+                if s.senders == 0 {
+                    return Err(Empty::Gone);
+                }
+                let at =
+                    *deadline.get_or_insert_with(|| timeout.map(|t| Instant::now().checked_add(t)));
+                let left = match at {
+                    None | Some(None) => None,
+                    Some(Some(at)) => {
+                        let left = at.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(Empty::Now);
+                        }
+                        Some(left)
                     }
-                    Some(left)
-                }
-            };
-            s.takers += 1;
-            waiting(&mut s, true);
-            s = match left {
-                None => self.data.wait(s).unwrap_or_else(|p| p.into_inner()),
-                Some(left) => {
-                    self.data
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-            s.takers -= 1;
-            waiting(&mut s, false);
-            if let Some(got) = ready(self, &mut s) {
-                return Ok(got);
+                };
+                s = self.wait_on_data(s, left, &mut waiting);
+                // The front is locked before the queue's lock: with this one held, only
+                // if it is free; else from the start.
+                f = match try_lock(&self.taking.front) {
+                    Some(f) => f,
+                    None => {
+                        drop(s);
+                        continue 'again;
+                    }
+                };
             }
         }
+    }
+
+    /// Waits on `data` once (at most `left`), counted as a waiting taker.
+    fn wait_on_data<'a>(
+        &self,
+        mut s: MutexGuard<'a, State>,
+        left: Option<Duration>,
+        waiting: &mut impl FnMut(&mut State, bool),
+    ) -> MutexGuard<'a, State> {
+        s.takers += 1;
+        waiting(&mut s, true);
+        s = match left {
+            None => self.data.wait(s).unwrap_or_else(|p| p.into_inner()),
+            Some(left) => {
+                self.data
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        s.takers -= 1;
+        waiting(&mut s, false);
+        s
     }
 
     /// Messages waiting.
     pub fn len(&self) -> usize {
-        lock(&self.state).queue.len()
+        let f = lock(&self.taking.front);
+        f.queue.len() + lock(&self.state).queue.len()
     }
 
     /// Bytes of the messages waiting, as charged.
     pub fn bytes(&self) -> usize {
-        lock(&self.state).bytes
+        let f = lock(&self.taking.front);
+        lock(&self.state).bytes - f.taken_bytes
     }
 
     /// True when a message waits.
     pub fn has_data(&self) -> bool {
-        !lock(&self.state).queue.is_empty()
+        let f = lock(&self.taking.front);
+        !f.queue.is_empty() || !lock(&self.state).queue.is_empty()
     }
 
     /// True while the reader waits for room: what the peer sent next (acknowledgements
@@ -411,10 +585,7 @@ impl Inbox {
     pub fn take_or_side(&self, timeout: Option<Duration>, want_side: bool) -> Result<Got, Empty> {
         self.wait_for(
             timeout,
-            |me, s| {
-                if let Some(item) = me.take_locked(s) {
-                    return Some(Got::Message(item));
-                }
+            |s| {
                 if want_side {
                     return Self::usable_side(s).map(Got::Side);
                 }
@@ -662,6 +833,42 @@ mod tests {
         );
         assert!(inbox.wait_for_room(&stop));
         assert_eq!(inbox.push_some(&mut items).0, 4);
+    }
+
+    #[test]
+    fn what_takers_moved_to_the_front_still_counts_against_both_bounds() {
+        let (inbox, _tx) = Inbox::new(usize::MAX, Some(8));
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let mut items = (0..20).map(|i| msg(i, 8)).peekable();
+        assert_eq!(inbox.push_some(&mut items).0, 8);
+        // The first take moves the eight to the front: the count bound still holds.
+        assert_eq!(id(&inbox.try_take().unwrap().0), 0);
+        assert_eq!(inbox.push_some(&mut items).0, 0);
+        assert_eq!((inbox.len(), inbox.bytes()), (7, 7 * charge(8)));
+        assert!(inbox.has_data());
+        for i in 1..4 {
+            assert!(inbox.reader_waiting(), "woken after {i} takes, before half");
+            assert_eq!(id(&inbox.try_take().unwrap().0), i);
+        }
+        // Four taken from the front: half the bound, the reader goes on.
+        assert!(!inbox.reader_waiting());
+        assert!(inbox.wait_for_room(&stop));
+        assert_eq!(inbox.push_some(&mut items).0, 4);
+        assert_eq!(inbox.len(), 8);
+        for i in 4..12 {
+            assert_eq!(id(&inbox.try_take().unwrap().0), i, "in order");
+        }
+        assert_eq!((inbox.len(), inbox.bytes()), (0, 0));
+        assert!(!inbox.has_data());
+        // The byte bound likewise.
+        let (inbox, _tx) = Inbox::new(4 * charge(8), None);
+        let mut items = (0..8).map(|i| msg(i, 8)).peekable();
+        assert_eq!(inbox.push_some(&mut items).0, 4);
+        assert_eq!(id(&inbox.try_take().unwrap().0), 0);
+        assert_eq!(inbox.push_some(&mut items).0, 0);
+        assert_eq!(id(&inbox.try_take().unwrap().0), 1);
+        assert_eq!(inbox.push_some(&mut items).0, 2, "drained to half");
+        assert_eq!(inbox.bytes(), 4 * charge(8));
     }
 
     #[test]

@@ -645,7 +645,10 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn get_data(&self) -> Result<Message> {
-        self.get_data_with_mode(None).map(|(m, _)| m)
+        match self.inner.shared.inbox.take_now() {
+            Some((m, _)) => Ok(m),
+            None => self.get_data_waiting(None).map(|(m, _)| m),
+        }
     }
 
     /// The next message, waiting at most `timeout` ([`Error::Timeout`] otherwise).
@@ -660,7 +663,10 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn get_data_timeout(&self, timeout: Duration) -> Result<Message> {
-        self.get_data_with_mode(Some(timeout)).map(|(m, _)| m)
+        match self.inner.shared.inbox.take_now() {
+            Some((m, _)) => Ok(m),
+            None => self.get_data_waiting(Some(timeout)).map(|(m, _)| m),
+        }
     }
 
     /// The next message if one is waiting, without waiting: `Ok(None)` when none is
@@ -705,7 +711,17 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn get_data_with_mode(&self, timeout: Option<Duration>) -> Result<(Message, Option<Mode>)> {
-        take_incoming(&self.inner.shared, timeout).map_err(|e| match (e, timeout) {
+        match self.inner.shared.inbox.take_now() {
+            Some(item) => Ok(item),
+            None => self.get_data_waiting(timeout),
+        }
+    }
+
+    /// `get_data_with_mode` once the first look found nothing.
+    #[cold]
+    #[inline(never)]
+    fn get_data_waiting(&self, timeout: Option<Duration>) -> Result<(Message, Option<Mode>)> {
+        take_waiting(&self.inner.shared, timeout).map_err(|e| match (e, timeout) {
             (inbox::Empty::Now, Some(after)) => Error::Timeout {
                 operation: "get_data",
                 after,
@@ -1010,24 +1026,23 @@ impl Iterator for Messages<'_> {
     type Item = Message;
 
     fn next(&mut self) -> Option<Message> {
-        take_incoming(self.shared, None).ok().map(|(m, _)| m)
+        match self.shared.inbox.take_now() {
+            Some((m, _)) => Some(m),
+            None => take_waiting(self.shared, None).ok().map(|(m, _)| m),
+        }
     }
 }
 
-/// The next received message, waiting at most `timeout` (as long as it takes if
-/// `None`): from the incoming queue if one waits; else, on Linux, read from the socket by
-/// this thread if it can take the read role (`direct.rs`); else from the incoming queue
-/// once the reader thread has put one there. The clock is read only if nothing waits
-/// (for the deadline).
-fn take_incoming(
+/// The next received message once a first look at the incoming queue
+/// ([`Inbox::take_now`](inbox::Inbox::take_now)) found none, waiting at most `timeout`
+/// (as long as it takes if `None`): from the incoming queue if one came meanwhile; else,
+/// on Linux, read from the socket by this thread if it can take the read role
+/// (`direct.rs`); else from the incoming queue once the reader thread has put one there.
+/// The clock is read only here, when the first look found nothing (for the deadline).
+fn take_waiting(
     shared: &Shared,
     timeout: Option<Duration>,
 ) -> std::result::Result<vocab::Incoming, inbox::Empty> {
-    let timeout = match shared.inbox.try_take() {
-        Ok((item, _)) => return Ok(item),
-        Err(inbox::Empty::Gone) => return Err(inbox::Empty::Gone),
-        Err(inbox::Empty::Now) => timeout,
-    };
     #[cfg(any(target_os = "linux", target_os = "android"))]
     return direct::take(shared, timeout);
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
