@@ -70,6 +70,12 @@ struct State {
     senders: usize,
     /// Takers waiting on `Inbox::data`.
     takers: usize,
+    /// Of those, how many a push has already woken (and that have not taken the lock
+    /// back yet): a push wakes only takers beyond these. It never counts more than the
+    /// takers that are no longer asleep on `data` (woken, timed out or woken early), so
+    /// a sleeping taker is always woken; it may count fewer (a woken taker that another
+    /// wake-up reached first), which costs at most a wake-up nobody needed.
+    woken: usize,
     /// While the reader waits for room: the charge of the message it holds.
     reader_needs: Option<usize>,
     /// The readiness channel's sender; dropped when the queue closes.
@@ -191,6 +197,7 @@ impl Inbox {
                 bytes: 0,
                 senders: 1,
                 takers: 0,
+                woken: 0,
                 reader_needs: None,
                 ready_tx: Some(ready_tx),
                 armed: false,
@@ -263,13 +270,21 @@ impl Inbox {
                     s.armed = true;
                 }
             }
-            let takers = s.takers;
-            drop(s);
-            match takers {
+            // Takers already woken by an earlier push (that have not run yet) are not
+            // woken again: on a stream the reader pushes more often than a woken
+            // taker gets the processor, and each wake-up is a system call.
+            let asleep = s.takers - s.woken;
+            let all = asleep > 1 && n > 1;
+            match asleep {
                 0 => {}
-                1 => self.data.notify_one(),
-                _ if n == 1 => self.data.notify_one(),
-                _ => self.data.notify_all(),
+                _ if all => s.woken = s.takers,
+                _ => s.woken += 1,
+            }
+            drop(s);
+            match asleep {
+                0 => {}
+                _ if all => self.data.notify_all(),
+                _ => self.data.notify_one(),
             }
         }
         (n, acked)
@@ -529,6 +544,7 @@ impl Inbox {
             }
         };
         s.takers -= 1;
+        s.woken = s.woken.saturating_sub(1).min(s.takers);
         waiting(&mut s, false);
         s
     }
