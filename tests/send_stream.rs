@@ -146,7 +146,10 @@ fn keep_latest_holds_its_bound_for_small_sends_behind_a_large_message() {
     while got.last().map(String::as_str) != Some("m99") {
         let frame = read_frame(&mut raw);
         if frame.len() == HEAD {
-            assert!(got.is_empty() && !head, "the large message comes first, once");
+            assert!(
+                got.is_empty() && !head,
+                "the large message comes first, once"
+            );
             head = true;
         } else {
             got.push(String::from_utf8(frame).unwrap());

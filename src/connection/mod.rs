@@ -72,8 +72,9 @@
 //!    `outbox.rs`), within its count bound and its byte budget, both counted under the
 //!    queue's lock. A small plain message (payload under `outbox::SMALL`) is copied into
 //!    the queue, after the small messages sent just before it, in one buffer (a run); a larger,
-//!    acknowledged or deferred one is queued as it is, its payload shared. A message that
-//!    enters an empty queue wakes the writer (`Outbox::wake_rx`). A full queue meets the
+//!    acknowledged or deferred one is queued as it is, its payload shared. The first message
+//!    in after the writer found nothing to take wakes it (`Outbox::wake_rx`); while it
+//!    writes it takes again by itself after each write, and nobody wakes it. A full queue meets the
 //!    connection's `FullQueue` policy: `Block` and `Disconnect` wait for room (the
 //!    writer's `Outbox::take` wakes one waiting caller, which passes the wake-up on);
 //!    `KeepLatest` takes the oldest messages out itself, under the same lock (plain ones
@@ -100,7 +101,7 @@
 //! 2. `Reader::deliver`: the data frames of one read, in a run → `Reader::queue`, which
 //!    puts as many as fit into the incoming queue (`Inbox::push_some`: one lock holding
 //!    for the run, within the byte budget and the count bound, one wake-up of waiting
-//!    takers, and the readiness token `Select` waits on armed if the queue was empty)
+//!    takers that no earlier push has woken, and the readiness token `Select` waits on armed if the queue was empty)
 //!    and, if some are left, waits for room (`Inbox::wait_for_room`) and goes on;
 //!    `Shared::notify` tells a server's `recv_any`; each acknowledged message in the
 //!    queue, or a SETMODE → `Reader::reply` owes an ACKEOT or ACKMODCG; an ACKEOT →
@@ -113,9 +114,11 @@
 //!    role it reads the socket itself and runs steps 1 to 3 in its own thread
 //!    (`direct.rs`), which saves the reader thread's wake-up and the hand-over; an
 //!    acknowledged send waiting for its answer does the same if the role is free.
-//! 5. The program takes the message (`get_data` and friends, `recv_any`): `Inbox::take`
-//!    takes it under the lock without reading the clock (a deadline is made only when
-//!    the queue is empty and the caller must wait), gives its bytes back to the budget,
+//! 5. The program takes the message (`get_data` and friends, `recv_any`):
+//!    `Inbox::take_now` takes it from the takers' own front of the queue (refilled with
+//!    everything the readers pushed, in one holding of the queue's lock, when it runs
+//!    empty) without reading the clock (a deadline is made only when the queue is empty
+//!    and the caller must wait), gives its bytes back to the budget,
 //!    empties the readiness token when the queue becomes empty, and wakes a waiting
 //!    reader only once the queue has drained to half of each bound (or is empty): the
 //!    reader then fills it again in a few large pushes, instead of the two threads
