@@ -301,3 +301,60 @@ fn large_payloads_keep_their_bytes() {
         ]
     );
 }
+
+/// Pieces of streams around large frames: runs of frames of a few lengths of 16 KiB and
+/// more (so that the decoder expects the next frame as long as the last one and reads it
+/// whole into a payload buffer), bad checksums, small frames, noise and cut headers.
+fn arb_around_large() -> impl Strategy<Value = Vec<u8>> {
+    let len = prop::sample::select(vec![16_384usize, 20_000, 65_536, 65_543, 131_072]);
+    let piece = prop_oneof![
+        6 => (len.clone(), any::<u8>()).prop_map(|(len, seed)| {
+            let payload: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
+            encode_all(&[Message::from(payload)])
+        }),
+        1 => (len, any::<u8>()).prop_map(|(len, seed)| {
+            let payload = vec![seed; len];
+            let mut v = v2::header(v2::TYPE_BYTES, &payload).to_vec();
+            v[6] ^= 1; // a bad checksum
+            v.extend(payload);
+            v
+        }),
+        2 => prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| encode_all(&[Message::from(b)])),
+        1 => prop::collection::vec(any::<u8>(), 0..40),
+        1 => (1usize..HEADER_LEN).prop_map(|n| v2::header(v2::TYPE_BYTES, &[1; 20_000])[..n].to_vec()),
+    ];
+    prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// After a large frame the decoder reads the next header with its payload into a
+    /// payload buffer: whatever actually follows (a frame of another length, a small one,
+    /// garbage, a header cut short), in whatever reads, it decodes as from whole input.
+    #[test]
+    fn streams_around_large_frames_decode_alike_in_any_reads(
+        bytes in arb_around_large(),
+        chunks in prop::collection::vec(
+            prop_oneof![1usize..64, 1000usize..70_000, Just(usize::MAX)],
+            1..8,
+        ),
+    ) {
+        let max = 1 << 20;
+        let bound = max + HEADER_LEN;
+        let mut whole = Decoder::new(max);
+        let want = merge_bad_magic(decode_chunked(&mut whole, &bytes, &[usize::MAX], bound)?);
+        let mut chunked = Decoder::new(max);
+        let got = merge_bad_magic(decode_chunked(&mut chunked, &bytes, &chunks, bound)?);
+        prop_assert!(same_frames(&got, &want), "decode in chunks differs");
+        let mut reader = Chunked { data: &bytes, chunks: &chunks, next: 0 };
+        let mut decoder = Decoder::new(max);
+        let mut frames = Vec::new();
+        while decoder.read_from(&mut reader, &mut frames).unwrap() > 0 {
+            prop_assert!(decoder.buffered() <= bound);
+        }
+        let got = merge_bad_magic(frames);
+        prop_assert!(same_frames(&got, &want), "read_from differs: {} frames, want {}", got.len(), want.len());
+        prop_assert_eq!(decoder.buffered(), whole.buffered());
+    }
+}
