@@ -949,6 +949,44 @@ mod tests {
     }
 
     #[test]
+    fn pushes_while_woken_takers_have_not_run_leave_no_taker_asleep_over_a_message() {
+        // Single-message pushes in quick succession: a push skips the takers that an
+        // earlier push woke and that have not taken the lock back yet. Were a sleeping
+        // taker ever skipped, a message would wait with every taker asleep (no close
+        // here to wake them), and it would never be reported taken.
+        const N: usize = 5_000;
+        let (inbox, tx) = Inbox::new(usize::MAX, None);
+        let (taken_tx, taken) = crossbeam_channel::unbounded::<u64>();
+        thread::scope(|sc| {
+            for _ in 0..4 {
+                let taken_tx = taken_tx.clone();
+                let inbox = &inbox;
+                sc.spawn(move || {
+                    while let Ok(item) = inbox.take(None) {
+                        taken_tx.send(id(&item)).unwrap();
+                    }
+                });
+            }
+            let mut count = 0;
+            for i in 0..N {
+                push(tx.inbox(), vec![msg(i, 8)]);
+                if i % 64 == 63 || i == N - 1 {
+                    // Until the takers have caught up, so that they are all asleep
+                    // again when the next pushes come.
+                    while count <= i {
+                        if taken.recv_timeout(LONG).is_err() {
+                            panic!("{count} of {} taken: a message waits, takers asleep", i + 1);
+                        }
+                        count += 1;
+                    }
+                }
+            }
+            assert_eq!(count, N);
+            drop(tx); // closes the queue: the takers end
+        });
+    }
+
+    #[test]
     fn two_takers_get_every_message_once_and_in_order() {
         const N: usize = 20_000;
         let (inbox, tx) = Inbox::new(64 * charge(8), Some(100));
