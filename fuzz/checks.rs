@@ -4,7 +4,9 @@
 //!
 //! Input layout of the codec targets: byte 0 picks the maximum message size, byte 1 how the stream is cut into
 //! chunks (and, with bit 6 set, that the checksums of v2 frames are made to match, see
-//! [`fix_checksums`]), and the rest is the stream a peer sends.
+//! [`fix_checksums`]; with bit 7 set, that a v2 stream's 0xF5 bytes stand for 16 KiB
+//! each and its reads are longer, see [`expand`]), and the rest is the stream a peer
+//! sends.
 //!
 //! For every input: nothing panics; between calls a decoder holds no more than its bound
 //! ([`serpy::protocol::v1::Decoder::limit`], or `max(max_message_size, HEADER_LEN)` for
@@ -40,6 +42,11 @@ pub fn split_input(data: &[u8]) -> Option<(usize, u8, &[u8])> {
 /// Chunk lengths for `seed`: 0 gives one byte at a time, others a pseudo-random mix of
 /// short and longer pieces.
 pub fn chunks(stream: &[u8], seed: u8) -> Vec<&[u8]> {
+    chunks_scaled(stream, seed, 1)
+}
+
+/// [`chunks`] with the longer pieces `scale` times as long.
+pub fn chunks_scaled(stream: &[u8], seed: u8, scale: usize) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut rest = stream;
     let mut state = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
@@ -54,7 +61,7 @@ pub fn chunks(stream: &[u8], seed: u8) -> Vec<&[u8]> {
             if r % 3 == 0 {
                 1 + r % 5
             } else {
-                1 + r % 97
+                1 + r % (97 * scale)
             }
         };
         let (a, b) = rest.split_at(n.min(rest.len()));
@@ -157,6 +164,36 @@ fn whole_and_split(protocol: Protocol, max: usize, seed: u8, stream: &[u8]) -> V
     a
 }
 
+/// The byte that [`expand`] makes [`EXPANDED`] bytes long.
+pub const EXPAND_BYTE: u8 = 0xF5;
+/// How long an [`EXPAND_BYTE`] becomes.
+pub const EXPANDED: usize = 16 * 1024;
+/// At most this many [`EXPAND_BYTE`]s are expanded (the rest stay as they are), so that an
+/// input never makes more than about 1 MiB of stream.
+const MAX_EXPANSIONS: usize = 64;
+
+/// With bit 7 of the seed set, each of the first [`MAX_EXPANSIONS`] bytes 0xF5 of a v2
+/// stream becomes 16 KiB of 0xF5: so that short inputs reach large payloads (16 KiB and
+/// more, read into buffers of their own) and the reads of a whole frame that follow a
+/// large one (with [`chunks_scaled`]). A frame of length 16384 (`00 40 00 00`) with one
+/// 0xF5 as its payload is then whole.
+pub fn expand(seed: u8, stream: &[u8]) -> Vec<u8> {
+    if seed & 0x80 == 0 {
+        return stream.to_vec();
+    }
+    let mut out = Vec::with_capacity(stream.len());
+    let mut left = MAX_EXPANSIONS;
+    for &b in stream {
+        if b == EXPAND_BYTE && left > 0 {
+            left -= 1;
+            out.resize(out.len() + EXPANDED, EXPAND_BYTE);
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// With bit 6 of the seed set, rewrites the checksum of every whole v2 frame in `stream`
 /// to match its payload, so that the fuzzer gets past the checksum to the type checks,
 /// the float parser and UTF-8 validation.
@@ -254,14 +291,16 @@ pub fn check_v2(data: &[u8]) {
     let Some((max, seed, stream)) = split_input(data) else {
         return;
     };
-    let fixed = fix_checksums(seed, stream);
+    let fixed = fix_checksums(seed, &expand(seed, stream));
     let stream = &fixed[..];
     let frames = whole_and_split(Protocol::V2, max, seed, stream);
 
-    // read_from, reading from a socket-like source, gives the same.
+    // read_from, reading from a socket-like source, gives the same (in reads of up to
+    // whole large frames when the stream was expanded).
     let mut d = v2::Decoder::new(max);
+    let scale = if seed & 0x80 != 0 { 700 } else { 1 };
     let mut reader = Pieces {
-        pieces: chunks(stream, seed.wrapping_add(1)),
+        pieces: chunks_scaled(stream, seed.wrapping_add(1), scale),
         at: 0,
     };
     let mut got = Vec::new();

@@ -55,6 +55,20 @@ fn seeds() -> Vec<Vec<u8>> {
     }
     out.push(v2w.to_vec());
     out.push(b"\x01SETMODE3\x1fVPaz\x04\x1f\x01SETMODE9\x1f\x01XYZ\x1f".to_vec());
+    // Large v2 frames for inputs whose seed byte has bit 7 set (`checks::expand`): one of
+    // 16 KiB and a byte, two of 16 KiB (a read of the length expected overruns the first
+    // into the next), then a small one; each payload is one expanded byte (and an "x").
+    let mut large = Vec::new();
+    for (len, tail) in [(16_385u32, &b"x"[..]), (16_384, b""), (16_384, b"")] {
+        large.extend_from_slice(&v2::header(v2::TYPE_BYTES, b"")[..10]);
+        large.extend_from_slice(&len.to_le_bytes());
+        large.push(checks::EXPAND_BYTE);
+        large.extend_from_slice(tail);
+    }
+    let mut after = WireBuf::new();
+    v2::encode(&Message::from("after"), &mut after).unwrap();
+    large.extend_from_slice(&after.to_vec());
+    out.push(large);
     out
 }
 
