@@ -100,6 +100,28 @@ impl Read for Chunked<'_> {
     }
 }
 
+/// Reads `data` through [`Decoder::read_from`] from a reader handing out the sizes of
+/// `chunks` (cycled), checking the memory bound after each read; returns the frames and
+/// the decoder.
+fn read_chunked(
+    data: &[u8],
+    chunks: &[usize],
+    max: usize,
+    bound: usize,
+) -> Result<(Vec<Frame>, Decoder), TestCaseError> {
+    let mut reader = Chunked {
+        data,
+        chunks,
+        next: 0,
+    };
+    let mut decoder = Decoder::new(max);
+    let mut frames = Vec::new();
+    while decoder.read_from(&mut reader, &mut frames).unwrap() > 0 {
+        prop_assert!(decoder.buffered() <= bound);
+    }
+    Ok((frames, decoder))
+}
+
 /// Frames equal, with NaN equal to NaN (and the sign of zero compared).
 fn same_frames(a: &[Frame], b: &[Frame]) -> bool {
     a.len() == b.len()
@@ -186,12 +208,7 @@ proptest! {
         assert_data(&frames, &messages)?;
         prop_assert_eq!(decoder.buffered(), 0);
 
-        let mut reader = Chunked { data: &bytes, chunks: &chunks, next: 0 };
-        let mut decoder = Decoder::new(max);
-        let mut frames = Vec::new();
-        while decoder.read_from(&mut reader, &mut frames).unwrap() > 0 {
-            prop_assert!(decoder.buffered() <= max + HEADER_LEN);
-        }
+        let (frames, _) = read_chunked(&bytes, &chunks, max, max + HEADER_LEN)?;
         assert_data(&frames, &messages)?;
     }
 
@@ -225,12 +242,7 @@ proptest! {
         prop_assert!(same_frames(&got, &want), "{:?} != {:?}", got, want);
         prop_assert_eq!(chunked.buffered(), whole.buffered());
 
-        let mut reader = Chunked { data: &bytes, chunks: &chunks, next: 0 };
-        let mut decoder = Decoder::new(max);
-        let mut frames = Vec::new();
-        while decoder.read_from(&mut reader, &mut frames).unwrap() > 0 {
-            prop_assert!(decoder.buffered() <= bound);
-        }
+        let (frames, _) = read_chunked(&bytes, &chunks, max, bound)?;
         let got = merge_bad_magic(frames);
         prop_assert!(same_frames(&got, &want), "{:?} != {:?}", got, want);
     }
@@ -347,12 +359,7 @@ proptest! {
         let mut chunked = Decoder::new(max);
         let got = merge_bad_magic(decode_chunked(&mut chunked, &bytes, &chunks, bound)?);
         prop_assert!(same_frames(&got, &want), "decode in chunks differs");
-        let mut reader = Chunked { data: &bytes, chunks: &chunks, next: 0 };
-        let mut decoder = Decoder::new(max);
-        let mut frames = Vec::new();
-        while decoder.read_from(&mut reader, &mut frames).unwrap() > 0 {
-            prop_assert!(decoder.buffered() <= bound);
-        }
+        let (frames, decoder) = read_chunked(&bytes, &chunks, max, bound)?;
         let got = merge_bad_magic(frames);
         prop_assert!(same_frames(&got, &want), "read_from differs: {} frames, want {}", got.len(), want.len());
         prop_assert_eq!(decoder.buffered(), whole.buffered());
