@@ -293,6 +293,7 @@ impl fmt::Display for Control {
 
 #[cfg(test)]
 mod tests {
+    use super::base85::tests::{b85, unb85};
     use super::*;
     use crate::message::Text;
 
@@ -311,17 +312,6 @@ mod tests {
         let (w, r) = wire(e, m, mode);
         let r = r.unwrap();
         (w, r.mode, r.set_mode)
-    }
-
-    fn b85(data: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        encode_base85(data, &mut v);
-        v
-    }
-
-    fn unb85(text: &[u8]) -> Result<Vec<u8>, Base85Error> {
-        let mut v = Vec::new();
-        decode_base85(text, &mut v).map(|()| v)
     }
 
     fn decode_all(d: &mut Decoder, input: &[u8]) -> Vec<Frame> {

@@ -336,16 +336,18 @@ pub(super) fn decode_base85_to_slice(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn b85(data: &[u8]) -> Vec<u8> {
+    /// The base85 of `data` (also for the encoder's and decoder's tests in `v1.rs`).
+    pub(in crate::protocol::v1) fn b85(data: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         encode_base85(data, &mut v);
         v
     }
 
-    fn unb85(text: &[u8]) -> Result<Vec<u8>, Base85Error> {
+    /// The bytes of base85 `text` (also for the tests in `v1.rs`).
+    pub(in crate::protocol::v1) fn unb85(text: &[u8]) -> Result<Vec<u8>, Base85Error> {
         let mut v = Vec::new();
         decode_base85(text, &mut v).map(|()| v)
     }
