@@ -18,8 +18,13 @@
 //!   (AVX2 on x86-64 processors that have it; the crate is built for baseline x86-64,
 //!   whose SSE2 vectors are half as wide).
 //!
+//! - [`recv_into`] (Unix): a read into a buffer's uninitialized capacity, which std's
+//!   `Read` cannot do (it wants initialized bytes, so the room would be zero-filled
+//!   first).
+//!
 //! This is the only module of the crate with `unsafe` code (one foreign call, Windows
-//! only; one slice cast, Linux and Android only; the AVX2 byte sum, x86-64 only).
+//! only; one slice cast, Linux and Android only; the length of what a `recv` wrote,
+//! Unix only; the AVX2 byte sum, x86-64 only).
 
 use std::io;
 use std::net::Shutdown;
@@ -72,6 +77,40 @@ pub(crate) fn recv_now(socket: &std::net::TcpStream, buf: &mut [u8]) -> io::Resu
     // the same reason). The borrow of `buf` outlives the call.
     let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
     socket2::SockRef::from(socket).recv_with_flags(uninit, libc::MSG_DONTWAIT)
+}
+
+/// Reads at most `most` bytes from `socket` (with `flags`, as recv(2)) into the capacity
+/// of `buf` after index `from` (at most `buf.len()`; the bytes after it are dropped
+/// first) and appends what came: `buf[from..from + n]` holds the `n` bytes read. The
+/// room is not zero-filled first (the v2 decoder's receive chunks, 64 KiB each, cost a
+/// memset each otherwise). A read interrupted by a signal is retried.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn recv_into(
+    socket: &std::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+    from: usize,
+    most: usize,
+    flags: std::os::raw::c_int,
+) -> io::Result<usize> {
+    buf.truncate(from);
+    let spare = buf.spare_capacity_mut();
+    let to = spare.len().min(most);
+    let n = loop {
+        match socket2::SockRef::from(socket).recv_with_flags(&mut spare[..to], flags) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    // recv(2) returns at most the length it was given; `min` keeps `set_len` in bounds
+    // whatever it says.
+    let n = n.min(to);
+    // SAFETY: `buf.len()` is `from` (truncated above) and `spare` is the capacity after
+    // it; recv(2) wrote the `n` bytes it returned to the start of `spare[..to]`
+    // (initialized now), `n <= to <= spare.len()`, so `from + n` is within the capacity
+    // and every byte below it is initialized.
+    unsafe { buf.set_len(from + n) };
+    Ok(n)
 }
 
 /// Whether `e` is what a call freed by [`wake_blocked`] returns on Windows
@@ -213,6 +252,51 @@ mod tests {
         bytes
             .iter()
             .fold(0, |sum, &b| sum.wrapping_add(u32::from(b)))
+    }
+
+    /// `recv_into` appends what came after `from`, at most `most` bytes, and keeps what
+    /// is before `from`.
+    #[cfg(unix)]
+    #[test]
+    fn recv_into_appends_what_came() {
+        use std::io::Write;
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (rx, _) = listener.accept().unwrap();
+        let sent: Vec<u8> = (0..200u8).collect();
+        tx.write_all(&sent).unwrap();
+        let mut buf = bytes::BytesMut::with_capacity(300);
+        buf.extend_from_slice(b"held, then room");
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let n = recv_into(&rx, &mut buf, 4, 7, 0).unwrap();
+            assert!((1..=7).contains(&n), "{n}");
+            assert_eq!(buf.len(), 4 + n);
+            assert_eq!(&buf[..4], b"held");
+            got.extend_from_slice(&buf[4..]);
+        }
+        assert_eq!(got, sent);
+        // The end of the data, then no room (most 0) reads nothing either.
+        drop(tx);
+        assert_eq!(recv_into(&rx, &mut buf, 2, 100, 0).unwrap(), 0);
+        assert_eq!(&buf[..], b"he");
+    }
+
+    /// Without data, a read that must not block says so and leaves the buffer as it was
+    /// up to `from`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn recv_into_without_waiting() {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (rx, _) = listener.accept().unwrap();
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        buf.extend_from_slice(b"abc");
+        let e = recv_into(&rx, &mut buf, 3, 64, libc::MSG_DONTWAIT).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(&buf[..], b"abc");
     }
 
     /// Every length up to 300 and around the blocks' sizes, at every offset from 0 to 63
