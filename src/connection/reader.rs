@@ -30,6 +30,8 @@ use crate::error::ProtocolError;
 use crate::event::EventKind;
 use crate::protocol::{self, Decoder, Detection, Frame, Mode, Protocol};
 use crate::sync::{lock, try_lock};
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use {crate::protocol::v2::Source, bytes::BytesMut};
 
 /// Size of the reader's buffer for v1.
 const READ_CHUNK: usize = 64 * 1024;
@@ -171,7 +173,7 @@ impl Reader {
                 // Once the first bytes are checked, v2 reads straight into the decoder's
                 // buffer: large payloads are handed to the program without a copy.
                 Decoder::V2(d) if sniffer.is_done() => {
-                    d.read_from(&mut &*side.stream, &mut side.frames)
+                    d.fill_from(&mut &*side.stream, &mut side.frames)
                 }
                 d => {
                     let (buf, frames) = (&mut side.buf, &mut side.frames);
@@ -360,9 +362,9 @@ impl ReadSide {
     /// Reads with `reader` (at most `most` bytes; it may read less) and decodes what came
     /// into `frames`.
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    pub fn read_with(&mut self, reader: &mut impl Read, most: usize) -> io::Result<usize> {
+    pub fn read_with(&mut self, reader: &mut impl Source, most: usize) -> io::Result<usize> {
         match &mut self.decoder {
-            Decoder::V2(d) => d.read_from(&mut Limited(reader, most), &mut self.frames),
+            Decoder::V2(d) => d.fill_from(&mut Limited(reader, most), &mut self.frames),
             d => {
                 let to = self.buf.len().min(most);
                 let n = loop {
@@ -659,6 +661,13 @@ impl<R: Read> Read for Limited<'_, R> {
     }
 }
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl<R: Source> Source for Limited<'_, R> {
+    fn read_into(&mut self, buf: &mut BytesMut, from: usize, most: usize) -> io::Result<usize> {
+        self.0.read_into(buf, from, most.min(self.1))
+    }
+}
+
 /// Reads from the socket without blocking (`WouldBlock` when it holds nothing), though
 /// other threads may block on it.
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -668,6 +677,13 @@ struct NoWait<'a>(&'a TcpStream);
 impl Read for NoWait<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         crate::sys::recv_now(self.0, buf)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Source for NoWait<'_> {
+    fn read_into(&mut self, buf: &mut BytesMut, from: usize, most: usize) -> io::Result<usize> {
+        crate::sys::recv_into(self.0, buf, from, most, libc::MSG_DONTWAIT)
     }
 }
 

@@ -125,6 +125,10 @@ const LEAST_READ: usize = 16 * 1024;
 
 /// The v2 checksum: the sum of all bytes, modulo 2^32.
 ///
+/// On x86-64 processors that have AVX2 it sums payloads of 256 bytes or more with those
+/// 32-byte vectors, chosen at run time (the crate is built for baseline x86-64); the
+/// result is the same on every processor.
+///
 /// ```
 /// use serpy::protocol::v2::checksum;
 /// assert_eq!(checksum(b""), 0);
@@ -132,6 +136,12 @@ const LEAST_READ: usize = 16 * 1024;
 /// assert_eq!(checksum(&vec![0xff; 1 << 24]), 0xff00_0000);
 /// ```
 pub fn checksum(payload: &[u8]) -> u32 {
+    crate::sys::byte_sum(payload)
+}
+
+/// [`checksum`] in portable Rust: what the other processors and short payloads take.
+#[inline(always)]
+pub(crate) fn portable_checksum(payload: &[u8]) -> u32 {
     // Sums of 64 bytes each fit a u32 and compile to wide byte-sum instructions (psadbw
     // on x86-64); measured faster than adding into u16 lanes.
     let mut blocks = payload.chunks_exact(64);
@@ -404,8 +414,9 @@ impl Drop for Recycled {
 pub struct Decoder {
     max: usize,
     /// The receive buffer, the rest of a chunk: `buf[start..end]` holds the bytes
-    /// received and not decoded yet; `buf[end..]` is initialized room that
-    /// [`read_from`](Self::read_from) reads into. Small text and bytes payloads are cut
+    /// received and not decoded yet; `buf[end..]` is initialized room and the capacity
+    /// after it uninitialized room, which [`read_from`](Self::read_from) reads into
+    /// (a socket's reads fill the uninitialized room directly, see [`Source`]). Small text and bytes payloads are cut
     /// off its front and handed over without a copy; what was before `buf` in its
     /// chunk belongs to them.
     buf: BytesMut,
@@ -524,6 +535,16 @@ impl Decoder {
         reader: &mut R,
         out: &mut Vec<Frame>,
     ) -> io::Result<usize> {
+        self.fill_from(&mut Plain(reader), out)
+    }
+
+    /// [`read_from`](Self::read_from) from a [`Source`], which may read into the receive
+    /// chunk's uninitialized room (a socket does), so that no chunk is zero-filled first.
+    pub(crate) fn fill_from<S: Source + ?Sized>(
+        &mut self,
+        reader: &mut S,
+        out: &mut Vec<Frame>,
+    ) -> io::Result<usize> {
         let n = match self.state {
             State::Payload { len, .. } if len >= SHARE_THRESHOLD => {
                 let own = &mut self.own;
@@ -552,8 +573,7 @@ impl Decoder {
                     _ => MIN_READ,
                 };
                 self.make_room(LEAST_READ);
-                let to = self.buf.len().min(self.end + most);
-                let n = read_retrying(reader, &mut self.buf[self.end..to])?;
+                let n = reader.read_into(&mut self.buf, self.end, most)?;
                 self.end += n;
                 n
             }
@@ -569,7 +589,7 @@ impl Decoder {
     /// message takes it from (one read per frame, and no copy out of the receive
     /// buffer). If what came is not such a frame (another length, a small one, garbage),
     /// it is decoded as if it had been read into the receive buffer.
-    fn read_expected<R: Read + ?Sized>(
+    fn read_expected<R: Source + ?Sized>(
         &mut self,
         reader: &mut R,
         out: &mut Vec<Frame>,
@@ -643,12 +663,13 @@ impl Decoder {
         }
     }
 
-    /// Makes at least `room` bytes of room after the bytes held in the receive buffer:
-    /// if there is less, the bytes held move to the front of a chunk (the same one, if
-    /// every payload cut out of it is gone, else a new one) with [`CHUNK`] bytes of
-    /// room or more.
+    /// Makes at least `room` bytes of room (capacity) after the bytes held in the
+    /// receive buffer: if there is less, the bytes held move to the front of a chunk
+    /// (the same one, if every payload cut out of it is gone, else a new one) with
+    /// [`CHUNK`] bytes of room or more, left uninitialized (not zero-filled: the reads
+    /// fill it, see [`Source::read_into`]).
     fn make_room(&mut self, room: usize) {
-        if self.buf.len() - self.end >= room {
+        if self.buf.capacity() - self.end >= room {
             return;
         }
         let held = self.held();
@@ -662,14 +683,13 @@ impl Decoder {
             fresh.extend_from_slice(&self.buf);
             self.buf = fresh;
         }
-        let cap = self.buf.capacity();
-        self.buf.resize(cap, 0);
     }
 
     /// Appends `data` to the receive buffer.
     fn push(&mut self, data: &[u8]) {
         self.make_room(data.len());
-        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.buf.truncate(self.end);
+        self.buf.extend_from_slice(data);
         self.end += data.len();
     }
 
@@ -906,6 +926,45 @@ fn grow(vec: &mut Vec<u8>, len: usize) {
     vec.reserve_exact(len.saturating_sub(vec.len()));
     vec.resize(len, 0);
 }
+
+/// What [`Decoder::fill_from`] reads from: a reader that may also read into the
+/// uninitialized capacity of the receive chunk. Its default reads as [`Read`] does, into
+/// room it zero-fills first (once: the room stays initialized for the next reads); a
+/// socket reads into the capacity directly (`src/sys.rs`, Unix), which saves zero-filling
+/// every new chunk.
+pub(crate) trait Source: Read {
+    /// Reads at most `most` bytes into `buf` from index `from` (at most `buf.len()`), within
+    /// its capacity (which holds at least one byte more than `from`); on success,
+    /// `buf[from..from + n]` holds the `n` bytes read and `buf.len()` is at least
+    /// `from + n`. A read interrupted by a signal is retried.
+    fn read_into(&mut self, buf: &mut BytesMut, from: usize, most: usize) -> io::Result<usize> {
+        let to = buf.capacity().min(from.saturating_add(most));
+        if buf.len() < to {
+            buf.resize(to, 0);
+        }
+        read_retrying(self, &mut buf[from..to])
+    }
+}
+
+/// A socket reads into the chunk's uninitialized capacity on Unix (elsewhere as any
+/// reader).
+impl Source for &std::net::TcpStream {
+    #[cfg(unix)]
+    fn read_into(&mut self, buf: &mut BytesMut, from: usize, most: usize) -> io::Result<usize> {
+        crate::sys::recv_into(self, buf, from, most, 0)
+    }
+}
+
+/// Any reader, as a [`Source`] that reads into initialized room.
+struct Plain<'a, R: ?Sized>(&'a mut R);
+
+impl<R: Read + ?Sized> Read for Plain<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read + ?Sized> Source for Plain<'_, R> {}
 
 fn read_retrying<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     loop {
@@ -1379,6 +1438,56 @@ mod tests {
         }
     }
 
+    /// A socket's reads go into the receive chunks' uninitialized room (`Source` for
+    /// `&TcpStream`): the frames are those the bytes make, across chunks that are new,
+    /// reused, or left while payloads cut from them live.
+    #[test]
+    fn reads_from_a_socket_into_uninitialized_room() {
+        use std::net::{TcpListener, TcpStream};
+        let mut bytes = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..600usize {
+            let message = match i % 7 {
+                0 => Message::from(i as i64),
+                1 => Message::from(vec![(i % 251) as u8; 40_000 + i]),
+                2 => Message::from("é".repeat(i)),
+                _ => Message::from(vec![(i % 253) as u8; 4096 + i % 13]),
+            };
+            bytes.extend(wire(&message));
+            want.push(data(message));
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (rx, _) = listener.accept().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            for (i, piece) in bytes.chunks(5_000).enumerate() {
+                // Uneven pieces: frames and reads straddle each other.
+                let (a, b) = piece.split_at(i * 37 % piece.len());
+                tx.write_all(a).unwrap();
+                tx.write_all(b).unwrap();
+            }
+        });
+        let mut d = Decoder::new(1 << 20);
+        let mut out = Vec::new();
+        let (mut seen, mut kept) = (0, Vec::new());
+        while d.fill_from(&mut &rx, &mut out).unwrap() > 0 {
+            for f in out.drain(..) {
+                assert!(f == want[seen], "frame {seen}");
+                // Every third message is kept until the end (its chunk is not reused
+                // while it lives), the others are dropped (theirs may be).
+                if seen % 3 == 0 {
+                    kept.push((seen, f));
+                }
+                seen += 1;
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(seen, want.len());
+        assert!(kept.iter().all(|(i, f)| *f == want[*i]));
+        assert_eq!(d.buffered(), 0);
+    }
+
     #[test]
     fn read_from_grows_with_the_data() {
         let len = (10 << 20) + 12_345;
@@ -1526,7 +1635,7 @@ mod tests {
         assert_eq!(out[0], data(Message::from(vec![1u8; len])));
         assert_eq!(out[1], data(Message::from("é".repeat(len / 2))));
         assert_eq!(out[2], data(Message::from(vec![2u8; 10])));
-        assert!(d.buf.len() <= 2 * MIN_READ, "{}", d.buf.len());
+        assert!(d.buf.capacity() <= 2 * MIN_READ, "{}", d.buf.capacity());
         assert_eq!(d.buffered(), 0);
     }
 
