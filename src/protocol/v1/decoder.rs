@@ -13,7 +13,11 @@ pub(super) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
     let mut blocks = hay.chunks_exact(64);
     let mut base = 0;
     for block in &mut blocks {
-        if block.iter().fold(0u8, |any, &b| any | u8::from(b == needle)) != 0 {
+        if block
+            .iter()
+            .fold(0u8, |any, &b| any | u8::from(b == needle))
+            != 0
+        {
             return find_in_words(needle, block).map(|i| base + i);
         }
         base += 64;
@@ -25,8 +29,12 @@ pub(super) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
 #[inline]
 pub(super) fn contains_byte(needle: u8, hay: &[u8]) -> bool {
     let mut blocks = hay.chunks_exact(64);
-    blocks.any(|block| block.iter().fold(0u8, |any, &b| any | u8::from(b == needle)) != 0)
-        || blocks.remainder().contains(&needle)
+    blocks.any(|block| {
+        block
+            .iter()
+            .fold(0u8, |any, &b| any | u8::from(b == needle))
+            != 0
+    }) || blocks.remainder().contains(&needle)
 }
 
 /// Index of the first `needle` in `hay`, eight bytes at a time.
