@@ -145,6 +145,140 @@ fn reference_b85decode(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// What `b85decode` makes of `text`, one group and one character at a time, with the
+/// errors the crate documents: the first group (in order) that is wrong names its first
+/// character outside the alphabet, or else its overflow; a lone final character is a
+/// `LoneChar` (or a `BadChar`) once every full group before it is good.
+fn naive_b85decode(text: &[u8]) -> Result<Vec<u8>, v1::Base85Error> {
+    const ALPHABET: &[u8] =
+        b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~";
+    let mut out = Vec::new();
+    for (k, group) in text.chunks(5).enumerate() {
+        let mut acc: u64 = 0;
+        for j in 0..5 {
+            let position = k * 5 + j;
+            let c = group.get(j).copied().unwrap_or(b'~');
+            let Some(digit) = ALPHABET.iter().position(|&a| a == c) else {
+                return Err(v1::Base85Error::BadChar { position, byte: c });
+            };
+            acc = acc * 85 + digit as u64;
+        }
+        if group.len() == 1 {
+            return Err(v1::Base85Error::LoneChar { position: k * 5 });
+        }
+        let Ok(value) = u32::try_from(acc) else {
+            return Err(v1::Base85Error::Overflow { position: k * 5 });
+        };
+        out.extend_from_slice(&value.to_be_bytes()[..group.len() - 1]);
+    }
+    Ok(out)
+}
+
+/// One base85 block: the text of random bytes (a few characters up to past the sizes
+/// where the decoder changes paths: 2048 characters, whole or streamed; 16 KiB decoded,
+/// cut from a chunk or not), then up to three faults: a character outside the alphabet,
+/// a group of `~~~~~` (too large), one character more or fewer at the end.
+fn base85_block() -> impl Strategy<Value = Vec<u8>> {
+    let len = prop_oneof![
+        4 => 0usize..40,
+        4 => 0usize..700,
+        3 => 1500usize..1700,
+        1 => 16_000usize..16_600,
+    ];
+    // (kind, where, a byte outside the alphabet but neither 0x1F nor 0x01, which end or
+    // start a block, a character of the alphabet)
+    let fault = (
+        0u8..4,
+        any::<prop::sample::Index>(),
+        prop::sample::select(vec![0u8, b' ', b'"', b'\'', b'.', 0x04, 0x7F, 0x80, 0xFF]),
+        prop::sample::select(b"0~|".to_vec()),
+    );
+    (len, any::<u64>(), prop::collection::vec(fault, 0..4)).prop_map(|(len, seed, faults)| {
+        let mut x = seed | 1;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let mut text = Vec::new();
+        v1::encode_base85(&data, &mut text);
+        for (kind, at, bad, good) in faults {
+            match kind {
+                0 if !text.is_empty() => {
+                    let i = at.index(text.len());
+                    text[i] = bad;
+                }
+                1 if text.len() >= 5 => {
+                    let g = at.index(text.len() / 5) * 5;
+                    text[g..g + 5].copy_from_slice(b"~~~~~");
+                }
+                2 => text.push(good),
+                3 => {
+                    text.pop();
+                }
+                _ => {}
+            }
+        }
+        text
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    /// The decoder's fast paths (pairs of groups decoded as they arrive, blocks decoded
+    /// whole, bytes cut out of a chunk) deliver what the naive decoder above gives, error
+    /// texts included, whatever the chunking.
+    #[test]
+    fn base85_blocks_decode_like_the_naive_decoder_in_any_chunks(
+        pickle in any::<bool>(),
+        blocks in prop::collection::vec(base85_block(), 1..6),
+        sizes in prop::collection::vec(1usize..3000, 0..6),
+    ) {
+        let mode = if pickle { Mode::Pickle } else { Mode::Base85 };
+        let mut input = format!("\x01SETMODE{}\x1f", u8::from(mode)).into_bytes();
+        let mut want = vec![Frame::SetMode(mode)];
+        for text in &blocks {
+            input.extend_from_slice(text);
+            input.push(v1::SEP);
+            if text.is_empty() {
+                continue;
+            }
+            want.push(match naive_b85decode(text) {
+                Ok(bytes) => Frame::Data {
+                    message: if pickle {
+                        Message::Pickle(Bytes::from(bytes))
+                    } else {
+                        Message::Bytes(Bytes::from(bytes))
+                    },
+                    mode: Some(mode),
+                },
+                Err(e) => Frame::Error(serpy::ProtocolError::BadBase85 { mode, detail: e.to_string() }),
+            });
+        }
+        let mut decoder = Decoder::new(1 << 20);
+        prop_assert_eq!(&feed_chunked(&mut decoder, &input, &sizes), &want);
+        prop_assert_eq!(decoder.buffered(), 0);
+        // The same text alone, through decode_base85.
+        for text in &blocks {
+            let mut ours = b"kept".to_vec();
+            let result = v1::decode_base85(text, &mut ours);
+            match naive_b85decode(text) {
+                Ok(bytes) => {
+                    prop_assert_eq!(result, Ok(()));
+                    prop_assert_eq!(&ours[4..], &bytes[..]);
+                }
+                Err(e) => {
+                    prop_assert_eq!(result, Err(e));
+                    prop_assert_eq!(&ours[..], b"kept");
+                }
+            }
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn what_is_encoded_is_decoded(

@@ -224,9 +224,9 @@ impl Encoder {
 fn raw_obstacle(payload: &[u8], acked: bool) -> Option<&'static str> {
     if payload.first() == Some(&CTRL) {
         Some("starts with 0x01 (it would be read as a control block)")
-    } else if payload.contains(&SEP) {
+    } else if contains_byte(SEP, payload) {
         Some("contains 0x1F (the block separator)")
-    } else if acked && payload.contains(&EOT) {
+    } else if acked && contains_byte(EOT, payload) {
         Some("contains 0x04 (the end of an acknowledged message)")
     } else {
         None
@@ -276,6 +276,7 @@ pub use base85::{
 
 mod decoder;
 
+use decoder::contains_byte;
 pub use decoder::Decoder;
 #[cfg(test)]
 use decoder::*;
