@@ -204,10 +204,15 @@ pub(crate) fn take(
     timeout: Option<Duration>,
 ) -> std::result::Result<Incoming, Empty> {
     let inbox = &shared.inbox;
+    // The clock is read once here; the first wait is the whole timeout (what passed
+    // since is microseconds, within the receive timeout's own granularity), and the
+    // clock is read again only for a wait after the first.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let mut first = true;
     let mut want_side = true;
     loop {
         let left = match (timeout, deadline) {
+            (Some(t), _) if first => Some(t),
             (Some(_), Some(at)) => Some(at.saturating_duration_since(Instant::now())),
             (t, _) => t,
         };
@@ -217,7 +222,9 @@ pub(crate) fn take(
         };
         side.caller_read = 0;
         side.caller_full = false;
-        let got = read_until_taken(shared, &mut side, deadline);
+        let first_wait = if first { left } else { None };
+        first = false;
+        let got = read_until_taken(shared, &mut side, deadline, first_wait);
         let linger = lingers(&side);
         inbox.caller_put_back(side, linger);
         match got {
@@ -242,20 +249,27 @@ enum Taken {
 
 /// Reads the socket with the read side until a message can be taken from the incoming
 /// queue (a message this read put there may go to another taker first: then it reads
-/// on), or until `deadline`.
-fn read_until_taken(shared: &Shared, side: &mut ReadSide, deadline: Option<Instant>) -> Taken {
+/// on), or until `deadline`. The first read waits at most `first_wait` if given (the
+/// time left, just computed by the caller: no clock read), the others what is left.
+fn read_until_taken(
+    shared: &Shared,
+    side: &mut ReadSide,
+    deadline: Option<Instant>,
+    mut first_wait: Option<Duration>,
+) -> Taken {
     loop {
         match shared.inbox.try_take() {
             Ok((item, _)) => return Taken::Message(item),
             Err(Empty::Gone) => return Taken::Gone,
             Err(Empty::Now) => {}
         }
-        let wait = match deadline {
-            Some(at) => match at.checked_duration_since(Instant::now()) {
+        let wait = match (first_wait.take(), deadline) {
+            (Some(left), Some(_)) if !left.is_zero() => Some(left),
+            (_, Some(at)) => match at.checked_duration_since(Instant::now()) {
                 Some(left) if !left.is_zero() => Some(left),
                 _ => return Taken::TimedOut,
             },
-            None => None,
+            (_, None) => None,
         };
         match side.read_for_caller(shared, wait) {
             Step::Stop => return Taken::Stopped,

@@ -76,6 +76,9 @@ pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) ->
     {
         return Some(item);
     }
+    if let Some(sent) = send_direct(link, &item.payload) {
+        return finish_direct(link, shared, item, sent);
+    }
     let mode_before = link.send_mode;
     link.put(&item.payload);
     let parts = link.wire.take_parts();
@@ -93,25 +96,15 @@ pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) ->
             None
         }
         Ok(n) if n > 0 => {
-            link.stats.wrote(n);
-            shared.stats.sent(1);
             put_back(&mut link.wire, &parts, n);
-            shared.pending.fetch_add(1, Ordering::AcqRel);
-            link.partial = Some((item, total - n));
-            link.last_write = Instant::now();
-            let _ = shared.ctl_tx.try_send(Control::Wake);
+            partly_written(link, shared, item, n, total);
             None
         }
         Ok(_) => {
             link.send_mode = mode_before;
             Some(item)
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
+        Err(e) if would_block(&e) => {
             link.send_mode = mode_before;
             Some(item)
         }
@@ -120,6 +113,109 @@ pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) ->
             None
         }
     }
+}
+
+/// The most parts a message is sent in straight from its own buffers (a v2 frame has
+/// two, its header and its payload; a v1 block a few; more go through `wire`).
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
+const DIRECT_PARTS: usize = 4;
+
+/// Sends `payload` straight from its own buffers (no copy into `wire`, nothing
+/// allocated: the slices are on the stack) when it needs nothing put before it: a v2
+/// frame, or a v1 block in the link's send mode of at most [`DIRECT_PARTS`] parts.
+/// Returns the socket's answer and the frame's length, or `None` for the other payloads
+/// (they go through `wire`).
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
+fn send_direct(link: &Link, payload: &Payload) -> Option<(io::Result<usize>, usize)> {
+    let mut slices = [IoSlice::new(&[]); DIRECT_PARTS];
+    let count = match payload {
+        Payload::V2 { header, body } => {
+            slices[0] = IoSlice::new(header);
+            slices[1] = IoSlice::new(body);
+            2
+        }
+        Payload::V1 { mode, parts } if *mode == link.send_mode && parts.len() <= DIRECT_PARTS => {
+            for (slice, part) in slices.iter_mut().zip(parts) {
+                *slice = IoSlice::new(part);
+            }
+            parts.len()
+        }
+        _ => return None,
+    };
+    let slices = &slices[..count];
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let stream = link.stream.as_ref()?;
+    let sent = socket2::SockRef::from(stream)
+        .send_vectored_with_flags(slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+    Some((sent, total))
+}
+
+/// What [`send_direct`]'s send did, as [`try_write_now`] returns it.
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
+fn finish_direct(
+    link: &mut Link,
+    shared: &Shared,
+    item: Outgoing,
+    (sent, total): (io::Result<usize>, usize),
+) -> Option<Outgoing> {
+    match sent {
+        Ok(n) if n >= total => {
+            link.wrote(n, &shared.pending);
+            shared.stats.sent(1);
+            None
+        }
+        Ok(n) if n > 0 => {
+            // The rest goes to the writer thread through `wire`: the frame encoded
+            // there whole (it needs nothing before it: no SETMODE), less what went out.
+            link.put(&item.payload);
+            let parts = link.wire.take_parts();
+            put_back(&mut link.wire, &parts, n);
+            partly_written(link, shared, item, n, total);
+            None
+        }
+        Ok(_) => Some(item),
+        Err(e) if would_block(&e) => Some(item),
+        Err(e) => {
+            hand_over(link, shared, item, &e);
+            None
+        }
+    }
+}
+
+/// The socket took `n` of the `total` bytes of `item`, whose rest is in `wire`: the
+/// writer thread finishes it.
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
+fn partly_written(link: &mut Link, shared: &Shared, item: Outgoing, n: usize, total: usize) {
+    link.stats.wrote(n);
+    shared.stats.sent(1);
+    shared.pending.fetch_add(1, Ordering::AcqRel);
+    link.partial = Some((item, total - n));
+    link.last_write = Instant::now();
+    let _ = shared.ctl_tx.try_send(Control::Wake);
+}
+
+/// A non-blocking send that sent nothing, to be tried again by the writer thread.
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// Writes an acknowledged v1 message from the caller's thread (the link is idle). On a

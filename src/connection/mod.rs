@@ -1149,6 +1149,53 @@ mod tests {
         );
     }
 
+    /// The v1 side of the test above: a plain block in the link's send mode goes out
+    /// straight from its own parts, and what the socket did not take goes to the writer.
+    #[cfg(all(
+        any(target_os = "linux", target_os = "android"),
+        not(serpy_portable_send)
+    ))]
+    #[test]
+    fn a_plain_v1_send_the_socket_takes_in_part_is_finished_by_the_writer() {
+        use crate::protocol::{v1, WireBuf};
+        let cfg = Config {
+            protocol: Protocol::V1,
+            ..Config::default()
+        };
+        let (conn, mut raw) = raw_peer_with(cfg);
+        let filler = fill(&conn);
+        let mut got = vec![0u8; filler / 2];
+        raw.read_exact(&mut got).unwrap();
+        let past = Instant::now()
+            .checked_sub(inline::QUIET * 4)
+            .expect("a clock past boot");
+        lock(&conn.shared().link).last_write = past;
+        let big: String = (0..filler * 2)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        conn.send_data(big.as_str(), Mode::Plain).unwrap();
+        conn.send_data("after", Mode::Plain).unwrap();
+        let mut rest = vec![0u8; filler - got.len()];
+        raw.read_exact(&mut rest).unwrap();
+        assert!(rest.iter().all(|&b| b == b'x'));
+        let mut enc = v1::Encoder::new(crate::TextEncoding::Utf8, usize::MAX);
+        let mut wire = WireBuf::new();
+        enc.encode(&Message::from(big.as_str()), Mode::Plain, &mut wire)
+            .unwrap();
+        enc.encode(&Message::from("after"), Mode::Plain, &mut wire)
+            .unwrap();
+        let want = wire.to_vec();
+        let mut blocks = vec![0u8; want.len()];
+        raw.read_exact(&mut blocks).unwrap();
+        assert!(blocks == want, "the blocks arrive whole and in order");
+        conn.close();
+        assert_eq!(
+            conn.shared().pending.load(Ordering::Acquire),
+            0,
+            "a message stayed pending"
+        );
+    }
+
     #[test]
     fn a_message_prepared_once_shares_its_payload() {
         let blob = Bytes::from(vec![1u8; 1 << 20]);
