@@ -36,6 +36,7 @@ use crate::sync::lock;
 ))]
 use {
     super::vocab::Payload,
+    crate::protocol::Mode,
     std::io::IoSlice,
     std::time::{Duration, Instant},
 };
@@ -76,8 +77,14 @@ pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) ->
     {
         return Some(item);
     }
-    if let Some(sent) = send_direct(link, &item.payload) {
-        return finish_direct(link, shared, item, sent);
+    if let Some((sent, total)) = send_direct(link, &item.payload) {
+        let mode = link.send_mode;
+        return settle(link, shared, item, sent, total, mode, |link, item| {
+            // The rest goes to the writer thread through `wire`: the frame encoded
+            // there whole (it needs nothing before it: no SETMODE), less what went out.
+            link.put(&item.payload);
+            link.wire.take_parts()
+        });
     }
     let mode_before = link.send_mode;
     link.put(&item.payload);
@@ -89,6 +96,27 @@ pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) ->
     let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let sent = socket2::SockRef::from(stream)
         .send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+    settle(link, shared, item, sent, total, mode_before, |_, _| parts)
+}
+
+/// What a non-blocking send of `item` did (`sent`, of its `total` bytes), as
+/// [`try_write_now`] returns it: when nothing went out the link's send mode is set back
+/// to `mode_before` and the message given back; when part of it went out, `rest` gives
+/// the message's encoded parts, and what the socket did not take of them goes into
+/// `wire` for the writer thread.
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(serpy_portable_send)
+))]
+fn settle(
+    link: &mut Link,
+    shared: &Shared,
+    item: Outgoing,
+    sent: io::Result<usize>,
+    total: usize,
+    mode_before: Mode,
+    rest: impl FnOnce(&mut Link, &Outgoing) -> Vec<Bytes>,
+) -> Option<Outgoing> {
     match sent {
         Ok(n) if n >= total => {
             link.wrote(n, &shared.pending);
@@ -96,6 +124,7 @@ pub(crate) fn try_write_now(link: &mut Link, shared: &Shared, item: Outgoing) ->
             None
         }
         Ok(n) if n > 0 => {
+            let parts = rest(link, &item);
             put_back(&mut link.wire, &parts, n);
             partly_written(link, shared, item, n, total);
             None
@@ -154,41 +183,6 @@ fn send_direct(link: &Link, payload: &Payload) -> Option<(io::Result<usize>, usi
     let sent = socket2::SockRef::from(stream)
         .send_vectored_with_flags(slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
     Some((sent, total))
-}
-
-/// What [`send_direct`]'s send did, as [`try_write_now`] returns it.
-#[cfg(all(
-    any(target_os = "linux", target_os = "android"),
-    not(serpy_portable_send)
-))]
-fn finish_direct(
-    link: &mut Link,
-    shared: &Shared,
-    item: Outgoing,
-    (sent, total): (io::Result<usize>, usize),
-) -> Option<Outgoing> {
-    match sent {
-        Ok(n) if n >= total => {
-            link.wrote(n, &shared.pending);
-            shared.stats.sent(1);
-            None
-        }
-        Ok(n) if n > 0 => {
-            // The rest goes to the writer thread through `wire`: the frame encoded
-            // there whole (it needs nothing before it: no SETMODE), less what went out.
-            link.put(&item.payload);
-            let parts = link.wire.take_parts();
-            put_back(&mut link.wire, &parts, n);
-            partly_written(link, shared, item, n, total);
-            None
-        }
-        Ok(_) => Some(item),
-        Err(e) if would_block(&e) => Some(item),
-        Err(e) => {
-            hand_over(link, shared, item, &e);
-            None
-        }
-    }
 }
 
 /// The socket took `n` of the `total` bytes of `item`, whose rest is in `wire`: the

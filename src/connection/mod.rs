@@ -1104,16 +1104,17 @@ mod tests {
         filler
     }
 
-    /// The caller's own non-blocking write exists on Linux and Android only.
+    /// A connection of `protocol` to a raw peer whose socket buffers are full, after the
+    /// peer has read half of the filler (room, but less than the big message to come),
+    /// with the link counted as quiet. Returns the connection, the peer and how many
+    /// filler bytes are still to be read.
     #[cfg(all(
         any(target_os = "linux", target_os = "android"),
         not(serpy_portable_send)
     ))]
-    #[test]
-    fn a_plain_send_the_socket_takes_in_part_is_finished_by_the_writer() {
-        use crate::protocol::{v2, WireBuf};
+    fn half_drained_quiet_link(protocol: Protocol) -> (Connection, TcpStream, usize) {
         let cfg = Config {
-            protocol: Protocol::V2,
+            protocol,
             ..Config::default()
         };
         let (conn, mut raw) = raw_peer_with(cfg);
@@ -1127,19 +1128,22 @@ mod tests {
             .checked_sub(inline::QUIET * 4)
             .expect("a clock past boot");
         lock(&conn.shared().link).last_write = past;
-        let big = Bytes::from((0..filler as u32 * 2).map(|i| i as u8).collect::<Vec<u8>>());
-        conn.send(big.clone()).unwrap();
-        conn.send("after").unwrap();
-        let mut rest = vec![0u8; filler - got.len()];
-        raw.read_exact(&mut rest).unwrap();
-        assert!(rest.iter().all(|&b| b == b'x'));
-        let mut wire = WireBuf::new();
-        v2::encode(&Message::Bytes(big), &mut wire).unwrap();
-        v2::encode(&Message::from("after"), &mut wire).unwrap();
-        let want = wire.to_vec();
-        let mut frames = vec![0u8; want.len()];
-        raw.read_exact(&mut frames).unwrap();
-        assert!(frames == want, "the frames arrive whole and in order");
+        (conn, raw, filler - got.len())
+    }
+
+    /// Reads the rest of the filler, then `want`, which must arrive exactly; closes the
+    /// connection and checks that nothing stayed pending.
+    #[cfg(all(
+        any(target_os = "linux", target_os = "android"),
+        not(serpy_portable_send)
+    ))]
+    fn expect_after_filler(conn: Connection, mut raw: TcpStream, rest: usize, want: &[u8]) {
+        let mut filler = vec![0u8; rest];
+        raw.read_exact(&mut filler).unwrap();
+        assert!(filler.iter().all(|&b| b == b'x'));
+        let mut got = vec![0u8; want.len()];
+        raw.read_exact(&mut got).unwrap();
+        assert!(got == want, "the messages arrive whole and in order");
         // Once the writer thread has ended, nothing may still count as pending.
         conn.close();
         assert_eq!(
@@ -1147,6 +1151,25 @@ mod tests {
             0,
             "a message stayed pending"
         );
+    }
+
+    /// The caller's own non-blocking write exists on Linux and Android only.
+    #[cfg(all(
+        any(target_os = "linux", target_os = "android"),
+        not(serpy_portable_send)
+    ))]
+    #[test]
+    fn a_plain_send_the_socket_takes_in_part_is_finished_by_the_writer() {
+        use crate::protocol::{v2, WireBuf};
+        let (conn, raw, rest) = half_drained_quiet_link(Protocol::V2);
+        let size = rest * 4;
+        let big = Bytes::from((0..size as u32).map(|i| i as u8).collect::<Vec<u8>>());
+        conn.send(big.clone()).unwrap();
+        conn.send("after").unwrap();
+        let mut wire = WireBuf::new();
+        v2::encode(&Message::Bytes(big), &mut wire).unwrap();
+        v2::encode(&Message::from("after"), &mut wire).unwrap();
+        expect_after_filler(conn, raw, rest, &wire.to_vec());
     }
 
     /// The v1 side of the test above: a plain block in the link's send mode goes out
@@ -1158,42 +1181,19 @@ mod tests {
     #[test]
     fn a_plain_v1_send_the_socket_takes_in_part_is_finished_by_the_writer() {
         use crate::protocol::{v1, WireBuf};
-        let cfg = Config {
-            protocol: Protocol::V1,
-            ..Config::default()
-        };
-        let (conn, mut raw) = raw_peer_with(cfg);
-        let filler = fill(&conn);
-        let mut got = vec![0u8; filler / 2];
-        raw.read_exact(&mut got).unwrap();
-        let past = Instant::now()
-            .checked_sub(inline::QUIET * 4)
-            .expect("a clock past boot");
-        lock(&conn.shared().link).last_write = past;
-        let big: String = (0..filler * 2)
+        let (conn, raw, rest) = half_drained_quiet_link(Protocol::V1);
+        let big: String = (0..rest * 4)
             .map(|i| char::from(b'a' + (i % 26) as u8))
             .collect();
         conn.send_data(big.as_str(), Mode::Plain).unwrap();
         conn.send_data("after", Mode::Plain).unwrap();
-        let mut rest = vec![0u8; filler - got.len()];
-        raw.read_exact(&mut rest).unwrap();
-        assert!(rest.iter().all(|&b| b == b'x'));
         let mut enc = v1::Encoder::new(crate::TextEncoding::Utf8, usize::MAX);
         let mut wire = WireBuf::new();
         enc.encode(&Message::from(big.as_str()), Mode::Plain, &mut wire)
             .unwrap();
         enc.encode(&Message::from("after"), Mode::Plain, &mut wire)
             .unwrap();
-        let want = wire.to_vec();
-        let mut blocks = vec![0u8; want.len()];
-        raw.read_exact(&mut blocks).unwrap();
-        assert!(blocks == want, "the blocks arrive whole and in order");
-        conn.close();
-        assert_eq!(
-            conn.shared().pending.load(Ordering::Acquire),
-            0,
-            "a message stayed pending"
-        );
+        expect_after_filler(conn, raw, rest, &wire.to_vec());
     }
 
     #[test]
