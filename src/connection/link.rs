@@ -139,12 +139,12 @@ impl Link {
                     self.send_mode = *mode;
                 }
                 for p in parts {
-                    self.wire.put_bytes(p.clone());
+                    self.wire.put_ref(p);
                 }
             }
             Payload::V2 { header, body } => {
                 self.wire.put_slice(header);
-                self.wire.put_bytes(body.clone());
+                self.wire.put_ref(body);
             }
             Payload::Run(run) => {
                 if let Some(mode) = run.mode {

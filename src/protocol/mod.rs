@@ -317,6 +317,17 @@ impl WireBuf {
         }
     }
 
+    /// Appends `bytes` as [`put_bytes`](WireBuf::put_bytes) does, touching its reference
+    /// count only when it is kept by reference (large): a small payload is copied
+    /// straight from the caller's buffer.
+    pub(crate) fn put_ref(&mut self, bytes: &Bytes) {
+        if bytes.len() < SHARE_THRESHOLD {
+            self.put_slice(bytes);
+        } else {
+            self.put_bytes(bytes.clone());
+        }
+    }
+
     /// Appends `bytes` by reference whatever its size (bytes already copied for the
     /// wire, which a second copy would only slow down).
     pub(crate) fn put_shared(&mut self, bytes: Bytes) {
@@ -531,5 +542,26 @@ mod tests {
             "payload must not be copied"
         );
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn put_ref_copies_small_payloads_and_shares_large_ones_like_put_bytes() {
+        let small = Bytes::from(vec![2u8; SHARE_THRESHOLD - 1]);
+        let big = Bytes::from(vec![3u8; SHARE_THRESHOLD]);
+        let mut w = WireBuf::new();
+        w.put_slice(b"h");
+        w.put_ref(&small);
+        w.put_ref(&big);
+        assert_eq!(w.len(), 1 + small.len() + big.len());
+        let parts = w.take_parts();
+        assert_eq!(parts.len(), 2, "the small payload joins the header's part");
+        assert_eq!(parts[0].len(), 1 + small.len());
+        assert_eq!(&parts[0][1..], &small[..]);
+        assert_ne!(parts[0].as_ptr().wrapping_add(1), small.as_ptr());
+        assert_eq!(
+            parts[1].as_ptr(),
+            big.as_ptr(),
+            "the large one by reference"
+        );
     }
 }
