@@ -110,6 +110,13 @@ pub const MAX_READ: usize = 4 * 1024 * 1024;
 const PIECE: usize = 256 * 1024;
 /// See [`PIECE`].
 const PIECE_FROM: usize = 2 * 1024 * 1024;
+/// The decoder sets a receive low-water mark only inside payloads of this many bytes or
+/// more (see `Decoder::tune_low_water`): for smaller ones, the system calls that set it
+/// cost more than the wake-ups they save.
+const LOW_WATER_FROM: usize = 256 * 1024;
+/// The highest receive low-water mark the decoder sets on a socket (see
+/// `Decoder::tune_low_water`): the kernel holds twice as much for it.
+const LOW_WATER_MOST: usize = 1024 * 1024;
 /// The most bytes of payload buffers, given back by messages the program has let go of,
 /// that a decoder keeps to receive the next large payloads into (and a header each, see
 /// [`Decoder::read_from`]).
@@ -454,6 +461,9 @@ pub struct Decoder {
     expect: usize,
     /// Bytes of garbage thrown away in this call and not reported yet.
     garbage: usize,
+    /// The receive low-water mark this decoder last set on the socket it reads (1: the
+    /// socket's default), see [`Decoder::tune_low_water`].
+    low_water: usize,
 }
 
 impl fmt::Debug for Decoder {
@@ -481,6 +491,7 @@ impl Decoder {
             pool: Arc::default(),
             expect: 0,
             garbage: 0,
+            low_water: 1,
         }
     }
 
@@ -586,7 +597,9 @@ impl Decoder {
                 n
             }
             State::Header if self.expect > 0 && self.held() == 0 => {
-                return self.read_expected(reader, out);
+                let n = self.read_expected(reader, out)?;
+                self.tune_low_water(reader);
+                return Ok(n);
             }
             state => {
                 let most = match state {
@@ -603,7 +616,27 @@ impl Decoder {
         };
         self.process(out);
         self.report_garbage(out);
+        self.tune_low_water(reader);
         Ok(n)
+    }
+
+    /// Inside a payload of [`LOW_WATER_FROM`] bytes or more, asks `reader` to wake a
+    /// blocked read of it only once the rest of the payload is there (at most
+    /// [`LOW_WATER_MOST`] bytes): the reading
+    /// thread then wakes once for a payload (or a piece of it), not for every burst of
+    /// bytes, and reads it whole. Elsewhere (a header next, of any frame) the mark is
+    /// 1 again, set before this call returns, so that no read waits for bytes that may
+    /// not come.
+    fn tune_low_water<S: Source + ?Sized>(&mut self, reader: &mut S) {
+        let want = match self.state {
+            State::Payload { len, .. } if len >= LOW_WATER_FROM => {
+                (len - self.own.filled).clamp(1, LOW_WATER_MOST)
+            }
+            _ => 1,
+        };
+        if want != self.low_water && reader.set_low_water(want) {
+            self.low_water = want;
+        }
     }
 
     /// [`read_from`](Self::read_from) between frames, after a large frame (of
@@ -967,6 +1000,13 @@ pub(crate) trait Source: Read {
         }
         read_retrying(self, &mut buf[from..to])
     }
+
+    /// Asks that a read of this source blocked for want of bytes be woken only once
+    /// `bytes` bytes are there (a socket's receive low-water mark); true if the source
+    /// did (a socket on Linux and Android), false if it cannot. Every source that reads
+    /// a socket whose mark the decoder set must be able to (it resets the mark to 1
+    /// through whichever source reads when a payload ends).
+    fn set_low_water(&mut self, bytes: usize) -> bool;
 }
 
 /// A socket reads into the chunk's uninitialized capacity on Unix (elsewhere as any
@@ -975,6 +1015,16 @@ impl Source for &std::net::TcpStream {
     #[cfg(unix)]
     fn read_into(&mut self, buf: &mut BytesMut, from: usize, most: usize) -> io::Result<usize> {
         crate::sys::recv_into(self, buf, from, most, 0)
+    }
+
+    fn set_low_water(&mut self, bytes: usize) -> bool {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return crate::sys::set_recv_low_water(self, bytes).is_ok();
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = bytes;
+            false
+        }
     }
 }
 
@@ -987,7 +1037,11 @@ impl<R: Read + ?Sized> Read for Plain<'_, R> {
     }
 }
 
-impl<R: Read + ?Sized> Source for Plain<'_, R> {}
+impl<R: Read + ?Sized> Source for Plain<'_, R> {
+    fn set_low_water(&mut self, _bytes: usize) -> bool {
+        false
+    }
+}
 
 fn read_retrying<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     loop {
@@ -1460,6 +1514,86 @@ mod tests {
             self.data = &self.data[n..];
             Ok(n)
         }
+    }
+
+    /// A source that records the receive low-water marks asked of it.
+    struct Marks<'a> {
+        data: &'a [u8],
+        step: usize,
+        marks: Vec<usize>,
+    }
+
+    impl Read for Marks<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.step).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    impl Source for Marks<'_> {
+        fn set_low_water(&mut self, bytes: usize) -> bool {
+            self.marks.push(bytes);
+            true
+        }
+    }
+
+    /// Inside a payload of LOW_WATER_FROM bytes or more, the mark is the rest of the
+    /// payload (at most LOW_WATER_MOST), never more: no read waits for bytes of a frame
+    /// that may not come; everywhere else it is 1, set again as soon as the payload
+    /// ends, before the next header is read; smaller payloads set none.
+    #[test]
+    fn the_low_water_mark_never_exceeds_the_rest_of_the_payload() {
+        let mut input = Vec::new();
+        for len in [
+            LOW_WATER_FROM,
+            3 * LOW_WATER_MOST + 5,
+            LOW_WATER_FROM - 1,
+            10,
+        ] {
+            input.extend(frame(TYPE_BYTES, &vec![7u8; len]));
+            input.extend(frame(TYPE_TEXT, b"small"));
+        }
+        for step in [usize::MAX, 100_000, 4321] {
+            let mut reader = Marks {
+                data: &input,
+                step,
+                marks: Vec::new(),
+            };
+            let mut d = Decoder::new(16 << 20);
+            let mut out = Vec::new();
+            let mut raised = 0;
+            while d.fill_from(&mut reader, &mut out).unwrap() > 0 {
+                let want = match d.state {
+                    State::Payload { len, .. } if len >= LOW_WATER_FROM => {
+                        let rest = len - d.own.filled;
+                        assert!(d.low_water <= rest, "{} > {rest}", d.low_water);
+                        rest.min(LOW_WATER_MOST)
+                    }
+                    _ => 1,
+                };
+                assert_eq!(d.low_water, want, "reads of {step}");
+                raised += usize::from(want > 1);
+            }
+            assert_eq!(out.len(), 8);
+            assert!(raised > 0, "reads of {step}: no mark set");
+            assert_eq!(reader.marks.last(), Some(&1));
+            assert!(reader
+                .marks
+                .iter()
+                .all(|&m| (1..=LOW_WATER_MOST).contains(&m)));
+        }
+        // Small payloads only: no mark at all.
+        let small = frame(TYPE_BYTES, &vec![1u8; LOW_WATER_FROM - 1]);
+        let mut reader = Marks {
+            data: &small,
+            step: 1000,
+            marks: Vec::new(),
+        };
+        let mut d = Decoder::new(1 << 20);
+        while d.fill_from(&mut reader, &mut Vec::new()).unwrap() > 0 {}
+        assert!(reader.marks.is_empty(), "{:?}", reader.marks);
     }
 
     /// A socket's reads go into the receive chunks' uninitialized room (`Source` for
