@@ -670,6 +670,10 @@ impl<R: Source> Source for Limited<'_, R> {
     fn set_low_water(&mut self, bytes: usize) -> bool {
         self.0.set_low_water(bytes)
     }
+
+    fn waits(&self) -> bool {
+        self.0.waits()
+    }
 }
 
 /// Reads from the socket without blocking (`WouldBlock` when it holds nothing), though
@@ -692,6 +696,10 @@ impl Source for NoWait<'_> {
 
     fn set_low_water(&mut self, bytes: usize) -> bool {
         crate::sys::set_recv_low_water(self.0, bytes).is_ok()
+    }
+
+    fn waits(&self) -> bool {
+        false
     }
 }
 

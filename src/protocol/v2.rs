@@ -579,6 +579,10 @@ impl Decoder {
         reader: &mut S,
         out: &mut Vec<Frame>,
     ) -> io::Result<usize> {
+        if self.low_water > 1 && reader.waits() {
+            // A read that waits meets no mark (see `tune_low_water`).
+            self.tune_low_water(reader);
+        }
         let n = match self.state {
             State::Payload { len, .. } if len >= SHARE_THRESHOLD => {
                 let own = &mut self.own;
@@ -620,16 +624,19 @@ impl Decoder {
         Ok(n)
     }
 
-    /// Inside a payload of [`LOW_WATER_FROM`] bytes or more, asks `reader` to wake a
-    /// blocked read of it only once the rest of the payload is there (at most
-    /// [`LOW_WATER_MOST`] bytes): the reading
-    /// thread then wakes once for a payload (or a piece of it), not for every burst of
-    /// bytes, and reads it whole. Elsewhere (a header next, of any frame) the mark is
-    /// 1 again, set before this call returns, so that no read waits for bytes that may
-    /// not come.
+    /// Inside a payload of [`LOW_WATER_FROM`] bytes or more, read from a source that
+    /// does not wait (the reader's reads until the socket is empty, after which it waits
+    /// with a one-byte peek, which takes nothing), asks `reader` to wake a blocked read
+    /// only once the rest of the payload is there (at most [`LOW_WATER_MOST`] bytes):
+    /// the reading thread then wakes once for a payload (or a piece of it), not for
+    /// every burst of bytes, and reads it whole. Elsewhere (a header next, of any frame)
+    /// the mark is 1 again, set before this call returns, so that no wait is for bytes
+    /// that may not come; and before a read that waits (see [`Decoder::fill_from`]):
+    /// such a read may take part of the bytes it waits for and then sleep until the
+    /// socket holds as many as the mark, which the rest of the payload may never make.
     fn tune_low_water<S: Source + ?Sized>(&mut self, reader: &mut S) {
         let want = match self.state {
-            State::Payload { len, .. } if len >= LOW_WATER_FROM => {
+            State::Payload { len, .. } if len >= LOW_WATER_FROM && !reader.waits() => {
                 (len - self.own.filled).clamp(1, LOW_WATER_MOST)
             }
             _ => 1,
@@ -1007,6 +1014,13 @@ pub(crate) trait Source: Read {
     /// a socket whose mark the decoder set must be able to (it resets the mark to 1
     /// through whichever source reads when a payload ends).
     fn set_low_water(&mut self, bytes: usize) -> bool;
+
+    /// Whether a read of this source waits for bytes (a blocking `recv`), rather than
+    /// returning at once with what is there. The decoder sets a mark above 1 only for
+    /// sources that do not wait (see `Decoder::tune_low_water`).
+    fn waits(&self) -> bool {
+        true
+    }
 }
 
 /// A socket reads into the chunk's uninitialized capacity on Unix (elsewhere as any
@@ -1521,6 +1535,7 @@ mod tests {
         data: &'a [u8],
         step: usize,
         marks: Vec<usize>,
+        waits: bool,
     }
 
     impl Read for Marks<'_> {
@@ -1537,12 +1552,17 @@ mod tests {
             self.marks.push(bytes);
             true
         }
+
+        fn waits(&self) -> bool {
+            self.waits
+        }
     }
 
-    /// Inside a payload of LOW_WATER_FROM bytes or more, the mark is the rest of the
-    /// payload (at most LOW_WATER_MOST), never more: no read waits for bytes of a frame
-    /// that may not come; everywhere else it is 1, set again as soon as the payload
-    /// ends, before the next header is read; smaller payloads set none.
+    /// Inside a payload of LOW_WATER_FROM bytes or more read without waiting, the mark
+    /// is the rest of the payload (at most LOW_WATER_MOST), never more: no read waits
+    /// for bytes of a frame that may not come; everywhere else it is 1, set again as
+    /// soon as the payload ends, before the next header is read, and before any read
+    /// that waits; smaller payloads set none.
     #[test]
     fn the_low_water_mark_never_exceeds_the_rest_of_the_payload() {
         let mut input = Vec::new();
@@ -1560,19 +1580,31 @@ mod tests {
                 data: &input,
                 step,
                 marks: Vec::new(),
+                waits: false,
             };
             let mut d = Decoder::new(16 << 20);
             let mut out = Vec::new();
-            let mut raised = 0;
-            while d.fill_from(&mut reader, &mut out).unwrap() > 0 {
+            let (mut raised, mut reads) = (0, 0);
+            loop {
+                // Every fifth read waits: it reads with the mark at 1, and leaves it so.
+                reads += 1;
+                reader.waits = reads % 5 == 0;
+                let marks = reader.marks.len();
+                if d.fill_from(&mut reader, &mut out).unwrap() == 0 {
+                    break;
+                }
                 let want = match d.state {
-                    State::Payload { len, .. } if len >= LOW_WATER_FROM => {
+                    State::Payload { len, .. } if len >= LOW_WATER_FROM && !reader.waits => {
                         let rest = len - d.own.filled;
                         assert!(d.low_water <= rest, "{} > {rest}", d.low_water);
                         rest.min(LOW_WATER_MOST)
                     }
                     _ => 1,
                 };
+                if reader.waits {
+                    let set = &reader.marks[marks..];
+                    assert!(set.iter().all(|&m| m == 1), "reads of {step}: {set:?}");
+                }
                 assert_eq!(d.low_water, want, "reads of {step}");
                 raised += usize::from(want > 1);
             }
@@ -1590,6 +1622,7 @@ mod tests {
             data: &small,
             step: 1000,
             marks: Vec::new(),
+            waits: false,
         };
         let mut d = Decoder::new(1 << 20);
         while d.fill_from(&mut reader, &mut Vec::new()).unwrap() > 0 {}
