@@ -22,9 +22,12 @@
 //!   `Read` cannot do (it wants initialized bytes, so the room would be zero-filled
 //!   first).
 //!
-//! This is the only module of the crate with `unsafe` code (one foreign call, Windows
-//! only; one slice cast, Linux and Android only; the length of what a `recv` wrote,
-//! Unix only; the AVX2 byte sum, x86-64 only).
+//! - [`set_recv_low_water`] (Linux and Android): the socket option `SO_RCVLOWAT`, which
+//!   neither std nor socket2 sets.
+//!
+//! This is the only module of the crate with `unsafe` code (two foreign calls, one on
+//! Windows only, one on Linux and Android only; one slice cast, Linux and Android only;
+//! the length of what a `recv` wrote, Unix only; the AVX2 byte sum, x86-64 only).
 
 use std::io;
 use std::net::Shutdown;
@@ -111,6 +114,35 @@ pub(crate) fn recv_into(
     // and every byte below it is initialized.
     unsafe { buf.set_len(from + n) };
     Ok(n)
+}
+
+/// Sets the socket's receive low-water mark (`SO_RCVLOWAT`) to `bytes` (at least 1): a
+/// blocked read (or peek) of it is woken only once that many bytes are there, or its
+/// buffer is full, or the stream ends, is shut down or fails, or its timeout runs out
+/// (then it returns what is there). Linux caps the mark at half the largest receive
+/// buffer and grows the socket's receive buffer to hold it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+pub(crate) fn set_recv_low_water(socket: &std::net::TcpStream, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value: libc::c_int = bytes.clamp(1, libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: the descriptor is `socket`'s, open for the whole call (the borrow outlives
+    // it); setsockopt(2) reads `size_of::<c_int>()` bytes from the pointer, which points
+    // to `value`, a live `c_int` on the stack, and writes nothing through it.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Whether `e` is what a call freed by [`wake_blocked`] returns on Windows

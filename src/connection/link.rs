@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::outbox::{Outbox, Spare, SPARE_CAPACITY};
 use super::vocab::{Outgoing, Payload};
-use crate::protocol::{v1, Mode, WireBuf};
+use crate::protocol::{v1, v2, Mode, WireBuf};
 use crate::stats::Counters;
 
 /// The write half of the link and what goes with it. The writer thread holds the lock
@@ -146,6 +146,13 @@ impl Link {
                 self.wire.put_slice(header);
                 self.wire.put_ref(body);
             }
+            Payload::V2Late { code, body } => {
+                // The checksum now, just before the socket copies the payload (see
+                // `v2::sums_late`); a frame written again (after a broken link) is
+                // summed again.
+                self.wire.put_slice(&v2::header(*code, body));
+                self.wire.put_bytes(body.clone());
+            }
             Payload::Run(run) => {
                 if let Some(mode) = run.mode {
                     if mode != self.send_mode {
@@ -264,5 +271,37 @@ pub(crate) fn write_failed(link: &Link, e: &io::Error) -> String {
             format!("the peer read nothing for {t:?} (full-queue policy Disconnect): disconnected")
         }
         _ => format!("write failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame whose checksum is left to its writer is put on the wire as `v2::encode`
+    /// frames it, each time it is put (again after a broken link).
+    #[test]
+    fn a_late_summed_frame_gets_its_header_when_put() {
+        let body = Bytes::from(
+            (0..v2::LATE_SUM_FROM as u32)
+                .map(|i| (i * 13) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let mut expected = WireBuf::new();
+        v2::encode(&crate::Message::Bytes(body.clone()), &mut expected).unwrap();
+        let mut link = Link::new(Arc::new(Counters::new()), None);
+        let payload = Payload::V2Late {
+            code: v2::TYPE_BYTES,
+            body: body.clone(),
+        };
+        for _ in 0..2 {
+            link.put(&payload);
+            let parts = link.wire.take_parts();
+            assert_eq!(parts.concat(), expected.to_vec());
+            assert!(
+                parts.iter().any(|p| p.as_ptr() == body.as_ptr()),
+                "the payload is not copied"
+            );
+        }
     }
 }

@@ -1207,7 +1207,9 @@ mod tests {
                 Payload::V2 { body, .. } => body.as_ptr(),
                 // v1 sends bytes as base85: encoded once, shared by every copy.
                 Payload::V1 { parts, .. } => parts.iter().max_by_key(|b| b.len()).unwrap().as_ptr(),
-                Payload::Deferred { .. } | Payload::Run(_) => panic!("not encoded for one message"),
+                Payload::Deferred { .. } | Payload::V2Late { .. } | Payload::Run(_) => {
+                    panic!("not encoded for one message")
+                }
             };
             let first = payload_ptr(&prepared);
             if protocol == Protocol::V2 {

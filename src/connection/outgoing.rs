@@ -108,8 +108,15 @@ pub(crate) fn prepare_send(shared: &Shared, message: Message, mode: Mode) -> Res
                 max: shared.cfg.max_message_size,
             });
         }
-        let (header, body) = v2::encode_parts_owned(message)?;
-        return Ok(Payload::V2 { header, body });
+        let (code, body) = v2::payload_owned(message)?;
+        return Ok(if v2::sums_late(body.len()) {
+            Payload::V2Late { code, body }
+        } else {
+            Payload::V2 {
+                header: v2::header(code, &body),
+                body,
+            }
+        });
     }
     prepare(protocol, &shared.cfg, &message, mode)
 }

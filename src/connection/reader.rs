@@ -666,6 +666,14 @@ impl<R: Source> Source for Limited<'_, R> {
     fn read_into(&mut self, buf: &mut BytesMut, from: usize, most: usize) -> io::Result<usize> {
         self.0.read_into(buf, from, most.min(self.1))
     }
+
+    fn set_low_water(&mut self, bytes: usize) -> bool {
+        self.0.set_low_water(bytes)
+    }
+
+    fn waits(&self) -> bool {
+        self.0.waits()
+    }
 }
 
 /// Reads from the socket without blocking (`WouldBlock` when it holds nothing), though
@@ -684,6 +692,14 @@ impl Read for NoWait<'_> {
 impl Source for NoWait<'_> {
     fn read_into(&mut self, buf: &mut BytesMut, from: usize, most: usize) -> io::Result<usize> {
         crate::sys::recv_into(self.0, buf, from, most, libc::MSG_DONTWAIT)
+    }
+
+    fn set_low_water(&mut self, bytes: usize) -> bool {
+        crate::sys::set_recv_low_water(self.0, bytes).is_ok()
+    }
+
+    fn waits(&self) -> bool {
+        false
     }
 }
 

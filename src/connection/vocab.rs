@@ -39,6 +39,10 @@ pub(crate) enum Payload {
         header: [u8; v2::HEADER_LEN],
         body: Bytes,
     },
+    /// A whole v2 frame whose header (type code `code`) is made when it is written:
+    /// the checksum of a payload of the sizes `v2::sums_late` names is computed just
+    /// before the socket copies the payload (the message's own bytes), see `Link::put`.
+    V2Late { code: u8, body: Bytes },
     /// Server in auto mode before the peer's protocol is known: encoded later.
     Deferred { message: Message, mode: Mode },
     /// Small plain messages copied into the outgoing queue back to back (see `outbox`).
@@ -62,7 +66,7 @@ impl Payload {
     pub fn is_acked(&self) -> bool {
         match self {
             Payload::V1 { mode, .. } | Payload::Deferred { mode, .. } => mode.is_acked(),
-            Payload::V2 { .. } | Payload::Run(_) => false,
+            Payload::V2 { .. } | Payload::V2Late { .. } | Payload::Run(_) => false,
         }
     }
 }
@@ -72,7 +76,7 @@ impl Outgoing {
     pub fn payload_len(&self) -> usize {
         match &self.payload {
             Payload::V1 { parts, .. } => parts.iter().map(Bytes::len).sum(),
-            Payload::V2 { body, .. } => v2::HEADER_LEN + body.len(),
+            Payload::V2 { body, .. } | Payload::V2Late { body, .. } => v2::HEADER_LEN + body.len(),
             Payload::Deferred { message, .. } => message.len(),
             Payload::Run(run) => run.bytes.len(),
         }

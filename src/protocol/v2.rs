@@ -110,6 +110,13 @@ pub const MAX_READ: usize = 4 * 1024 * 1024;
 const PIECE: usize = 256 * 1024;
 /// See [`PIECE`].
 const PIECE_FROM: usize = 2 * 1024 * 1024;
+/// The decoder sets a receive low-water mark only inside payloads of this many bytes or
+/// more (see `Decoder::tune_low_water`): for smaller ones, the system calls that set it
+/// cost more than the wake-ups they save.
+const LOW_WATER_FROM: usize = 256 * 1024;
+/// The highest receive low-water mark the decoder sets on a socket (see
+/// `Decoder::tune_low_water`): the kernel holds twice as much for it.
+const LOW_WATER_MOST: usize = 1024 * 1024;
 /// The most bytes of payload buffers, given back by messages the program has let go of,
 /// that a decoder keeps to receive the next large payloads into (and a header each, see
 /// [`Decoder::read_from`]).
@@ -273,17 +280,40 @@ pub fn encode_parts(message: &Message) -> Result<([u8; HEADER_LEN], Bytes)> {
     Ok((header(code, &payload), payload))
 }
 
-/// [`encode_parts`] for a message its caller gives up (a send): a text or bytes payload
-/// is moved out of it, so that no new reference to its buffer is taken (and none
-/// dropped later). The same pieces and the same errors as [`encode_parts`].
-pub(crate) fn encode_parts_owned(message: Message) -> Result<([u8; HEADER_LEN], Bytes)> {
+/// The type code and payload of the frame for `message`, for a message its caller gives
+/// up (a send): a text or bytes payload is moved out of it, so that no new reference to
+/// its buffer is taken (and none dropped later). No header is made: the caller makes it
+/// with [`header`], now or just before the frame is written ([`sums_late`]). `header(code,
+/// &payload) ++ payload` is what [`encode_parts`] gives, with the same errors.
+pub(crate) fn payload_owned(message: Message) -> Result<(u8, Bytes)> {
     let (code, payload) = match message {
         Message::Text(text) => (TYPE_TEXT, text.into_bytes()),
         Message::Bytes(bytes) => (TYPE_BYTES, bytes),
-        other => return encode_parts(&other),
+        other => {
+            let (h, payload) = encode_parts(&other)?;
+            return Ok((h[5], payload));
+        }
     };
     check_payload_len(payload.len())?;
-    Ok((header(code, &payload), payload))
+    Ok((code, payload))
+}
+
+/// The smallest payload whose checksum a send leaves to the writer (see [`sums_late`]).
+pub(crate) const LATE_SUM_FROM: usize = 256 * 1024;
+/// The largest payload whose checksum a send leaves to the writer (see [`sums_late`]).
+pub(crate) const LATE_SUM_UNTIL: usize = PIECE_FROM;
+
+/// Whether a send leaves the checksum of a payload of `len` bytes to whoever writes the
+/// frame, to compute just before the socket copies the payload: the sum's reads then
+/// bring the payload into the writing processor's cache, and the copy finds it there
+/// (measured at 1 MiB: the sum costs what it cost at send time, the copy less, and the
+/// throughput rose by about a fifth). Only
+/// between [`LATE_SUM_FROM`] and [`LATE_SUM_UNTIL`] bytes: a smaller payload is likely
+/// still in the sending processor's cache, and a larger one no longer fits in the
+/// cache with the copy (at 16 MiB the late sum made the writer the slowest thread, and
+/// cost more than it saved).
+pub(crate) fn sums_late(len: usize) -> bool {
+    (LATE_SUM_FROM..=LATE_SUM_UNTIL).contains(&len)
 }
 
 /// Where the decoder is in the stream.
@@ -431,6 +461,9 @@ pub struct Decoder {
     expect: usize,
     /// Bytes of garbage thrown away in this call and not reported yet.
     garbage: usize,
+    /// The receive low-water mark this decoder last set on the socket it reads (1: the
+    /// socket's default), see [`Decoder::tune_low_water`].
+    low_water: usize,
 }
 
 impl fmt::Debug for Decoder {
@@ -458,6 +491,7 @@ impl Decoder {
             pool: Arc::default(),
             expect: 0,
             garbage: 0,
+            low_water: 1,
         }
     }
 
@@ -545,6 +579,10 @@ impl Decoder {
         reader: &mut S,
         out: &mut Vec<Frame>,
     ) -> io::Result<usize> {
+        if self.low_water > 1 && reader.waits() {
+            // A read that waits meets no mark (see `tune_low_water`).
+            self.tune_low_water(reader);
+        }
         let n = match self.state {
             State::Payload { len, .. } if len >= SHARE_THRESHOLD => {
                 let own = &mut self.own;
@@ -563,7 +601,9 @@ impl Decoder {
                 n
             }
             State::Header if self.expect > 0 && self.held() == 0 => {
-                return self.read_expected(reader, out);
+                let n = self.read_expected(reader, out)?;
+                self.tune_low_water(reader);
+                return Ok(n);
             }
             state => {
                 let most = match state {
@@ -580,7 +620,30 @@ impl Decoder {
         };
         self.process(out);
         self.report_garbage(out);
+        self.tune_low_water(reader);
         Ok(n)
+    }
+
+    /// Inside a payload of [`LOW_WATER_FROM`] bytes or more, read from a source that
+    /// does not wait (the reader's reads until the socket is empty, after which it waits
+    /// with a one-byte peek, which takes nothing), asks `reader` to wake a blocked read
+    /// only once the rest of the payload is there (at most [`LOW_WATER_MOST`] bytes):
+    /// the reading thread then wakes once for a payload (or a piece of it), not for
+    /// every burst of bytes, and reads it whole. Elsewhere (a header next, of any frame)
+    /// the mark is 1 again, set before this call returns, so that no wait is for bytes
+    /// that may not come; and before a read that waits (see [`Decoder::fill_from`]):
+    /// such a read may take part of the bytes it waits for and then sleep until the
+    /// socket holds as many as the mark, which the rest of the payload may never make.
+    fn tune_low_water<S: Source + ?Sized>(&mut self, reader: &mut S) {
+        let want = match self.state {
+            State::Payload { len, .. } if len >= LOW_WATER_FROM && !reader.waits() => {
+                (len - self.own.filled).clamp(1, LOW_WATER_MOST)
+            }
+            _ => 1,
+        };
+        if want != self.low_water && reader.set_low_water(want) {
+            self.low_water = want;
+        }
     }
 
     /// [`read_from`](Self::read_from) between frames, after a large frame (of
@@ -944,6 +1007,20 @@ pub(crate) trait Source: Read {
         }
         read_retrying(self, &mut buf[from..to])
     }
+
+    /// Asks that a read of this source blocked for want of bytes be woken only once
+    /// `bytes` bytes are there (a socket's receive low-water mark); true if the source
+    /// did (a socket on Linux and Android), false if it cannot. Every source that reads
+    /// a socket whose mark the decoder set must be able to (it resets the mark to 1
+    /// through whichever source reads when a payload ends).
+    fn set_low_water(&mut self, bytes: usize) -> bool;
+
+    /// Whether a read of this source waits for bytes (a blocking `recv`), rather than
+    /// returning at once with what is there. The decoder sets a mark above 1 only for
+    /// sources that do not wait (see `Decoder::tune_low_water`).
+    fn waits(&self) -> bool {
+        true
+    }
 }
 
 /// A socket reads into the chunk's uninitialized capacity on Unix (elsewhere as any
@@ -952,6 +1029,16 @@ impl Source for &std::net::TcpStream {
     #[cfg(unix)]
     fn read_into(&mut self, buf: &mut BytesMut, from: usize, most: usize) -> io::Result<usize> {
         crate::sys::recv_into(self, buf, from, most, 0)
+    }
+
+    fn set_low_water(&mut self, bytes: usize) -> bool {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return crate::sys::set_recv_low_water(self, bytes).is_ok();
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = bytes;
+            false
+        }
     }
 }
 
@@ -964,7 +1051,11 @@ impl<R: Read + ?Sized> Read for Plain<'_, R> {
     }
 }
 
-impl<R: Read + ?Sized> Source for Plain<'_, R> {}
+impl<R: Read + ?Sized> Source for Plain<'_, R> {
+    fn set_low_water(&mut self, _bytes: usize) -> bool {
+        false
+    }
+}
 
 fn read_retrying<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     loop {
@@ -1108,26 +1199,27 @@ mod tests {
     }
 
     #[test]
-    fn encode_parts_owned_moves_the_payload_and_is_encode_parts() {
+    fn payload_owned_is_encode_parts_without_the_header() {
         let blob = Bytes::from(vec![3u8; 5000]);
-        let (header, payload) = encode_parts_owned(Message::Bytes(blob.clone())).unwrap();
-        assert_eq!(payload.as_ptr(), blob.as_ptr(), "moved, not copied");
-        assert_eq!(
-            (header, payload),
-            encode_parts(&Message::Bytes(blob)).unwrap()
-        );
-        for m in [Message::from("µ"), Message::Int(7), Message::Float(0.5)] {
-            assert_eq!(
-                encode_parts_owned(m.clone()).unwrap(),
-                encode_parts(&m).unwrap(),
-                "{m:?}"
-            );
+        for m in [
+            Message::Bytes(blob.clone()),
+            Message::from("µ"),
+            Message::Int(7),
+            Message::Float(0.5),
+        ] {
+            let (code, payload) = payload_owned(m.clone()).unwrap();
+            let (h, p) = encode_parts(&m).unwrap();
+            assert_eq!((header(code, &payload), payload), (h, p), "{m:?}");
         }
+        let (_, payload) = payload_owned(Message::Bytes(blob.clone())).unwrap();
+        assert_eq!(payload.as_ptr(), blob.as_ptr(), "moved, not copied");
         let pickle = Message::Pickle(Bytes::from_static(b"\x80\x03N."));
         assert!(matches!(
-            encode_parts_owned(pickle),
+            payload_owned(pickle),
             Err(Error::Unsupported { .. })
         ));
+        assert!(!sums_late(LATE_SUM_FROM - 1) && sums_late(LATE_SUM_FROM));
+        assert!(sums_late(LATE_SUM_UNTIL) && !sums_late(LATE_SUM_UNTIL + 1));
     }
 
     #[test]
@@ -1436,6 +1528,105 @@ mod tests {
             self.data = &self.data[n..];
             Ok(n)
         }
+    }
+
+    /// A source that records the receive low-water marks asked of it.
+    struct Marks<'a> {
+        data: &'a [u8],
+        step: usize,
+        marks: Vec<usize>,
+        waits: bool,
+    }
+
+    impl Read for Marks<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.step).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    impl Source for Marks<'_> {
+        fn set_low_water(&mut self, bytes: usize) -> bool {
+            self.marks.push(bytes);
+            true
+        }
+
+        fn waits(&self) -> bool {
+            self.waits
+        }
+    }
+
+    /// Inside a payload of LOW_WATER_FROM bytes or more read without waiting, the mark
+    /// is the rest of the payload (at most LOW_WATER_MOST), never more: no read waits
+    /// for bytes of a frame that may not come; everywhere else it is 1, set again as
+    /// soon as the payload ends, before the next header is read, and before any read
+    /// that waits; smaller payloads set none.
+    #[test]
+    fn the_low_water_mark_never_exceeds_the_rest_of_the_payload() {
+        let mut input = Vec::new();
+        for len in [
+            LOW_WATER_FROM,
+            3 * LOW_WATER_MOST + 5,
+            LOW_WATER_FROM - 1,
+            10,
+        ] {
+            input.extend(frame(TYPE_BYTES, &vec![7u8; len]));
+            input.extend(frame(TYPE_TEXT, b"small"));
+        }
+        for step in [usize::MAX, 100_000, 4321] {
+            let mut reader = Marks {
+                data: &input,
+                step,
+                marks: Vec::new(),
+                waits: false,
+            };
+            let mut d = Decoder::new(16 << 20);
+            let mut out = Vec::new();
+            let (mut raised, mut reads) = (0, 0);
+            loop {
+                // Every fifth read waits: it reads with the mark at 1, and leaves it so.
+                reads += 1;
+                reader.waits = reads % 5 == 0;
+                let marks = reader.marks.len();
+                if d.fill_from(&mut reader, &mut out).unwrap() == 0 {
+                    break;
+                }
+                let want = match d.state {
+                    State::Payload { len, .. } if len >= LOW_WATER_FROM && !reader.waits => {
+                        let rest = len - d.own.filled;
+                        assert!(d.low_water <= rest, "{} > {rest}", d.low_water);
+                        rest.min(LOW_WATER_MOST)
+                    }
+                    _ => 1,
+                };
+                if reader.waits {
+                    let set = &reader.marks[marks..];
+                    assert!(set.iter().all(|&m| m == 1), "reads of {step}: {set:?}");
+                }
+                assert_eq!(d.low_water, want, "reads of {step}");
+                raised += usize::from(want > 1);
+            }
+            assert_eq!(out.len(), 8);
+            assert!(raised > 0, "reads of {step}: no mark set");
+            assert_eq!(reader.marks.last(), Some(&1));
+            assert!(reader
+                .marks
+                .iter()
+                .all(|&m| (1..=LOW_WATER_MOST).contains(&m)));
+        }
+        // Small payloads only: no mark at all.
+        let small = frame(TYPE_BYTES, &vec![1u8; LOW_WATER_FROM - 1]);
+        let mut reader = Marks {
+            data: &small,
+            step: 1000,
+            marks: Vec::new(),
+            waits: false,
+        };
+        let mut d = Decoder::new(1 << 20);
+        while d.fill_from(&mut reader, &mut Vec::new()).unwrap() > 0 {}
+        assert!(reader.marks.is_empty(), "{:?}", reader.marks);
     }
 
     /// A socket's reads go into the receive chunks' uninitialized room (`Source` for
