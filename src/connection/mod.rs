@@ -116,7 +116,7 @@
 //!    acknowledged send waiting for its answer does the same if the role is free. A
 //!    caller that keeps up keeps the role through a stream of small messages (the
 //!    reader thread, asleep, takes it back once the program falls behind by
-//!    `inbox::LINGER`, or for a stream of large messages, read in parallel); what a
+//!    `inbox::LINGER`, or for a stream of large or tiny messages, read in parallel); what a
 //!    caller's read brings beyond the queue's bounds waits in the read side, delivered
 //!    first by whoever reads next.
 //! 5. The program takes the message (`get_data` and friends, `recv_any`):
