@@ -194,6 +194,52 @@ fn a_stream_into_bounded_queues_loses_nothing() {
     }
 }
 
+/// A burst of far more than the incoming queue's count bound lets in, read while a
+/// caller waits in `get_data`: the rest waits in the connection, within the bound, and
+/// comes in order, also to a program that no longer calls `get_data` (`Select` and
+/// `try_get_data` read nothing themselves: the reader thread must deliver whatever a
+/// caller's read brought and could not put in the queue).
+#[test]
+fn what_a_caller_read_beyond_the_bound_comes_in_order_to_any_taker() {
+    const N: u64 = 200;
+    const BOUND: usize = 4;
+    let s = server(
+        Server::builder()
+            .protocol(Protocol::V2)
+            .incoming_capacity(BOUND),
+    );
+    let raw = TcpStream::connect(s.local_addr()).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    // A first frame, so that the link's reads are shared.
+    write_v2(&raw, "x");
+    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("x"));
+    let waiting = {
+        let peer = peer.clone();
+        spawn_waiting(move || peer.get_data_timeout(T))
+    };
+    // All at once, for the waiting caller's read (about 3.6 KB).
+    let mut wire = serpy::protocol::WireBuf::new();
+    for i in 0..N {
+        serpy::protocol::v2::encode(&Message::from(i.to_string()), &mut wire).unwrap();
+    }
+    (&raw).write_all(&wire.to_vec()).unwrap();
+    assert_eq!(n_of(&waiting.join().unwrap().unwrap()), 0);
+    let mut sel = serpy::Select::new();
+    sel.messages(&peer);
+    let mut next = 1;
+    while next < N {
+        assert!(
+            sel.ready_timeout(T).is_some(),
+            "message {next} of {N} never came"
+        );
+        while let Some(m) = peer.try_get_data().unwrap() {
+            assert_eq!(n_of(&m), next);
+            next += 1;
+            assert!(peer.stats().queued_in <= BOUND, "the count bound holds");
+        }
+    }
+}
+
 /// Timeouts: one that runs out, a shorter and a longer one after it, then a wait without
 /// a timeout that a message ends (a receive timeout left on the socket must not end it).
 #[test]

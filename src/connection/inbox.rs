@@ -104,6 +104,11 @@ struct RoleSlot {
     offered: bool,
     /// The reader thread waits on `Inbox::back`, to be woken when the side comes back.
     reader_waits: bool,
+    /// The reader thread is in [`Inbox::reader_take_side`] (it leaves only with the
+    /// read side): it delivers what a caller left undelivered as soon as it takes the
+    /// side (see `direct.rs`), whereas a reader thread waiting for bytes in the socket
+    /// would not see it until bytes come.
+    reader_taking: bool,
     /// When a caller last gave the read side back, if one did since the reader thread
     /// last took it.
     caller_left: Option<Instant>,
@@ -290,44 +295,17 @@ impl Inbox {
         (n, acked)
     }
 
-    /// Moves every message of `items` into the queue, in order, beyond its bounds if
-    /// need be; returns how many went and how many came in an acknowledged mode. For a
-    /// caller that reads the socket itself (`direct.rs`), which must not wait for room
-    /// that only its own takes would make: its reads are sized so that what they decode
-    /// fits ([`room`](Self::room)), and this keeps a message from being lost should more
-    /// come all the same.
-    pub fn push_all<I: Iterator<Item = Incoming>>(&self, items: &mut Peekable<I>) -> (usize, u64) {
-        let (mut n, mut acked) = self.push_some(items);
-        if items.peek().is_some() {
-            let mut s = lock(&self.state);
-            self.set_needs(&mut s, None);
-            for item in items {
-                acked += u64::from(item.1.is_some_and(|m| m.is_acked()));
-                s.bytes += charge(item.0.len());
-                s.count += 1;
-                s.queue.push_back(item);
-                n += 1;
-            }
-            if !s.armed {
-                if let Some(tx) = &s.ready_tx {
-                    let _ = tx.try_send(());
-                    s.armed = true;
-                }
-            }
-            drop(s);
-            self.data.notify_all();
-        }
-        (n, acked)
-    }
-
     /// The room left now: how many more messages the count bound lets in, and how many
-    /// more bytes (as charged) the byte budget does. What fits in both goes in at once.
+    /// more bytes (as charged) the byte budget does; and whether the reader thread waits
+    /// for the read side (it then stays in [`reader_take_side`](Self::reader_take_side)
+    /// until it gets it).
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    pub fn room(&self) -> (usize, usize) {
+    pub fn room(&self) -> (usize, usize, bool) {
         let s = lock(&self.state);
         (
             self.capacity.saturating_sub(s.count),
             self.limit.saturating_sub(s.bytes),
+            s.role.reader_taking,
         )
     }
 
@@ -680,6 +658,7 @@ impl Inbox {
     /// never waits).
     pub fn reader_take_side(&self) -> Box<ReadSide> {
         let mut s = lock(&self.state);
+        s.role.reader_taking = true;
         loop {
             let r = &mut s.role;
             let over = r.side.as_ref().is_some_and(|side| side.seen.is_some());
@@ -693,6 +672,7 @@ impl Inbox {
                 r.offered = false;
                 r.caller_left = None;
                 if let Some(side) = r.side.take() {
+                    r.reader_taking = false;
                     return side;
                 }
             }

@@ -113,7 +113,12 @@
 //!    or for the read role, whichever comes first (`Inbox::take_or_side`); with the
 //!    role it reads the socket itself and runs steps 1 to 3 in its own thread
 //!    (`direct.rs`), which saves the reader thread's wake-up and the hand-over; an
-//!    acknowledged send waiting for its answer does the same if the role is free.
+//!    acknowledged send waiting for its answer does the same if the role is free. A
+//!    caller that keeps up keeps the role through a stream of small messages (the
+//!    reader thread, asleep, takes it back once the program falls behind by
+//!    `inbox::LINGER`, or for a stream of large or tiny messages, read in parallel); what a
+//!    caller's read brings beyond the queue's bounds waits in the read side, delivered
+//!    first by whoever reads next.
 //! 5. The program takes the message (`get_data` and friends, `recv_any`):
 //!    `Inbox::take_now` takes it from the takers' own front of the queue (refilled with
 //!    everything the readers pushed, in one holding of the queue's lock, when it runs

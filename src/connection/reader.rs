@@ -72,7 +72,11 @@ pub(crate) struct ReadSide {
     pub unproven: bool,
     /// The link's decoder (v1 until an auto server has detected the protocol).
     pub decoder: Decoder,
-    /// What the last read decoded, until delivered.
+    /// What the last read decoded, until delivered. After a caller's read (which never
+    /// waits for room, see `direct.rs`), what did not fit in the incoming queue: at
+    /// most what one read decodes, as the reader thread holds while it waits for room,
+    /// and delivered before anything is read again, by whichever thread holds the read
+    /// side next.
     pub frames: Vec<Frame>,
     /// The buffer of v1 reads (v2 reads straight into the decoder's).
     pub buf: Vec<u8>,
@@ -86,13 +90,14 @@ pub(crate) struct ReadSide {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub timeout: Option<Duration>,
     /// (Linux and Android) The bytes the caller holding the read side read since it took
-    /// it (see `direct::take`: a caller that read none, or a stream's worth, gives it
-    /// back without the linger).
+    /// it (see `direct::take`: a caller that read none, or a stream of large messages,
+    /// gives it back without the linger).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub caller_read: usize,
-    /// (Linux and Android) The caller's last read filled all it could take.
+    /// (Linux and Android) The frames the caller's reads decoded since it took the read
+    /// side (with `caller_read`, the size of the messages it reads: see `direct.rs`).
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    pub caller_full: bool,
+    pub caller_frames: usize,
 }
 
 /// How a caller's read met the end of its link.
@@ -338,7 +343,7 @@ impl ReadSide {
             #[cfg(any(target_os = "linux", target_os = "android"))]
             caller_read: 0,
             #[cfg(any(target_os = "linux", target_os = "android"))]
-            caller_full: false,
+            caller_frames: 0,
         }
     }
 
@@ -379,9 +384,10 @@ impl ReadSide {
         }
     }
 
-    /// The reader thread's turn with the read side (shared reads): reports what a caller
-    /// met or what the last wait for bytes met, else reads and delivers until the socket
-    /// is empty. `Some` when the link's reading is over.
+    /// The reader thread's turn with the read side (shared reads): delivers what a
+    /// caller left undelivered (waiting for room), reports what a caller met or what the
+    /// last wait for bytes met, else reads and delivers until the socket is empty.
+    /// `Some` when the link's reading is over.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn reader_turn(
         &mut self,
@@ -389,6 +395,10 @@ impl ReadSide {
         met: Option<io::Error>,
         timed_out: &mut bool,
     ) -> Option<Result<(), ReadEnd>> {
+        // What a caller read and could not deliver (no room) came before anything else.
+        if let Err(end) = self.deliver(shared, true) {
+            return Some(Err(end));
+        }
         if let Some(e) = met {
             // The error came before anything a caller may have met after it.
             return Some(self.ended(shared, Err(ReadEnd::Io(e))));
@@ -487,7 +497,8 @@ impl ReadSide {
 
     /// Hands what the decoder found (`frames`) to the program, the ack queue, and the
     /// replies. `may_wait`: the reader thread, which waits for room in the incoming
-    /// queue; a caller never does (see [`queue`](Self::queue)).
+    /// queue; a caller never does: from the first message that does not fit, what is
+    /// left stays in `frames`, in order (see [`queue`](Self::queue)).
     pub fn deliver(&mut self, shared: &Shared, may_wait: bool) -> Result<(), ReadEnd> {
         if self.frames.is_empty() {
             return Ok(());
@@ -502,9 +513,11 @@ impl ReadSide {
         }
         let mut taken = std::mem::take(&mut self.frames);
         let r = self.deliver_frames(shared, &mut taken, may_wait);
-        // The vector is kept for the next read (what it holds was delivered, or the
-        // link ends).
-        taken.clear();
+        // The vector is kept for the next read: it holds what a caller could not
+        // deliver yet, or nothing (all was delivered, or the link ends).
+        if r.is_err() {
+            taken.clear();
+        }
         self.frames = taken;
         r
     }
@@ -512,38 +525,50 @@ impl ReadSide {
     fn deliver_frames(
         &mut self,
         shared: &Shared,
-        frames: &mut Vec<Frame>,
+        all: &mut Vec<Frame>,
         may_wait: bool,
     ) -> Result<(), ReadEnd> {
-        let mut frames = frames.drain(..).peekable();
-        while let Some(frame) = frames.next() {
-            match frame {
-                Frame::Data { message, mode } => {
-                    // This message and the data right after it go in at once.
-                    let first = std::iter::once((message, mode));
-                    let rest = std::iter::from_fn(|| {
-                        match frames.next_if(|f| matches!(f, Frame::Data { .. })) {
-                            Some(Frame::Data { message, mode }) => Some((message, mode)),
-                            _ => None,
+        // What a caller could not deliver (no room), from the first message that did
+        // not fit.
+        let mut left = Vec::new();
+        {
+            let mut frames = all.drain(..).peekable();
+            while let Some(frame) = frames.next() {
+                match frame {
+                    Frame::Data { message, mode } => {
+                        // This message and the data right after it go in at once.
+                        let first = std::iter::once((message, mode));
+                        let rest = std::iter::from_fn(|| {
+                            match frames.next_if(|f| matches!(f, Frame::Data { .. })) {
+                                Some(Frame::Data { message, mode }) => Some((message, mode)),
+                                _ => None,
+                            }
+                        });
+                        let mut items = first.chain(rest).peekable();
+                        self.queue(shared, &mut items, may_wait)?;
+                        if items.peek().is_some() {
+                            left.extend(items.map(|(message, mode)| Frame::Data { message, mode }));
+                            left.extend(frames);
+                            break;
                         }
-                    });
-                    self.queue(shared, &mut first.chain(rest).peekable(), may_wait)?;
-                }
-                Frame::SetMode(mode) => {
-                    self.recv_mode = mode;
-                    self.reply(shared, |r| r.ack_mode_change += 1)
-                }
-                Frame::AckModeChange => {}
-                Frame::AckEot => self.acknowledged(shared),
-                Frame::Error(e) => {
-                    let unackable = self.unackable(&e);
-                    self.protocol_error(shared, e);
-                    if let Some(reason) = unackable {
-                        return Err(ReadEnd::Broken(reason));
+                    }
+                    Frame::SetMode(mode) => {
+                        self.recv_mode = mode;
+                        self.reply(shared, |r| r.ack_mode_change += 1)
+                    }
+                    Frame::AckModeChange => {}
+                    Frame::AckEot => self.acknowledged(shared),
+                    Frame::Error(e) => {
+                        let unackable = self.unackable(&e);
+                        self.protocol_error(shared, e);
+                        if let Some(reason) = unackable {
+                            return Err(ReadEnd::Broken(reason));
+                        }
                     }
                 }
             }
         }
+        all.append(&mut left);
         Ok(())
     }
 
@@ -574,9 +599,10 @@ impl ReadSide {
     /// Puts received messages in the incoming queue, in order, within its bounds: as
     /// many as fit in one go, then (if some are left) waits for room and goes on. An
     /// ACKEOT is owed for each acknowledged one once it is in the queue. A caller
-    /// (`may_wait` false) must not wait for room that only its own takes would make: its
-    /// reads are sized so that what they decode fits (`direct::read_cap`), and should
-    /// more come all the same, it goes in beyond the bounds rather than be lost.
+    /// (`may_wait` false) must not wait for room that only its own takes would make: it
+    /// puts in what fits and returns, what is left still in `items` (the reader is then
+    /// marked as waiting for room, `Inbox::reader_waiting`: the link is held back until
+    /// the program reads).
     fn queue<I: Iterator<Item = Incoming>>(
         &self,
         shared: &Shared,
@@ -585,11 +611,7 @@ impl ReadSide {
     ) -> Result<(), ReadEnd> {
         let inbox = &shared.inbox;
         loop {
-            let (n, acked) = if may_wait {
-                inbox.push_some(items)
-            } else {
-                inbox.push_all(items)
-            };
+            let (n, acked) = inbox.push_some(items);
             if n > 0 {
                 shared.stats.received_many(n);
                 shared.notify();
@@ -597,7 +619,7 @@ impl ReadSide {
             if acked > 0 {
                 self.reply(shared, |r| r.ack_eot += acked);
             }
-            if items.peek().is_none() {
+            if items.peek().is_none() || !may_wait {
                 return Ok(());
             }
             if !inbox.wait_for_room(&shared.shutdown_rx) {
