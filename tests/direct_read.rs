@@ -66,6 +66,16 @@ fn write_v2(stream: &TcpStream, text: &str) {
     stream.write_all(&wire.to_vec()).unwrap();
 }
 
+/// A raw socket connected to `s` and the server's connection for it, with a first
+/// frame through, so that the link's reads are shared.
+fn raw_peer(s: &Server) -> (TcpStream, Connection) {
+    let raw = TcpStream::connect(s.local_addr()).unwrap();
+    let peer = s.get_connection_timeout(T).unwrap();
+    write_v2(&raw, "x");
+    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("x"));
+    (raw, peer)
+}
+
 fn v2_pair() -> (Server, Connection, Connection) {
     let s = server(Server::builder().protocol(Protocol::V2));
     let (c, p) = pair(&s, Connection::builder().protocol(Protocol::V2));
@@ -208,11 +218,7 @@ fn what_a_caller_read_beyond_the_bound_comes_in_order_to_any_taker() {
             .protocol(Protocol::V2)
             .incoming_capacity(BOUND),
     );
-    let raw = TcpStream::connect(s.local_addr()).unwrap();
-    let peer = s.get_connection_timeout(T).unwrap();
-    // A first frame, so that the link's reads are shared.
-    write_v2(&raw, "x");
-    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("x"));
+    let (raw, peer) = raw_peer(&s);
     let waiting = {
         let peer = peer.clone();
         spawn_waiting(move || peer.get_data_timeout(T))
@@ -370,11 +376,7 @@ fn close_ends_a_caller_waiting_for_data() {
 #[test]
 fn a_reset_met_by_a_waiting_caller_is_reported_as_the_reader_would() {
     let s = server(Server::builder().protocol(Protocol::V2));
-    let raw = TcpStream::connect(s.local_addr()).unwrap();
-    let peer = s.get_connection_timeout(T).unwrap();
-    // A first frame, so that the link's reads are shared.
-    write_v2(&raw, "x");
-    assert_eq!(peer.get_data_timeout(T).unwrap().as_str(), Some("x"));
+    let (raw, peer) = raw_peer(&s);
     let waiting = {
         let peer = peer.clone();
         spawn_waiting(move || peer.get_data())
