@@ -155,8 +155,14 @@ fn keep_latest_holds_its_bound_for_small_sends_behind_a_large_message() {
             got.push(String::from_utf8(frame).unwrap());
         }
     }
-    // At most 4 wait in the queue; a few may have left it with the large message.
-    assert!(got.len() < 50, "{} of 100 kept: {got:?}", got.len());
+    // While the writer writes the large message (8 MiB, more than the socket's buffers
+    // hold before this end reads), at most 4 wait in the queue; a few may have left it
+    // with the large message. Where the large message was dropped as the oldest, the
+    // writer is free and may take small ones as they come (on a loaded machine, most
+    // of them): then only the order, the last four and the count are checked.
+    if head {
+        assert!(got.len() < 50, "{} of 100 kept: {got:?}", got.len());
+    }
     assert_eq!(&got[got.len() - 4..], ["m96", "m97", "m98", "m99"]);
     let order: Vec<usize> = got.iter().map(|m| m[1..].parse().unwrap()).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
