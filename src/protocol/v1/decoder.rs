@@ -151,9 +151,9 @@ pub struct Decoder {
     raw_hint: usize,
     /// Small base85 payloads are decoded into this chunk and cut out of it (see [`cut`]).
     pub(super) chunk: BytesMut,
-    /// [`Decoder::read_from`] reads into this receive chunk's room (empty between calls:
-    /// what a read brought is split off and decoded), and small raw payloads whole in a
-    /// read are cut out of it.
+    /// [`Decoder::read_from`] reads into this receive chunk's room (what a read brought
+    /// is split off and decoded; what it holds between calls is room, maybe
+    /// initialized), and small raw payloads whole in a read are cut out of it.
     rx: BytesMut,
     /// The size of the next receive chunk: [`FIRST_RX`] until a read fills one, then
     /// [`CHUNK`].
@@ -242,17 +242,21 @@ impl Decoder {
     ) -> io::Result<usize> {
         // A new chunk (or the same, once every message cut from it is gone) when less
         // than a quarter of one is left.
-        if self.rx.capacity() < self.rx_size / 4 && !self.rx.try_reclaim(self.rx_size) {
-            self.rx = BytesMut::with_capacity(self.rx_size);
+        if self.rx.capacity() < self.rx_size / 4 {
+            self.rx.clear();
+            if !self.rx.try_reclaim(self.rx_size) {
+                self.rx = BytesMut::with_capacity(self.rx_size);
+            }
         }
         let room = self.rx.capacity();
         let n = reader.read_into(&mut self.rx, 0, most.max(1))?;
-        self.rx.truncate(n);
         if n == room {
             self.rx_size = CHUNK;
         }
         if n > 0 {
-            let data = self.rx.split().freeze();
+            // What follows the bytes read (room a reader that cannot read into
+            // uninitialized memory has zero-filled) stays, for the next read.
+            let data = self.rx.split_to(n).freeze();
             self.decode_in(&data, Some(&data), out);
         }
         Ok(n)
