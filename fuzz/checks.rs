@@ -11,7 +11,8 @@
 //! For every input: nothing panics; between calls a decoder holds no more than its bound
 //! ([`serpy::protocol::v1::Decoder::limit`], or `max(max_message_size, HEADER_LEN)` for
 //! v2); no message above the maximum size comes out; decoding the stream in one chunk or
-//! cut into pieces gives the same frames; and what the encoders write decodes back to the
+//! cut into pieces gives the same frames, and so does reading it (`read_from`, which
+//! cuts small payloads out of the decoder's receive chunk); and what the encoders write decodes back to the
 //! message it came from.
 //!
 //! The `pickle_decoder` target ([`check_pickle`]): byte 0 picks the decoder's limits, the
@@ -248,7 +249,22 @@ pub fn check_v1(data: &[u8]) {
     let Some((max, seed, stream)) = split_input(data) else {
         return;
     };
-    whole_and_split(Protocol::V1, max, seed, stream);
+    let frames = whole_and_split(Protocol::V1, max, seed, stream);
+
+    // read_from (small raw messages cut out of the decoder's receive chunk) gives the same.
+    let mut d = v1::Decoder::new(max);
+    let mut reader = Pieces {
+        pieces: chunks(stream, seed.wrapping_add(1)),
+        at: 0,
+    };
+    let mut got = Vec::new();
+    while d.read_from(&mut reader, &mut got).unwrap() > 0 {
+        assert!(d.buffered() <= d.limit());
+    }
+    assert!(
+        same_frames(&got, &frames),
+        "read_from and decode disagree:\n{got:?}\n{frames:?}"
+    );
 
     // Round trip: the stream as a message, in the mode the seed picks.
     let mode = Mode::ALL[usize::from(seed % 6)];

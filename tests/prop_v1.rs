@@ -101,6 +101,39 @@ fn feed_chunked(d: &mut Decoder, input: &[u8], sizes: &[usize]) -> Vec<Frame> {
     out
 }
 
+/// Reads `input` with [`Decoder::read_from`] from a reader that gives at most the next
+/// of `sizes` bytes a read (cycling; all of it at once without sizes).
+fn read_chunked(d: &mut Decoder, input: &[u8], sizes: &[usize]) -> Vec<Frame> {
+    struct Pieces<'a> {
+        rest: &'a [u8],
+        sizes: &'a [usize],
+        k: usize,
+    }
+    impl std::io::Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let most = match self.sizes {
+                [] => usize::MAX,
+                s => s[self.k % s.len()].max(1),
+            };
+            self.k += 1;
+            let n = self.rest.len().min(buf.len()).min(most);
+            buf[..n].copy_from_slice(&self.rest[..n]);
+            self.rest = &self.rest[n..];
+            Ok(n)
+        }
+    }
+    let mut reader = Pieces {
+        rest: input,
+        sizes,
+        k: 0,
+    };
+    let mut out = Vec::new();
+    while d.read_from(&mut reader, &mut out).unwrap() > 0 {
+        assert!(d.buffered() <= d.limit());
+    }
+    out
+}
+
 /// Input that exercises the decoder: separators, EOTs, control blocks (good and bad),
 /// base85 text, long runs and arbitrary bytes.
 fn noisy_input() -> impl Strategy<Value = Vec<u8>> {
@@ -314,6 +347,10 @@ proptest! {
         prop_assert_eq!(decoder.buffered(), 0);
         let mut decoder = Decoder::new(1 << 16);
         prop_assert_eq!(&feed_chunked(&mut decoder, &bytes, &[]), &want);
+        // Read into the decoder's receive chunk (small raw messages cut out of it).
+        let mut decoder = Decoder::new(1 << 16);
+        prop_assert_eq!(&read_chunked(&mut decoder, &bytes, &sizes), &want);
+        prop_assert_eq!(decoder.buffered(), 0);
     }
 
     #[test]
@@ -329,6 +366,10 @@ proptest! {
         prop_assert_eq!(&frames, &reference);
         prop_assert_eq!(chunked.buffered(), whole.buffered());
         prop_assert_eq!(chunked.mode(), whole.mode());
+        let mut read = Decoder::new(64);
+        prop_assert_eq!(&read_chunked(&mut read, &input, &sizes), &reference);
+        prop_assert_eq!(read.buffered(), whole.buffered());
+        prop_assert_eq!(read.mode(), whole.mode());
         for f in &frames {
             if let Frame::Data { message, .. } = f {
                 prop_assert!(message.len() <= 64);

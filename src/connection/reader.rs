@@ -78,7 +78,8 @@ pub(crate) struct ReadSide {
     /// and delivered before anything is read again, by whichever thread holds the read
     /// side next.
     pub frames: Vec<Frame>,
-    /// The buffer of v1 reads (v2 reads straight into the decoder's).
+    /// The buffer of the reads that detect the protocol and check the first bytes
+    /// (freed after them: then both decoders read into buffers of their own).
     pub buf: Vec<u8>,
     /// (Linux and Android) The end of the link as a caller reading it met it (the end of the peer's data,
     /// a failed read, a message that ends the link), for the reader thread to report
@@ -166,6 +167,10 @@ impl Reader {
         side.deliver(shared, true)?;
         side.arm_timer(shared);
         loop {
+            if sniffer.is_done() && !side.buf.is_empty() {
+                // From now on reads go into the decoder's own buffers.
+                side.buf = Vec::new();
+            }
             if sniffer.is_done() && side.first_by.is_none() && shared_reads(shared) {
                 return self.read_shared();
             }
@@ -180,11 +185,18 @@ impl Reader {
                 Decoder::V2(d) if sniffer.is_done() => {
                     d.fill_from(&mut &*side.stream, &mut side.frames)
                 }
+                // v1 into the decoder's receive chunk: small messages are cut out of it.
+                Decoder::V1(d) if sniffer.is_done() => {
+                    d.fill_from(&mut &*side.stream, usize::MAX, &mut side.frames)
+                }
                 d => {
                     let (buf, frames) = (&mut side.buf, &mut side.frames);
                     (&*side.stream).read(buf).inspect(|&n| {
                         if n > 0 {
                             sniffer.check(&buf[..n], |bytes| d.decode(bytes, frames));
+                        }
+                        if n == buf.len() && n < READ_CHUNK {
+                            buf.resize(READ_CHUNK, 0);
                         }
                     })
                 }
@@ -347,13 +359,9 @@ impl ReadSide {
         }
     }
 
-    /// Accounts for a read of `n` bytes (not zero): the statistics, and a v1 buffer that
-    /// the read filled grows to its full size.
+    /// Accounts for a read of `n` bytes (not zero) in the statistics.
     pub fn got(&mut self, shared: &Shared, n: usize) {
         shared.stats.read(n);
-        if n == self.buf.len() && n < READ_CHUNK {
-            self.buf.resize(READ_CHUNK, 0);
-        }
     }
 
     /// Reads what the socket holds without blocking (at most one buffer) and decodes it
@@ -370,17 +378,7 @@ impl ReadSide {
     pub fn read_with(&mut self, reader: &mut impl Source, most: usize) -> io::Result<usize> {
         match &mut self.decoder {
             Decoder::V2(d) => d.fill_from(&mut Limited(reader, most), &mut self.frames),
-            d => {
-                let to = self.buf.len().min(most);
-                let n = loop {
-                    match reader.read(&mut self.buf[..to]) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        r => break r?,
-                    }
-                };
-                d.decode(&self.buf[..n], &mut self.frames);
-                Ok(n)
-            }
+            Decoder::V1(d) => d.fill_from(reader, most, &mut self.frames),
         }
     }
 

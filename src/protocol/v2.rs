@@ -1043,7 +1043,7 @@ impl Source for &std::net::TcpStream {
 }
 
 /// Any reader, as a [`Source`] that reads into initialized room.
-struct Plain<'a, R: ?Sized>(&'a mut R);
+pub(crate) struct Plain<'a, R: ?Sized>(pub(crate) &'a mut R);
 
 impl<R: Read + ?Sized> Read for Plain<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -2,7 +2,10 @@
 //! the chunk sizes, and turns them into frames (control blocks, messages in the current
 //! mode, base85 decoded as it comes). Pure: bytes in, frames out.
 
+use std::io::{self, Read};
+
 use super::*;
+use crate::protocol::v2::{Plain, Source};
 
 /// Index of the first `needle` in `hay`: blocks of 64 bytes tested at once (the test
 /// compiles to wide compares, 16 bytes an instruction on baseline x86-64), and the block
@@ -100,8 +103,12 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// into chunks of 64 KiB and cut out of them: one allocation per chunk, not one per
 /// message. Such a message keeps its chunk alive while it lives (at most 64 KiB more
 /// than itself; the messages decoded with it share it); once every message cut from a
-/// chunk is gone, the decoder reuses it. A program that keeps a few small messages for
-/// long and drops the rest can copy them (`Bytes::copy_from_slice`).
+/// chunk is gone, the decoder reuses it. The same holds for small raw messages (modes 0
+/// and 1, below 16 KiB) read with [`read_from`](Decoder::read_from): a read goes into a
+/// receive chunk of the decoder's (4 KiB until a read fills one, then 64 KiB), and a
+/// message whose block is whole in it is cut out of it, without a copy (one that spans
+/// reads is copied out of the decoder's buffer). A program that keeps a few small
+/// messages for long and drops the rest can copy them (`Bytes::copy_from_slice`).
 ///
 /// ```
 /// use serpy::protocol::v1::Decoder;
@@ -144,7 +151,18 @@ pub struct Decoder {
     raw_hint: usize,
     /// Small base85 payloads are decoded into this chunk and cut out of it (see [`cut`]).
     pub(super) chunk: BytesMut,
+    /// [`Decoder::read_from`] reads into this receive chunk's room (what a read brought
+    /// is split off and decoded; what it holds between calls is room, maybe
+    /// initialized), and small raw payloads whole in a read are cut out of it.
+    rx: BytesMut,
+    /// The size of the next receive chunk: [`FIRST_RX`] until a read fills one, then
+    /// [`CHUNK`].
+    rx_size: usize,
 }
+
+/// The first receive chunk of a decoder that reads for itself (see [`Decoder::read_from`]):
+/// a connection that sends little holds 4 KiB, not 64.
+const FIRST_RX: usize = 4 * 1024;
 
 impl Decoder {
     /// A new decoder in mode 0 that never holds more than about `max_message_size` bytes
@@ -166,6 +184,8 @@ impl Decoder {
             b85_hint: 0,
             raw_hint: 0,
             chunk: BytesMut::new(),
+            rx: BytesMut::new(),
+            rx_size: FIRST_RX,
         }
     }
 
@@ -181,6 +201,70 @@ impl Decoder {
 
     /// Feeds bytes; pushes what they complete.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<Frame>) {
+        self.decode_in(input, None, out);
+    }
+
+    /// Reads once from `reader` into the decoder's receive chunk, pushes the frames and
+    /// errors that completed to `out`, and returns the number of bytes read (0 at the
+    /// end of the stream). The frames are those [`decode`](Self::decode) gives for the
+    /// same bytes; a small raw message (modes 0 and 1, below 16 KiB) whose block is whole
+    /// in the read is cut out of the chunk rather than copied (see [`Decoder`] for what
+    /// that keeps alive). Errors of the reader are returned as they are (a read
+    /// interrupted by a signal is retried).
+    ///
+    /// ```
+    /// use serpy::protocol::{v1, Frame};
+    /// use serpy::{Message, Mode};
+    ///
+    /// let mut reader: &[u8] = b"hello\x1fwor";
+    /// let mut dec = v1::Decoder::new(1 << 20);
+    /// let mut frames = Vec::new();
+    /// assert_eq!(dec.read_from(&mut reader, &mut frames).unwrap(), 9);
+    /// assert_eq!(frames, [Frame::Data { message: Message::Bytes("hello".into()), mode: Some(Mode::Plain) }]);
+    /// assert_eq!(dec.buffered(), 3); // "wor", waiting for its separator
+    /// assert_eq!(dec.read_from(&mut reader, &mut frames).unwrap(), 0);
+    /// ```
+    pub fn read_from<R: Read + ?Sized>(
+        &mut self,
+        reader: &mut R,
+        out: &mut Vec<Frame>,
+    ) -> io::Result<usize> {
+        self.fill_from(&mut Plain(reader), usize::MAX, out)
+    }
+
+    /// [`read_from`](Self::read_from) from a [`Source`] (a socket reads into the chunk's
+    /// uninitialized room), at most `most` bytes (at least one).
+    pub(crate) fn fill_from<S: Source + ?Sized>(
+        &mut self,
+        reader: &mut S,
+        most: usize,
+        out: &mut Vec<Frame>,
+    ) -> io::Result<usize> {
+        // A new chunk (or the same, once every message cut from it is gone) when less
+        // than a quarter of one is left.
+        if self.rx.capacity() < self.rx_size / 4 {
+            self.rx.clear();
+            if !self.rx.try_reclaim(self.rx_size) {
+                self.rx = BytesMut::with_capacity(self.rx_size);
+            }
+        }
+        let room = self.rx.capacity();
+        let n = reader.read_into(&mut self.rx, 0, most.max(1))?;
+        if n == room {
+            self.rx_size = CHUNK;
+        }
+        if n > 0 {
+            // What follows the bytes read (room a reader that cannot read into
+            // uninitialized memory has zero-filled) stays, for the next read.
+            let data = self.rx.split_to(n).freeze();
+            self.decode_in(&data, Some(&data), out);
+        }
+        Ok(n)
+    }
+
+    /// [`decode`](Self::decode) of `input`, which is `src` when given: then small raw
+    /// payloads whole in it are cut out of it.
+    fn decode_in(&mut self, input: &[u8], src: Option<&Bytes>, out: &mut Vec<Frame>) {
         let mut rest = input;
         while !rest.is_empty() {
             let mut sep = None;
@@ -224,12 +308,13 @@ impl Decoder {
                 self.hold(part);
                 continue;
             }
-            self.block(part, out);
+            self.block(part, src, out);
         }
     }
 
-    /// Completes the current block with `part` (the bytes before its separator).
-    fn block(&mut self, part: &[u8], out: &mut Vec<Frame>) {
+    /// Completes the current block with `part` (the bytes before its separator), a part
+    /// of `src` if given.
+    fn block(&mut self, part: &[u8], src: Option<&Bytes>, out: &mut Vec<Frame>) {
         if self.b85_text > 0 {
             let tail = if self.buf.is_empty() {
                 part
@@ -279,7 +364,7 @@ impl Decoder {
                         payload(
                             self.mode,
                             self.max_message_size,
-                            &mut self.chunk,
+                            (&mut self.chunk, src),
                             &msg[..i],
                             out,
                         );
@@ -295,7 +380,7 @@ impl Decoder {
                         payload(
                             self.mode,
                             self.max_message_size,
-                            &mut self.chunk,
+                            (&mut self.chunk, None),
                             &self.buf[begin..end],
                             out,
                         );
@@ -308,7 +393,8 @@ impl Decoder {
             }
             Some(_) => {
                 if in_input {
-                    payload(self.mode, self.max_message_size, &mut self.chunk, part, out);
+                    let chunks = (&mut self.chunk, src);
+                    payload(self.mode, self.max_message_size, chunks, part, out);
                 } else if self.mode == Mode::Plain
                     && start == 0
                     && self.buf.len() + part.len() >= SHARE_THRESHOLD
@@ -331,7 +417,7 @@ impl Decoder {
                     payload(
                         self.mode,
                         self.max_message_size,
-                        &mut self.chunk,
+                        (&mut self.chunk, None),
                         &self.buf[start..],
                         out,
                     );
@@ -547,8 +633,15 @@ fn cut<E>(
 }
 
 /// Delivers the payload of one message that arrived in `mode`; the bytes of a small
-/// base85 one are decoded into `chunk` and cut out of it ([`cut`]).
-fn payload(mode: Mode, max: usize, chunk: &mut BytesMut, raw: &[u8], out: &mut Vec<Frame>) {
+/// base85 one are decoded into `chunk` and cut out of it ([`cut`]), a small raw one is
+/// cut out of `src` if it is given (`raw` is then part of it), else copied.
+fn payload(
+    mode: Mode,
+    max: usize,
+    (chunk, src): (&mut BytesMut, Option<&Bytes>),
+    raw: &[u8],
+    out: &mut Vec<Frame>,
+) {
     let too_large = |size: usize| {
         Frame::Error(ProtocolError::TooLarge {
             size: size as u64,
@@ -559,10 +652,14 @@ fn payload(mode: Mode, max: usize, chunk: &mut BytesMut, raw: &[u8], out: &mut V
         out.push(if raw.len() > max {
             too_large(raw.len())
         } else {
-            // Copied, not cut out of the chunk: measured no faster for raw payloads
-            // (the chunk's shared count moves between threads where an allocation does not).
+            let bytes = match src {
+                // The read's chunk is shared (a count) rather than an allocation made
+                // here and freed by the program's thread.
+                Some(src) if raw.len() < SHARE_THRESHOLD => src.slice_ref(raw),
+                _ => Bytes::copy_from_slice(raw),
+            };
             Frame::Data {
-                message: Message::Bytes(Bytes::copy_from_slice(raw)),
+                message: Message::Bytes(bytes),
                 mode: Some(mode),
             }
         });
@@ -605,6 +702,134 @@ fn payload(mode: Mode, max: usize, chunk: &mut BytesMut, raw: &[u8], out: &mut V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that gives its pieces one a read.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(mut p) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            let n = p.len().min(buf.len());
+            buf[..n].copy_from_slice(&p[..n]);
+            if n < p.len() {
+                self.0.push_front(p.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    fn payloads(frames: &[Frame]) -> Vec<Bytes> {
+        frames
+            .iter()
+            .map(|f| match f {
+                Frame::Data { message, .. } => message.clone().into_bytes(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_raw_messages_read_are_cut_out_of_the_receive_chunk() {
+        let block = |c: u8, n: usize| [vec![c; n], vec![SEP]].concat();
+        let first: Vec<u8> = (0..100u8).flat_map(|i| block(b'a' + i % 26, 63)).collect();
+        let mut reader = Pieces(
+            [
+                first[..1000].to_vec(),
+                first[1000..].to_vec(),
+                // A message of two reads, then a large one whole in a read.
+                b"spl".to_vec(),
+                b"it\x1f".to_vec(),
+                block(b'L', SHARE_THRESHOLD),
+            ]
+            .into(),
+        );
+        let mut d = Decoder::new(1 << 20);
+        let mut out = Vec::new();
+        assert_eq!(d.read_from(&mut reader, &mut out).unwrap(), 1000);
+        let got = payloads(&out);
+        assert_eq!(got.len(), 15);
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(&p[..], &vec![b'a' + i as u8; 63][..]);
+        }
+        // One after the other in the chunk, not copied each into its own allocation.
+        for w in got.windows(2) {
+            assert_eq!(w[1].as_ptr() as usize, w[0].as_ptr() as usize + 64);
+        }
+        // The first chunk is small; a read that fills it makes the next ones 64 KiB.
+        assert_eq!(d.rx_size, FIRST_RX);
+        let start = got[0].as_ptr() as usize;
+        out.clear();
+        let n = d.read_from(&mut reader, &mut out).unwrap();
+        assert_eq!(n, FIRST_RX - 1000, "the rest of the first chunk");
+        assert_eq!(d.rx_size, CHUNK);
+        let more = payloads(&out);
+        assert_eq!(more[1].as_ptr() as usize, start + 64 * 16);
+        while d.read_from(&mut reader, &mut out).unwrap() > 0 {}
+        let all = payloads(&out);
+        assert_eq!(all.len(), 100 - 15 + 2);
+        assert_eq!(&all[all.len() - 2][..], b"split");
+        let large = &all[all.len() - 1];
+        assert_eq!(large.len(), SHARE_THRESHOLD);
+        assert_eq!(d.buffered(), 0);
+        // What `decode` gives for the same bytes.
+        let mut wire = first.clone();
+        wire.extend_from_slice(b"split\x1f");
+        wire.extend(block(b'L', SHARE_THRESHOLD));
+        let mut want = Vec::new();
+        Decoder::new(1 << 20).decode(&wire, &mut want);
+        out.splice(
+            0..0,
+            got.iter().map(|p| Frame::Data {
+                message: Message::Bytes(p.clone()),
+                mode: Some(Mode::Plain),
+            }),
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn the_receive_chunk_is_reused_once_its_messages_are_gone() {
+        // 400 reads of 100 messages each, numbered.
+        let text = |read: usize, i: usize| format!("m{read:03}-{i:02}");
+        let reads: Vec<Vec<u8>> = (0..400)
+            .map(|r| {
+                (0..100)
+                    .flat_map(|i| [text(r, i).into_bytes(), vec![SEP]].concat())
+                    .collect()
+            })
+            .collect();
+        let mut d = Decoder::new(1 << 20);
+        let mut reader = Pieces(reads.into());
+        let mut out = Vec::new();
+        let mut kept = Vec::new();
+        let mut starts = std::collections::HashSet::new();
+        for r in 0..400 {
+            out.clear();
+            assert_eq!(d.read_from(&mut reader, &mut out).unwrap(), 800);
+            let got = payloads(&out);
+            for (i, p) in got.iter().enumerate() {
+                assert_eq!(&p[..], text(r, i).as_bytes());
+            }
+            starts.insert(got[0].as_ptr() as usize);
+            if r % 50 == 7 {
+                // A kept message keeps its chunk alive: nothing is read over it.
+                kept.push((r, got[5].clone()));
+            }
+            assert!(d.rx.capacity() <= CHUNK);
+        }
+        for (r, p) in &kept {
+            assert_eq!(&p[..], text(*r, 5).as_bytes());
+        }
+        // Five reads a 4 KiB chunk, and the chunks come back: a few places only (the
+        // kept messages' chunks, and the one reused).
+        assert!(
+            starts.len() <= 5 * (kept.len() + 2),
+            "{} places",
+            starts.len()
+        );
+    }
 
     #[test]
     fn find_byte_finds_the_first() {
