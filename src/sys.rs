@@ -325,6 +325,10 @@ pub(crate) struct B85Tables {
     /// Character `0x20 + 16 t + j` -> its digit + 1 (0 outside the alphabet), XORed
     /// with the entry of table `t - 1`; both 16-byte halves the same.
     decode: [[u8; 32]; 6],
+    /// Digit `62 + 16 t + j` -> what its character adds to `digit + 48 + 7 (digit > 9)
+    /// + 6 (digit > 35)` (which is the character of every digit below 62: `0-9A-Za-z`),
+    /// XORed with the entry of table `t - 1`; both 16-byte halves the same.
+    encode: [[u8; 32]; 2],
 }
 
 impl B85Tables {
@@ -341,6 +345,22 @@ impl B85Tables {
             value[(c - 0x20) as usize] = i as u8 + 1;
             i += 1;
         }
+        // What each digit's character adds to the ramp `digit + 48 (+ 7 + 6)`.
+        let mut extra = [0u8; 32];
+        let mut i = 0;
+        while i < 85 {
+            let ramp = i as u8 + 48 + if i > 9 { 7 } else { 0 } + if i > 35 { 6 } else { 0 };
+            let add = alphabet[i].wrapping_sub(ramp);
+            if i < 62 {
+                assert!(
+                    add == 0,
+                    "a base85 alphabet that does not start with 0-9A-Za-z"
+                );
+            } else {
+                extra[i - 62] = add;
+            }
+            i += 1;
+        }
         let mut decode = [[0u8; 32]; 6];
         let mut t = 0;
         while t < 6 {
@@ -354,8 +374,164 @@ impl B85Tables {
             }
             t += 1;
         }
-        B85Tables { decode }
+        let mut encode = [[0u8; 32]; 2];
+        let mut j = 0;
+        while j < 16 {
+            let (first, second) = (extra[j], extra[16 + j] ^ extra[j]);
+            encode[0][j] = first;
+            encode[0][j + 16] = first;
+            encode[1][j] = second;
+            encode[1][j + 16] = second;
+            j += 1;
+        }
+        B85Tables { decode, encode }
     }
+}
+
+/// Encodes blocks of 32 bytes (eight groups, 40 characters) from the start of `data`
+/// into `out` with `kernel`, up to the end of either; returns how many blocks it
+/// encoded (always 0 for [`B85Kernel::Portable`], which leaves everything to the
+/// caller's portable code). Nothing of `out` past the encoded blocks is written.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn base85_encode_wide(
+    kernel: B85Kernel,
+    tables: &B85Tables,
+    data: &[u8],
+    out: &mut [u8],
+) -> usize {
+    match kernel {
+        B85Kernel::Portable => {
+            let _ = (tables, data, out);
+            0
+        }
+        // SAFETY: `B85Kernel::Avx2` is only made where the processor has AVX2 (detected
+        // at run time by `detect` and `available`), the one requirement of
+        // `base85_encode_avx2`.
+        #[cfg(target_arch = "x86_64")]
+        B85Kernel::Avx2 => unsafe { base85_encode_avx2(tables, data, out) },
+    }
+}
+
+/// [`base85_encode_wide`] with AVX2, one block of eight groups a step, in 32-bit lanes:
+/// the big-endian value `v` of each group; `q = v / 85^2` (`v * 2434904643 >> 44`,
+/// exact for every `u32`: 2434904643 * 7225 exceeds 2^44 by 1259 <= 2^12) and
+/// `v % 85^2`; the first digit `q / 85^2` (`q * 594460 >> 32`, exact for `q < 594455`:
+/// the excess 6204 times 594455 is below 2^32) and `q % 85^2`; then both remainders,
+/// below 85^2, in 16-bit lanes: `x / 85` (`x * 12337 >> 20`, exact below 2^20 / 69)
+/// and `x % 85`. Digits become characters by a ramp with two steps (`0-9A-Za-z`) and
+/// two table lookups (the punctuation), and two shuffles put them in order: 20
+/// characters from each 128-bit half.
+///
+/// # Safety
+///
+/// The processor must have AVX2 (`is_x86_feature_detected!("avx2")`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_code)]
+unsafe fn base85_encode_avx2(tables: &B85Tables, data: &[u8], out: &mut [u8]) -> usize {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm256_add_epi8, _mm256_and_si256, _mm256_blend_epi32,
+        _mm256_castsi256_si128, _mm256_cmpgt_epi8, _mm256_extracti128_si256, _mm256_loadu_si256,
+        _mm256_mul_epu32, _mm256_mulhi_epu16, _mm256_mullo_epi16, _mm256_mullo_epi32,
+        _mm256_or_si256, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_setr_epi8,
+        _mm256_shuffle_epi8, _mm256_slli_epi16, _mm256_slli_epi32, _mm256_srli_epi16,
+        _mm256_srli_epi64, _mm256_sub_epi16, _mm256_sub_epi32, _mm256_sub_epi8, _mm256_xor_si256,
+        _mm_storeu_si128,
+    };
+    let blocks = (data.len() / 32).min(out.len() / 40);
+    // SAFETY: each table is 32 readable bytes; `loadu` needs no alignment.
+    let (extra0, extra1) = unsafe {
+        (
+            _mm256_loadu_si256(tables.encode[0].as_ptr().cast::<__m256i>()),
+            _mm256_loadu_si256(tables.encode[1].as_ptr().cast::<__m256i>()),
+        )
+    };
+    // Digit -> character: the ramp `digit + 48 + 7 (digit > 9) + 6 (digit > 35)` for
+    // `0-9A-Za-z`, plus what the two tables add for the digits from 62 (the table of
+    // 62..78 gives 0 below 62, that of 78..85 below 78).
+    let to_chars = |d: __m256i| {
+        let extra = _mm256_xor_si256(
+            _mm256_shuffle_epi8(extra0, _mm256_sub_epi8(d, _mm256_set1_epi8(62))),
+            _mm256_shuffle_epi8(extra1, _mm256_sub_epi8(d, _mm256_set1_epi8(78))),
+        );
+        let letters = _mm256_and_si256(
+            _mm256_cmpgt_epi8(d, _mm256_set1_epi8(9)),
+            _mm256_set1_epi8(7),
+        );
+        let small = _mm256_and_si256(
+            _mm256_cmpgt_epi8(d, _mm256_set1_epi8(35)),
+            _mm256_set1_epi8(6),
+        );
+        _mm256_add_epi8(
+            _mm256_add_epi8(d, _mm256_set1_epi8(48)),
+            _mm256_add_epi8(_mm256_add_epi8(letters, small), extra),
+        )
+    };
+    let swap = _mm256_setr_epi8(
+        3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, //
+        3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12,
+    );
+    // The first 16 characters of each half's four groups: the last four of groups 0 to
+    // 2 from `rest`, the first of groups 0 to 3 from `first`.
+    let from_rest = _mm256_setr_epi8(
+        -1, 0, 1, 2, 3, -1, 4, 5, 6, 7, -1, 8, 9, 10, 11, -1, //
+        -1, 0, 1, 2, 3, -1, 4, 5, 6, 7, -1, 8, 9, 10, 11, -1,
+    );
+    let from_first = _mm256_setr_epi8(
+        0, -1, -1, -1, -1, 4, -1, -1, -1, -1, 8, -1, -1, -1, -1, 12, //
+        0, -1, -1, -1, -1, 4, -1, -1, -1, -1, 8, -1, -1, -1, -1, 12,
+    );
+    let by_pow2 = _mm256_set1_epi32(2_434_904_643_u32 as i32);
+    let by_pow2_small = _mm256_set1_epi32(594_460);
+    let pow2 = _mm256_set1_epi32(7225);
+    let by_85 = _mm256_set1_epi16(12337);
+    let d85 = _mm256_set1_epi16(85);
+    for i in 0..blocks {
+        // SAFETY: `i < blocks <= data.len() / 32`, so the 32 bytes at `i * 32` are within
+        // `data`; `loadu` needs no alignment.
+        let v = unsafe { _mm256_loadu_si256(data.as_ptr().add(i * 32).cast::<__m256i>()) };
+        let v = _mm256_shuffle_epi8(v, swap);
+        // q = v / 85^2: the even lanes' products in the low halves of the 64-bit lanes,
+        // the odd lanes' in the high halves.
+        let even = _mm256_srli_epi64::<44>(_mm256_mul_epu32(v, by_pow2));
+        let odd = _mm256_srli_epi64::<12>(_mm256_mul_epu32(_mm256_srli_epi64::<32>(v), by_pow2));
+        let q = _mm256_blend_epi32::<0b1010_1010>(even, odd);
+        let low = _mm256_sub_epi32(v, _mm256_mullo_epi32(q, pow2));
+        let even = _mm256_srli_epi64::<32>(_mm256_mul_epu32(q, by_pow2_small));
+        let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(q), by_pow2_small);
+        let first = _mm256_blend_epi32::<0b1010_1010>(even, odd);
+        let high = _mm256_sub_epi32(q, _mm256_mullo_epi32(first, pow2));
+        // 16-bit lanes: d1 * 85 + d2, d3 * 85 + d4 -> bytes d1, d2, d3, d4.
+        let pairs = _mm256_or_si256(high, _mm256_slli_epi32::<16>(low));
+        let tens = _mm256_srli_epi16::<4>(_mm256_mulhi_epu16(pairs, by_85));
+        let units = _mm256_sub_epi16(pairs, _mm256_mullo_epi16(tens, d85));
+        let rest = to_chars(_mm256_or_si256(tens, _mm256_slli_epi16::<8>(units)));
+        let first = to_chars(first);
+        let head = _mm256_or_si256(
+            _mm256_shuffle_epi8(rest, from_rest),
+            _mm256_shuffle_epi8(first, from_first),
+        );
+        // Each half's last four characters are the last four bytes of its `rest`: that
+        // half is stored 4 bytes on, and its `head` then over the first 16.
+        // SAFETY: `i < blocks <= out.len() / 40`, so the 40 bytes at `i * 40` are within
+        // `out`: 16 at `at + 4`, `at`, `at + 24` and `at + 20`; `storeu` needs no
+        // alignment.
+        unsafe {
+            let at = out.as_mut_ptr().add(i * 40);
+            _mm_storeu_si128(at.add(4).cast::<__m128i>(), _mm256_castsi256_si128(rest));
+            _mm_storeu_si128(at.cast::<__m128i>(), _mm256_castsi256_si128(head));
+            _mm_storeu_si128(
+                at.add(24).cast::<__m128i>(),
+                _mm256_extracti128_si256::<1>(rest),
+            );
+            _mm_storeu_si128(
+                at.add(20).cast::<__m128i>(),
+                _mm256_extracti128_si256::<1>(head),
+            );
+        }
+    }
+    blocks
 }
 
 /// Decodes blocks of six base85 groups (30 characters, 24 bytes) from the start of
