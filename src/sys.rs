@@ -18,6 +18,11 @@
 //!   (AVX2 on x86-64 processors that have it; the crate is built for baseline x86-64,
 //!   whose SSE2 vectors are half as wide).
 //!
+//! - [`base85_encode_wide`] / [`base85_decode_wide`]: the base85 of v1 modes 2 to 5,
+//!   blocks of 8 (6) groups a step with AVX2 where the processor has it (chosen at run
+//!   time, [`B85Kernel`]); the portable code in `protocol::v1::base85` does the rest and
+//!   everything on other processors, and alone decides what a decoding error is.
+//!
 //! - [`recv_into`] (Unix): a read into a buffer's uninitialized capacity, which std's
 //!   `Read` cannot do (it wants initialized bytes, so the room would be zero-filled
 //!   first).
@@ -27,7 +32,8 @@
 //!
 //! This is the only module of the crate with `unsafe` code (two foreign calls, one on
 //! Windows only, one on Linux and Android only; one slice cast, Linux and Android only;
-//! the length of what a `recv` wrote, Unix only; the AVX2 byte sum, x86-64 only).
+//! the length of what a `recv` wrote, Unix only; the AVX2 byte sum and base85 kernels,
+//! x86-64 only).
 
 use std::io;
 use std::net::Shutdown;
