@@ -18,6 +18,11 @@
 //!   (AVX2 on x86-64 processors that have it; the crate is built for baseline x86-64,
 //!   whose SSE2 vectors are half as wide).
 //!
+//! - [`base85_encode_wide`] / [`base85_decode_wide`]: the base85 of v1 modes 2 to 5,
+//!   blocks of 8 (6) groups a step with AVX2 where the processor has it (chosen at run
+//!   time, [`B85Kernel`]); the portable code in `protocol::v1::base85` does the rest and
+//!   everything on other processors, and alone decides what a decoding error is.
+//!
 //! - [`recv_into`] (Unix): a read into a buffer's uninitialized capacity, which std's
 //!   `Read` cannot do (it wants initialized bytes, so the room would be zero-filled
 //!   first).
@@ -27,7 +32,8 @@
 //!
 //! This is the only module of the crate with `unsafe` code (two foreign calls, one on
 //! Windows only, one on Linux and Android only; one slice cast, Linux and Android only;
-//! the length of what a `recv` wrote, Unix only; the AVX2 byte sum, x86-64 only).
+//! the length of what a `recv` wrote, Unix only; the AVX2 byte sum and base85 kernels,
+//! x86-64 only).
 
 use std::io;
 use std::net::Shutdown;
@@ -274,6 +280,397 @@ unsafe fn byte_sum_avx2(bytes: &[u8]) -> u32 {
     // Modulo 2^32: the low 32 bits of the 64-bit sums.
     let total = lanes.iter().fold(0u64, |sum, &lane| sum.wrapping_add(lane)) as u32;
     total.wrapping_add(crate::protocol::v2::portable_checksum(blocks.remainder()))
+}
+
+/// An implementation of the base85 kernels ([`base85_decode_wide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum B85Kernel {
+    /// The portable code of `protocol::v1::base85` alone.
+    Portable,
+    /// 32-byte AVX2 vectors, on x86-64 processors that have them.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl B85Kernel {
+    /// The widest kernel this processor can run (std detects the processor's features
+    /// once and caches them in an atomic).
+    #[inline]
+    pub(crate) fn detect() -> B85Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return B85Kernel::Avx2;
+        }
+        B85Kernel::Portable
+    }
+
+    /// Every kernel this processor can run.
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<B85Kernel> {
+        #[allow(unused_mut)]
+        let mut all = vec![B85Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            all.push(B85Kernel::Avx2);
+        }
+        all
+    }
+}
+
+/// The lookup tables of the wide base85 kernels, built from the alphabet at compile
+/// time by [`B85Tables::new`] (the alphabet itself lives with the portable code).
+///
+/// A 16-entry byte shuffle (`vpshufb`) looks up 16 values at a time; a character (or a
+/// digit) has 96 (or 85) possible values, so six tables are looked up, table `t` with
+/// the index `x - 16 t` (`x` less the first value, wrapping): below the table's range
+/// that index has its top bit set and the shuffle gives 0; at or above it, the entry of
+/// `x`'s low four bits. Each table holds its entries XORed with the previous table's,
+/// so that the XOR of the six lookups telescopes to the entry of `x`'s own table.
+#[derive(Debug)]
+pub(crate) struct B85Tables {
+    /// Character `0x20 + 16 t + j` -> its digit + 1 (0 outside the alphabet), XORed
+    /// with the entry of table `t - 1`; both 16-byte halves the same.
+    decode: [[u8; 32]; 6],
+    /// Digit `62 + 16 t + j` -> what its character adds to `digit + 48 + 7 (digit > 9)
+    /// + 6 (digit > 35)` (which is the character of every digit below 62: `0-9A-Za-z`),
+    /// XORed with the entry of table `t - 1`; both 16-byte halves the same.
+    encode: [[u8; 32]; 2],
+}
+
+impl B85Tables {
+    /// The tables of `alphabet`, whose characters must all be in `0x21..0x80`.
+    pub(crate) const fn new(alphabet: &[u8; 85]) -> B85Tables {
+        let mut value = [0u8; 96];
+        let mut i = 0;
+        while i < 85 {
+            let c = alphabet[i];
+            assert!(
+                c > 0x20 && c < 0x80,
+                "a base85 character outside 0x21..0x80"
+            );
+            value[(c - 0x20) as usize] = i as u8 + 1;
+            i += 1;
+        }
+        // What each digit's character adds to the ramp `digit + 48 (+ 7 + 6)`.
+        let mut extra = [0u8; 32];
+        let mut i = 0;
+        while i < 85 {
+            let ramp = i as u8 + 48 + if i > 9 { 7 } else { 0 } + if i > 35 { 6 } else { 0 };
+            let add = alphabet[i].wrapping_sub(ramp);
+            if i < 62 {
+                assert!(
+                    add == 0,
+                    "a base85 alphabet that does not start with 0-9A-Za-z"
+                );
+            } else {
+                extra[i - 62] = add;
+            }
+            i += 1;
+        }
+        let mut decode = [[0u8; 32]; 6];
+        let mut t = 0;
+        while t < 6 {
+            let mut j = 0;
+            while j < 16 {
+                let prev = if t == 0 { 0 } else { value[16 * (t - 1) + j] };
+                let entry = value[16 * t + j] ^ prev;
+                decode[t][j] = entry;
+                decode[t][j + 16] = entry;
+                j += 1;
+            }
+            t += 1;
+        }
+        let mut encode = [[0u8; 32]; 2];
+        let mut j = 0;
+        while j < 16 {
+            let (first, second) = (extra[j], extra[16 + j] ^ extra[j]);
+            encode[0][j] = first;
+            encode[0][j + 16] = first;
+            encode[1][j] = second;
+            encode[1][j + 16] = second;
+            j += 1;
+        }
+        B85Tables { decode, encode }
+    }
+}
+
+/// Encodes blocks of 32 bytes (eight groups, 40 characters) from the start of `data`
+/// into `out` with `kernel`, up to the end of either; returns how many blocks it
+/// encoded (always 0 for [`B85Kernel::Portable`], which leaves everything to the
+/// caller's portable code). Nothing of `out` past the encoded blocks is written.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn base85_encode_wide(
+    kernel: B85Kernel,
+    tables: &B85Tables,
+    data: &[u8],
+    out: &mut [u8],
+) -> usize {
+    match kernel {
+        B85Kernel::Portable => {
+            let _ = (tables, data, out);
+            0
+        }
+        // SAFETY: `B85Kernel::Avx2` is only made where the processor has AVX2 (detected
+        // at run time by `detect` and `available`), the one requirement of
+        // `base85_encode_avx2`.
+        #[cfg(target_arch = "x86_64")]
+        B85Kernel::Avx2 => unsafe { base85_encode_avx2(tables, data, out) },
+    }
+}
+
+/// [`base85_encode_wide`] with AVX2, one block of eight groups a step, in 32-bit lanes:
+/// the big-endian value `v` of each group; `q = v / 85^2` (`v * 2434904643 >> 44`,
+/// exact for every `u32`: 2434904643 * 7225 exceeds 2^44 by 1259 <= 2^12) and
+/// `v % 85^2`; the first digit `q / 85^2` (`q * 594460 >> 32`, exact for `q < 594455`:
+/// the excess 6204 times 594455 is below 2^32) and `q % 85^2`; then both remainders,
+/// below 85^2, in 16-bit lanes: `x / 85` (`x * 12337 >> 20`, exact below 2^20 / 69)
+/// and `x % 85`. Digits become characters by a ramp with two steps (`0-9A-Za-z`) and
+/// two table lookups (the punctuation), and two shuffles put them in order: 20
+/// characters from each 128-bit half.
+///
+/// # Safety
+///
+/// The processor must have AVX2 (`is_x86_feature_detected!("avx2")`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_code)]
+unsafe fn base85_encode_avx2(tables: &B85Tables, data: &[u8], out: &mut [u8]) -> usize {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm256_add_epi8, _mm256_and_si256, _mm256_blend_epi32,
+        _mm256_castsi256_si128, _mm256_cmpgt_epi8, _mm256_extracti128_si256, _mm256_loadu_si256,
+        _mm256_mul_epu32, _mm256_mulhi_epu16, _mm256_mullo_epi16, _mm256_mullo_epi32,
+        _mm256_or_si256, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_setr_epi8,
+        _mm256_shuffle_epi8, _mm256_slli_epi16, _mm256_slli_epi32, _mm256_srli_epi16,
+        _mm256_srli_epi64, _mm256_sub_epi16, _mm256_sub_epi32, _mm256_sub_epi8, _mm256_xor_si256,
+        _mm_storeu_si128,
+    };
+    let blocks = (data.len() / 32).min(out.len() / 40);
+    // SAFETY: each table is 32 readable bytes; `loadu` needs no alignment.
+    let (extra0, extra1) = unsafe {
+        (
+            _mm256_loadu_si256(tables.encode[0].as_ptr().cast::<__m256i>()),
+            _mm256_loadu_si256(tables.encode[1].as_ptr().cast::<__m256i>()),
+        )
+    };
+    // Digit -> character: the ramp `digit + 48 + 7 (digit > 9) + 6 (digit > 35)` for
+    // `0-9A-Za-z`, plus what the two tables add for the digits from 62 (the table of
+    // 62..78 gives 0 below 62, that of 78..85 below 78).
+    let to_chars = |d: __m256i| {
+        let extra = _mm256_xor_si256(
+            _mm256_shuffle_epi8(extra0, _mm256_sub_epi8(d, _mm256_set1_epi8(62))),
+            _mm256_shuffle_epi8(extra1, _mm256_sub_epi8(d, _mm256_set1_epi8(78))),
+        );
+        let letters = _mm256_and_si256(
+            _mm256_cmpgt_epi8(d, _mm256_set1_epi8(9)),
+            _mm256_set1_epi8(7),
+        );
+        let small = _mm256_and_si256(
+            _mm256_cmpgt_epi8(d, _mm256_set1_epi8(35)),
+            _mm256_set1_epi8(6),
+        );
+        _mm256_add_epi8(
+            _mm256_add_epi8(d, _mm256_set1_epi8(48)),
+            _mm256_add_epi8(_mm256_add_epi8(letters, small), extra),
+        )
+    };
+    let swap = _mm256_setr_epi8(
+        3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, //
+        3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12,
+    );
+    // The first 16 characters of each half's four groups: the last four of groups 0 to
+    // 2 from `rest`, the first of groups 0 to 3 from `first`.
+    let from_rest = _mm256_setr_epi8(
+        -1, 0, 1, 2, 3, -1, 4, 5, 6, 7, -1, 8, 9, 10, 11, -1, //
+        -1, 0, 1, 2, 3, -1, 4, 5, 6, 7, -1, 8, 9, 10, 11, -1,
+    );
+    let from_first = _mm256_setr_epi8(
+        0, -1, -1, -1, -1, 4, -1, -1, -1, -1, 8, -1, -1, -1, -1, 12, //
+        0, -1, -1, -1, -1, 4, -1, -1, -1, -1, 8, -1, -1, -1, -1, 12,
+    );
+    let by_pow2 = _mm256_set1_epi32(2_434_904_643_u32 as i32);
+    let by_pow2_small = _mm256_set1_epi32(594_460);
+    let pow2 = _mm256_set1_epi32(7225);
+    let by_85 = _mm256_set1_epi16(12337);
+    let d85 = _mm256_set1_epi16(85);
+    for i in 0..blocks {
+        // SAFETY: `i < blocks <= data.len() / 32`, so the 32 bytes at `i * 32` are within
+        // `data`; `loadu` needs no alignment.
+        let v = unsafe { _mm256_loadu_si256(data.as_ptr().add(i * 32).cast::<__m256i>()) };
+        let v = _mm256_shuffle_epi8(v, swap);
+        // q = v / 85^2: the even lanes' products in the low halves of the 64-bit lanes,
+        // the odd lanes' in the high halves.
+        let even = _mm256_srli_epi64::<44>(_mm256_mul_epu32(v, by_pow2));
+        let odd = _mm256_srli_epi64::<12>(_mm256_mul_epu32(_mm256_srli_epi64::<32>(v), by_pow2));
+        let q = _mm256_blend_epi32::<0b1010_1010>(even, odd);
+        let low = _mm256_sub_epi32(v, _mm256_mullo_epi32(q, pow2));
+        let even = _mm256_srli_epi64::<32>(_mm256_mul_epu32(q, by_pow2_small));
+        let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(q), by_pow2_small);
+        let first = _mm256_blend_epi32::<0b1010_1010>(even, odd);
+        let high = _mm256_sub_epi32(q, _mm256_mullo_epi32(first, pow2));
+        // 16-bit lanes: d1 * 85 + d2, d3 * 85 + d4 -> bytes d1, d2, d3, d4.
+        let pairs = _mm256_or_si256(high, _mm256_slli_epi32::<16>(low));
+        let tens = _mm256_srli_epi16::<4>(_mm256_mulhi_epu16(pairs, by_85));
+        let units = _mm256_sub_epi16(pairs, _mm256_mullo_epi16(tens, d85));
+        let rest = to_chars(_mm256_or_si256(tens, _mm256_slli_epi16::<8>(units)));
+        let first = to_chars(first);
+        let head = _mm256_or_si256(
+            _mm256_shuffle_epi8(rest, from_rest),
+            _mm256_shuffle_epi8(first, from_first),
+        );
+        // Each half's last four characters are the last four bytes of its `rest`: that
+        // half is stored 4 bytes on, and its `head` then over the first 16.
+        // SAFETY: `i < blocks <= out.len() / 40`, so the 40 bytes at `i * 40` are within
+        // `out`: 16 at `at + 4`, `at`, `at + 24` and `at + 20`; `storeu` needs no
+        // alignment.
+        unsafe {
+            let at = out.as_mut_ptr().add(i * 40);
+            _mm_storeu_si128(at.add(4).cast::<__m128i>(), _mm256_castsi256_si128(rest));
+            _mm_storeu_si128(at.cast::<__m128i>(), _mm256_castsi256_si128(head));
+            _mm_storeu_si128(
+                at.add(24).cast::<__m128i>(),
+                _mm256_extracti128_si256::<1>(rest),
+            );
+            _mm_storeu_si128(
+                at.add(20).cast::<__m128i>(),
+                _mm256_extracti128_si256::<1>(head),
+            );
+        }
+    }
+    blocks
+}
+
+/// Decodes blocks of six base85 groups (30 characters, 24 bytes) from the start of
+/// `text` into `out` with `kernel`, up to the first block that holds a character
+/// outside the alphabet or a group whose value exceeds 32 bits, or the end of either;
+/// returns how many blocks it decoded (always 0 for [`B85Kernel::Portable`], which
+/// leaves everything to the caller's portable code). Nothing of `out` past the
+/// decoded blocks is written.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn base85_decode_wide(
+    kernel: B85Kernel,
+    tables: &B85Tables,
+    text: &[u8],
+    out: &mut [u8],
+) -> usize {
+    match kernel {
+        B85Kernel::Portable => {
+            let _ = (tables, text, out);
+            0
+        }
+        // SAFETY: `B85Kernel::Avx2` is only made where the processor has AVX2 (detected
+        // at run time by `detect` and `available`), the one requirement of
+        // `base85_decode_avx2`.
+        #[cfg(target_arch = "x86_64")]
+        B85Kernel::Avx2 => unsafe { base85_decode_avx2(tables, text, out) },
+    }
+}
+
+/// [`base85_decode_wide`] with AVX2, one block of six groups a step: two 16-byte loads
+/// (characters 0..16 and 14..30, three groups in each 128-bit half); six table lookups
+/// map the 32 characters to digit + 1 (0 for a character outside the alphabet, and
+/// characters from 0x80 are caught by their sign); `vpmaddubsw` and `vpmaddwd` make the
+/// last four digits of each group its value below 85^4 (`(d1 85 + d2) 85^2 + d3 85 +
+/// d4`), to which the first digit times 85^4 is added; a group overflows when its first
+/// digit is above 82, or 82 with the rest above 2^32 - 1 - 82 * 85^4; the values are
+/// then byte-swapped (big-endian) and their 24 bytes stored.
+///
+/// # Safety
+///
+/// The processor must have AVX2 (`is_x86_feature_detected!("avx2")`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_code)]
+unsafe fn base85_decode_avx2(tables: &B85Tables, text: &[u8], out: &mut [u8]) -> usize {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm256_add_epi32, _mm256_and_si256, _mm256_castsi128_si256,
+        _mm256_castsi256_si128, _mm256_cmpeq_epi32, _mm256_cmpeq_epi8, _mm256_cmpgt_epi32,
+        _mm256_cmpgt_epi8, _mm256_extracti128_si256, _mm256_inserti128_si256, _mm256_loadu_si256,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_movemask_epi8, _mm256_mullo_epi32,
+        _mm256_or_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32,
+        _mm256_set1_epi8, _mm256_setr_epi32, _mm256_setr_epi8, _mm256_setzero_si256,
+        _mm256_shuffle_epi8, _mm256_sub_epi8, _mm256_xor_si256, _mm_loadu_si128, _mm_storel_epi64,
+        _mm_storeu_si128,
+    };
+    let blocks = (text.len() / 30).min(out.len() / 24);
+    let mut tab = [_mm256_setzero_si256(); 6];
+    for (t, table) in tab.iter_mut().zip(&tables.decode) {
+        // SAFETY: `table` is 32 readable bytes; `loadu` needs no alignment.
+        *t = unsafe { _mm256_loadu_si256(table.as_ptr().cast::<__m256i>()) };
+    }
+    let zero = _mm256_setzero_si256();
+    let one = _mm256_set1_epi8(1);
+    // Groups start at bytes 0, 5 and 10 of the low half and 1, 6 and 11 of the high one.
+    // The last four digits of each group, in the group's 32-bit lane (the fourth lane of
+    // each half is 0: -1 gives 0 in a shuffle).
+    let rest_of = _mm256_setr_epi8(
+        1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, -1, -1, -1, -1, //
+        2, 3, 4, 5, 7, 8, 9, 10, 12, 13, 14, 15, -1, -1, -1, -1,
+    );
+    // The first digit of each group, zero-extended.
+    let first_of = _mm256_setr_epi8(
+        0, -1, -1, -1, 5, -1, -1, -1, 10, -1, -1, -1, -1, -1, -1, -1, //
+        1, -1, -1, -1, 6, -1, -1, -1, 11, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let swap = _mm256_setr_epi8(
+        3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, //
+        3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12,
+    );
+    let pack = _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 7, 7);
+    let w85 = _mm256_set1_epi16(0x0155); // bytes 85, 1: d1 * 85 + d2
+    let w7225 = _mm256_set1_epi32(0x0001_1C39); // words 7225, 1
+    let pow4 = _mm256_set1_epi32(52_200_625);
+    let top = _mm256_set1_epi32(82);
+    let top_rest = _mm256_set1_epi32((u32::MAX - 82 * 52_200_625) as i32);
+    let mut done = 0;
+    while done < blocks {
+        // SAFETY: `done < blocks <= text.len() / 30`, so the 16 bytes at `done * 30` and
+        // at `done * 30 + 14` are within `text`; `loadu` needs no alignment.
+        let c = unsafe {
+            let at = text.as_ptr().add(done * 30);
+            let low = _mm_loadu_si128(at.cast::<__m128i>());
+            let high = _mm_loadu_si128(at.add(14).cast::<__m128i>());
+            _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(low), high)
+        };
+        let mut d = zero;
+        for (t, table) in tab.iter().enumerate() {
+            let index = _mm256_sub_epi8(c, _mm256_set1_epi8(0x20 + 16 * t as i8));
+            d = _mm256_xor_si256(d, _mm256_shuffle_epi8(*table, index));
+        }
+        let bad = _mm256_or_si256(_mm256_cmpeq_epi8(d, zero), _mm256_cmpgt_epi8(zero, c));
+        let d = _mm256_sub_epi8(d, one);
+        let rest = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_shuffle_epi8(d, rest_of), w85),
+            w7225,
+        );
+        let first = _mm256_shuffle_epi8(d, first_of);
+        let over = _mm256_or_si256(
+            _mm256_cmpgt_epi32(first, top),
+            _mm256_and_si256(
+                _mm256_cmpeq_epi32(first, top),
+                _mm256_cmpgt_epi32(rest, top_rest),
+            ),
+        );
+        if _mm256_movemask_epi8(_mm256_or_si256(bad, over)) != 0 {
+            break;
+        }
+        let value = _mm256_add_epi32(_mm256_mullo_epi32(first, pow4), rest);
+        let bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(value, swap), pack);
+        // SAFETY: `done < blocks <= out.len() / 24`, so the 24 bytes at `done * 24` are
+        // within `out`: 16 at `at`, 8 at `at + 16`; `storeu` and `storel` need no
+        // alignment.
+        unsafe {
+            let at = out.as_mut_ptr().add(done * 24);
+            _mm_storeu_si128(at.cast::<__m128i>(), _mm256_castsi256_si128(bytes));
+            _mm_storel_epi64(
+                at.add(16).cast::<__m128i>(),
+                _mm256_extracti128_si256::<1>(bytes),
+            );
+        }
+        done += 1;
+    }
+    done
 }
 
 #[cfg(test)]
