@@ -145,7 +145,8 @@
 // Unsafe code only where the platform leaves no other way: src/sys.rs (a foreign call on
 // Windows, a slice cast for a non-blocking recv on Linux, the receive low-water mark
 // (`SO_RCVLOWAT`, a setsockopt call) on Linux, the length of what a recv wrote into
-// spare capacity on Unix, the AVX2 checksum chosen at run time on x86-64).
+// spare capacity on Unix, the AVX2 checksum chosen at run time on x86-64, the PREFETCHW
+// hint of the send path and its CPUID check on x86-64).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
