@@ -339,7 +339,10 @@ mod tests {
         prefetch_for_write(buf.as_ptr().wrapping_add(buf.len()), 4);
         prefetch_for_write(std::ptr::null(), 2);
         prefetch_for_write(usize::MAX as *const u8, 2);
-        let freed = Vec::<u8>::with_capacity(4096).as_ptr();
+        let freed = {
+            let gone = Vec::<u8>::with_capacity(4096);
+            gone.as_ptr()
+        };
         prefetch_for_write(freed, 64);
         assert!(buf.iter().enumerate().all(|(i, &b)| b == i as u8));
     }
