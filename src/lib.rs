@@ -146,7 +146,7 @@
 // Windows, a slice cast for a non-blocking recv on Linux, the receive low-water mark
 // (`SO_RCVLOWAT`, a setsockopt call) on Linux, the length of what a recv wrote into
 // spare capacity on Unix, the AVX2 checksum and base85 kernels chosen at run time on
-// x86-64).
+// x86-64, the PREFETCHW hint of the send path and its CPUID check on x86-64).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

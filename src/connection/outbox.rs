@@ -55,6 +55,10 @@ const RUN_BYTES: usize = 64 * 1024;
 /// closed once it holds this many messages.
 pub(crate) const BATCH_MESSAGES: usize = 1024;
 
+/// How many cache lines past its end a small send into a run fetches for the next
+/// ones (see [`Outbox::try_push_small`]): about two 64-byte messages ahead.
+const PREFETCH_LINES: usize = 3;
+
 /// The buffers of a run the writer has written, for the next runs (see
 /// [`Outbox::take`]): kept only up to [`SPARE_CAPACITY`] bytes, at most [`SPARES`] of them.
 pub(crate) type Spare = (Vec<u8>, Vec<usize>);
@@ -415,7 +419,16 @@ impl Outbox {
         run.buf.extend_from_slice(pieces[0]);
         run.buf.extend_from_slice(pieces[1]);
         run.ends.push(run.buf.len());
+        // Where the next message will go, fetched for writing once the lock is let go:
+        // the lines of a reused run buffer were last read by the writer's core (its
+        // socket write), and a store into them waits for that core to give them up,
+        // which the next lock operation would wait for, with the lock held. Fetched
+        // now, they arrive while this caller goes on.
+        let next = run.buf.as_ptr().wrapping_add(run.buf.len());
+        let next_end = run.ends.as_ptr().wrapping_add(run.ends.len()).cast::<u8>();
         drop(q);
+        crate::sys::prefetch_for_write(next, PREFETCH_LINES);
+        crate::sys::prefetch_for_write(next_end, 1);
         if wake {
             let _ = self.wake_tx.try_send(());
         }
