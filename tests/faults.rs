@@ -35,19 +35,22 @@ enum Kind {
     V2,
     /// v2 with frames of about 100 KB, so that cuts fall inside large payloads.
     V2Large,
+    /// v1 bytes of 20-40 KB in mode 2 or 3, whose base85 blocks the writer encodes just
+    /// before it writes them: cuts fall inside blocks, which go out again re-encoded.
+    V1Large(Mode),
 }
 
 impl Kind {
     fn protocol(self) -> Protocol {
         match self {
-            Kind::V1(_) => Protocol::V1,
+            Kind::V1(_) | Kind::V1Large(_) => Protocol::V1,
             Kind::V2 | Kind::V2Large => Protocol::V2,
         }
     }
 
     fn mode(self) -> Mode {
         match self {
-            Kind::V1(m) => m,
+            Kind::V1(m) | Kind::V1Large(m) => m,
             _ => Mode::Plain,
         }
     }
@@ -55,7 +58,7 @@ impl Kind {
     /// How many messages a run sends.
     fn count(self) -> u64 {
         match self {
-            Kind::V2Large => 60,
+            Kind::V2Large | Kind::V1Large(_) => 60,
             _ => 300,
         }
     }
@@ -65,7 +68,7 @@ impl Kind {
     /// later faults would find nothing to break. An instrument sends at some rate too.
     fn pace(self) -> Duration {
         match self {
-            Kind::V2Large => Duration::from_millis(4),
+            Kind::V2Large | Kind::V1Large(_) => Duration::from_millis(4),
             _ => Duration::from_millis(1),
         }
     }
@@ -74,7 +77,7 @@ impl Kind {
     fn wire_size(self) -> usize {
         match self {
             // Smaller than a frame, so that every cut of the schedule is reached.
-            Kind::V2Large => 25_000,
+            Kind::V2Large | Kind::V1Large(_) => 25_000,
             _ => 50,
         }
     }
@@ -83,6 +86,7 @@ impl Kind {
 fn filler_len(kind: Kind, seq: u64) -> usize {
     match kind {
         Kind::V2Large => 90_000 + (seq as usize * 7919) % 20_000,
+        Kind::V1Large(_) => 20_000 + (seq as usize * 7919) % 20_000,
         _ => (seq as usize * 13) % 61,
     }
 }
@@ -118,7 +122,7 @@ fn message_of(kind: Kind, seq: u64) -> Message {
             1 => text_of(kind, seq).into(),
             _ => bytes_of(kind, seq).into(),
         },
-        Kind::V2Large => bytes_of(kind, seq).into(),
+        Kind::V2Large | Kind::V1Large(_) => bytes_of(kind, seq).into(),
     }
 }
 
@@ -256,8 +260,8 @@ fn schedule(kind: Kind, seed: u64, i: usize) -> Faults {
             cut: None,
         },
     };
-    if kind == Kind::V2Large {
-        // Frames of 100 KB: coarser pieces and rarer holds, or a run would take minutes.
+    if matches!(kind, Kind::V2Large | Kind::V1Large(_)) {
+        // Frames of 100 KB (blocks of 25-50 KB): coarser pieces and rarer holds, or a run would take minutes.
         Faults {
             chunks: match faults.chunks {
                 Chunks::OneByte => Chunks::Random { max: 512 },
@@ -510,6 +514,16 @@ fn v1_mode4_under_faults() {
 #[test]
 fn v1_mode5_under_faults() {
     runs(Kind::V1(Mode::PickleAck));
+}
+
+#[test]
+fn v1_mode2_large_blocks_under_faults() {
+    runs(Kind::V1Large(Mode::Base85));
+}
+
+#[test]
+fn v1_mode3_large_blocks_under_faults() {
+    runs(Kind::V1Large(Mode::Base85Ack));
 }
 
 #[test]

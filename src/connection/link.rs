@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::outbox::{Outbox, Spare, SPARE_CAPACITY};
+use super::outbox::{Outbox, Spare, BATCH_BYTES, SPARE_CAPACITY};
 use super::vocab::{Outgoing, Payload};
 use crate::protocol::{v1, v2, Mode, WireBuf};
 use crate::stats::Counters;
@@ -64,7 +64,21 @@ pub(crate) struct Link {
     /// The writer's last take found nothing and marked it asleep in the outgoing
     /// queue (`Outbox::park`): it may wait for a wake-up. The writer thread's alone.
     pub parked: bool,
+    /// The reused buffer the base85 blocks of `Payload::V1Late` are encoded into, when
+    /// put (see [`Link::late_room`]): each block is split off it, and once every block
+    /// split off was written (nothing else refers to the buffer), the next block starts
+    /// again at its front, in lines this thread has just written.
+    late: BytesMut,
+    /// The capacity `late` was allocated with.
+    late_cap: usize,
+    /// Bytes of blocks put into `late` since it last started again at its front.
+    late_used: usize,
 }
+
+/// The most a link's reused base85 buffer is allocated with: one batch of the writer
+/// (`BATCH_BYTES`, and the block that crosses it) of the largest late-encoded blocks.
+/// (The largest payload is a multiple of 4: 5 characters per 4 bytes, and `0x04 0x1F`.)
+pub(crate) const LATE_BUFFER: usize = BATCH_BYTES + v1::LATE_BASE85_UNTIL / 4 * 5 + 2;
 
 impl Link {
     /// A link with no socket yet (epoch 0).
@@ -83,6 +97,9 @@ impl Link {
             write_timeout,
             spare: Vec::new(),
             parked: false,
+            late: BytesMut::new(),
+            late_cap: 0,
+            late_used: 0,
         }
     }
 
@@ -153,6 +170,20 @@ impl Link {
                 self.wire.put_slice(&v2::header(*code, body));
                 self.wire.put_bytes(body.clone());
             }
+            Payload::V1Late { mode, body } => {
+                if *mode != self.send_mode {
+                    v1::encode_control(v1::Control::SetMode(*mode), &mut self.wire);
+                    self.send_mode = *mode;
+                }
+                // Encoded now, into the reused buffer, just before the socket copies it
+                // (see `v1::encodes_late`); a block written again (after a broken
+                // link) is encoded again.
+                let n = v1::base85_block_len(body.len(), *mode);
+                self.late_room(n);
+                self.late.resize(n, 0);
+                v1::base85_block(body, *mode, &mut self.late);
+                self.wire.put_shared(self.late.split().freeze());
+            }
             Payload::Run(run) => {
                 if let Some(mode) = run.mode {
                     if mode != self.send_mode {
@@ -165,6 +196,30 @@ impl Link {
             }
             Payload::Deferred { .. } => {}
         }
+    }
+
+    /// Makes room in `late` for a block of `n` bytes. When every block split off it was
+    /// written, it starts again at its front (a new batch), unless it is far larger than
+    /// the last batch needed (more than four times: it is then dropped). When the room
+    /// left is too small while blocks are still in flight, a new buffer is allocated,
+    /// twice what this batch has needed so far, at most [`LATE_BUFFER`] (or one block):
+    /// so a buffer holds a whole batch after the first, and no more than a few times
+    /// what the blocks of a batch need.
+    fn late_room(&mut self, n: usize) {
+        if self.late.try_reclaim(self.late_cap) {
+            let need = self.late_used.max(n);
+            self.late_used = 0;
+            if self.late_cap > 4 * need {
+                self.late = BytesMut::new();
+                self.late_cap = 0;
+            }
+        }
+        if self.late.capacity() < n {
+            let cap = (2 * (self.late_used + n)).clamp(n, LATE_BUFFER.max(n));
+            self.late = BytesMut::with_capacity(cap);
+            self.late_cap = self.late.capacity();
+        }
+        self.late_used += n;
     }
 
     /// Keeps the buffers of the runs among `written` (messages written whole) for reuse,
@@ -303,5 +358,124 @@ mod tests {
                 "the payload is not copied"
             );
         }
+    }
+
+    /// The bytes of a payload of `len` bytes that hit every base85 group and step.
+    fn body(len: usize, seed: u32) -> Bytes {
+        Bytes::from(
+            (0..len as u32)
+                .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    /// What `v1::Encoder` sends for `body` in `mode` after `enc`'s earlier messages.
+    fn eager(enc: &mut v1::Encoder, body: &Bytes, mode: Mode) -> Vec<u8> {
+        let mut w = WireBuf::new();
+        enc.encode(&crate::Message::Bytes(body.clone()), mode, &mut w)
+            .unwrap();
+        w.to_vec()
+    }
+
+    /// A block encoded by the writer is, byte for byte, the block the sender's encoder
+    /// makes (modes 2 and 3, SETMODE included), at lengths around the groups (4 bytes),
+    /// the portable and wide steps (16 and 32 bytes), the late range's ends and the
+    /// reused buffer's size; and blocks still in flight (not written yet) are never
+    /// overwritten by the next ones, in the same buffer or after it ran out.
+    #[test]
+    fn a_late_encoded_block_is_the_eager_one() {
+        let mut lens: Vec<usize> = (0..=70).collect();
+        for edge in [
+            1000,
+            v1::LATE_BASE85_FROM,
+            65536,
+            v1::LATE_BASE85_UNTIL,
+            LATE_BUFFER / 5 * 4 / 2,
+            LATE_BUFFER / 5 * 4,
+        ] {
+            lens.extend([edge - 1, edge, edge + 1]);
+        }
+        let mut link = Link::new(Arc::new(Counters::new()), None);
+        let mut enc = v1::Encoder::new(crate::TextEncoding::Utf8, usize::MAX);
+        let mut in_flight: Vec<(Vec<u8>, Vec<Bytes>)> = Vec::new();
+        let mut puts = 0;
+        for (round, &len) in lens.iter().enumerate() {
+            for mode in [Mode::Base85, Mode::Base85Ack, Mode::Base85Ack, Mode::Base85] {
+                if len == 0 && !mode.is_acked() {
+                    continue; // an empty block in mode 2 is refused at send time
+                }
+                let b = body(len, round as u32);
+                let want = eager(&mut enc, &b, mode);
+                link.put(&Payload::V1Late { mode, body: b });
+                let parts = link.wire.take_parts();
+                assert_eq!(parts.concat(), want, "{len} bytes in mode {mode}");
+                in_flight.push((want, parts));
+                puts += 1;
+                if puts % 7 == 0 {
+                    // Written: their buffer may be used again.
+                    for (want, parts) in in_flight.drain(..) {
+                        assert_eq!(parts.concat(), want, "a block in flight was overwritten");
+                    }
+                }
+                assert!(link.late_cap <= LATE_BUFFER.max(v1::base85_block_len(len, mode)));
+            }
+        }
+        for (want, parts) in in_flight {
+            assert_eq!(parts.concat(), want, "a block in flight was overwritten");
+        }
+    }
+
+    /// Once its blocks were written, the buffer is used again from its front (no new
+    /// buffer per message); while they are in flight the next block goes after them;
+    /// a buffer grown for large blocks is dropped once it is far larger than a batch
+    /// needs; and a block written again (after a broken link) is encoded again, whole.
+    #[test]
+    fn the_late_buffer_is_reused_bounded_and_written_again() {
+        let mut link = Link::new(Arc::new(Counters::new()), None);
+        let payload = Payload::V1Late {
+            mode: Mode::Base85,
+            body: body(65536, 1),
+        };
+        let put = |link: &mut Link, p: &Payload| {
+            link.put(p);
+            link.wire.take_parts()
+        };
+        // The first put also carries the SETMODE.
+        let first = put(&mut link, &payload);
+        let want = first.last().unwrap().to_vec();
+        let at = first.last().unwrap().as_ptr();
+        drop(first);
+        for _ in 0..3 {
+            let again = put(&mut link, &payload);
+            assert_eq!(again.len(), 1);
+            assert_eq!(again[0].as_ptr(), at, "the written buffer is used again");
+            assert_eq!(again[0], want);
+        }
+        // A link broke while writing it: it is put again on the next link while the
+        // part cut off may still be held; nothing of it is overwritten.
+        let cut = put(&mut link, &payload);
+        link.take_down();
+        link.send_mode = Mode::Plain; // a new link starts in mode 0
+        let next = put(&mut link, &payload);
+        assert_eq!(next.len(), 2, "a SETMODE, then the whole block again");
+        assert_eq!(next[1], want);
+        assert_ne!(next[1].as_ptr(), cut[0].as_ptr());
+        assert_eq!(cut[0], want);
+        drop((cut, next));
+        // Large blocks grow it (at most LATE_BUFFER); then small ones shrink it.
+        let big = Payload::V1Late {
+            mode: Mode::Base85,
+            body: body(v1::LATE_BASE85_UNTIL, 2),
+        };
+        let held: Vec<_> = (0..6).map(|_| put(&mut link, &big)).collect();
+        assert!(link.late_cap > 4 * 81921 && link.late_cap <= LATE_BUFFER);
+        drop(held);
+        drop(put(&mut link, &payload));
+        drop(put(&mut link, &payload));
+        assert!(
+            link.late_cap <= 4 * 81921,
+            "a buffer far larger than needed is dropped: {}",
+            link.late_cap
+        );
     }
 }

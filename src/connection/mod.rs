@@ -1212,7 +1212,10 @@ mod tests {
                 Payload::V2 { body, .. } => body.as_ptr(),
                 // v1 sends bytes as base85: encoded once, shared by every copy.
                 Payload::V1 { parts, .. } => parts.iter().max_by_key(|b| b.len()).unwrap().as_ptr(),
-                Payload::Deferred { .. } | Payload::V2Late { .. } | Payload::Run(_) => {
+                Payload::Deferred { .. }
+                | Payload::V2Late { .. }
+                | Payload::V1Late { .. }
+                | Payload::Run(_) => {
                     panic!("not encoded for one message")
                 }
             };
@@ -1224,6 +1227,77 @@ mod tests {
                 assert_eq!(payload_ptr(&copy), first);
             }
         }
+    }
+
+    /// Base85 blocks encoded by the writer (`Payload::V1Late`) go out in their place
+    /// among small runs and large blocks encoded by the sender, with the SETMODE blocks
+    /// the sender's encoder would write, byte for byte.
+    #[test]
+    fn a_late_encoded_message_keeps_its_place() {
+        use crate::protocol::{v1, WireBuf};
+        let (conn, mut raw) = raw_peer();
+        let filler = fill(&conn);
+        let bytes = |len: usize, seed: u8| {
+            Message::Bytes(Bytes::from(
+                (0..len)
+                    .map(|i| (i as u8).wrapping_mul(seed))
+                    .collect::<Vec<u8>>(),
+            ))
+        };
+        let big_text: String = (0..70_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let sends: Vec<(Message, Mode)> = vec![
+            (Message::from("a"), Mode::Plain),
+            (bytes(65536, 7), Mode::Plain),
+            (Message::from("b"), Mode::Plain),
+            (Message::from("c"), Mode::Plain),
+            (bytes(v1::LATE_BASE85_FROM, 3), Mode::Base85),
+            (bytes(v1::LATE_BASE85_FROM + 3, 5), Mode::Base85),
+            (Message::from(big_text.as_str()), Mode::Plain),
+            (bytes(v1::LATE_BASE85_UNTIL, 11), Mode::Plain),
+            (Message::from("d"), Mode::Plain),
+        ];
+        let mut enc = v1::Encoder::new(crate::TextEncoding::Utf8, usize::MAX);
+        let mut wire = WireBuf::new();
+        for (m, mode) in &sends {
+            conn.send_data(m.clone(), *mode).unwrap();
+            enc.encode(m, *mode, &mut wire).unwrap();
+        }
+        let want = wire.to_vec();
+        let mut got = vec![0u8; filler + want.len()];
+        raw.read_exact(&mut got).unwrap();
+        assert!(got[..filler].iter().all(|&b| b == b'x'));
+        assert!(
+            got[filler..] == want[..],
+            "the messages arrive whole and in order"
+        );
+        conn.close();
+        assert_eq!(conn.shared().pending.load(Ordering::Acquire), 0);
+    }
+
+    /// A base85 message left to the writer to encode is refused at send time as the
+    /// sender's encoder would refuse it: too large, nothing queued.
+    #[test]
+    fn a_late_encoded_message_is_checked_at_send_time() {
+        use crate::protocol::v1;
+        let max = v1::LATE_BASE85_FROM + 10;
+        let (conn, _raw) = raw_peer_with(Config {
+            max_message_size: max,
+            ..Config::default()
+        });
+        let too_large = Message::Bytes(Bytes::from(vec![0u8; max + 1]));
+        assert!(v1::encodes_late(max + 1));
+        for mode in [Mode::Plain, Mode::Base85, Mode::Base85Ack] {
+            match conn.send_data(too_large.clone(), mode) {
+                Err(Error::MessageTooLarge { size, max: m }) => {
+                    assert_eq!((size, m), (max as u64 + 1, max));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(conn.shared().pending.load(Ordering::Acquire), 0);
+        assert!(conn.shared().outbox.is_empty());
     }
 
     #[test]

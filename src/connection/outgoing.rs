@@ -118,6 +118,14 @@ pub(crate) fn prepare_send(shared: &Shared, message: Message, mode: Mode) -> Res
             }
         });
     }
+    if protocol == Protocol::V1 && v1::encodes_late(message.len()) {
+        // Bytes of these sizes are encoded by the writer (`Payload::V1Late`); what
+        // `prepare` would refuse is refused here all the same.
+        if let Some(late) = v1::late_base85(&message, mode, shared.cfg.max_message_size) {
+            let (mode, body) = late?;
+            return Ok(Payload::V1Late { mode, body });
+        }
+    }
     prepare(protocol, &shared.cfg, &message, mode)
 }
 
@@ -201,7 +209,7 @@ pub(crate) fn enqueue(shared: &Shared, payload: Payload, deadline: Deadline) -> 
         // waiting and the writer thread is idle, write from here.
         if let Some(mut link) = try_lock(&shared.link) {
             if link.idle(&shared.pending, &shared.outbox)
-                && matches!(item.payload, Payload::V1 { .. })
+                && matches!(item.payload, Payload::V1 { .. } | Payload::V1Late { .. })
             {
                 inline::write_now(&mut link, shared, item);
                 drop(link);

@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 
 use crate::error::Result;
 use crate::message::Message;
-use crate::protocol::{v2, Mode, Protocol};
+use crate::protocol::{v1, v2, Mode, Protocol};
 
 /// A message as received, with the v1 mode it came in (`None` for v2).
 pub(crate) type Incoming = (Message, Option<Mode>);
@@ -43,6 +43,10 @@ pub(crate) enum Payload {
     /// the checksum of a payload of the sizes `v2::sums_late` names is computed just
     /// before the socket copies the payload (the message's own bytes), see `Link::put`.
     V2Late { code: u8, body: Bytes },
+    /// A v1 base85 data block (mode 2 or 3, no SETMODE) of the payload `body`, encoded
+    /// when it is written: into the writer's reused buffer, just before the socket
+    /// copies it (see `v1::encodes_late`, `Link::put`).
+    V1Late { mode: Mode, body: Bytes },
     /// Server in auto mode before the peer's protocol is known: encoded later.
     Deferred { message: Message, mode: Mode },
     /// Small plain messages copied into the outgoing queue back to back (see `outbox`).
@@ -65,7 +69,9 @@ impl Payload {
     /// True when the peer is to acknowledge it (v1 modes 1, 3, 5).
     pub fn is_acked(&self) -> bool {
         match self {
-            Payload::V1 { mode, .. } | Payload::Deferred { mode, .. } => mode.is_acked(),
+            Payload::V1 { mode, .. }
+            | Payload::V1Late { mode, .. }
+            | Payload::Deferred { mode, .. } => mode.is_acked(),
             Payload::V2 { .. } | Payload::V2Late { .. } | Payload::Run(_) => false,
         }
     }
@@ -77,6 +83,7 @@ impl Outgoing {
         match &self.payload {
             Payload::V1 { parts, .. } => parts.iter().map(Bytes::len).sum(),
             Payload::V2 { body, .. } | Payload::V2Late { body, .. } => v2::HEADER_LEN + body.len(),
+            Payload::V1Late { mode, body } => v1::base85_block_len(body.len(), *mode),
             Payload::Deferred { message, .. } => message.len(),
             Payload::Run(run) => run.bytes.len(),
         }

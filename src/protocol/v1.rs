@@ -242,6 +242,70 @@ fn put_base85(data: &[u8], out: &mut WireBuf) {
     out.len += n;
 }
 
+/// The smallest payload a send leaves to the writer to encode as base85 (see
+/// [`encodes_late`]): below it the block is a small copy the caller makes at once.
+pub(crate) const LATE_BASE85_FROM: usize = SHARE_THRESHOLD;
+/// The largest payload a send leaves to the writer to encode as base85 (see
+/// [`encodes_late`]), which bounds the writer's reused buffer.
+pub(crate) const LATE_BASE85_UNTIL: usize = 256 * 1024;
+
+/// True when a bytes message of `len` bytes, which travels as base85, is encoded by the
+/// connection's writer just before it writes the block ([`base85_block`]), into a
+/// buffer it reuses, rather than by the sender: the writer's core then copies into the
+/// socket what it has just written, from its cache, and no fresh buffer is filled per
+/// message. What the sender must know at once (the block's length, the errors) does
+/// not need the encoding: [`late_base85`], [`base85_block_len`].
+pub(crate) fn encodes_late(len: usize) -> bool {
+    (LATE_BASE85_FROM..=LATE_BASE85_UNTIL).contains(&len)
+}
+
+/// What [`Encoder::encode`] decides for a bytes message sent in `mode`, without
+/// encoding it: the mode of its block (2, or 3 when acknowledged: bytes always travel
+/// as base85) and the payload, or the error `encode` returns
+/// ([`Error::EmptyMessage`], [`Error::MessageTooLarge`]). `None` for the other
+/// messages (they go through `encode`).
+pub(crate) fn late_base85(
+    message: &Message,
+    mode: Mode,
+    max_message_size: usize,
+) -> Option<Result<(Mode, Bytes)>> {
+    let Message::Bytes(body) = message else {
+        return None;
+    };
+    let to = Mode::Base85.with_ack(mode.is_acked());
+    Some(if body.is_empty() && !to.is_acked() {
+        Err(Error::EmptyMessage { mode })
+    } else if body.len() > max_message_size {
+        Err(Error::MessageTooLarge {
+            size: body.len() as u64,
+            max: max_message_size,
+        })
+    } else {
+        Ok((to, body.clone()))
+    })
+}
+
+/// The length of the data block of `len` bytes in the base85 mode `mode` (2 or 3): its
+/// base85 (5 characters per 4 bytes, n + 1 for a last group of n < 4) and its end
+/// (`0x1F`, or `0x04 0x1F` when acknowledged). No SETMODE.
+pub(crate) fn base85_block_len(len: usize, mode: Mode) -> usize {
+    base85_encoded_len(len) + if mode.is_acked() { 2 } else { 1 }
+}
+
+/// Writes the data block of `data` in the base85 mode `mode` (what [`Encoder::encode`]
+/// writes after any SETMODE) into `out`, which must be exactly
+/// [`base85_block_len`]`(data.len(), mode)` long.
+pub(crate) fn base85_block(data: &[u8], mode: Mode, out: &mut [u8]) {
+    let text = base85_encoded_len(data.len());
+    let (b85, end) = out.split_at_mut(text);
+    encode_base85_to_slice(data, b85);
+    if mode.is_acked() {
+        end.copy_from_slice(&[EOT, SEP]);
+    } else {
+        end.copy_from_slice(&[SEP]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Pickle writer
 // ---------------------------------------------------------------------------------------
