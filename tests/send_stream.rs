@@ -39,7 +39,9 @@ fn stream() -> Vec<Message> {
         out.push(match i % 9 {
             0 => Message::from(format!("text {i}")),
             1 => Message::Bytes(Bytes::from(vec![i as u8; i % 200 + 1])),
-            2 => Message::from(format!("sep\x1f{i}")),
+            // A separator inside the first 64 bytes, or after them (the send path's
+            // scan looks at 64 bytes a step, then at the rest).
+            2 => Message::from(format!("{}sep\x1f{i}", "w".repeat(i % 130))),
             3 => Message::from("\x01starts like a control block"),
             4 => Message::from("x".repeat(3000 + i)),
             5 => Message::Int(i as i64),

@@ -173,7 +173,7 @@ pub(crate) fn send_small(shared: &Shared, message: &Message, mode: Mode) -> bool
                 && shared.cfg.encoding == TextEncoding::Utf8
                 && !body.is_empty()
                 && body[0] != v1::CTRL
-                && !body.contains(&v1::SEP);
+                && !v1::contains_byte(v1::SEP, body);
             raw && shared.outbox.try_push_small(
                 Some(Mode::Plain),
                 [body, &[v1::SEP]],

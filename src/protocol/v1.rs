@@ -340,7 +340,7 @@ pub use base85::{
 
 mod decoder;
 
-use decoder::contains_byte;
+pub(crate) use decoder::contains_byte;
 pub use decoder::Decoder;
 #[cfg(test)]
 use decoder::*;

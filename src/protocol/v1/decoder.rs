@@ -30,7 +30,7 @@ pub(super) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
 
 /// Whether `hay` holds `needle` ([`find_byte`]'s block test alone).
 #[inline]
-pub(super) fn contains_byte(needle: u8, hay: &[u8]) -> bool {
+pub(crate) fn contains_byte(needle: u8, hay: &[u8]) -> bool {
     let mut blocks = hay.chunks_exact(64);
     blocks.any(|block| {
         block
