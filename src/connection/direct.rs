@@ -250,13 +250,19 @@ pub(crate) fn take(
             Got::Message(item) => return Ok(item),
             Got::Side(side) => side,
         };
+        // After a stream of large messages: how long the program worked on the last one
+        // (a clock read only then), for `hand_over`.
+        let gap = side.given_back.take().map(|at| at.elapsed());
+        note_away(&mut side, gap);
         side.caller_read = 0;
         side.caller_frames = 0;
         let first_wait = if first { left } else { None };
         first = false;
         let got = read_until_taken(shared, &mut side, deadline, first_wait);
         let linger = lingers(&side);
-        inbox.caller_put_back(side, linger);
+        let timed =
+            side.caller_frames > 0 && side.caller_read >= LARGE.saturating_mul(side.caller_frames);
+        inbox.caller_put_back(side, linger, timed);
         match got {
             Taken::Message(item) => return Ok(item),
             Taken::Gone => return Err(Empty::Gone),
@@ -349,7 +355,7 @@ pub(crate) fn await_answer(
         }
     };
     let linger = lingers(&side);
-    shared.inbox.caller_put_back(side, linger);
+    shared.inbox.caller_put_back(side, linger, false);
     got
 }
 
@@ -376,7 +382,10 @@ const LARGE: usize = 16 * 1024;
 /// alternations, one sitting: 0.88 x raw with the hand-over from 16 KiB, 1.08 x from
 /// 128 KiB). A payload still coming is handed over once its header declares
 /// `LARGE_V2` or more (or that much of it was read): the reader thread then reads it
-/// with the receive low-water mark (256 KiB and up) or in pieces (over 2 MiB).
+/// with the receive low-water mark (256 KiB and up) or in pieces (over 2 MiB). A program
+/// that works on each message as long as its reading would take or longer (see
+/// [`busy`]) has a stream of [`LARGE`] messages or more read by the reader thread in
+/// parallel with it, as before.
 const LARGE_V2: usize = 128 * 1024;
 
 /// The size of message, on average, below which a stream is handed to the reader thread
@@ -397,11 +406,45 @@ fn hand_over(side: &ReadSide) -> bool {
             if frames == 0 && d.payload_coming() >= LARGE_V2 {
                 return read > STREAMING;
             }
-            LARGE_V2.saturating_mul(frames.max(1))
+            // A program that works on each message about as long as its reading takes
+            // gains from the reader thread reading the next ones meanwhile.
+            let from = if side
+                .away
+                .is_some_and(|away| busy(away, read / frames.max(1)))
+            {
+                LARGE
+            } else {
+                LARGE_V2
+            };
+            from.saturating_mul(frames.max(1))
         }
         _ => LARGE.saturating_mul(frames),
     };
     read > STREAMING && (read >= large || read < TINY.saturating_mul(frames))
+}
+
+/// Records the time the program was away before this take (`gap`, if the caller before
+/// read large messages): `ReadSide::away` is the shorter of the last two gaps, so that
+/// one gap made by the scheduler (the program's thread preempted), not by the program's
+/// work, does not count.
+fn note_away(side: &mut ReadSide, gap: Option<Duration>) {
+    side.away = match (side.last_away, gap) {
+        (Some(last), Some(now)) => Some(last.min(now)),
+        _ => None,
+    };
+    side.last_away = gap;
+}
+
+/// Bytes a second at which a thread reads and checks a large v2 message, as an order of
+/// magnitude: a program away from `get_data` longer than the reading of a message would
+/// take at this speed works on each message (it does not only take it), and a stream of
+/// [`LARGE`] messages or more is then read by the reader thread in parallel with it.
+const READ_SPEED: u128 = 10_000_000_000;
+
+/// True when a program that was `away` between two takes of messages of `size` bytes
+/// spent about as long working on one as reading one takes (see [`READ_SPEED`]).
+fn busy(away: Duration, size: usize) -> bool {
+    away.as_nanos().saturating_mul(READ_SPEED) >= (size as u128).saturating_mul(1_000_000_000)
 }
 
 /// Whether the reader thread leaves the read side to the program for `inbox::LINGER`
@@ -549,6 +592,35 @@ mod tests {
         assert_eq!(hold(64 * 1024, 840), (false, true));
         // Few of them: the caller keeps the read side.
         assert_eq!(hold(1000, 12), (true, false));
+        // A program that works on each 64 KiB message about as long as reading it takes
+        // (6.5 µs at READ_SPEED): the reader thread reads on, in parallel with it; one
+        // that only takes them keeps the read side. 4 KiB messages are kept either way.
+        let mut hold = |read: usize, frames: usize, away_us: u64| {
+            (side.caller_read, side.caller_frames) = (read, frames);
+            side.away = Some(Duration::from_micros(away_us));
+            (lingers(&side), hand_over(&side))
+        };
+        assert_eq!(hold(65_550, 1, 20), (false, true));
+        assert_eq!(hold(2 * 65_550, 2, 7), (false, true));
+        assert_eq!(hold(65_550, 1, 1), (true, false));
+        assert_eq!(hold(2 * 65_550, 2, 5), (true, false));
+        assert_eq!(hold(64 * 1024, 16, 1000), (true, false));
+        // Two gaps in a row count, the shorter one; one long gap alone does not.
+        let us = Duration::from_micros;
+        let mut fresh = ReadSide::new(side.stream.clone(), 0);
+        note_away(&mut fresh, Some(us(500)));
+        assert_eq!(fresh.away, None);
+        note_away(&mut fresh, Some(us(2)));
+        assert_eq!(fresh.away, Some(us(2)));
+        note_away(&mut fresh, Some(us(30)));
+        assert_eq!(fresh.away, Some(us(2)));
+        note_away(&mut fresh, Some(us(20)));
+        assert_eq!(fresh.away, Some(us(20)));
+        note_away(&mut fresh, None);
+        assert_eq!(fresh.away, None);
+        assert!(busy(Duration::from_nanos(6554), 65_536));
+        assert!(!busy(Duration::from_nanos(6553), 65_536));
+        side.away = None;
         // A v1 stream hands 64 KiB messages over (LARGE).
         side.decoder = Decoder::new(Protocol::V1, 1 << 20);
         let mut hold = |read: usize, frames: usize| {
