@@ -12,7 +12,9 @@
 //! What it measures (payload bytes only: MB/s are 10^6 payload bytes per second, counted
 //! at the receiver, from the first send to the last message received):
 //!
-//! - v2 one-way throughput, 64 B to 16 MiB messages, one `send` per message;
+//! - v2 one-way throughput, 64 B to 16 MiB messages, one `send` per message; and 64 KiB
+//!   messages to a receiving program that works on each for 20 µs (a busy loop, on both
+//!   sides), where serpy's reader thread can read while the program works;
 //! - v1 one-way throughput, mode 0 (text) and mode 2 (base85), 64 B and 64 KiB;
 //! - v1 acknowledged send (mode 1, 64 B): how long each `send_data` takes, against a raw
 //!   ping-pong (send 68 bytes, wait for the echo);
@@ -541,16 +543,16 @@ fn capacity_for(size: usize) -> usize {
 /// Reads raw frames (4-byte little-endian length, payload) into one reused buffer until
 /// the end marker; returns (messages, payload bytes, when the last one arrived).
 fn raw_receive(stream: TcpStream) -> io::Result<(u64, u64, Instant)> {
-    raw_receive_after(stream, 0).map(|(m, b, _, end)| (m, b, end))
+    raw_receive_after(stream, 0, Duration::ZERO).map(|(m, b, _, end)| (m, b, end))
 }
 
 /// [`raw_receive`] that counts only what follows the first `warm` messages: returns
 /// (messages, payload bytes, the [`Mark`] when the last warm-up message arrived, if any,
 /// when the last one arrived).
-fn raw_receive_after(stream: TcpStream, warm: u64) -> io::Result<Received> {
+fn raw_receive_after(stream: TcpStream, warm: u64, work: Duration) -> io::Result<Received> {
     let mut r = BufReader::with_capacity(64 * KIB, stream);
     let mut buf = Vec::new();
-    let mut count = Counter::new(warm);
+    let mut count = Counter::new(warm, work);
     loop {
         let mut len = [0u8; 4];
         r.read_exact(&mut len)?;
@@ -585,18 +587,22 @@ impl Mark {
 }
 
 /// A receiver's count of the messages after the first `warm`, which it takes as the
-/// warm-up: the [`Mark`] is set when the last of those arrives.
+/// warm-up: the [`Mark`] is set when the last of those arrives. With `work`, the
+/// receiver then works on each message that long (a busy loop: the program's own
+/// processing, the same for serpy and raw).
 struct Counter {
     warm: u64,
+    work: Duration,
     messages: u64,
     bytes: u64,
     mark: Option<Mark>,
 }
 
 impl Counter {
-    fn new(warm: u64) -> Counter {
+    fn new(warm: u64, work: Duration) -> Counter {
         Counter {
             warm,
+            work,
             messages: 0,
             bytes: 0,
             mark: None,
@@ -604,6 +610,12 @@ impl Counter {
     }
 
     fn add(&mut self, len: u64) {
+        if !self.work.is_zero() {
+            let start = Instant::now();
+            while start.elapsed() < self.work {
+                std::hint::spin_loop();
+            }
+        }
         if self.warm > 0 {
             self.warm -= 1;
             if self.warm == 0 {
@@ -685,11 +697,11 @@ fn timed(
     }
 }
 
-fn raw_oneway(plan: &Plan, size: usize) -> BoxResult<Throughput> {
+fn raw_oneway(plan: &Plan, size: usize, work: Duration) -> BoxResult<Throughput> {
     let limits = run_limits(plan, size);
     let (client, server) = raw_pair()?;
     let warm = limits.warm;
-    let receiver = thread::spawn(move || raw_receive_after(server, warm));
+    let receiver = thread::spawn(move || raw_receive_after(server, warm, work));
     let data = payload(size);
     let start = Mark::now();
     let deadline = start.at + limits.time;
@@ -720,12 +732,13 @@ fn serpy_oneway(
     mode: Mode,
     message: Message,
     size: usize,
+    work: Duration,
 ) -> BoxResult<Throughput> {
     let limits = run_limits(plan, size);
     let (_server, client, peer) = serpy_pair(protocol, capacity_for(size))?;
     let warm = limits.warm;
     let receiver = thread::spawn(move || -> serpy::Result<Received> {
-        let mut count = Counter::new(warm);
+        let mut count = Counter::new(warm, work);
         loop {
             let m = peer.get_data_timeout(WAIT)?;
             if m.len() != size {
@@ -758,12 +771,13 @@ fn throughput_row(
     plan: &Plan,
     name: String,
     size: usize,
+    work: Duration,
     serpy: impl Fn() -> BoxResult<Throughput>,
 ) -> BoxResult<Row> {
     let (mut s, mut r) = (Vec::new(), Vec::new());
     for _ in 0..plan.runs {
         if plan.side != Some(true) {
-            r.push(raw_oneway(plan, size)?);
+            r.push(raw_oneway(plan, size, work)?);
         }
         if plan.side != Some(false) {
             s.push(serpy()?);
@@ -1651,17 +1665,37 @@ fn run(plan: &Plan, only: &[String]) -> BoxResult<Vec<Row>> {
     for size in [64, 4 * KIB, 64 * KIB, MIB, 16 * MIB] {
         let data = payload(size);
         add(format!("v2 one-way {}", size_name(size)), &mut |name| {
-            throughput_row(plan, name, size, || {
+            throughput_row(plan, name, size, Duration::ZERO, || {
                 serpy_oneway(
                     plan,
                     Protocol::V2,
                     Mode::Plain,
                     Message::Bytes(data.clone()),
                     size,
+                    Duration::ZERO,
                 )
             })
         })?;
     }
+    // A receiving program that works on each message (20 µs of a busy loop) as well as
+    // taking it: raw reads and works in turn; serpy's reader thread may read meanwhile.
+    let (size, work) = (64 * KIB, Duration::from_micros(20));
+    let data = payload(size);
+    add(
+        format!("v2 one-way {}, 20 µs of work a message", size_name(size)),
+        &mut |name| {
+            throughput_row(plan, name, size, work, || {
+                serpy_oneway(
+                    plan,
+                    Protocol::V2,
+                    Mode::Plain,
+                    Message::Bytes(data.clone()),
+                    size,
+                    work,
+                )
+            })
+        },
+    )?;
     for (mode, label) in [
         (Mode::Plain, "mode 0 text"),
         (Mode::Base85, "mode 2 base85"),
@@ -1673,8 +1707,15 @@ fn run(plan: &Plan, only: &[String]) -> BoxResult<Vec<Row>> {
                 Message::Bytes(payload(size))
             };
             add(format!("v1 {label} {}", size_name(size)), &mut |name| {
-                throughput_row(plan, name, size, || {
-                    serpy_oneway(plan, Protocol::V1, mode, message.clone(), size)
+                throughput_row(plan, name, size, Duration::ZERO, || {
+                    serpy_oneway(
+                        plan,
+                        Protocol::V1,
+                        mode,
+                        message.clone(),
+                        size,
+                        Duration::ZERO,
+                    )
                 })
             })?;
         }

@@ -204,6 +204,42 @@ fn a_stream_into_bounded_queues_loses_nothing() {
     }
 }
 
+/// A v2 stream of large messages read by a caller in `get_data`: 64 KiB messages (a
+/// caller keeps the read role through them), mixed with ones from 128 KiB (handed to
+/// the reader thread, also while a payload is still coming) and over 2 MiB (read in
+/// pieces), into a queue bounded to a few: every byte once, in order, within the bound.
+#[test]
+fn a_stream_of_large_v2_messages_read_by_a_caller_comes_whole_and_in_order() {
+    let capacity = 4;
+    let s = server(
+        Server::builder()
+            .protocol(Protocol::V2)
+            .incoming_capacity(capacity),
+    );
+    let (client, peer) = pair(&s, Connection::builder().protocol(Protocol::V2));
+    let len = |i: usize| match i % 10 {
+        3 => 130 * 1024 + i,
+        7 => (2 << 20) + 1000 + i,
+        _ => 64 * 1024 + i % 3,
+    };
+    const N: usize = 120;
+    let sender = thread::spawn(move || {
+        for i in 0..N {
+            client.send(Message::from(vec![i as u8; len(i)])).unwrap();
+        }
+        client
+    });
+    for i in 0..N {
+        let m = peer.get_data_timeout(T).unwrap();
+        let bytes = m.as_bytes().expect("bytes");
+        assert_eq!(bytes.len(), len(i), "message {i}");
+        assert!(bytes.iter().all(|&b| b == i as u8), "message {i}");
+        assert!(peer.stats().queued_in <= capacity, "the count bound holds");
+    }
+    assert!(peer.try_get_data().unwrap().is_none());
+    sender.join().unwrap().close();
+}
+
 /// A burst of far more than the incoming queue's count bound lets in, read while a
 /// caller waits in `get_data`: the rest waits in the connection, within the bound, and
 /// comes in order, also to a program that no longer calls `get_data` (`Select` and

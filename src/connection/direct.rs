@@ -250,13 +250,19 @@ pub(crate) fn take(
             Got::Message(item) => return Ok(item),
             Got::Side(side) => side,
         };
+        // After a stream of large messages: how long the program worked on the last one
+        // (a clock read only then), for `hand_over`.
+        let gap = side.given_back.take().map(|at| at.elapsed());
+        note_away(&mut side, gap);
         side.caller_read = 0;
         side.caller_frames = 0;
         let first_wait = if first { left } else { None };
         first = false;
         let got = read_until_taken(shared, &mut side, deadline, first_wait);
         let linger = lingers(&side);
-        inbox.caller_put_back(side, linger);
+        let timed =
+            side.caller_frames > 0 && side.caller_read >= LARGE.saturating_mul(side.caller_frames);
+        inbox.caller_put_back(side, linger, timed);
         match got {
             Taken::Message(item) => return Ok(item),
             Taken::Gone => return Err(Empty::Gone),
@@ -349,25 +355,38 @@ pub(crate) fn await_answer(
         }
     };
     let linger = lingers(&side);
-    shared.inbox.caller_put_back(side, linger);
+    shared.inbox.caller_put_back(side, linger, false);
     got
 }
 
 /// A caller that read more than this while it held the read side, of messages of
-/// [`LARGE`] bytes or more, or of fewer than [`TINY`], gives it back without the linger:
-/// the reader thread reads the rest in parallel with the program (the streaming rows of
-/// the bench from 64 KiB up: without this, a consumer that reads for itself does the
-/// reading, decoding and its own work in one thread, half the throughput of 64 KiB
-/// messages and up).
+/// [`LARGE`] bytes or more (v2: [`LARGE_V2`]), or of fewer than [`TINY`], gives it back
+/// without the linger: the reader thread reads the rest in parallel with the program
+/// (the streaming rows of the bench from 64 KiB up, v1; from 1 MiB up, v2: without
+/// this, a consumer that reads for itself does the reading, decoding and its own work
+/// in one thread).
 const STREAMING: usize = 16 * 1024;
 
-/// The size of message, on average over what a caller read while it held the read side,
-/// from which a stream is handed to the reader thread ([`STREAMING`]). Below it, a
+/// The size of v1 message, on average over what a caller read while it held the read
+/// side, from which a stream is handed to the reader thread ([`STREAMING`]). Below it, a
 /// caller that keeps up keeps the read role (see [`lingers`]): for small messages what a
 /// hand-over costs (the reader thread woken, then the program's thread woken by it, at
 /// nearly every read) is more than the reading itself, and one thread reading, decoding
-/// and taking is faster than two that wake each other.
+/// and taking is faster than two that wake each other. (A v1 base85 stream of 64 KiB
+/// messages, whose decoding is most of its cost, is faster read by the reader thread.)
 const LARGE: usize = 16 * 1024;
+
+/// [`LARGE`] for v2, whose decoding is a checksum pass: a caller keeps the read role
+/// through a stream of 64 KiB messages too, read one or two a `recv`, woken by the
+/// socket as a plain socket's reader is (`--only "v2 one-way 64 KiB"`, three
+/// alternations, one sitting: 0.88 x raw with the hand-over from 16 KiB, 1.08 x from
+/// 128 KiB). A payload still coming is handed over once its header declares
+/// `LARGE_V2` or more (or that much of it was read): the reader thread then reads it
+/// with the receive low-water mark (256 KiB and up) or in pieces (over 2 MiB). A program
+/// that works on each message as long as its reading would take or longer (see
+/// [`busy`]) has a stream of [`LARGE`] messages or more read by the reader thread in
+/// parallel with it, as before.
+const LARGE_V2: usize = 128 * 1024;
 
 /// The size of message, on average, below which a stream is handed to the reader thread
 /// too: a read then brings hundreds of messages, whose decoding and taking outweigh the
@@ -376,12 +395,56 @@ const LARGE: usize = 16 * 1024;
 const TINY: usize = 256;
 
 /// True when the caller holding `side` reads a stream that the reader thread reads
-/// better in parallel with the program: it read more than [`STREAMING`], [`LARGE`]
-/// bytes or more per frame decoded (a large payload still coming counts as none), or
-/// fewer than [`TINY`].
+/// better in parallel with the program: it read more than [`STREAMING`], and either
+/// [`LARGE`] bytes or more per frame decoded (v2: [`LARGE_V2`]; a large payload still
+/// coming counts as none for v1; for v2, as one, unless its header declares
+/// `LARGE_V2` or more), or fewer than [`TINY`].
 fn hand_over(side: &ReadSide) -> bool {
     let (read, frames) = (side.caller_read, side.caller_frames);
-    read > STREAMING && (read >= LARGE.saturating_mul(frames) || read < TINY.saturating_mul(frames))
+    let large = match &side.decoder {
+        Decoder::V2(d) => {
+            if frames == 0 && d.payload_coming() >= LARGE_V2 {
+                return read > STREAMING;
+            }
+            // A program that works on each message about as long as its reading takes
+            // gains from the reader thread reading the next ones meanwhile.
+            let from = if side
+                .away
+                .is_some_and(|away| busy(away, read / frames.max(1)))
+            {
+                LARGE
+            } else {
+                LARGE_V2
+            };
+            from.saturating_mul(frames.max(1))
+        }
+        _ => LARGE.saturating_mul(frames),
+    };
+    read > STREAMING && (read >= large || read < TINY.saturating_mul(frames))
+}
+
+/// Records the time the program was away before this take (`gap`, if the caller before
+/// read large messages): `ReadSide::away` is the shorter of the last two gaps, so that
+/// one gap made by the scheduler (the program's thread preempted), not by the program's
+/// work, does not count.
+fn note_away(side: &mut ReadSide, gap: Option<Duration>) {
+    side.away = match (side.last_away, gap) {
+        (Some(last), Some(now)) => Some(last.min(now)),
+        _ => None,
+    };
+    side.last_away = gap;
+}
+
+/// Bytes a second at which a thread reads and checks a large v2 message, as an order of
+/// magnitude: a program away from `get_data` longer than the reading of a message would
+/// take at this speed works on each message (it does not only take it), and a stream of
+/// [`LARGE`] messages or more is then read by the reader thread in parallel with it.
+const READ_SPEED: u128 = 10_000_000_000;
+
+/// True when a program that was `away` between two takes of messages of `size` bytes
+/// spent about as long working on one as reading one takes (see [`READ_SPEED`]).
+fn busy(away: Duration, size: usize) -> bool {
+    away.as_nanos().saturating_mul(READ_SPEED) >= (size as u128).saturating_mul(1_000_000_000)
 }
 
 /// Whether the reader thread leaves the read side to the program for `inbox::LINGER`
@@ -514,14 +577,74 @@ mod tests {
         // Far more than STREAMING of 4 KiB messages: the caller keeps it.
         assert_eq!(hold(256 * 1024, 63), (true, false));
         assert_eq!(hold(64 * 1024, 16), (true, false));
-        // 64 KiB messages, or a large payload still coming: the reader thread reads on.
-        assert_eq!(hold(65_550, 1), (false, true));
+        // v2 64 KiB messages, one or a few a read: the caller keeps it too.
+        assert_eq!(hold(65_550, 1), (true, false));
+        assert_eq!(hold(40_000, 2), (true, false));
+        assert_eq!(hold(4 * 65_550, 4), (true, false));
+        // Less than LARGE_V2 of a payload whose length is not known yet.
+        assert_eq!(hold(100_000, 0), (true, false));
+        // v2 messages of LARGE_V2 and up, or that much of a payload: the reader thread
+        // reads on.
+        assert_eq!(hold(LARGE_V2 + 14, 1), (false, true));
+        assert_eq!(hold(3 << 20, 2), (false, true));
         assert_eq!(hold(200_000, 0), (false, true));
-        assert_eq!(hold(40_000, 2), (false, true));
         // A read's worth of 64-byte messages: the reader thread reads on.
         assert_eq!(hold(64 * 1024, 840), (false, true));
         // Few of them: the caller keeps the read side.
         assert_eq!(hold(1000, 12), (true, false));
+        // A program that works on each 64 KiB message about as long as reading it takes
+        // (6.5 µs at READ_SPEED): the reader thread reads on, in parallel with it; one
+        // that only takes them keeps the read side. 4 KiB messages are kept either way.
+        let mut hold = |read: usize, frames: usize, away_us: u64| {
+            (side.caller_read, side.caller_frames) = (read, frames);
+            side.away = Some(Duration::from_micros(away_us));
+            (lingers(&side), hand_over(&side))
+        };
+        assert_eq!(hold(65_550, 1, 20), (false, true));
+        assert_eq!(hold(2 * 65_550, 2, 7), (false, true));
+        assert_eq!(hold(65_550, 1, 1), (true, false));
+        assert_eq!(hold(2 * 65_550, 2, 5), (true, false));
+        assert_eq!(hold(64 * 1024, 16, 1000), (true, false));
+        // Two gaps in a row count, the shorter one; one long gap alone does not.
+        let us = Duration::from_micros;
+        let mut fresh = ReadSide::new(side.stream.clone(), 0);
+        note_away(&mut fresh, Some(us(500)));
+        assert_eq!(fresh.away, None);
+        note_away(&mut fresh, Some(us(2)));
+        assert_eq!(fresh.away, Some(us(2)));
+        note_away(&mut fresh, Some(us(30)));
+        assert_eq!(fresh.away, Some(us(2)));
+        note_away(&mut fresh, Some(us(20)));
+        assert_eq!(fresh.away, Some(us(20)));
+        note_away(&mut fresh, None);
+        assert_eq!(fresh.away, None);
+        assert!(busy(Duration::from_nanos(6554), 65_536));
+        assert!(!busy(Duration::from_nanos(6553), 65_536));
+        side.away = None;
+        // A v1 stream hands 64 KiB messages over (LARGE).
+        side.decoder = Decoder::new(Protocol::V1, 1 << 20);
+        let mut hold = |read: usize, frames: usize| {
+            (side.caller_read, side.caller_frames) = (read, frames);
+            (lingers(&side), hand_over(&side))
+        };
+        assert_eq!(hold(65_540, 1), (false, true));
+        assert_eq!(hold(40_000, 2), (false, true));
+        assert_eq!(hold(20_000, 0), (false, true));
+        assert_eq!(hold(12_000, 3), (true, false));
+        // A v2 payload still coming whose header declares LARGE_V2 or more: handed over
+        // after STREAMING of it.
+        side.decoder = Decoder::new(Protocol::V2, 1 << 20);
+        let mut wire = WireBuf::new();
+        v2::encode(&Message::from(vec![1u8; LARGE_V2]), &mut wire).unwrap();
+        let mut frames = Vec::new();
+        side.decoder
+            .decode(&wire.to_vec()[..STREAMING + 100], &mut frames);
+        assert!(frames.is_empty());
+        side.caller_read = STREAMING + 100;
+        side.caller_frames = 0;
+        assert!(hand_over(&side));
+        let mut side = ReadSide::new(side.stream.clone(), 0);
+        side.decoder = Decoder::new(Protocol::V2, 1 << 20);
         // The start of a message left in the decoder: kept after small messages...
         let mut frames = Vec::new();
         let mut wire = WireBuf::new();

@@ -625,12 +625,17 @@ impl Inbox {
     /// A caller gives the read side back: to another taker that waits for it, else to
     /// the reader thread (woken if it waits; it takes the side once [`LINGER`] has
     /// passed, or at once if the caller met the end of the link or `linger` is false).
-    pub fn caller_put_back(&self, side: Box<ReadSide>, linger: bool) {
+    ///
+    /// With `timed` (and the linger), the side keeps the moment it was given back
+    /// (`ReadSide::given_back`, see `direct::hand_over`).
+    pub fn caller_put_back(&self, mut side: Box<ReadSide>, linger: bool, timed: bool) {
+        let left = linger.then(Instant::now);
+        side.given_back = left.filter(|_| timed);
         let mut s = lock(&self.state);
         let over = side.seen.is_some();
         let r = &mut s.role;
         r.side = Some(side);
-        r.caller_left = linger.then(Instant::now);
+        r.caller_left = left;
         r.offered = !over && r.side_takers > 0;
         let offer = r.offered;
         // What the caller met is for the reader thread at once, even while it lingers.

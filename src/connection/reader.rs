@@ -99,6 +99,19 @@ pub(crate) struct ReadSide {
     /// side (with `caller_read`, the size of the messages it reads: see `direct.rs`).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub caller_frames: usize,
+    /// (Linux and Android) When a caller that read large messages (`direct::LARGE`
+    /// bytes or more) gave the read side back with the linger (see `direct::take`): the
+    /// next caller to take it learns how long the program was away between its takes.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub given_back: Option<Instant>,
+    /// (Linux and Android) How long the program was away (working on what it took)
+    /// before the caller holding the read side took it: the shorter of the last two
+    /// such gaps, each after a caller that read large messages (see `direct::hand_over`).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub away: Option<Duration>,
+    /// (Linux and Android) The last such gap alone.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub last_away: Option<Duration>,
 }
 
 /// How a caller's read met the end of its link.
@@ -356,6 +369,12 @@ impl ReadSide {
             caller_read: 0,
             #[cfg(any(target_os = "linux", target_os = "android"))]
             caller_frames: 0,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            given_back: None,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            away: None,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            last_away: None,
         }
     }
 

@@ -706,6 +706,15 @@ impl Decoder {
         self.end - self.start + self.own.filled
     }
 
+    /// The payload length the header of the frame being collected declares (0 between
+    /// frames, and for a frame being thrown away).
+    pub(crate) fn payload_coming(&self) -> usize {
+        match self.state {
+            State::Payload { len, .. } => len,
+            State::Header | State::Discard { .. } => 0,
+        }
+    }
+
     /// The bytes of the unfinished message that have arrived, as the peer sent them: its
     /// header included once the header is in (so a link cut right after a header still
     /// counts it), what is held of a header otherwise. A frame being thrown away (already
