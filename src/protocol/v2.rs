@@ -707,7 +707,9 @@ impl Decoder {
     }
 
     /// The payload length the header of the frame being collected declares (0 between
-    /// frames, and for a frame being thrown away).
+    /// frames, and for a frame being thrown away). Used by the reads a program's thread
+    /// makes itself (Linux and Android).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) fn payload_coming(&self) -> usize {
         match self.state {
             State::Payload { len, .. } => len,
