@@ -273,6 +273,9 @@ pub(crate) fn late_base85(
         return None;
     };
     let to = Mode::Base85.with_ack(mode.is_acked());
+    if !mode.is_base85() {
+        log::debug!("bytes travel as base85: mode {mode} was asked for, sending in mode {to}");
+    }
     Some(if body.is_empty() && !to.is_acked() {
         Err(Error::EmptyMessage { mode })
     } else if body.len() > max_message_size {
