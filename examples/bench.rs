@@ -1662,28 +1662,20 @@ fn run(plan: &Plan, only: &[String]) -> BoxResult<Vec<Row>> {
         }
         Ok(())
     };
-    for size in [64, 4 * KIB, 64 * KIB, MIB, 16 * MIB] {
+    // The last row: a receiving program that works on each message (20 µs of a busy
+    // loop) as well as taking it: raw reads and works in turn; serpy's reader thread may
+    // read meanwhile.
+    let v2_rows = [64, 4 * KIB, 64 * KIB, MIB, 16 * MIB]
+        .map(|size| (size, Duration::ZERO))
+        .into_iter()
+        .chain([(64 * KIB, Duration::from_micros(20))]);
+    for (size, work) in v2_rows {
         let data = payload(size);
-        add(format!("v2 one-way {}", size_name(size)), &mut |name| {
-            throughput_row(plan, name, size, Duration::ZERO, || {
-                serpy_oneway(
-                    plan,
-                    Protocol::V2,
-                    Mode::Plain,
-                    Message::Bytes(data.clone()),
-                    size,
-                    Duration::ZERO,
-                )
-            })
-        })?;
-    }
-    // A receiving program that works on each message (20 µs of a busy loop) as well as
-    // taking it: raw reads and works in turn; serpy's reader thread may read meanwhile.
-    let (size, work) = (64 * KIB, Duration::from_micros(20));
-    let data = payload(size);
-    add(
-        format!("v2 one-way {}, 20 µs of work a message", size_name(size)),
-        &mut |name| {
+        let name = match work.as_micros() {
+            0 => format!("v2 one-way {}", size_name(size)),
+            us => format!("v2 one-way {}, {us} µs of work a message", size_name(size)),
+        };
+        add(name, &mut |name| {
             throughput_row(plan, name, size, work, || {
                 serpy_oneway(
                     plan,
@@ -1694,8 +1686,8 @@ fn run(plan: &Plan, only: &[String]) -> BoxResult<Vec<Row>> {
                     work,
                 )
             })
-        },
-    )?;
+        })?;
+    }
     for (mode, label) in [
         (Mode::Plain, "mode 0 text"),
         (Mode::Base85, "mode 2 base85"),
