@@ -155,6 +155,51 @@ pub(crate) fn set_recv_low_water(socket: &std::net::TcpStream, bytes: usize) -> 
     }
 }
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
+thread_local! {
+    /// Set on a thread that [`stop_wakeup_preemption`] made `SCHED_BATCH`.
+    static UNPREEMPTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Stops the calling thread's wake-ups from preempting the thread running on the
+/// processor it is woken on (Linux and Android): a thread of the default policy
+/// (`SCHED_OTHER`) becomes `SCHED_BATCH`. Woken, it then runs at once on an idle
+/// processor, or else when the running thread blocks or its time slice ends; its nice
+/// value and its share of the processor stay as they were. A thread of another policy
+/// (real-time, say, inherited from the program) is left as it is; failing changes
+/// nothing.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+pub(crate) fn stop_wakeup_preemption() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_getscheduler(2) and sched_setscheduler(2) with pid 0 read and change
+    // the calling thread only; the latter reads one `sched_param` through the pointer,
+    // which points to `param`, live on the stack.
+    let done = unsafe {
+        libc::sched_getscheduler(0) == libc::SCHED_OTHER
+            && libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0
+    };
+    if done {
+        UNPREEMPTING.with(|u| u.set(true));
+    }
+}
+
+/// True if [`stop_wakeup_preemption`] changed the calling thread: a thread it starts
+/// inherits `SCHED_BATCH`, which [`restore_wakeup_preemption`] undoes.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn wakeup_preemption_stopped() -> bool {
+    UNPREEMPTING.with(|u| u.get())
+}
+
+/// Makes the calling thread `SCHED_OTHER` again (see [`wakeup_preemption_stopped`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+pub(crate) fn restore_wakeup_preemption() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `stop_wakeup_preemption`: the calling thread, and `param` on the stack.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+}
+
 /// Asks the processor to bring the `lines` cache lines (64 bytes each) from `p` on into
 /// this core's cache, ready to be written, without waiting for them (x86-64 with
 /// `PREFETCHW`): a hint, which reads and writes nothing and is ordered with no other

@@ -233,3 +233,36 @@ fn two_senders_streaming_small_messages_lose_nothing_and_keep_their_order() {
         client.close();
     }
 }
+
+/// A burst that fills the outgoing queue again and again (the sender waits for room,
+/// the writer takes batches), then one message more and no further send: that last
+/// message goes out by itself, after all the others, each once and in order (nothing
+/// waits for a next send or a timer; the wait below is only an upper bound).
+#[test]
+fn the_last_message_after_a_burst_goes_out_without_another_send() {
+    for protocol in [Protocol::V2, Protocol::V1] {
+        const BURST: usize = 50_000;
+        let server = common::server(serpy::Server::builder().protocol(protocol));
+        let (client, peer) = common::pair(
+            &server,
+            Connection::builder()
+                .protocol(protocol)
+                .outgoing_capacity(16),
+        );
+        for i in 0..BURST {
+            client.send(format!("{i}")).expect("send");
+        }
+        client.send("last").expect("send");
+        for i in 0..BURST {
+            let m = peer.get_data_timeout(T).expect("every message arrives");
+            assert_eq!(
+                m.as_str().expect("text"),
+                i.to_string(),
+                "{protocol:?}: in order"
+            );
+        }
+        let last = peer.get_data_timeout(T).expect("the last message arrives");
+        assert_eq!(last.as_str().expect("text"), "last", "{protocol:?}");
+        client.close();
+    }
+}

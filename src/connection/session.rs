@@ -148,9 +148,19 @@ pub(crate) fn attach(
         previous,
         side: Box::new(side),
     };
+    // Started by the writer thread (a reconnect), the reader does not keep the
+    // writer's scheduling policy (see `Writer::run`).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let restore = crate::sys::wakeup_preemption_stopped();
     let handle = thread::Builder::new()
         .name(format!("serpy-rd-{}", shared.id))
-        .spawn(move || reader.run())
+        .spawn(move || {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            if restore {
+                crate::sys::restore_wakeup_preemption();
+            }
+            reader.run()
+        })
         .map_err(|e| Error::io("starting the reader thread", e))?;
     *lock(&shared.reader) = Some(handle);
     Ok(())

@@ -71,6 +71,12 @@ struct Batch {
 impl Writer {
     /// The thread's body.
     pub fn run(self) {
+        // Woken by a caller's message into an empty queue, the writer does not preempt
+        // that caller (which, in a stream, goes on filling the queue: the writer then
+        // takes a batch, not one message and a wake-up each); it runs on an idle
+        // processor at once, else when the caller blocks or its time slice ends.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        crate::sys::stop_wakeup_preemption();
         let shared = self.shared.clone();
         let keep_latest = matches!(shared.cfg.full_queue, FullQueue::KeepLatest(_));
         loop {
@@ -516,5 +522,76 @@ impl Writer {
         if let Some(s) = &link.stream {
             crate::sys::wake_blocked(&s);
         }
+    }
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::super::Connection;
+    use crate::config::Config;
+    use crate::protocol::Protocol;
+    use crate::sync::lock;
+
+    /// The scheduling policy in a thread's `/proc` directory (field 41 of its stat line).
+    fn policy_in(task: &Path) -> Option<i32> {
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        // After the name in parentheses, the fields from the third on.
+        let (_, rest) = stat.rsplit_once(") ")?;
+        rest.split(' ').nth(38)?.parse().ok()
+    }
+
+    /// The scheduling policy of this process's thread named `name`, if there is one.
+    fn policy_of(name: &str) -> Option<i32> {
+        let task = std::fs::read_dir("/proc/self/task")
+            .ok()?
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            })?;
+        policy_in(&task.path())
+    }
+
+    /// The writer thread's wake-ups do not preempt the caller that wakes it
+    /// (`SCHED_BATCH`); the reader thread keeps the policy it inherits. (Under another
+    /// policy than the default, the writer is left as it is too.)
+    #[test]
+    fn the_writer_thread_does_not_preempt_its_callers_and_the_reader_is_left_as_it_was() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut raw = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let cfg = Config {
+            protocol: Protocol::V2,
+            ..Config::default()
+        };
+        let conn = Connection::start(accepted, cfg, Vec::new(), false, None).unwrap();
+        let id = conn.shared().id;
+        // With the link held here, the send cannot be written by this thread: the writer
+        // thread writes it, so it has run by the time it arrives.
+        {
+            let _link = lock(&conn.shared().link);
+            conn.send("through the writer").unwrap();
+        }
+        let mut frame = [0u8; 14 + 18];
+        raw.read_exact(&mut frame).unwrap();
+        assert_eq!(&frame[14..], b"through the writer");
+        let inherited = policy_in(Path::new("/proc/thread-self")).expect("this thread's policy");
+        let writer = policy_of(&format!("serpy-wr-{id}"));
+        if inherited == libc::SCHED_OTHER {
+            assert_eq!(writer, Some(libc::SCHED_BATCH));
+        } else {
+            assert_eq!(writer, Some(inherited));
+        }
+        // The reader names itself once it runs (it may not have yet): if it has, it has
+        // the policy of the thread that started it.
+        if let Some(reader) = policy_of(&format!("serpy-rd-{id}")) {
+            assert_eq!(reader, inherited);
+        }
+        conn.close();
     }
 }
