@@ -68,7 +68,7 @@ enum Step {
     /// It read bytes and delivered what they completed (maybe nothing), or it delivered
     /// some of what an earlier read left undelivered.
     Read,
-    /// It read and delivered, and large (or tiny) messages come faster than it takes
+    /// It read and delivered, and large (or, over v1, tiny) messages come faster than it takes
     /// them (see [`hand_over`]): the reader thread reads on, in parallel with the
     /// program.
     Streaming,
@@ -360,8 +360,8 @@ pub(crate) fn await_answer(
 }
 
 /// A caller that read more than this while it held the read side, of messages of
-/// [`LARGE`] bytes or more (v2: [`LARGE_V2`]), or of fewer than [`TINY`], gives it back
-/// without the linger: the reader thread reads the rest in parallel with the program
+/// [`LARGE`] bytes or more (v2: [`LARGE_V2`]), or over v1 of fewer than [`TINY_V1`],
+/// gives it back without the linger: the reader thread reads the rest in parallel with the program
 /// (the streaming rows of the bench from 64 KiB up, v1; from 1 MiB up, v2: without
 /// this, a consumer that reads for itself does the reading, decoding and its own work
 /// in one thread).
@@ -388,20 +388,41 @@ const LARGE: usize = 16 * 1024;
 /// parallel with it, as before.
 const LARGE_V2: usize = 128 * 1024;
 
-/// The size of message, on average, below which a stream is handed to the reader thread
-/// too: a read then brings hundreds of messages, whose decoding and taking outweigh the
-/// hand-over, and the reader thread drains the socket while the program takes the last
-/// read's (v1 mode 0 64 B: 5.83 M msg/s with the hand-over against 4.80 M without).
-const TINY: usize = 256;
+/// The size of v1 message, on average, below which a stream is handed to the reader
+/// thread too: a read then brings hundreds of messages, whose decoding and taking
+/// outweigh the hand-over, and the reader thread drains the socket while the program
+/// takes the last read's (v1 mode 0 64 B, on a 2-vCPU Intel machine: 5.83 M msg/s with
+/// the hand-over against 4.80 M without; on the 2-vCPU AMD EPYC machine of round eight
+/// of issue 15, within the spread, a little better with it). A v2 stream of tiny
+/// messages stays with the caller: one thread reading, checking and taking them costs
+/// less CPU there and is faster (v2 64 B, five alternations: see the commit that made
+/// it so), with the reader thread giving the role back to a caller once it took it
+/// ([`caller_keeps`]).
+const TINY_V1: usize = 256;
 
 /// True when the caller holding `side` reads a stream that the reader thread reads
 /// better in parallel with the program: it read more than [`STREAMING`], and either
 /// [`LARGE`] bytes or more per frame decoded (v2: [`LARGE_V2`]; a large payload still
 /// coming counts as none for v1; for v2, as one, unless its header declares
-/// `LARGE_V2` or more), or fewer than [`TINY`].
+/// `LARGE_V2` or more), or, over v1, fewer than [`TINY_V1`].
 fn hand_over(side: &ReadSide) -> bool {
-    let (read, frames) = (side.caller_read, side.caller_frames);
-    let large = match &side.decoder {
+    hands_over(side, side.caller_read, side.caller_frames)
+}
+
+/// True when a read of `read` bytes that decoded `frames` frames brought messages under
+/// [`LARGE`] that a caller would keep the read role for: the reader thread, having made
+/// such a read, gives the role to a caller that waits for it (see
+/// `Inbox::reader_yield`). Not for larger ones, which a program that works on each
+/// message has read in parallel with it (see [`busy`]): a caller that waits for them
+/// there has only caught up for a moment (`--only "v2 one-way 64 KiB, 20 µs"`, five
+/// alternations in one sitting: 28.7 k msg/s with them given back too, 30.1 k without).
+pub(crate) fn caller_keeps(side: &ReadSide, read: usize, frames: usize) -> bool {
+    frames > 0 && read / frames < LARGE && !hands_over(side, read, frames)
+}
+
+/// [`hand_over`] for a caller that read `read` bytes which decoded `frames` frames.
+fn hands_over(side: &ReadSide, read: usize, frames: usize) -> bool {
+    let (large, tiny) = match &side.decoder {
         Decoder::V2(d) => {
             if frames == 0 && d.payload_coming() >= LARGE_V2 {
                 return read > STREAMING;
@@ -416,11 +437,11 @@ fn hand_over(side: &ReadSide) -> bool {
             } else {
                 LARGE_V2
             };
-            from.saturating_mul(frames.max(1))
+            (from.saturating_mul(frames.max(1)), 0)
         }
-        _ => LARGE.saturating_mul(frames),
+        _ => (LARGE.saturating_mul(frames), TINY_V1.saturating_mul(frames)),
     };
-    read > STREAMING && (read >= large || read < TINY.saturating_mul(frames))
+    read > STREAMING && (read >= large || read < tiny)
 }
 
 /// Records the time the program was away before this take (`gap`, if the caller before
@@ -449,7 +470,7 @@ fn busy(away: Duration, size: usize) -> bool {
 
 /// Whether the reader thread leaves the read side to the program for `inbox::LINGER`
 /// after `side` comes back: after a caller that read something, unless it reads a
-/// stream of large or tiny messages ([`hand_over`]) or left the start of a message in the
+/// stream of large (or, over v1, tiny) messages ([`hand_over`]) or left the start of a message in the
 /// decoder without having decoded any (a large payload still coming). Else the reader
 /// thread takes it at once. A caller that reads messages of sizes in between keeps the read role this
 /// way while it comes back within `LINGER`, the reader thread asleep; a program that
@@ -588,8 +609,8 @@ mod tests {
         assert_eq!(hold(LARGE_V2 + 14, 1), (false, true));
         assert_eq!(hold(3 << 20, 2), (false, true));
         assert_eq!(hold(200_000, 0), (false, true));
-        // A read's worth of 64-byte messages: the reader thread reads on.
-        assert_eq!(hold(64 * 1024, 840), (false, true));
+        // A read's worth of 64-byte messages: the caller keeps it too (v1: see below).
+        assert_eq!(hold(64 * 1024, 840), (true, false));
         // Few of them: the caller keeps the read side.
         assert_eq!(hold(1000, 12), (true, false));
         // A program that works on each 64 KiB message about as long as reading it takes
@@ -631,6 +652,23 @@ mod tests {
         assert_eq!(hold(40_000, 2), (false, true));
         assert_eq!(hold(20_000, 0), (false, true));
         assert_eq!(hold(12_000, 3), (true, false));
+        // A read's worth of 64-byte v1 messages: the reader thread reads on.
+        assert_eq!(hold(64 * 1024, 1000), (false, true));
+        assert_eq!(hold(1000, 12), (true, false));
+        // What the reader thread gives back to a waiting caller: reads of small
+        // messages a caller keeps (v2 of any size under LARGE, v1 between TINY_V1 and
+        // LARGE), not of larger ones (a program that works on each has them read in
+        // parallel), nor reads that completed nothing.
+        side.decoder = Decoder::new(Protocol::V2, 1 << 20);
+        assert!(caller_keeps(&side, 64 * 1024, 840));
+        assert!(caller_keeps(&side, 64 * 1024, 16));
+        assert!(caller_keeps(&side, 300, 1));
+        assert!(!caller_keeps(&side, 65_550, 1));
+        assert!(!caller_keeps(&side, 64 * 1024, 0));
+        side.decoder = Decoder::new(Protocol::V1, 1 << 20);
+        assert!(!caller_keeps(&side, 64 * 1024, 1000));
+        assert!(caller_keeps(&side, 64 * 1024, 16));
+        assert!(!caller_keeps(&side, 40_000, 2));
         // A v2 payload still coming whose header declares LARGE_V2 or more: handed over
         // after STREAMING of it.
         side.decoder = Decoder::new(Protocol::V2, 1 << 20);

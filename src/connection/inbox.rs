@@ -696,6 +696,26 @@ impl Inbox {
         }
     }
 
+    /// The reader thread gives the read side to the takers that wait for it, if any do
+    /// (else it gets it back): the first of them to find the queue empty reads next,
+    /// and the reader thread leaves the side to the callers for [`LINGER`], as after a
+    /// caller gave it back. So a program that fell behind and had the reader thread
+    /// read for it (it was away longer than `LINGER`) reads for itself again once it
+    /// catches up, instead of waiting for the reader thread to wake it at each read.
+    pub fn reader_yield(&self, side: Box<ReadSide>) -> Result<(), Box<ReadSide>> {
+        let mut s = lock(&self.state);
+        let r = &mut s.role;
+        if r.side_takers == 0 {
+            return Err(side);
+        }
+        r.side = Some(side);
+        r.offered = true;
+        r.caller_left = Some(Instant::now());
+        drop(s);
+        self.data.notify_all();
+        Ok(())
+    }
+
     /// The reader thread gives the read side back, having found the socket empty.
     /// Returns true if takers wait for it (they are woken): the reader thread then waits
     /// for it to come back rather than for bytes.
@@ -1020,6 +1040,47 @@ mod tests {
                 (0..N as u64).collect::<Vec<_>>(),
                 "each one once, none lost"
             );
+        });
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn the_reader_yields_the_read_side_only_to_a_waiting_caller_and_then_lingers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (inbox, _tx) = Inbox::new(usize::MAX, None);
+        let mut side = Box::new(ReadSide::new(Arc::new(stream), 0));
+        // Nobody waits for it: the reader thread keeps it.
+        side = inbox.reader_yield(side).unwrap_err();
+        thread::scope(|sc| {
+            let caller = sc.spawn(|| match inbox.take_or_side(Some(LONG), true) {
+                Ok(Got::Side(side)) => side,
+                _ => panic!("the caller did not get the read side"),
+            });
+            // Until the caller waits for it (then it goes).
+            let started = Instant::now();
+            loop {
+                match inbox.reader_yield(side) {
+                    Ok(()) => break,
+                    Err(back) => side = back,
+                }
+                assert!(started.elapsed() < LONG, "the caller never waited");
+                thread::yield_now();
+            }
+            let side = caller.join().unwrap();
+            {
+                let s = lock(&inbox.state);
+                assert!(s.role.side.is_none() && !s.role.offered);
+                // The reader thread leaves the side to the callers for LINGER, as after
+                // a caller gave it back.
+                assert!(s.role.caller_left.is_some());
+            }
+            // A caller that gives it back without the linger: the reader takes it at once.
+            inbox.caller_put_back(side, false, false);
+            let taken = Instant::now();
+            let side = inbox.reader_take_side();
+            assert!(taken.elapsed() < LONG);
+            drop(side);
         });
     }
 

@@ -116,7 +116,10 @@
 //!    acknowledged send waiting for its answer does the same if the role is free. A
 //!    caller that keeps up keeps the role through a stream of small messages (the
 //!    reader thread, asleep, takes it back once the program falls behind by
-//!    `inbox::LINGER`, or for a stream of large or tiny messages, read in parallel); what a
+//!    `inbox::LINGER`, or for a stream of large messages, or of tiny ones over v1,
+//!    read in parallel; having
+//!    taken it back for such small messages, it gives it to the first caller that
+//!    waits for it, `Inbox::reader_yield`); what a
 //!    caller's read brings beyond the queue's bounds waits in the read side, delivered
 //!    first by whoever reads next.
 //! 5. The program takes the message (`get_data` and friends, `recv_any`):
@@ -637,10 +640,11 @@ impl Connection {
     /// rather than in the incoming queue, so other ways of taking messages
     /// ([`try_get_data`](Connection::try_get_data), [`Select`](crate::Select),
     /// [`Server::recv_any`](crate::Server::recv_any)) may see
-    /// it up to that much later. When messages come faster than one at a time (a read
-    /// fills what the queue can take, or more than 16 KiB come in one call), the call
-    /// leaves the reading to the reader thread at once, which then reads in parallel
-    /// with the program.
+    /// it up to that much later. When large messages come faster than one at a time
+    /// (more than 16 KiB in one call, of messages of 16 KiB or more over v1, of
+    /// 128 KiB or more over v2, or of 16 KiB or more while the program works on each
+    /// about as long as reading it takes), or tiny ones over v1, the call leaves the reading to the reader thread
+    /// at once, which then reads in parallel with the program.
     ///
     /// ```
     /// # fn main() -> serpy::Result<()> {

@@ -114,6 +114,18 @@ pub(crate) struct ReadSide {
     pub last_away: Option<Duration>,
 }
 
+/// How the reader thread's turn with the read side ended (shared reads).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+enum Turn {
+    /// The link's reading is over.
+    Over(Result<(), ReadEnd>),
+    /// The socket is empty.
+    Empty,
+    /// It read (and delivered) messages of the kind a caller keeps the read role for
+    /// (`direct::caller_keeps`): the side goes to a caller waiting for it, if one does.
+    Yield,
+}
+
 /// How a caller's read met the end of its link.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 #[derive(Debug)]
@@ -319,11 +331,19 @@ impl Reader {
         let mut timed_out = false;
         loop {
             let mut side = inbox.reader_take_side();
-            if let Some(end) = side.reader_turn(shared, met.take(), &mut timed_out) {
-                // The read side is not given back: callers read no more on this link.
-                self.side = side;
-                return end;
-            }
+            let side = match side.reader_turn(shared, met.take(), &mut timed_out) {
+                Turn::Over(end) => {
+                    // The read side is not given back: callers read no more on this link.
+                    self.side = side;
+                    return end;
+                }
+                Turn::Yield => match inbox.reader_yield(side) {
+                    // A caller reads next; the reader thread lingers as after a caller.
+                    Ok(()) => continue,
+                    Err(side) => side,
+                },
+                Turn::Empty => side,
+            };
             if inbox.reader_put_back(side) {
                 // Callers wait for the read side: one of them reads next.
                 continue;
@@ -403,27 +423,28 @@ impl ReadSide {
 
     /// The reader thread's turn with the read side (shared reads): delivers what a
     /// caller left undelivered (waiting for room), reports what a caller met or what the
-    /// last wait for bytes met, else reads and delivers until the socket is empty.
-    /// `Some` when the link's reading is over.
+    /// last wait for bytes met, else reads and delivers until the socket is empty, or
+    /// until a read brought messages that a caller reads better itself (a caller may
+    /// wait for the read side meanwhile: see [`Turn::Yield`]).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn reader_turn(
         &mut self,
         shared: &Shared,
         met: Option<io::Error>,
         timed_out: &mut bool,
-    ) -> Option<Result<(), ReadEnd>> {
+    ) -> Turn {
         // What a caller read and could not deliver (no room) came before anything else.
         if let Err(end) = self.deliver(shared, true) {
-            return Some(Err(end));
+            return Turn::Over(Err(end));
         }
         if let Some(e) = met {
             // The error came before anything a caller may have met after it.
-            return Some(self.ended(shared, Err(ReadEnd::Io(e))));
+            return Turn::Over(self.ended(shared, Err(ReadEnd::Io(e))));
         }
         match self.seen.take() {
-            Some(Seen::Eof) => return Some(self.ended(shared, Ok(()))),
-            Some(Seen::Failed(e)) => return Some(self.ended(shared, Err(ReadEnd::Io(e)))),
-            Some(Seen::Broken(reason)) => return Some(Err(ReadEnd::Broken(reason))),
+            Some(Seen::Eof) => return Turn::Over(self.ended(shared, Ok(()))),
+            Some(Seen::Failed(e)) => return Turn::Over(self.ended(shared, Err(ReadEnd::Io(e)))),
+            Some(Seen::Broken(reason)) => return Turn::Over(Err(ReadEnd::Broken(reason))),
             None => {}
         }
         if std::mem::take(timed_out) && self.timeout.is_some() {
@@ -435,16 +456,21 @@ impl ReadSide {
         }
         loop {
             match self.read_now() {
-                Ok(0) => return Some(self.ended(shared, Ok(()))),
+                Ok(0) => return Turn::Over(self.ended(shared, Ok(()))),
                 Ok(n) => {
                     self.got(shared, n);
+                    let frames = self.frames.len();
                     if let Err(end) = self.deliver(shared, true) {
-                        return Some(Err(end));
+                        return Turn::Over(Err(end));
+                    }
+                    // Everything is delivered: a caller may read on from here.
+                    if super::direct::caller_keeps(self, n, frames) {
+                        return Turn::Yield;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                Err(e) => return Some(self.ended(shared, Err(ReadEnd::Io(e)))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Empty,
+                Err(e) => return Turn::Over(self.ended(shared, Err(ReadEnd::Io(e)))),
             }
         }
     }
