@@ -30,8 +30,8 @@ fn usage() -> ExitCode {
         "usage: unproven_flood [--sockets N] [--max-unproven M] [--outgoing-capacity C]\n\
          opens N sockets to a server on 127.0.0.1 that each send one byte and never a\n\
          whole message, and prints the threads and memory they cost (defaults 300, 64,\n\
-         1024; --max-unproven 0: no limit; the outgoing queue's slots are allocated\n\
-         up front, C of them per connection)"
+         1024; --max-unproven 0: no limit; C bounds each connection's outgoing queue,\n\
+         which allocates as messages come, not up front)"
     );
     ExitCode::from(2)
 }
