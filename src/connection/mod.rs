@@ -98,8 +98,9 @@
 //! 1. `Reader::read_loop` reads (v2 straight into the decoder's buffer, v1 in 64 KiB
 //!    chunks) and feeds the pure decoder, which gives `Frame`s. The first bytes of a
 //!    link pass a `Sniffer` first: the other protocol's start ends the link.
-//! 2. `Reader::deliver`: the data frames of one read, in a run → `Reader::queue`, which
-//!    puts as many as fit into the incoming queue (`Inbox::push_some`: one lock holding
+//! 2. `Reader::deliver`: a read that decoded data only, all of which fits, goes into the
+//!    incoming queue whole (`Inbox::push_all`: one bounds check, one move); else the
+//!    data frames of one read, in a run → `Reader::queue`, which puts as many as fit into the incoming queue (`Inbox::push_some`: one lock holding
 //!    for the run, within the byte budget and the count bound, one wake-up of waiting
 //!    takers that no earlier push has woken, and the readiness token `Select` waits on armed if the queue was empty)
 //!    and, if some are left, waits for room (`Inbox::wait_for_room`) and goes on;
