@@ -265,6 +265,21 @@ impl Link {
         self.wrote(written, pending);
         (written, result)
     }
+
+    /// [`Link::write_wire`], calling `before_blocking` before the write may block: on
+    /// Linux and Android the socket is first offered everything without blocking, and
+    /// only what it leaves is written blocking, after the call (one write, as before,
+    /// when the socket has room); elsewhere the call comes first.
+    pub fn write_wire_then(
+        &mut self,
+        pending: &AtomicUsize,
+        before_blocking: impl FnOnce(),
+    ) -> (usize, io::Result<()>) {
+        let parts = self.wire.take_parts();
+        let (written, result) = write_parts_then(self.stream.as_ref(), &parts, before_blocking);
+        self.wrote(written, pending);
+        (written, result)
+    }
 }
 
 /// Encodes `modcg` ACKMODCG and `eot` ACKEOT replies.
@@ -291,12 +306,45 @@ pub(crate) fn put_back(wire: &mut WireBuf, parts: &[Bytes], mut written: usize) 
 
 /// Writes all `parts`; returns how many bytes the socket took and the outcome.
 pub(crate) fn write_parts(stream: Option<&TcpStream>, parts: &[Bytes]) -> (usize, io::Result<()>) {
+    write_parts_then(stream, parts, || {})
+}
+
+/// [`write_parts`], calling `before_blocking` before a write that may block (see
+/// [`Link::write_wire_then`]).
+pub(crate) fn write_parts_then(
+    stream: Option<&TcpStream>,
+    parts: &[Bytes],
+    before_blocking: impl FnOnce(),
+) -> (usize, io::Result<()>) {
     let Some(mut stream) = stream else {
         return (0, Err(io::Error::from(io::ErrorKind::NotConnected)));
     };
     let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let mut slices = &mut slices[..];
     let mut written = 0;
+    #[cfg(all(
+        any(target_os = "linux", target_os = "android"),
+        not(serpy_portable_send)
+    ))]
+    {
+        let total: usize = parts.iter().map(Bytes::len).sum();
+        match socket2::SockRef::from(stream)
+            .send_vectored_with_flags(slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        {
+            Ok(n) if n >= total => return (n, Ok(())),
+            Ok(n) => {
+                written = n;
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return (0, Err(e)),
+        }
+    }
+    before_blocking();
     while !slices.is_empty() {
         match stream.write_vectored(slices) {
             Ok(0) => return (written, Err(io::Error::from(io::ErrorKind::WriteZero))),

@@ -83,7 +83,7 @@
 //!    (`Link::write_timeout`): a write the peer takes no byte of for `t` fails and takes
 //!    the link down.
 //! 3. The writer wakes (`Writer::run`) → `Writer::write_batch`: `Link::retry`, then
-//!    `Outbox::take` (runs and messages, up to 1,024 messages or about 1 MiB, counted out
+//!    `Outbox::take` (runs and messages, up to 1,024 messages or about 256 KiB, counted out
 //!    of the bounds at once), `Writer::encode` → `Link::put` (adds SETMODE blocks; a run
 //!    is one slice of the write, not copied again); acknowledgement slots go into
 //!    `Shared::acks` before the bytes go out; `Link::write_wire`; `pending`

@@ -98,6 +98,10 @@ impl Writer {
                 }
             };
             // (After a close, the select below, which sees it.)
+            if parked || shared.life.is_closed() {
+                // About to wait: callers waiting for room that exists go on.
+                shared.outbox.announce_room();
+            }
             let next = if !parked && !shared.life.is_closed() {
                 self.write_batch(&mut lock(&shared.link))
             } else if ready {
@@ -137,6 +141,8 @@ impl Writer {
     }
 
     fn link_down(&self, link: &mut Link, reason: String) -> Next {
+        // Reconnecting may take long: callers waiting for room that exists go on.
+        self.shared.outbox.announce_room();
         let mut session = self.session.borrow_mut();
         session::link_down(&self.shared, link, reason, &self.in_tx, &mut session)
     }
@@ -186,6 +192,7 @@ impl Writer {
                 return Next::Go;
             }
             encode_replies(modcg, eot, &mut link.wire);
+            self.shared.outbox.announce_room();
             let (_, result) = link.write_wire(&self.shared.pending);
             if let Err(e) = result {
                 let reason = write_failed(link, &e);
@@ -261,6 +268,7 @@ impl Writer {
                 self.write_probe(link)
             }
             None if session::keepalive_due(&self.shared, link).is_zero() => {
+                self.shared.outbox.announce_room();
                 link.wire.put_u8(v1::SEP);
                 match link.write_wire(&self.shared.pending) {
                     (_, Ok(())) => Next::Go,
@@ -274,6 +282,7 @@ impl Writer {
     /// Writes one empty v1 block (after what a write left in `wire`, so between whole
     /// blocks); a write that fails takes the link down.
     fn write_probe(&self, link: &mut Link) -> Next {
+        self.shared.outbox.announce_room();
         link.wire.put_u8(v1::SEP);
         match link.write_wire(&self.shared.pending) {
             (_, Ok(())) => Next::Go,
@@ -326,7 +335,12 @@ impl Writer {
             return Some(Next::Go);
         }
         let mut batch = self.encode(link, items);
-        let (written, result) = link.write_wire(&self.shared.pending);
+        // A write that must wait for the peer first wakes a caller waiting for room the
+        // take freed (see `Outbox::take`).
+        let outbox = &self.shared.outbox;
+        let (written, result) = link.write_wire_then(&self.shared.pending, || {
+            outbox.announce_room();
+        });
         match result {
             Ok(()) => {
                 let messages: usize = batch.kept.iter().map(Outgoing::messages).sum();
