@@ -228,7 +228,7 @@ macro_rules! connection_options {
         /// would go beyond it, the [`full_queue`](Self::full_queue) policy applies. A
         /// message larger than the budget still goes when nothing else waits. Each
         /// message counts 64 bytes more than its encoded length. The writer holds at most
-        /// one batch (about 1 MiB, or one larger message) beyond the queue.
+        /// one batch (about 256 KiB, or one larger message) beyond the queue.
         ///
         /// ```
         #[doc = concat!("let b = ", $builder, ".outgoing_bytes(8 << 20);")]
