@@ -79,6 +79,10 @@ pub const DEFAULT_OUTGOING_BYTES: usize = 64 * 1024 * 1024;
 pub enum FullQueue {
     /// The send waits for room (as long as it takes, or the timeout of
     /// [`send_data_timeout`](crate::Connection::send_data_timeout)). The default.
+    /// A stream of sends that keeps the queue full goes on once the writer has taken
+    /// it down to half of its bounds, or sooner when the writer would otherwise wait
+    /// (a socket that takes nothing more at once, a reconnect), so that a send never
+    /// waits for room that exists while the writer cannot write.
     /// [`Server::broadcast`](crate::Server::broadcast) never waits: the peer misses
     /// the message ([`Error::QueueFull`](crate::Error::QueueFull)).
     #[default]

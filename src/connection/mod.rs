@@ -76,7 +76,9 @@
 //!    in after the writer found nothing to take wakes it (`Outbox::wake_rx`); while it
 //!    writes it takes again by itself after each write, and nobody wakes it. A full queue meets the
 //!    connection's `FullQueue` policy: `Block` and `Disconnect` wait for room (the
-//!    writer's `Outbox::take` wakes one waiting caller, which passes the wake-up on);
+//!    writer's `Outbox::take` wakes one waiting caller, which passes the wake-up on, once
+//!    the queue is down to half its bounds; `Outbox::announce_room` before anything
+//!    that may block the writer);
 //!    `KeepLatest` takes the oldest messages out itself, under the same lock (plain ones
 //!    are dropped and reported through `Shared::drops`; acknowledged ones are kept aside
 //!    and go before the queue). `Disconnect(t)` is the socket's write timeout
