@@ -435,6 +435,7 @@ fn write_json(path: &str, plan: &Plan, machine: &Machine, rows: &[Row]) -> io::R
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "machine": {
             "nproc": machine.nproc, "cpu": machine.cpu, "memory": machine.memory,
+            "tcp_congestion_control": machine.tcp,
             "load_before": machine.load_before, "load_after": machine.load_after,
         },
         "rows": rows,
@@ -444,8 +445,13 @@ fn write_json(path: &str, plan: &Plan, machine: &Machine, rows: &[Row]) -> io::R
 
 struct Machine {
     nproc: usize,
+    /// The model name, and on x86 its family and model (one name may cover several
+    /// generations).
     cpu: String,
     memory: String,
+    /// The kernel's TCP congestion control on Linux (`bbr` paces every socket itself,
+    /// with a timer whenever a sender gets ahead of its rate), or `unknown`.
+    tcp: String,
     load_before: String,
     load_after: String,
 }
@@ -457,6 +463,19 @@ fn read_machine() -> Machine {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_else(|| "unknown".into());
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let cpu = match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) => format!("{cpu} (family {family}, model {model})"),
+        _ => cpu,
+    };
+    let tcp = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory = meminfo
         .lines()
@@ -467,6 +486,7 @@ fn read_machine() -> Machine {
         nproc: thread::available_parallelism().map_or(1, |n| n.get()),
         cpu,
         memory,
+        tcp,
         load_before: loadavg(),
         load_after: String::new(),
     }
@@ -1612,11 +1632,12 @@ fn main() -> ExitCode {
     };
     let mut machine = read_machine();
     println!(
-        "serpy bench{}: {} × {}, {}, load average {}",
+        "serpy bench{}: {} × {}, {}, TCP congestion control {}, load average {}",
         if quick { " (quick)" } else { "" },
         machine.nproc,
         machine.cpu,
         machine.memory,
+        machine.tcp,
         machine.load_before
     );
     let started = Instant::now();
