@@ -476,6 +476,10 @@ fn read_machine() -> Machine {
     let tcp = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
+    let tcp = match CONGESTION.get() {
+        Some(name) => format!("{name} on the benchmark's pairs (the system's: {tcp})"),
+        None => tcp,
+    };
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory = meminfo
         .lines()
@@ -525,19 +529,27 @@ fn text_payload(size: usize) -> Text {
     Text::from("x".repeat(size))
 }
 
+/// `--congestion-control NAME`: the TCP congestion control of the sockets of the pairs
+/// below (serpy's and raw's alike), instead of the system's.
+static CONGESTION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A serpy server on 127.0.0.1:0 and a client connected to it, with the server's side.
 fn serpy_pair(
     protocol: Protocol,
     incoming_capacity: usize,
 ) -> BoxResult<(Server, Connection, Connection)> {
-    let server = Server::builder()
+    let mut server = Server::builder()
         .protocol(protocol)
-        .incoming_capacity(incoming_capacity)
-        .bind("127.0.0.1:0")?;
-    let client = Connection::builder()
+        .incoming_capacity(incoming_capacity);
+    let mut client = Connection::builder()
         .protocol(protocol)
-        .incoming_capacity(incoming_capacity)
-        .connect(server.local_addr())?;
+        .incoming_capacity(incoming_capacity);
+    if let Some(name) = CONGESTION.get() {
+        server = server.congestion_control(name.as_str());
+        client = client.congestion_control(name.as_str());
+    }
+    let server = server.bind("127.0.0.1:0")?;
+    let client = client.connect(server.local_addr())?;
     let peer = server.get_connection_timeout(WAIT)?;
     Ok((server, client, peer))
 }
@@ -550,6 +562,15 @@ fn raw_pair() -> io::Result<(TcpStream, TcpStream)> {
     for s in [&client, &server] {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(WAIT))?;
+        if let Some(name) = CONGESTION.get() {
+            #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+            socket2::SockRef::from(s).set_tcp_congestion(name.as_bytes())?;
+            #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("no per-socket congestion control here ({name})"),
+            ));
+        }
     }
     Ok((client, server))
 }
@@ -1575,6 +1596,7 @@ fn usage() {
     println!("  --json FILE    also write the rows as JSON");
     println!("  --only TEXT    only the rows whose name contains TEXT (repeatable)");
     println!("  --serpy-only, --raw-only   measure one side of the throughput and latency rows (for profiling)");
+    println!("  --congestion-control NAME  the TCP congestion control of the one-way and ping-pong rows' sockets, serpy's and raw's alike (Linux, FreeBSD)");
 }
 
 fn main() -> ExitCode {
@@ -1600,6 +1622,15 @@ fn main() -> ExitCode {
             "--raw-only" => side = Some(false),
             "--json" => match it.next() {
                 Some(f) => json = Some(f.clone()),
+                None => {
+                    usage();
+                    return ExitCode::FAILURE;
+                }
+            },
+            "--congestion-control" => match it.next() {
+                Some(name) => {
+                    let _ = CONGESTION.set(name.clone());
+                }
                 None => {
                     usage();
                     return ExitCode::FAILURE;

@@ -23,6 +23,8 @@ pub(crate) struct Config {
     pub give_up_after: Option<u32>,
     pub nodelay: bool,
     pub keepalive: Option<Duration>,
+    /// The sockets' TCP congestion control, by the kernel's name (`None`: the system's).
+    pub congestion_control: Option<String>,
     pub close_timeout: Duration,
     pub detect_timeout: Duration,
     /// Budget of bytes waiting in the outgoing queue (see `outgoing_bytes`).
@@ -115,6 +117,7 @@ impl Default for Config {
             give_up_after: None,
             nodelay: true,
             keepalive: None,
+            congestion_control: None,
             close_timeout: Duration::from_secs(2),
             detect_timeout: Duration::from_secs(5),
             outgoing_bytes: DEFAULT_OUTGOING_BYTES,
@@ -211,6 +214,30 @@ macro_rules! connection_options {
         /// ```
         pub fn keepalive(mut self, idle: Option<std::time::Duration>) -> Self {
             self.cfg.keepalive = idle;
+            self
+        }
+
+        /// The TCP congestion control of the connection's sockets (`TCP_CONGESTION`, Linux
+        /// and FreeBSD), by the kernel's name for it, e.g. `"reno"` or `"cubic"` (default:
+        /// the system's, `net.ipv4.tcp_congestion_control` on Linux). A name the kernel
+        /// does not have, or may not give this program (without `CAP_NET_ADMIN`, Linux
+        /// lets a program choose only those in `net.ipv4.tcp_allowed_congestion_control`;
+        /// `reno` always is), fails `connect`/`bind` with
+        /// [`Error::CongestionControl`](crate::Error::CongestionControl); on other systems
+        /// setting it fails them with [`Error::Unsupported`](crate::Error::Unsupported).
+        ///
+        /// For links inside one machine or one local network, and measured first: there
+        /// `bbr`, which paces each socket with a timer whenever a sender gets ahead of
+        /// its estimate of the path's rate, makes a stream of mid-size messages pay for
+        /// those timers (on loopback, the bench's 4 KiB stream went 1.6 × as fast under
+        /// `reno`, median of three, and its 1 MiB stream about a third slower; see
+        /// BENCHMARKS.md). Over the internet keep the system's choice.
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $builder, ".congestion_control(\"reno\");")]
+        /// ```
+        pub fn congestion_control(mut self, name: impl Into<String>) -> Self {
+            self.cfg.congestion_control = Some(name.into());
             self
         }
 

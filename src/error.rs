@@ -43,6 +43,18 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The TCP congestion control chosen with the builder's `congestion_control` could
+    /// not be set on a socket: the kernel has no algorithm of that name, or does not let
+    /// this program choose it.
+    #[error("cannot use the TCP congestion control {name:?}: {source}; {}", congestion_hint(.source))]
+    CongestionControl {
+        /// The name as given.
+        name: String,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+
     /// Another I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -110,7 +122,8 @@ pub enum Error {
         detail: String,
     },
 
-    /// The message or mode cannot travel over this protocol.
+    /// The message or mode cannot travel over this protocol, or an option is not
+    /// available on this system.
     #[error("{what}")]
     Unsupported {
         /// What was refused, and what to use instead.
@@ -184,6 +197,14 @@ fn address_hint(source: &io::Error) -> &'static str {
         io::ErrorKind::AddrNotAvailable => "that IP address is not one of this machine's; give one of its addresses, such as 127.0.0.1",
         io::ErrorKind::PermissionDenied => "this program may not listen on that port (ports below 1024 need privileges); choose a port from 1024 up",
         _ => "give an IP address and a port, such as (\"127.0.0.1\", 8000) or \"[::1]:8000\"",
+    }
+}
+
+/// What to do about a congestion control that could not be set.
+fn congestion_hint(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::PermissionDenied => "without CAP_NET_ADMIN a program may choose only the names in /proc/sys/net/ipv4/tcp_allowed_congestion_control (reno always is); choose one of those, or leave congestion_control unset for the system's default",
+        _ => "the names this kernel has are in /proc/sys/net/ipv4/tcp_available_congestion_control (a module such as tcp_cubic may have to be loaded); choose one of those, or leave congestion_control unset for the system's default",
     }
 }
 

@@ -169,6 +169,7 @@ impl ConnectionBuilder {
                 source: io::Error::new(io::ErrorKind::InvalidInput, "it resolved to no address"),
             });
         }
+        super::session::check_congestion(&self.cfg)?;
         if self.cfg.background_connect {
             return Connection::start_background(self.cfg, addrs);
         }

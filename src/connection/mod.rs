@@ -193,6 +193,7 @@ mod writer;
 
 pub use builder::ConnectionBuilder;
 pub(crate) use outgoing::Prepared;
+pub(crate) use session::check_congestion;
 use session::Session;
 pub(crate) use state::Notifier;
 use state::{AckQueue, Lifecycle, ReadyList, Replies, Shared};
@@ -412,7 +413,7 @@ impl Connection {
         is_client: bool,
         notifier: Option<Notifier>,
     ) -> Result<Connection> {
-        session::configure(&stream, &cfg).map_err(|e| Error::io("configuring the socket", e))?;
+        session::configure(&stream, &cfg)?;
         let peer = stream.peer_addr().ok();
         let (shared, ends) = new_shared(cfg, addrs, is_client, notifier, peer);
         if let Some(p) = peer {

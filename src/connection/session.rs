@@ -96,15 +96,58 @@ fn connect_for_restart(shared: &Shared) -> Result<(TcpStream, SocketAddr)> {
 }
 
 /// Applies the socket options of `cfg` to a new link.
-pub(crate) fn configure(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
-    stream.set_nodelay(cfg.nodelay)?;
+pub(crate) fn configure(stream: &TcpStream, cfg: &Config) -> Result<()> {
+    let io = |e| Error::io("configuring the socket", e);
+    stream.set_nodelay(cfg.nodelay).map_err(io)?;
     if let Some(idle) = cfg.keepalive {
         let ka = socket2::TcpKeepalive::new()
             .with_time(idle)
             .with_interval(idle);
-        socket2::SockRef::from(stream).set_tcp_keepalive(&ka)?;
+        socket2::SockRef::from(stream)
+            .set_tcp_keepalive(&ka)
+            .map_err(io)?;
+    }
+    if let Some(name) = &cfg.congestion_control {
+        set_congestion(socket2::SockRef::from(stream), name)?;
     }
     Ok(())
+}
+
+/// Sets the congestion control `name` on `socket` (see the builders'
+/// `congestion_control`).
+fn set_congestion(socket: socket2::SockRef<'_>, name: &str) -> Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    {
+        socket
+            .set_tcp_congestion(name.as_bytes())
+            .map_err(|source| Error::CongestionControl {
+                name: name.to_string(),
+                source,
+            })
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    {
+        let _ = socket;
+        Err(Error::Unsupported {
+            what: format!(
+                "the TCP congestion control {name:?} was asked for, but this system has no \
+                 per-socket choice of it (only Linux and FreeBSD do); leave congestion_control \
+                 unset"
+            ),
+        })
+    }
+}
+
+/// Checks, before anything connects or listens, that the congestion control `cfg` asks
+/// for (if any) can be set: on a socket of its own that never connects.
+pub(crate) fn check_congestion(cfg: &Config) -> Result<()> {
+    let Some(name) = &cfg.congestion_control else {
+        return Ok(());
+    };
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .or_else(|_| socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None))
+        .map_err(|e| Error::io("opening a socket to check the congestion control", e))?;
+    set_congestion(socket2::SockRef::from(&probe), name)
 }
 
 /// Starts using `stream` as the link (first connect, accept, or reconnect): a new epoch
@@ -358,7 +401,6 @@ fn reconnect(
             Ok(_) | Err(Error::Closed) if shared.life.is_closed() => return Next::Stop,
             Ok((stream, peer)) => {
                 let attached = configure(&stream, &shared.cfg)
-                    .map_err(|e| Error::io("configuring the socket", e))
                     .and_then(|()| attach(shared, link, stream, in_tx));
                 match attached {
                     Ok(()) => {
@@ -399,5 +441,38 @@ mod tests {
         assert_eq!(b.wait(), huge);
         assert_eq!(b.wait(), Duration::MAX);
         assert_eq!(b.wait(), Duration::MAX);
+    }
+
+    /// `reno` is built into every Linux kernel and always allowed.
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    #[test]
+    fn a_link_gets_the_congestion_control_asked_for_and_a_bad_name_is_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _accepted = listener.accept().unwrap();
+        let cfg = Config {
+            congestion_control: Some("reno".into()),
+            ..Config::default()
+        };
+        check_congestion(&cfg).unwrap();
+        configure(&stream, &cfg).unwrap();
+        let got = socket2::SockRef::from(&stream).tcp_congestion().unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(got.trim_end_matches('\0'), "reno");
+
+        let bad = Config {
+            congestion_control: Some("no-such-algorithm".into()),
+            ..Config::default()
+        };
+        match check_congestion(&bad) {
+            Err(Error::CongestionControl { name, .. }) => assert_eq!(name, "no-such-algorithm"),
+            other => panic!("expected CongestionControl, got {other:?}"),
+        }
+        assert!(matches!(
+            configure(&stream, &bad),
+            Err(Error::CongestionControl { .. })
+        ));
+        // No option: nothing is checked, nothing is set.
+        check_congestion(&Config::default()).unwrap();
     }
 }

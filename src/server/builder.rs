@@ -147,6 +147,7 @@ impl ServerBuilder {
     /// # Ok(()) }
     /// ```
     pub fn bind(self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Server> {
+        crate::connection::check_congestion(&self.cfg)?;
         let listener = listen(&addr).map_err(|e| Error::Address {
             addr: format!("{addr:?}"),
             source: e,
