@@ -5,8 +5,11 @@
 
 mod common;
 
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 use common::T;
-use serpy::{Connection, Error, Mode, Protocol, Server};
+use serpy::{Connection, Error, Server};
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+use serpy::{Mode, Protocol};
 
 #[cfg(any(target_os = "linux", target_os = "freebsd"))]
 #[test]
